@@ -1,0 +1,38 @@
+# abstain: `make demo` and `make test` work on a fresh machine with nothing else installed.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+TORCH := torch==2.13.0
+
+.PHONY: venv test demo bench reproduce clean
+
+venv: $(STAMP)
+
+# Reinstall only when the package metadata changed; the CPU torch wheel is pinned
+# first so that no dependency pulls a large CUDA build.
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip setuptools wheel
+	$(BIN)/python -m pip install -q $(TORCH)
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	# torchattacks declares torchvision, which would replace the CPU torch: test-only, no deps.
+	$(BIN)/python -m pip install -q --no-deps torchattacks==3.5.1
+	touch $(STAMP)
+
+test: venv
+	$(BIN)/python -m pytest -q tests
+
+demo: venv
+	$(BIN)/abstain reproduce --scale mini --demo --out runs/demo
+
+reproduce: venv
+	$(BIN)/abstain reproduce --scale mini --out runs/mini
+
+bench: venv
+	$(BIN)/python bench/attacks.py
+	$(BIN)/python bench/train.py
+	$(BIN)/python bench/certify.py
+
+clean:
+	rm -rf $(VENV) runs build src/*.egg-info

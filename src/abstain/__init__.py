@@ -1,0 +1,7 @@
+"""abstain: find and remove robust misclassifications.
+
+Implements "Avoiding Robust Misclassifications for Improved Robustness without
+Accuracy Loss" (paper in shared/paper.txt). Images are float tensors in [0, 1];
+normalisation lives inside the models, so every ε is in pixel space.
+"""
+__version__ = "0.1.0"

@@ -1,0 +1,77 @@
+"""The ``abstain`` command.
+
+Each sub-command lives in ``abstain.commands.<module>`` with ``HELP`` (one line),
+``add_arguments(parser)`` and ``run(args) -> int``. User errors
+(:class:`abstain.errors.AbstainError`) print one line and exit 2; ``--debug`` shows
+the traceback. SIGINT exits 130 after the command had its chance to stop cleanly.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Sequence
+
+# sub-command name -> module under abstain.commands
+COMMANDS: dict[str, str] = {
+    "train": "train",
+    "evaluate": "evaluate",
+    "certify": "certify",
+    "abstain": "abstain_cmd",
+    "reproduce": "reproduce",
+    "report": "report",
+    "data": "data",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="abstain",
+        description="Find and remove robust misclassifications: evaluate the robustness-accuracy "
+                    "partition, fine-tune with ERA/DGA/CRA, build abstain models and compositions, "
+                    "certify with randomized smoothing, and report.",
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, module in COMMANDS.items():
+        try:
+            mod = importlib.import_module(f"abstain.commands.{module}")
+        except ModuleNotFoundError as e:
+            if e.name == f"abstain.commands.{module}":
+                continue  # not built yet
+            raise
+        p = sub.add_parser(name, help=mod.HELP, description=getattr(mod, "DESCRIPTION", mod.HELP),
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="show tracebacks for errors")
+        mod.add_arguments(p)
+        p.set_defaults(_run=mod.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from .errors import AbstainError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    debug = getattr(args, "debug", False)
+    try:
+        return int(args._run(args) or 0)
+    except AbstainError as e:
+        if debug:
+            raise
+        print(f"abstain {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(f"\nabstain {args.command}: interrupted; rerun the same command (with --resume "
+              "where it applies) to continue", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,46 @@
+"""Small shared helpers: device choice, seeding, progress bars."""
+from __future__ import annotations
+
+import os
+import random
+import sys
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """``auto`` picks CUDA when available, else CPU."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        from .errors import AbstainError
+
+        raise AbstainError("--device cuda asked for, but no CUDA device is available")
+    return dev
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python, NumPy and torch; return a CPU generator seeded with ``seed``."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def progress(iterable: Iterable | None = None, *, total: int | None = None, desc: str = "",
+             leave: bool = False, disable: bool | None = None, **kw: Any):
+    """A tqdm bar on stderr; disabled when ``ABSTAIN_QUIET=1`` or stderr is not a TTY
+    (unless ``ABSTAIN_PROGRESS=1``)."""
+    from tqdm.auto import tqdm
+
+    if disable is None:
+        if os.environ.get("ABSTAIN_QUIET") == "1":
+            disable = True
+        elif os.environ.get("ABSTAIN_PROGRESS") == "1":
+            disable = False
+        else:
+            disable = not sys.stderr.isatty()
+    return tqdm(iterable, total=total, desc=desc, leave=leave, disable=disable, dynamic_ncols=True, **kw)
