@@ -63,3 +63,19 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
 def read_json(path: str | os.PathLike) -> Any:
     with open(path) as fh:
         return json.load(fh)
+
+
+def update_json(path: str | os.PathLike, key: str, value: Any) -> Path:
+    """Set ``key`` in the JSON object at ``path`` (created if missing), atomically.
+
+    Used for a run directory's ``results.json``, where train, evaluate and certify
+    each own one section.
+    """
+    path = Path(path)
+    data: dict[str, Any] = {}
+    if path.is_file():
+        data = read_json(path)
+        if not isinstance(data, dict):
+            data = {}
+    data[key] = value
+    return atomic_write_json(path, data)
