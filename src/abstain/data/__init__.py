@@ -35,11 +35,11 @@ def load(name: str, split: str = "train", root: str | None = None, seed: int = 0
         raise DataError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
+    if name in NEEDS_ROOT and root is None:
+        raise DataError(f"dataset {name!r} reads local files: pass root=<directory> (--data-root)")
     module, func = _LOADERS[name]
     fn = getattr(importlib.import_module(f"{__name__}.{module}"), func)
     if name in NEEDS_ROOT:
-        if root is None:
-            raise DataError(f"dataset {name!r} reads local files: pass root=<directory> (--data-root)")
         return fn(split=split, root=root, seed=seed, **kw)
     return fn(split=split, seed=seed, **kw)
 
