@@ -1,0 +1,157 @@
+"""Helpers shared by the reliability tests (untrusted files, fuzzing, kill/resume,
+distributed, determinism): run the real CLI in a subprocess, build tiny runs, write
+malicious pickles, and check that a directory holds no half-written file.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+ROOT = Path(__file__).resolve().parents[1]
+SRC = ROOT / "src"
+
+
+def cli_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Environment for CLI subprocesses: one thread, quiet, CPU, our source first."""
+    env = dict(os.environ)
+    env.update({
+        "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "ABSTAIN_QUIET": "1",
+        "CUDA_VISIBLE_DEVICES": "", "PYTHONHASHSEED": "0", "MPLBACKEND": "Agg",
+        "PYTHONPATH": str(SRC) + os.pathsep + env.get("PYTHONPATH", ""),
+    })
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    if extra:
+        env.update(extra)
+    return env
+
+
+def run_cli(args: Sequence[str], *, cwd: str | os.PathLike | None = None, timeout: float = 300,
+            env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run ``python -m abstain ARGS`` and capture its output."""
+    return subprocess.run([sys.executable, "-m", "abstain", *map(str, args)], capture_output=True,
+                          text=True, timeout=timeout, cwd=cwd, env=cli_env(env))
+
+
+def assert_user_error(r: subprocess.CompletedProcess, *needles: str) -> str:
+    """A user error: non-zero exit, no traceback, a one-line message naming the problem."""
+    err = r.stderr.strip()
+    assert r.returncode != 0, f"expected failure, got rc=0\nstdout={r.stdout}\nstderr={r.stderr}"
+    assert "Traceback" not in r.stderr and "Traceback" not in r.stdout, r.stderr
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert lines, "no error message"
+    msg = lines[-1]
+    assert "error" in msg.lower(), msg
+    low = err.lower()
+    for n in needles:
+        assert n.lower() in low, f"{n!r} not named in: {err}"
+    return msg
+
+
+class Marker:
+    """Pickles to a call of ``open(path, "w")``: unpickling it creates ``path``."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+class SystemMarker:
+    """Pickles to ``os.system("touch path")``: a second gadget, via a module function."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (os.system, (f"touch '{self.path}'",))
+
+
+def write_raw_pickle(path: Path, obj: Any) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as fh:
+        pickle.dump(obj, fh, protocol=2)
+    return path
+
+
+def write_torch_pickle(path: Path, obj: Any) -> Path:
+    """A ``torch.save`` zip file whose data.pkl runs the gadget when fully unpickled."""
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(obj, path)
+    return path
+
+
+def malicious_payloads(marker: Path) -> dict[str, Any]:
+    """Objects that, when unpickled without restriction, create ``marker``."""
+    import torch
+
+    return {
+        "open-gadget": {"state_dict": Marker(marker)},
+        "system-gadget": {"weight": SystemMarker(marker), "bias": torch.zeros(2)},
+    }
+
+
+TEMP_SUFFIXES = (".tmp",)
+
+
+def check_tree_consistent(directory: Path) -> dict[str, int]:
+    """Every file under ``directory`` is whole: JSON parses, CSV rows have the header's
+    width, safetensors load, ``.pt`` loads with weights_only. Temporary files of
+    :func:`abstain.io.atomic_write` (``.<name>.<random>.tmp``) are the only leftovers
+    allowed (a SIGKILL between mkstemp and rename leaves one; readers never open them).
+
+    Returns counts by kind for the closing report.
+    """
+    import torch
+    from safetensors.torch import load_file
+
+    counts = {"json": 0, "jsonl": 0, "csv": 0, "safetensors": 0, "pt": 0, "tmp": 0, "other": 0}
+    for p in sorted(directory.rglob("*")):
+        if not p.is_file():
+            continue
+        name = p.name
+        if name.startswith(".") and name.endswith(".tmp"):
+            counts["tmp"] += 1
+            continue
+        assert not name.endswith(".tmp"), f"unexpected temp file {p}"
+        if name.endswith(".json"):
+            json.loads(p.read_text())
+            counts["json"] += 1
+        elif name.endswith(".jsonl"):
+            # an append-only log may lose its last line on SIGKILL only if appended
+            # non-atomically; we require every line to parse.
+            for line in p.read_text().splitlines():
+                if line.strip():
+                    json.loads(line)
+            counts["jsonl"] += 1
+        elif name.endswith(".csv"):
+            with open(p, newline="") as fh:
+                rows = list(csv.reader(fh))
+            assert rows, f"empty csv {p}"
+            assert all(len(r) == len(rows[0]) for r in rows), f"ragged csv {p}"
+            counts["csv"] += 1
+        elif name.endswith(".safetensors"):
+            load_file(str(p))
+            counts["safetensors"] += 1
+        elif name.endswith(".pt"):
+            torch.load(p, map_location="cpu", weights_only=True)
+            counts["pt"] += 1
+        else:
+            counts["other"] += 1
+    return counts
+
+
+def tree_snapshot(directory: Path) -> dict[str, bytes]:
+    """Relative path -> content of every file under ``directory`` (missing dir: {})."""
+    if not directory.exists():
+        return {}
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
