@@ -9,7 +9,7 @@ and non-robust-inaccurate are disjoint and sum to 1.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -98,39 +98,86 @@ def abstain_metrics(y: Any, nat_pred: Any, selected: Any, robust_selected: Any,
     }
 
 
+def cascade_outcome(y: Any, stages: Sequence[Mapping[str, Any]], core_pred: Any,
+                    core_robust: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Per-sample prediction and sound robust accuracy of a cascade (eq. 15 generalised).
+
+    A cascade is an ordered list of abstain models (F_i, S_i) ending in a core model:
+    H(x) = F_i(x) for the first i with S_i(x) = 1, else F_core(x). The 2-compositional
+    model of eq. 15 is the cascade with one stage. Each stage is a mapping with
+    per-sample arrays
+
+    ``pred``               F_i(x)
+    ``robust``             ∀x' ∈ B_ε(x): F_i(x') = F_i(x)
+    ``selected``           S_i(x)
+    ``robust_selected``    ∀x' ∈ B_ε(x): S_i(x') = 1 (eq. 14; for S_ERI the 2ε check)
+    ``robust_abstained``   optional, ∀x' ∈ B_ε(x): S_i(x') = 0 (certifiable e.g. for S_SN by
+                           IBP; unknown, i.e. False, when absent)
+
+    Soundness: walking the stages in order, the set P of models that H may use somewhere
+    in B_ε(x) gains F_i unless S_i robustly abstains, and the walk stops at the first
+    stage that robustly selects (later stages are never reached); if it never stops, P
+    gains F_core. x counts as robust-accurate iff every model in P is robust at x and
+    correct, because then H(x') ∈ {F(x') : F ∈ P} = {y} for all x' ∈ B_ε(x). Whenever the
+    selector's decision can change in the ball and is not certified, both candidate
+    models must be robust and correct (the conservative choice; the paper leaves it open).
+    Returns ``(h_pred, robust_accurate)``.
+    """
+    y = _np(y, np.int64)
+    pc, rc = _np(core_pred, np.int64), _np(core_robust, bool)
+    _same_length(y=y, core_pred=pc, core_robust=rc)
+    h_pred = pc.copy()
+    decided = np.zeros(y.shape[0], bool)      # an earlier stage already chose on clean x
+    reached = np.ones(y.shape[0], bool)       # the walk for the ball has not stopped yet
+    ok = np.ones(y.shape[0], bool)            # every model in P so far is robust & correct
+    for i, st in enumerate(stages):
+        pr, rr = _np(st["pred"], np.int64), _np(st["robust"], bool)
+        sel, rsel = _np(st["selected"], bool), _np(st["robust_selected"], bool)
+        rab = st.get("robust_abstained")
+        rab = np.zeros_like(sel) if rab is None else _np(rab, bool)
+        _same_length(y=y, **{f"stage{i}.pred": pr, f"stage{i}.robust": rr,
+                             f"stage{i}.selected": sel, f"stage{i}.robust_selected": rsel,
+                             f"stage{i}.robust_abstained": rab})
+        rsel = rsel & sel            # x ∈ B_ε(x): robust selection implies selection
+        rab = rab & ~sel & ~rsel     # and robust abstention implies abstention
+        h_pred = np.where(~decided & sel, pr, h_pred)
+        decided |= sel
+        in_p = reached & ~rab
+        ok &= ~in_p | (rr & (pr == y))
+        reached &= ~rsel
+    ok &= ~reached | (rc & (pc == y))
+    return h_pred, ok
+
+
+def cascade_metrics(y: Any, stages: Sequence[Mapping[str, Any]], core_pred: Any,
+                    core_robust: Any) -> dict[str, float]:
+    """``nat_acc`` (exact), ``rob_acc`` (sound, see :func:`cascade_outcome`) and
+    ``coverage`` (fraction of samples answered by some stage before the core) of a cascade."""
+    h_pred, ok = cascade_outcome(y, stages, core_pred, core_robust)
+    y = _np(y, np.int64)
+    covered = np.zeros(y.shape[0], bool)
+    for st in stages:
+        covered |= _np(st["selected"], bool)
+    return {"nat_acc": _frac(h_pred == y), "rob_acc": _frac(ok), "coverage": _frac(covered)}
+
+
 def composition_metrics(y: Any, selected: Any, robust_selected: Any, pred_robust: Any,
                         robust_robust: Any, pred_core: Any, robust_core: Any,
                         core_selected_robustly: Any | None = None) -> dict[str, float]:
     """Natural and robust accuracy of the 2-compositional model H (eq. 15).
 
-    H(x) = F_robust(x) if S(x) = 1 else F_core(x).
-    A sample counts as robust-accurate (sound): either S robustly selects x (S(x') = 1 in
-    the whole ball) and F_robust is robust and correct at x, or S robustly *abstains*
-    (``core_selected_robustly``: S(x') = 0 in the whole ball) and F_core is robust and
-    correct. When robust abstention is unknown (None), only the first case counts unless
-    both models are robust and correct with the same prediction, which is sound whatever
-    S does. The natural accuracy is exact.
+    H(x) = F_robust(x) if S(x) = 1 else F_core(x); the one-stage case of
+    :func:`cascade_outcome`. A sample counts as robust-accurate (sound) iff
+    (a) S robustly selects x (S(x') = 1 in the whole ball) and F_robust is robust and
+    correct at x, or (b) S robustly *abstains* (``core_selected_robustly``: S(x') = 0 in the
+    whole ball) and F_core is robust and correct, or (c) S's decision may change in the
+    ball and both models are robust and correct (then H(x') = y whatever S does). When
+    robust abstention is unknown (None) case (b) never applies. The natural accuracy is
+    exact.
     """
-    y = _np(y, np.int64)
-    sel, rsel = _np(selected, bool), _np(robust_selected, bool)
-    pr, pc = _np(pred_robust, np.int64), _np(pred_core, np.int64)
-    rr, rc = _np(robust_robust, bool), _np(robust_core, bool)
-    _same_length(y=y, selected=sel, robust_selected=rsel, pred_robust=pr, robust_robust=rr,
-                 pred_core=pc, robust_core=rc)
-    h_pred = np.where(sel, pr, pc)
-    case_robust = rsel & sel & rr & (pr == y)
-    both_agree = rr & rc & (pr == y) & (pc == y)
-    if core_selected_robustly is None:
-        case_core = np.zeros_like(sel)
-    else:
-        rab = _np(core_selected_robustly, bool) & ~sel
-        case_core = rab & rc & (pc == y)
-    rob = case_robust | case_core | both_agree
-    return {
-        "nat_acc": _frac(h_pred == y),
-        "rob_acc": _frac(rob),
-        "coverage": _frac(sel),
-    }
+    stage = {"pred": pred_robust, "robust": robust_robust, "selected": selected,
+             "robust_selected": robust_selected, "robust_abstained": core_selected_robustly}
+    return cascade_metrics(y, [stage], pred_core, robust_core)
 
 
 def mean_std(values: list[dict[str, float]]) -> dict[str, float]:
