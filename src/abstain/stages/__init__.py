@@ -46,8 +46,13 @@ PAPER_STAGES: dict[str, str] = {}
 
 
 def stage_module(name: str):
+    """The stage ``name``: the module ``abstain.stages.<module>``, or for an entry written
+    ``"<module>:<attr>"`` the object ``<attr>`` of that module (several stages defined in one
+    module, e.g. the paper-scale stages in ``paper.py``), with the same attributes."""
     table = {**STAGES, **PAPER_STAGES}
-    return importlib.import_module(f"{__name__}.{table[name]}")
+    module, _, attr = table[name].partition(":")
+    mod = importlib.import_module(f"{__name__}.{module}")
+    return getattr(mod, attr) if attr else mod
 
 
 @dataclass

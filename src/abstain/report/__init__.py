@@ -1,0 +1,192 @@
+"""The report of an ``abstain reproduce`` directory: ``DIR/report.md`` and ``DIR/report.html``.
+
+:func:`build_report` only READS: every table number comes from the stages' ``report(stage_dir)``
+functions, which recompute it from the per-sample records under ``DIR/<stage>/records/``;
+images are the figures the stages wrote. ``results.json`` is read only for its ``meta``
+(versions, device, seeds, ε, norm, wall time) in the environment section. No model is
+loaded or evaluated, so ``abstain report DIR`` works on results copied from another machine.
+"""
+from __future__ import annotations
+
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from .. import __version__
+from ..errors import DataError
+from ..io import atomic_write_text, read_json
+from .render import Section, render_html, render_markdown
+
+# Titles of the known stages (DESIGN.md, "Experiments and their results"); a stage module may
+# override with a TITLE attribute.
+TITLES: dict[str, str] = {
+    "fig1": "fig1 — standard / TRADES / ERA on gauss3, decision regions (paper Fig. 1)",
+    "digits-partition": "digits-partition — four-way partition of standard and TRADES models over ε "
+                        "(paper Tables 1, 8)",
+    "digits-finetune": "digits-finetune — TRADES / ERA / DGA fine-tunes, S_ERI abstain metrics "
+                       "(paper Tables 4, 5)",
+    "digits-certify": "digits-certify — noise vs CRA, certified partition, sequential savings "
+                      "(paper Tables 2, 3)",
+    "digits-abstain": "digits-abstain — ERI / SR / SN selectors, Pareto fronts (paper Fig. 3, 6)",
+    "digits-compose": "digits-compose — 2-compositional models and cascades vs the core "
+                      "(paper Tables 4, 6)",
+}
+
+STATUS_TEXT = {
+    "unavailable": "not available",
+    "failed": "failed",
+    "skipped": "skipped",
+    "interrupted": "interrupted",
+    "running": "interrupted",
+}
+
+
+def _stage_order(out: Path, manifest: dict[str, Any]) -> list[str]:
+    from ..stages import PAPER_STAGES, STAGES
+
+    known = [*STAGES, *PAPER_STAGES]
+    seen = set(manifest.get("stages", {}) or {})
+    seen |= {p.name for p in out.iterdir() if p.is_dir() and ((p / ".done").exists()
+                                                              or (p / "results.json").exists())}
+    return [n for n in known if n in seen] + sorted(seen - set(known))
+
+
+def _meta(stage_dir: Path) -> dict[str, Any]:
+    try:
+        meta = read_json(stage_dir / "results.json").get("meta", {})
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def _list(v: Any) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, (list, tuple)):
+        return ", ".join(f"{x:g}" if isinstance(x, float) else str(x) for x in v)
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def _seconds(v: Any) -> str:
+    if not isinstance(v, (int, float)):
+        return "–"
+    from ..pipeline import _fmt_seconds
+
+    return f"{_fmt_seconds(v)} ({v:.1f} s)"
+
+
+def collect(out_dir: str | os.PathLike) -> tuple[str, list[str], list[Section], list[Section]]:
+    """Gather the report's title, intro paragraphs, stage sections and appendix sections."""
+    from ..pipeline import is_done, load_stage
+
+    out = Path(out_dir)
+    if not out.is_dir():
+        raise DataError(f"no such run directory {out}")
+    manifest: dict[str, Any] = {}
+    if (out / "pipeline.json").is_file():
+        try:
+            manifest = read_json(out / "pipeline.json")
+        except (OSError, ValueError):
+            manifest = {}
+    status = manifest.get("stages", {}) or {}
+    names = _stage_order(out, manifest)
+    if not names:
+        raise DataError(f"{out} holds no stage results (run `abstain reproduce --out {out}` first)")
+
+    sections: list[Section] = []
+    env_rows: list[list[str]] = []
+    rec_rows: list[list[str]] = []
+    versions: dict[str, set[str]] = {}
+    missing: list[str] = []
+    for name in names:
+        sdir = out / name
+        entry = status.get(name, {}) if isinstance(status.get(name), dict) else {}
+        done = is_done(sdir)
+        try:
+            mod = load_stage(name)
+        except KeyError:
+            mod = None
+        title = getattr(mod, "TITLE", None) or TITLES.get(name, name)
+        sec = Section(name=name, title=title, base=sdir, link=name)
+        if done:
+            st = "done"
+            if mod is None:
+                sec.notes.append(f"the module of stage `{name}` is not installed here, so its tables "
+                                 "cannot be recomputed from the records")
+            else:
+                try:
+                    blocks = mod.report(sdir)
+                    sec.blocks = list(blocks or [])
+                except Exception as e:  # noqa: BLE001 - one broken stage must not hide the rest
+                    sec.notes.append(f"the stage's report failed: {type(e).__name__}: {e}")
+        else:
+            st = STATUS_TEXT.get(entry.get("status", ""), entry.get("status") or "not run")
+            reason = entry.get("reason") or entry.get("error") or ""
+            if st == "interrupted":
+                reason = "rerun the same `abstain reproduce` command to finish it"
+            sec.notes.append(f"stage **{st}**" + (f": {reason}" if reason else "")
+                             + "; no results from it in this report.")
+            missing.append(f"`{name}` ({st})")
+        sections.append(sec)
+        meta = _meta(sdir) if done else {}
+        for k, v in (meta.get("versions") or {}).items():
+            versions.setdefault(k, set()).add(str(v))
+        env_rows.append([name, st, _seconds(meta.get("seconds")), str(meta.get("device", "–")),
+                         _list(meta.get("seeds")), _list(meta.get("eps")), _list(meta.get("norm")),
+                         str(meta.get("finished", "–"))])
+        rdir = sdir / "records"
+        if done and rdir.is_dir():
+            for f in sorted(rdir.glob("*.csv")):
+                with open(f) as fh:
+                    header = fh.readline().strip()
+                    n = sum(1 for _ in fh)
+                cols = header.split(",")
+                rec_rows.append([f"{name}/records/{f.name}", str(n),
+                                 ", ".join(cols[:8]) + (", …" if len(cols) > 8 else "")])
+
+    total = sum(float(m.get("seconds", 0) or 0) for m in (_meta(out / n) for n in names if is_done(out / n)))
+    env = Section(name="environment", title="Environment", base=out, link="")
+    env.blocks.append({"kind": "text", "text": "Versions: " + (", ".join(
+        f"{k} {' / '.join(sorted(v))}" for k, v in sorted(versions.items())) or "–")
+        + f". Total wall time of the finished stages: {_seconds(total)}."})
+    env.blocks.append({"kind": "table", "caption": "Stages (from each results.json's meta)",
+                       "columns": ["stage", "status", "wall time", "device", "seeds", "ε", "norm",
+                                   "finished (UTC)"], "rows": env_rows, "paper": None})
+    if rec_rows:
+        env.blocks.append({"kind": "table", "caption": "Per-sample records behind the tables",
+                           "columns": ["file", "rows", "columns"], "rows": rec_rows, "paper": None})
+
+    scale = manifest.get("scale", "mini")
+    demo = bool(manifest.get("demo", False))
+    title = f"abstain — reproduction report ({scale} scale{', demo' if demo else ''})"
+    intro = [
+        "Reproduction of *Avoiding Robust Misclassifications for Improved Robustness without "
+        f"Accuracy Loss* with `abstain` {__version__}, generated "
+        f"{datetime.now(timezone.utc).isoformat(timespec='seconds')} from `{out}`.",
+        "Every number in the stage tables is recomputed from the per-sample records "
+        "(`<stage>/records/*.csv`, beside this report) by the stage's report function. "
+        "Where a table has a column marked *(paper)*, it holds the paper's number next to ours; "
+        "the miniature (`digits`, `gauss3`) results are comparable to the paper only in the "
+        "direction of each claim.",
+    ]
+    if demo:
+        intro.append("This is a **demo** run (`--demo`: few seeds, short training); "
+                     "`abstain reproduce --scale mini` runs every seed.")
+    if missing:
+        intro.append("> Not in this report: " + ", ".join(missing) + ".")
+    return title, intro, sections, [env]
+
+
+def build_report(out_dir: str | os.PathLike) -> tuple[Path, Path]:
+    """Write ``DIR/report.md`` and ``DIR/report.html`` from the records; return their paths."""
+    out = Path(out_dir)
+    title, intro, sections, appendix = collect(out)
+    md = render_markdown(title, intro, sections, appendix)
+    page = render_html(title, intro, sections, appendix)
+    md_path = atomic_write_text(out / "report.md", md)
+    html_path = atomic_write_text(out / "report.html", page)
+    return md_path, html_path
+
+
+__all__ = ["build_report", "collect", "TITLES"]
