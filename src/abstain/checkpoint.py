@@ -11,14 +11,13 @@ import io
 import json
 import os
 import pickle
-import zipfile
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 from torch import nn
 
-from .errors import CheckpointError
+from .errors import AbstainError, CheckpointError
 from .io import atomic_write_bytes, atomic_write_json
 
 MODEL_FILE = "model.safetensors"
@@ -113,7 +112,11 @@ def load_checkpoint(directory: str | os.PathLike, device: str | torch.device = "
     meta = read_meta(directory)
     kw = dict(meta.get("model_kwargs", {}))
     kw.update(model_kw)
-    model = models.create(meta["arch"], int(meta["num_classes"]), **kw)
+    try:
+        model = models.create(meta["arch"], int(meta["num_classes"]), **kw)
+    except (AbstainError, TypeError, ValueError) as e:  # meta.json edited or corrupt
+        raise CheckpointError(f"{Path(directory) / META_FILE} does not describe a model we can "
+                              f"build: {e}") from None
     load_state_into(model, load_weights_file(Path(directory) / MODEL_FILE), source=str(directory))
     return model.to(device).eval(), meta
 
@@ -148,8 +151,11 @@ def _torch_load_safe(path: Path) -> Any:
         raise CheckpointError(
             f"{path} holds objects other than tensors and plain containers; refusing to unpickle "
             f"it (weights_only=True): {str(e).splitlines()[0]}") from None
-    except (zipfile.BadZipFile, EOFError, RuntimeError, OSError) as e:
-        raise CheckpointError(f"{path} is corrupt or truncated: {str(e).splitlines()[0]}") from None
+    except Exception as e:  # noqa: BLE001 - any failure of a weights_only load means a bad file
+        # (zip/EOF/Runtime/OSError for truncation; UnicodeDecode/Key/Value/IndexError for
+        # corrupted bytes). weights_only never runs code, so nothing is lost by catching all.
+        first = (str(e).splitlines() or [type(e).__name__])[0]
+        raise CheckpointError(f"{path} is corrupt or truncated: {type(e).__name__}: {first}") from None
 
 
 def load_foreign_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:

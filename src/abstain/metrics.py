@@ -23,10 +23,26 @@ def _np(a: Any, dtype=None) -> np.ndarray:
     if isinstance(a, torch.Tensor):
         a = a.detach().cpu().numpy()
     out = np.asarray(a)
+    if dtype is not None and np.issubdtype(np.dtype(dtype), np.integer) and out.dtype.kind in "fc":
+        # class indices given as floats: refuse NaN/Inf and fractions instead of a silent cast
+        if not np.isfinite(out).all():
+            raise InputError("per-sample class indices contain NaN or Inf")
+        if (out != np.round(out)).any():
+            raise InputError("per-sample class indices must be integers, got fractional values")
     return out.astype(dtype) if dtype is not None else out
 
 
+def _labels(y: Any) -> np.ndarray:
+    out = _np(y, np.int64)
+    if out.size and int(out.min()) < 0:
+        raise InputError(f"labels must be >= 0, got {int(out.min())}")
+    return out
+
+
 def _same_length(**arrays: np.ndarray) -> int:
+    shapes = {k: v.shape for k, v in arrays.items() if v.ndim != 1}
+    if shapes:
+        raise InputError(f"per-sample records must be 1-D columns, got shapes {shapes}")
     lengths = {k: v.shape[0] for k, v in arrays.items()}
     if len(set(lengths.values())) != 1:
         raise InputError(f"per-sample records have different lengths: {lengths}")
@@ -46,7 +62,7 @@ def partition(y: Any, nat_pred: Any, robust: Any) -> dict[str, float]:
     Returns fractions ``nat_acc`` (R_nat), ``rob_acc`` (R_rob^acc, eq. 2), ``rob_inacc``
     (R_rob^¬acc, eq. 3), ``nonrob_acc`` and ``nonrob_inacc``; the last four sum to 1.
     """
-    y, pred, rob = _np(y, np.int64), _np(nat_pred, np.int64), _np(robust, bool)
+    y, pred, rob = _labels(y), _np(nat_pred, np.int64), _np(robust, bool)
     _same_length(y=y, nat_pred=pred, robust=rob)
     acc = pred == y
     return {

@@ -57,10 +57,16 @@ def read_records(path: str | os.PathLike) -> dict[str, np.ndarray]:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"missing records file {path}")
-    with open(path, newline="") as fh:
-        rows = list(csv.reader(fh))
-    if not rows:
+    try:
+        with open(path, newline="") as fh:
+            text = fh.read()
+    except UnicodeDecodeError:
+        raise DataError(f"corrupt records file {path}: not UTF-8 text") from None
+    if not text:
         raise DataError(f"empty records file {path}")
+    if not text.endswith("\n"):  # write_records ends every row with a newline
+        raise DataError(f"truncated records file {path} (no newline after the last row)")
+    rows = list(csv.reader(io.StringIO(text, newline="")))
     header, body = rows[0], rows[1:]
     if any(len(r) != len(header) for r in body):
         raise DataError(f"truncated or corrupt records file {path}")

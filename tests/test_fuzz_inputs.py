@@ -1,0 +1,223 @@
+"""Bad input, fuzzed (issue 11, part 4).
+
+Hypothesis generates bad configs, tensors (NaN/Inf, outside [0, 1], wrong shapes, labels
+out of range), bad record columns, and truncated/corrupted checkpoints and data files.
+Each must be refused with an :class:`AbstainError` subclass whose message names the
+problem; through the CLI: non-zero exit, one line, no traceback, nothing written.
+
+Every generated input is counted in ``TRIED`` and the totals are printed by the last
+test of the module (``pytest -s``) for the closing note.
+"""
+from __future__ import annotations
+
+import collections
+import json
+import math
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from abstain import checkpoint, metrics, models, records
+from abstain.data.base import TensorDataset
+from abstain.errors import AbstainError, CheckpointError, DataError, InputError
+
+TRIED: collections.Counter = collections.Counter()
+FUZZ = settings(max_examples=int(__import__("os").environ.get("ABSTAIN_FUZZ_EXAMPLES", "40")), deadline=None,
+                derandomize=__import__("os").environ.get("ABSTAIN_FUZZ_EXAMPLES") is None,
+                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+
+BAD_FLOATS = st.sampled_from([float("nan"), float("inf"), -float("inf"), -1.0, -1e-9, 1e308])
+
+
+# ---------------------------------------------------------------- record columns / metrics
+
+@st.composite
+def bad_partition_inputs(draw):
+    n = draw(st.integers(1, 12))
+    y = np.asarray(draw(st.lists(st.integers(0, 4), min_size=n, max_size=n)))
+    pred = y.copy()
+    rob = np.ones(n, dtype=bool)
+    kind = draw(st.sampled_from(["length", "empty", "nan-pred", "frac-pred", "2d", "neg-label",
+                                 "inf-label"]))
+    if kind == "length":
+        pred = np.concatenate([pred, pred[:1]])
+        needle = "length"
+    elif kind == "empty":
+        y, pred, rob = y[:0], pred[:0], rob[:0]
+        needle = "no samples"
+    elif kind == "nan-pred":
+        pred = pred.astype(float)
+        pred[draw(st.integers(0, n - 1))] = float("nan")
+        needle = "nan"
+    elif kind == "frac-pred":
+        pred = pred.astype(float) + 0.5
+        needle = "integer"
+    elif kind == "2d":
+        y, pred, rob = y[:, None], pred[:, None], rob[:, None]
+        needle = "1-d"
+    elif kind == "neg-label":
+        y = y.copy()
+        y[draw(st.integers(0, n - 1))] = -draw(st.integers(1, 5))
+        needle = "label"
+    else:
+        y = y.astype(float)
+        y[0] = float("inf")
+        needle = "inf"
+    return kind, y, pred, rob, needle
+
+
+@FUZZ
+@given(bad_partition_inputs())
+def test_partition_refuses_bad_records(case):
+    kind, y, pred, rob, needle = case
+    TRIED["metrics.partition"] += 1
+    with pytest.raises(InputError) as e:
+        metrics.partition(y, pred, rob)
+    assert needle in str(e.value).lower(), (kind, str(e.value))
+
+
+# ---------------------------------------------------------------- datasets in memory
+
+@st.composite
+def bad_dataset(draw):
+    n = draw(st.integers(0, 6))
+    x = torch.rand(n, 2)
+    y = torch.zeros(n, dtype=torch.long)
+    kind = draw(st.sampled_from(["empty", "nan", "range", "label", "count"] if n else ["empty"]))
+    if kind == "nan":
+        x[draw(st.integers(0, n - 1)), 0] = draw(st.sampled_from([float("nan"), float("inf")]))
+        needle = "finite"
+    elif kind == "range":
+        x[0, 1] = draw(st.sampled_from([-0.1, 1.5, 255.0]))
+        needle = "[0, 1]"
+    elif kind == "label":
+        y[0] = draw(st.sampled_from([-1, 3, 100]))
+        needle = "label"
+    elif kind == "count":
+        y = y[:-1]
+        needle = "labels"
+    else:
+        x, y = x[:0], y[:0]
+        needle = "empty"
+    return x, y, needle
+
+
+@FUZZ
+@given(bad_dataset())
+def test_tensor_dataset_refuses_bad_data(case):
+    x, y, needle = case
+    TRIED["data.TensorDataset"] += 1
+    with pytest.raises(DataError, match=None) as e:
+        TensorDataset(x, y, 3, "fuzz")
+    assert needle.lower() in str(e.value).lower()
+
+
+@FUZZ
+@given(name=st.text(min_size=0, max_size=12), split=st.sampled_from(["train", "test", "val", "", "TRAIN"]))
+def test_data_load_refuses_unknown_names(name, split):
+    from abstain import data
+
+    TRIED["data.load names"] += 1
+    if name in data.DATASETS and split in data.SPLITS:
+        return
+    with pytest.raises(DataError) as e:
+        data.load(name, split)
+    assert ("unknown" in str(e.value) or "root" in str(e.value))
+
+
+# ---------------------------------------------------------------- checkpoints: truncated / corrupt
+
+def _tiny_checkpoint(d: Path) -> Path:
+    net = models.create("mlp", 3, in_features=2)
+    checkpoint.save_checkpoint(d, net, {"arch": "mlp", "num_classes": 3, "dataset": "gauss3",
+                                        "model_kwargs": {"in_features": 2}, "epoch": 2},
+                               {"epoch": 2, "rng": torch.get_rng_state(),
+                                "optimizer": {"state": {0: {"momentum_buffer": torch.ones(3)}}}})
+    return d
+
+
+_GOOD: dict[str, bytes] = {}
+
+
+def _good_ckpt(tmp_path_factory) -> dict[str, bytes]:
+    """The bytes of one good checkpoint (built once; not a fixture so that Hypothesis
+    does not print 50 kB of bytes on failure)."""
+    if not _GOOD:
+        d = _tiny_checkpoint(tmp_path_factory.mktemp("good"))
+        _GOOD.update({p.name: p.read_bytes() for p in d.iterdir()})
+    return _GOOD
+
+
+@FUZZ
+@given(which=st.sampled_from(["model.safetensors", "meta.json", "train_state.pt"]),
+       frac=st.floats(0.0, 1.0, exclude_max=True), mode=st.sampled_from(["truncate", "flip", "zero"]),
+       seed=st.integers(0, 2**16))
+def test_corrupt_checkpoint_is_refused_clearly(tmp_path_factory, which, frac, mode, seed):
+    """Truncate at a random offset or overwrite random bytes: loading raises
+    CheckpointError naming the file, or (for byte flips that keep the file valid)
+    loads without any other exception."""
+    good_ckpt = _good_ckpt(tmp_path_factory)
+    d = tmp_path_factory.mktemp("ck")
+    for name, data in good_ckpt.items():
+        (d / name).write_bytes(data)
+    blob = bytearray(good_ckpt[which])
+    cut = int(frac * (len(blob) - 1))  # at least the last byte (meta.json: the closing brace) goes
+    rng = random.Random(seed)
+    if mode == "truncate":
+        blob = blob[:cut]
+    elif mode == "flip":
+        for _ in range(rng.randint(1, 16)):
+            i = rng.randrange(len(blob))
+            blob[i] = rng.randrange(256)
+    else:
+        end = min(len(blob), cut + rng.randint(1, 4096))
+        blob[cut:end] = bytes(end - cut)
+    (d / which).write_bytes(bytes(blob))
+    TRIED[f"checkpoint {mode}"] += 1
+    try:
+        if which == "train_state.pt":
+            checkpoint.load_train_state(d)
+        else:
+            checkpoint.load_checkpoint(d)
+    except CheckpointError as e:
+        msg = str(e)
+        assert which in msg or "meta" in msg or str(d) in msg, msg
+        assert "\n" not in msg.strip(), msg
+    else:
+        assert mode != "truncate" or which != "meta.json", "a truncated meta.json was accepted"
+
+
+@FUZZ
+@given(frac=st.floats(0.0, 1.0, exclude_max=True))
+def test_truncated_records_refused_or_prefix(tmp_path_factory, frac):
+    """A records CSV cut anywhere: read_records raises DataError or returns a prefix of
+    the rows (a cut at a line boundary cannot be told apart; records are written
+    atomically so this only happens to files edited by hand)."""
+    d = tmp_path_factory.mktemp("rec")
+    cols = {"index": np.arange(20), "label": np.arange(20) % 3, "robust@0.1": np.arange(20) % 2 == 0,
+            "radius": np.linspace(0, 1, 20)}
+    p = records.write_records(d / "r.csv", cols)
+    blob = p.read_bytes()
+    p.write_bytes(blob[:int(frac * len(blob))])
+    TRIED["records truncate"] += 1
+    try:
+        got = records.read_records(p)
+    except DataError as e:
+        assert "r.csv" in str(e)
+    else:
+        n = len(got["index"])
+        assert set(got) == set(cols) and n < 20
+        assert np.array_equal(got["index"], cols["index"][:n])
+
+
+# ---------------------------------------------------------------- closing count
+
+def test_zzz_report_fuzz_counts():
+    total = sum(TRIED.values())
+    print(f"\n[fuzz] inputs tried: {total} {dict(sorted(TRIED.items()))}")
+    assert total > 0
