@@ -18,8 +18,9 @@ class Normalize(nn.Module):
 
     def __init__(self, mean: Sequence[float] = (0.0,), std: Sequence[float] = (1.0,)) -> None:
         super().__init__()
-        mean_t = torch.as_tensor(mean, dtype=torch.float32)
-        std_t = torch.as_tensor(std, dtype=torch.float32)
+        # explicit CPU: also valid inside a ``torch.device("meta")`` context (shape-only builds)
+        mean_t = torch.as_tensor(mean, dtype=torch.float32, device="cpu")
+        std_t = torch.as_tensor(std, dtype=torch.float32, device="cpu")
         if (std_t <= 0).any():
             raise ValueError("normalisation std must be positive")
         self.register_buffer("mean", mean_t, persistent=False)

@@ -1,0 +1,184 @@
+"""CIFAR ResNets / WideResNets: shapes, published parameter counts, published-checkpoint loading."""
+import pickle
+
+import pytest
+import torch
+
+from abstain import models
+from abstain.errors import CheckpointError
+from abstain.models.published import guess_architecture, load_published
+
+
+def _n_params(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+def _randomise_bn(model, seed=0):
+    """Non-trivial BN statistics so a wrong layer order or a dropped buffer shows in the outputs."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.copy_(torch.rand(m.running_mean.shape, generator=g) * 0.4 - 0.2)
+            m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
+            m.bias.data.copy_(torch.rand(m.bias.shape, generator=g) * 0.4 - 0.2)
+    return model.eval()
+
+
+# Published sizes (10 classes): WRN-28-10 36.5M (Zagoruyko & Komodakis), ResNet-18 11.17M and
+# ResNet-50 23.52M (kuangliu/RobustBench CIFAR ResNets), ResNet-110 1.73M (He et al.), WRN-40-10 55.8M.
+@pytest.mark.parametrize("name,count", [
+    ("resnet18", 11_173_962), ("resnet50", 23_520_842), ("resnet110", 1_730_714),
+    ("wrn-28-10", 36_479_194), ("wrn-40-10", 55_841_754),
+])
+def test_parameter_counts_match_published(name, count):
+    with torch.device("meta"):  # shapes only: no memory, no init time
+        model = models.create(name, 10)
+    assert _n_params(model) == count
+
+
+@pytest.mark.parametrize("name,k,size", [("resnet18", 10, 32), ("resnet110", 100, 32),
+                                         ("resnet50", 7, 64), ("wrn-28-10", 10, 32)])
+def test_output_shapes_and_eval_batch_independence(name, k, size):
+    torch.manual_seed(0)
+    model = models.create(name, k).eval()
+    x = torch.rand(2, 3, size, size)
+    with torch.no_grad():
+        out = model(x)
+        assert out.shape == (2, k) and torch.isfinite(out).all()
+        # eval mode: a sample's logits do not depend on its batch
+        assert torch.allclose(model(x[:1]), out[:1], atol=1e-4)
+
+
+def test_normalisation_is_the_first_layer_and_not_in_the_state_dict():
+    torch.manual_seed(0)
+    a = models.create("resnet110", 10).eval()
+    plain = models.create("resnet110", 10, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)).eval()
+    plain.load_state_dict(a.state_dict())
+    assert not any(k.startswith("normalize") for k in a.state_dict())
+    mean = torch.tensor([0.4914, 0.4822, 0.4465]).view(1, 3, 1, 1)
+    std = torch.tensor([0.2023, 0.1994, 0.2010]).view(1, 3, 1, 1)
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(a(x), plain((x - mean) / std), atol=1e-5)
+
+
+def _robustbench_file(tmp_path, state, name="rb.pt", sub_block1=True):
+    """A file in RobustBench's layout: DataParallel ``module.`` prefix, ``{"state_dict": ...}``
+    nesting and (Carmon2019Unlabeled: ``WideResNet(sub_block1=True)``) an unused ``sub_block1``."""
+    sd = dict(state)
+    if sub_block1:
+        sd.update({"sub_block1." + k[len("block1."):]: torch.randn(v.shape) if v.is_floating_point() else v
+                   for k, v in state.items() if k.startswith("block1.")})
+    path = tmp_path / name
+    torch.save({"state_dict": {f"module.{k}": v for k, v in sd.items()}, "epoch": 100}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def wrn():
+    torch.manual_seed(1)
+    return _randomise_bn(models.create("wrn-28-10", 10))
+
+
+def test_robustbench_wrn_28_10_roundtrip_identical_outputs(tmp_path, wrn):
+    path = _robustbench_file(tmp_path, wrn.state_dict())
+    loaded = load_published("wrn-28-10", path, 10)
+    assert not loaded.training
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(loaded(x), wrn(x))
+    # the key names are RobustBench's, so the same file loads into the registry model
+    assert "block1.layer.0.bn1.running_mean" in wrn.state_dict() and "fc.weight" in wrn.state_dict()
+
+
+def test_missing_key_is_named(tmp_path, wrn):
+    state = dict(wrn.state_dict())
+    del state["block2.layer.3.conv2.weight"]
+    path = _robustbench_file(tmp_path, state, sub_block1=False)
+    with pytest.raises(CheckpointError, match=r"missing keys: block2\.layer\.3\.conv2\.weight"):
+        load_published("wrn-28-10", path, 10)
+
+
+def test_other_architecture_fails_clearly_and_names_the_match(tmp_path):
+    torch.manual_seed(0)
+    r18 = models.create("resnet18", 10)
+    path = tmp_path / "r18.pth"
+    torch.save(r18.state_dict(), path)
+    with pytest.raises(CheckpointError, match=r"holds a 'resnet18' checkpoint with 10 classes, not 'wrn-28-10' with 10.*does not fit.*unexpected keys: layer1"):
+        load_published("wrn-28-10", path, 10)
+    assert guess_architecture(r18.state_dict()) == "resnet18"
+
+
+def test_wrong_class_count_is_reported(tmp_path):
+    torch.manual_seed(0)
+    path = tmp_path / "c100.pt"
+    torch.save(models.create("resnet110", 100).state_dict(), path)
+    with pytest.raises(CheckpointError, match=r"'resnet110' checkpoint with 100 classes, not 'resnet110' with 10.*shape mismatch: fc\.bias \(100,\) vs \(10,\)"):
+        load_published("resnet110", path, 10)
+
+
+def test_cohen_layout_and_normalisation(tmp_path):
+    """Cohen et al. save ``Sequential(NormalizeLayer, ResNet-110)``: keys ``1.*``; their
+    NormalizeLayer statistics are our default for resnet110."""
+    torch.manual_seed(2)
+    ref = _randomise_bn(models.create("resnet110", 10, mean=(0, 0, 0), std=(1, 1, 1)), seed=2)
+    path = tmp_path / "checkpoint.pth.tar"
+    torch.save({"epoch": 90, "arch": "cifar_resnet110",
+                "state_dict": {f"1.{k}": v for k, v in ref.state_dict().items()}}, path)
+    loaded, kw = load_published("resnet110", path, 10, return_kwargs=True)
+    mean = torch.tensor(kw["mean"]).view(1, 3, 1, 1)
+    std = torch.tensor(kw["std"]).view(1, 3, 1, 1)
+    assert kw["std"] == pytest.approx([0.2023, 0.1994, 0.2010])
+    x = torch.rand(3, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), ref((x - mean) / std), atol=1e-5)
+
+
+def test_robustbench_mu_sigma_buffers_become_the_normalisation(tmp_path):
+    """e.g. RobustBench's Engstrom2019Robustness (ResNet-50 with ``mu``/``sigma`` buffers)."""
+    torch.manual_seed(3)
+    ref = _randomise_bn(models.create("resnet18", 10, mean=(0, 0, 0), std=(1, 1, 1)), seed=3)
+    mu = torch.tensor([0.4914, 0.4822, 0.4465]).view(1, 3, 1, 1)
+    sigma = torch.tensor([0.2471, 0.2435, 0.2616]).view(1, 3, 1, 1)
+    path = tmp_path / "eng.pt"
+    torch.save({**ref.state_dict(), "mu": mu, "sigma": sigma}, path)
+    loaded = load_published("resnet18", path, 10)
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), ref((x - mu) / sigma), atol=1e-5)
+    # without buffers a RobustBench ResNet takes raw [0, 1] inputs
+    path2 = tmp_path / "plain.pt"
+    torch.save(ref.state_dict(), path2)
+    with torch.no_grad():
+        assert torch.equal(load_published("resnet18", path2, 10)(x), ref(x))
+
+
+def test_html_page_saved_as_checkpoint(tmp_path):
+    path = tmp_path / "Carmon2019Unlabeled.pt"
+    path.write_text("<!DOCTYPE html><html><head><title>Google Drive - Virus scan warning</title>")
+    with pytest.raises(CheckpointError, match="HTML page"):
+        load_published("wrn-28-10", path, 10)
+
+
+class _Marker:
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_malicious_checkpoint_never_runs_code(tmp_path):
+    marker = tmp_path / "marker"
+    path = tmp_path / "evil.pth"
+    with open(path, "wb") as fh:
+        pickle.dump({"state_dict": {"fc.weight": _Marker(str(marker))}}, fh)
+    with pytest.raises(CheckpointError):
+        load_published("resnet110", path, 10)
+    assert not marker.exists()
+
+
+def test_unknown_published_arch(tmp_path):
+    with pytest.raises(CheckpointError, match="no published-checkpoint layout for 'vit'"):
+        load_published("vit", tmp_path / "x.pt", 10)
