@@ -37,6 +37,8 @@ def check_inputs(x: torch.Tensor, *, name: str = "x", unit_box: bool = True) -> 
         raise InputError(f"{name} must be a floating-point tensor, got {x.dtype}")
     if x.dim() < 1 or x.shape[0] == 0:
         raise InputError(f"{name} must have a non-empty batch dimension, got shape {tuple(x.shape)}")
+    if x.numel() == 0:
+        raise InputError(f"{name} is empty (a dimension of size 0), got shape {tuple(x.shape)}")
     if not bool(torch.isfinite(x).all()):
         raise InputError(f"{name} contains NaN or Inf")
     if unit_box:
