@@ -215,6 +215,229 @@ def test_truncated_records_refused_or_prefix(tmp_path_factory, frac):
         assert np.array_equal(got["index"], cols["index"][:n])
 
 
+# ---------------------------------------------------------------- configs
+
+BASE_CONFIG = {
+    "data": {"name": "digits", "val_fraction": 0.1},
+    "model": {"arch": "cnn"},
+    "train": {"loss": "trades", "epochs": 2, "batch_size": 64, "lr": 0.05, "seed": 0},
+    "loss": {"eps": 0.1, "norm": "linf", "steps": 3, "beta": 1.0},
+}
+# (section, key) -> bad values whose refusal must name the key
+_NUMERIC_KEYS = {
+    ("train", "epochs"): "int+", ("train", "batch_size"): "int+", ("train", "lr"): "num+",
+    ("train", "seed"): "int0", ("train", "momentum"): "frac", ("train", "weight_decay"): "num0",
+    ("train", "val_steps"): "int+", ("data", "val_fraction"): "frac",
+    ("loss", "eps"): "eps", ("loss", "steps"): "int+", ("loss", "step_size"): "num+",
+    ("loss", "beta"): "num0", ("loss", "sigma"): "num+", ("loss", "k"): "int+",
+    ("loss", "gamma"): "num0",
+}
+_WRONG_TYPES = st.sampled_from(["ten", [1, 2], {"a": 1}, True, "1e-3"])
+
+
+@st.composite
+def bad_config(draw):
+    cfg = json.loads(json.dumps(BASE_CONFIG))
+    kind = draw(st.sampled_from(["numeric", "type", "unknown-key", "unknown-section", "choice",
+                                 "section-type", "missing"]))
+    if kind in ("numeric", "type"):
+        section, key = draw(st.sampled_from(sorted(_NUMERIC_KEYS)))
+        rule = _NUMERIC_KEYS[(section, key)]
+        if kind == "type":
+            value = draw(_WRONG_TYPES)
+        else:
+            bad = [float("nan"), float("inf"), -float("inf"), -1, -1e-6 if "num" in rule or rule in ("frac", "eps") else -1]
+            if rule in ("int+", "num+"):
+                bad += [0]
+            if rule == "frac":
+                bad += [1, 1.5, 1e9]
+            if rule == "eps":
+                bad += [1.5, 1e300]  # linf eps beyond the pixel range
+            if rule.startswith("int"):
+                bad += [0.5, 2.5]  # not an integer
+            value = draw(st.sampled_from(bad))
+        cfg[section][key] = value
+        return cfg, key
+    if kind == "unknown-key":
+        section = draw(st.sampled_from(sorted(cfg)))
+        key = draw(st.sampled_from(["epoch", "learning_rate", "bacth_size", "eps_", "foo"]))
+        cfg[section][key] = 1
+        return cfg, key
+    if kind == "unknown-section":
+        name = draw(st.sampled_from(["trian", "optim", "eval", "Data"]))
+        cfg[name] = {"x": 1}
+        return cfg, name
+    if kind == "choice":
+        section, key = draw(st.sampled_from([("loss", "norm"), ("train", "schedule"), ("train", "loss"),
+                                              ("data", "augment"), ("train", "amp")]))
+        cfg[section][key] = draw(st.sampled_from(["l3", "Linf", "", "cosine", "bogus"]))
+        return cfg, key
+    if kind == "section-type":
+        section = draw(st.sampled_from(sorted(cfg)))
+        cfg[section] = draw(st.sampled_from([1, "x", [1]]))
+        return cfg, section
+    section, key = draw(st.sampled_from([("data", "name"), ("model", "arch")]))
+    del cfg[section][key]
+    return cfg, key
+
+
+def test_base_config_is_valid():
+    from abstain import config
+
+    config.validate(BASE_CONFIG)
+
+
+@FUZZ
+@given(bad_config())
+def test_bad_configs_are_refused_naming_the_key(case):
+    from abstain import config
+    from abstain.errors import ConfigError
+
+    cfg, needle = case
+    TRIED["config.validate"] += 1
+    with pytest.raises(ConfigError) as e:
+        config.validate(cfg)
+    assert needle in str(e.value), (cfg, str(e.value))
+
+
+@FUZZ
+@given(text=st.text(max_size=80))
+def test_garbage_toml_is_refused(tmp_path_factory, text):
+    """Random text as a config file: ConfigError (invalid TOML or schema), never another
+    exception."""
+    from abstain import config
+    from abstain.errors import ConfigError
+
+    TRIED["config.load text"] += 1
+    p = tmp_path_factory.mktemp("cfg") / "c.toml"
+    p.write_text(text)
+    with pytest.raises(ConfigError):
+        config.load(p)
+
+
+# ---------------------------------------------------------------- attacks, smoothing, evaluation
+
+_NET: dict[str, torch.nn.Module] = {}
+
+
+def _net() -> torch.nn.Module:
+    if not _NET:
+        torch.manual_seed(0)
+        _NET["mlp"] = models.create("mlp", 3, in_features=2).eval()
+    return _NET["mlp"]
+
+
+@st.composite
+def bad_attack_call(draw):
+    """(kwargs for attack(model, x, y, **kw), needle in the message)."""
+    n = draw(st.integers(1, 5))
+    x = torch.rand(n, 2)
+    y = torch.randint(0, 3, (n,))
+    kw = {"eps": 0.1, "norm": "linf", "steps": 3}
+    kind = draw(st.sampled_from(["nan", "inf", "range", "eps", "norm", "steps", "y-len", "y-float",
+                                 "y-2d", "y-neg", "y-big", "empty"]))
+    if kind in ("nan", "inf"):
+        x[draw(st.integers(0, n - 1)), draw(st.integers(0, 1))] = float(kind)
+        needle = "nan or inf"
+    elif kind == "range":
+        x[0, 0] = draw(st.sampled_from([-0.01, 1.01, 255.0, -1e9]))
+        needle = "[0, 1]"
+    elif kind == "eps":
+        kw["eps"] = draw(st.sampled_from([-0.1, float("nan"), float("inf"), "big"]))
+        needle = "eps"
+    elif kind == "norm":
+        kw["norm"] = draw(st.sampled_from(["l1", "Linf", "", "inf"]))
+        needle = "norm"
+    elif kind == "steps":
+        kw["steps"] = draw(st.sampled_from([-1, 2.5, "10"]))
+        needle = "steps"
+    elif kind == "y-len":
+        y = torch.cat([y, y[:1]])
+        needle = "y"
+    elif kind == "y-float":
+        y = y.float()
+        needle = "integer"
+    elif kind == "y-2d":
+        y = y[:, None]
+        needle = "1-d"
+    elif kind == "y-neg":
+        y[0] = -1
+        needle = "negative"
+    elif kind == "y-big":
+        y[0] = draw(st.sampled_from([3, 10, 2**40]))
+        needle = "class"
+    else:
+        x, y = x[:0], y[:0]
+        needle = "batch"
+    return kind, x, y, kw, needle
+
+
+@FUZZ
+@given(case=bad_attack_call(), fn=st.sampled_from(["pgd", "apgd"]))
+def test_attacks_refuse_bad_inputs(case, fn):
+    from abstain import attacks
+
+    kind, x, y, kw, needle = case
+    TRIED[f"attacks.{fn}"] += 1
+    with pytest.raises(InputError) as e:
+        getattr(attacks, fn)(_net(), x, y, **kw)
+    assert needle in str(e.value).lower(), (kind, str(e.value))
+
+
+@FUZZ
+@given(case=bad_attack_call())
+def test_is_robust_refuses_bad_inputs(case):
+    from abstain import attacks
+
+    kind, x, y, kw, needle = case
+    if kind.startswith("y-"):  # is_robust takes no labels
+        return
+    TRIED["attacks.is_robust"] += 1
+    with pytest.raises(InputError) as e:
+        attacks.is_robust(_net(), x, **kw)
+    assert needle in str(e.value).lower(), (kind, str(e.value))
+
+
+@st.composite
+def bad_certify_call(draw):
+    x = torch.rand(2)
+    kw = {"n0": 10, "n": 50, "alpha": 0.001, "batch_size": 25}
+    sigma = 0.25
+    kind = draw(st.sampled_from(["nan", "range", "n0", "n", "alpha", "batch", "sigma", "shape"]))
+    if kind == "nan":
+        x[draw(st.integers(0, 1))] = draw(st.sampled_from([float("nan"), float("inf")]))
+        needle = "nan or inf"
+    elif kind == "range":
+        x[1] = draw(st.sampled_from([-0.5, 2.0]))
+        needle = "[0, 1]"
+    elif kind in ("n0", "n", "batch"):
+        key = {"batch": "batch_size"}.get(kind, kind)
+        kw[key] = draw(st.sampled_from([0, -5, 1.5, float("nan"), "100", True]))
+        needle = key
+    elif kind == "alpha":
+        kw["alpha"] = draw(st.sampled_from([0, 1, -0.1, 1.5, float("nan"), float("inf")]))
+        needle = "alpha"
+    elif kind == "sigma":
+        sigma = draw(st.sampled_from([0, -0.25, float("nan"), float("inf")]))
+        needle = "sigma"
+    else:
+        x = torch.rand(0)
+        needle = "x"
+    return kind, x, sigma, kw, needle
+
+
+@FUZZ
+@given(bad_certify_call())
+def test_smooth_certify_refuses_bad_inputs(case):
+    from abstain.smoothing import Smooth
+
+    kind, x, sigma, kw, needle = case
+    TRIED["smoothing.Smooth.certify"] += 1
+    with pytest.raises(InputError) as e:
+        Smooth(_net(), 3, sigma).certify(x, generator=torch.Generator().manual_seed(0), **kw)
+    assert needle in str(e.value).lower(), (kind, str(e.value))
+
+
 # ---------------------------------------------------------------- closing count
 
 def test_zzz_report_fuzz_counts():
