@@ -170,24 +170,38 @@ def test_quiet_sets_env(fakes, tmp_path, monkeypatch, capsys):
     assert "[1/1] a: done in" in out and "nat 0." in out     # one summary line per stage
 
 
-def test_paper_scale_without_data_names_every_missing_path(tmp_path, capsys):
+def test_paper_scale_without_data_names_every_missing_path(tmp_path, capsys, monkeypatch):
     import abstain.stages.paper as paper
 
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    (configs / "cifar10-table5-era-1.toml").write_text(
+        '[data]\nname = "cifar10"\n[model]\narch = "wrn-28-10"\ninit = "checkpoints/Carmon2019Unlabeled.pt"\n'
+        '[train]\nloss = "era"\nschedule = "finetune"\n[loss]\neps = 0.00392156862745098\n')
+    monkeypatch.setenv("ABSTAIN_CONFIGS", str(configs))
     root = tmp_path / "data"
-    root.mkdir()
+    (root / "cifar-100-python").mkdir(parents=True)
+    (root / "cifar-100-python" / "train").write_text("x")       # half of CIFAR-100 is there
     t0 = time.perf_counter()
     rc = cli_main(["reproduce", "--scale", "paper", "--out", str(tmp_path / "o"),
                    "--data-root", str(root), "--quiet"])
     assert time.perf_counter() - t0 < 30
     err = capsys.readouterr().err
-    assert rc == 2
-    expected = paper.required_paths(root)
-    assert expected
-    for path, what in expected:
-        assert str(path) in err and what in err
-    assert "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz" in err
-    assert "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz" in err
-    assert "mapillary" in err.lower() and "robustbench" in err.lower()
+    assert rc == 2 and "--scale paper needs data that is not there" in err
+    listed = [l[4:] for l in err.splitlines() if l.startswith("  - ")]
+    assert f"{root / 'cifar-10-batches-py'}: CIFAR-10, python version: download " \
+           "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz" in "\n".join(listed)
+    assert any(l.startswith(f"{root / 'cifar-100-python' / 'test'}: ") and
+               "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz" in l for l in listed)
+    assert not any(l.startswith(f"{root / 'cifar-100-python' / 'train'}:") for l in listed)
+    assert any(l.startswith(f"{root / 'mtsd'}: ") and "mapillary.com/dataset/trafficsign" in l
+               and "abstain data mtsd" in l for l in listed)
+    assert any(l.startswith(f"{root / 'checkpoints' / 'Carmon2019Unlabeled.pt'}: ") and
+               "RobustBench" in l for l in listed)
+    # every required path that is absent is named (a whole missing directory once)
+    for path, what in paper.required_paths(root):
+        if not path.exists():
+            assert any(l.startswith(f"{path}: ") or l.startswith(f"{path.parent}: ") for l in listed), path
     assert not (tmp_path / "o").exists()
 
 

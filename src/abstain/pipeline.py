@@ -322,7 +322,8 @@ def run_pipeline(out: str | os.PathLike, *, scale: str = "mini", demo: bool = Fa
     out.mkdir(parents=True, exist_ok=True)
 
     bar = progress(total=len(plans), desc="reproduce", leave=True, position=0, unit="stage",
-                   disable=True if quiet else None)
+                   disable=True if quiet else None,
+                   bar_format="{desc}: {n_fmt}/{total_fmt} stages |{bar}| {elapsed} elapsed{postfix}")
     bars_on = not bar.disable
 
     def emit(msg: str) -> None:

@@ -60,6 +60,13 @@ def run(args: argparse.Namespace) -> int:
     # may have set SIGINT to "ignore"); SIGTERM stops the same clean way.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     previous_term = signal.signal(signal.SIGTERM, _raise_interrupt)
+    if args.scale == "paper":
+        from ..utils import resolve_device
+
+        if resolve_device(args.device).type == "cpu":
+            print("abstain reproduce: warning: --scale paper on a CPU fine-tunes ResNet-50 / "
+                  "WideResNet-28-10 models on CIFAR and MTSD, which takes days; use a GPU "
+                  "(--device cuda)", file=sys.stderr)
     t0 = time.perf_counter()
     try:
         result = run_pipeline(args.out, scale=args.scale, demo=args.demo, only=args.only,
