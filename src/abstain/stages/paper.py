@@ -228,11 +228,23 @@ def _exists(p: Path) -> bool:
     return p.exists() and (not p.is_dir() or any(p.iterdir()))
 
 
+def _robust_columns(cols: Mapping[str, Any]) -> dict[float, str]:
+    return {float(k.split("@", 1)[1]): k for k in cols if k.startswith("robust@")}
+
+
 def _eps_of(cols: Mapping[str, Any]) -> float:
-    eps = sorted(float(k.split("@", 1)[1]) for k in cols if k.startswith("robust@"))
+    eps = sorted(_robust_columns(cols))
     if not eps:
         raise ValueError("records without robust@<eps> columns")
     return eps[0]
+
+
+def _column_at(cols: Mapping[str, Any], eps: float) -> np.ndarray:
+    """The ``robust@<eps>`` column (names carry ε printed with %g, so match to 1e-5 relative)."""
+    for e, k in _robust_columns(cols).items():
+        if math.isclose(e, eps, rel_tol=1e-5):
+            return np.asarray(cols[k]).astype(bool)
+    raise ValueError(f"records have no robust@{eps:g} column (have {sorted(_robust_columns(cols))})")
 
 
 def _metrics(cols: Mapping[str, Any], eps: float) -> dict[str, float]:
@@ -240,8 +252,7 @@ def _metrics(cols: Mapping[str, Any], eps: float) -> dict[str, float]:
     from ..metrics import abstain_metrics, partition
 
     y, pred = np.asarray(cols["label"]), np.asarray(cols["pred"])
-    rob = np.asarray(cols[f"robust@{eps:g}"]).astype(bool)
-    rob2 = np.asarray(cols[f"robust@{2 * eps:g}"]).astype(bool)
+    rob, rob2 = _column_at(cols, eps), _column_at(cols, 2 * eps)
     m = {"eps": eps, **partition(y, pred, rob)}
     a = abstain_metrics(y, pred, rob, rob2, rob)
     m.update({"rob_sel": a["rob_sel"], "sel_rob_acc": a["sel_rob_acc"]})

@@ -1,0 +1,87 @@
+"""Paper-scale stages: configs -> stage config/hash, report numbers from records, paper lookup."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from abstain.records import write_records
+from abstain.stages import PAPER_STAGES, stage_module
+from abstain.stages import paper
+
+ERA_TOML = """[data]
+name = "cifar10"
+augment = "none"
+[model]
+arch = "resnet50"
+init = "checkpoints/Zhang2019Theoretically_resnet50.pt"
+[train]
+loss = "era"
+schedule = "finetune"
+[loss]
+eps = 0.00392156862745098
+"""
+
+
+def test_paper_stages_are_registered_and_read_their_configs(tmp_path, monkeypatch):
+    assert set(PAPER_STAGES) == set(paper.STAGES)
+    for name in PAPER_STAGES:
+        st = stage_module(name)
+        assert st.NAME == name and st is paper.STAGES[name]
+    monkeypatch.setenv("ABSTAIN_CONFIGS", str(tmp_path))
+    (tmp_path / "cifar10-table5-era-1.toml").write_text(ERA_TOML)
+    st = paper.STAGES["cifar10-table5"]
+    c1 = st.config("paper", False)
+    assert list(c1["variants"]) == ["cifar10-table5-era-1"]
+    assert c1["variants"]["cifar10-table5-era-1"]["toml"]["train"]["loss"] == "era"
+    assert st.config("paper", True)["n_test"] == st.demo_n_test and c1["n_test"] is None
+    from abstain.pipeline import stage_hash
+
+    h1 = stage_hash(st.NAME, c1, {})
+    (tmp_path / "cifar10-table5-era-1.toml").write_text(ERA_TOML.replace('"none"', '"autoaugment"'))
+    assert stage_hash(st.NAME, st.config("paper", False), {}) != h1     # editing a config invalidates
+
+
+def test_paper_report_recomputes_from_records_with_the_papers_numbers(tmp_path):
+    st = paper.STAGES["cifar10-table5"]
+    sdir = tmp_path / "cifar10-table5"
+    eps = 1 / 255
+    rng = np.random.default_rng(0)
+    oracle = []
+    for seed in (0, 1):
+        n = 200
+        y = rng.integers(0, 10, n)
+        pred = np.where(rng.random(n) < 0.85, y, (y + 1) % 10)
+        rob = rng.random(n) < 0.8
+        rob2 = rob & (rng.random(n) < 0.9)
+        write_records(sdir / "records" / f"era-1-s{seed}.csv",
+                      {"index": np.arange(n), "label": y, "pred": pred, f"robust@{eps:g}": rob,
+                       f"robust@{2 * eps:g}": rob2})
+        acc = pred == y
+        oracle.append({"nat_acc": acc.mean(), "rob_acc": (acc & rob).mean(),
+                       "rob_inacc": (~acc & rob).mean(), "rob_sel": rob2.mean(),
+                       "sel_rob_acc": (rob2 & acc & rob).sum() / rob2.sum()})
+    toml = {"train": {"loss": "era"}, "data": {"augment": "none"}, "loss": {"eps": eps}}
+    (sdir / "results.json").write_text(json.dumps(
+        {"meta": {"config": {"variants": {"era-1": {"toml": toml}}}}}))
+    blocks = st.report(sdir)
+    (table,) = [b for b in blocks if b["kind"] == "table"]
+    (row,) = table["rows"]
+    cell = dict(zip(table["columns"], row))
+    assert cell["variant"] == "era-1" and cell["seeds"] == 2
+    assert cell["eps"] == pytest.approx(eps, rel=1e-5)
+    for k in ("nat_acc", "rob_acc", "rob_inacc", "rob_sel", "sel_rob_acc"):
+        assert cell[k] == pytest.approx(np.mean([o[k] for o in oracle]), abs=1e-12), k
+    ref = dict(zip(table["columns"], table["paper"][0]))
+    assert ref["rob_sel"] == pytest.approx(0.8631) and ref["sel_rob_acc"] == pytest.approx(0.9663)
+    assert ref["nat_acc"] is None
+
+
+def test_partition_paper_lookup_by_checkpoint_and_eps():
+    look = paper._partition_paper(paper._TABLE8)
+    got = look({"model": {"init": "checkpoints/Carmon2019Unlabeled.pt"}, "train": {"loss": "trades"},
+                "loss": {"eps": 2 / 255}})
+    assert got == pytest.approx({"nonrob_inacc": 0.0738, "rob_inacc": 0.024, "nonrob_acc": 0.032,
+                                 "rob_acc": 0.8702, "nat_acc": 0.9022})
+    assert look({"model": {"init": "x.pt"}, "loss": {"eps": 2 / 255}}) is None
