@@ -1,0 +1,80 @@
+"""``abstain train``: train or fine-tune a model from a TOML config into a run directory."""
+from __future__ import annotations
+
+import argparse
+import shutil
+from pathlib import Path
+
+HELP = "train or fine-tune a model from a TOML config (resumable; torchrun for several processes)"
+DESCRIPTION = (
+    "Train a model with the loss, schedule and data of a TOML config (see configs/ and "
+    "docs/train.md) into --out, a run directory: model.safetensors + meta.json (the best epoch "
+    "on the validation split), train_state.pt (resume state), config.toml, log.jsonl (one line "
+    "per epoch) and results.json (section \"train\"). Ctrl-C stops at the next batch with a "
+    "checkpoint; --resume continues. Under `torchrun --nproc-per-node N -m abstain train ...` "
+    "it trains with DistributedDataParallel.")
+
+# files a training run writes into its directory (removed by --overwrite)
+RUN_FILES = ("model.safetensors", "meta.json", "train_state.pt", "config.toml", "log.jsonl",
+             "results.json")
+RUN_DIRS = ("records",)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", required=True, help="experiment config (TOML)")
+    p.add_argument("--out", required=True, help="run directory")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--resume", action="store_true",
+                   help="continue the run in --out (the config must be unchanged)")
+    g.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a config value (TOML syntax), e.g. --set train.lr=0.01")
+
+
+def run(args: argparse.Namespace) -> int:
+    from .. import config as config_mod
+    from .. import distributed
+    from ..errors import ConfigError
+    from ..io import atomic_write_text, update_json
+    from ..train import train_from_config
+    from ..utils import resolve_device
+
+    cfg = config_mod.load(args.config, args.set)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} exists and is not a directory")
+    existing = out.is_dir() and any(out.iterdir())
+    if args.resume:
+        saved = out / "config.toml"
+        if not saved.is_file():
+            raise ConfigError(f"--resume: {out} holds no run to resume (no config.toml)")
+        changed = config_mod.diff(config_mod.loads(saved.read_text()), cfg)
+        if changed:
+            raise ConfigError(f"--resume refused: the config differs from the run's config.toml in "
+                              f"{', '.join(changed)}; undo the change, or start a new run "
+                              "(another --out, or --overwrite)")
+    elif existing and not args.overwrite:
+        raise ConfigError(f"{out} already holds files; pass --resume to continue that run or "
+                          "--overwrite to replace it")
+    device = resolve_device(args.device)
+    distributed.init_from_env(device)
+    if distributed.is_main():
+        if args.overwrite and existing:
+            for name in RUN_FILES:
+                (out / name).unlink(missing_ok=True)
+            for name in RUN_DIRS:
+                shutil.rmtree(out / name, ignore_errors=True)
+        out.mkdir(parents=True, exist_ok=True)
+        if not args.resume:
+            atomic_write_text(out / "config.toml", config_mod.dumps(cfg))
+    distributed.barrier()
+    _, summary = train_from_config(cfg, out, device)
+    if distributed.is_main():
+        update_json(out / "results.json", "train", summary)
+        best = summary.get("best_epoch")
+        vals = ", ".join(f"{k[4:]} {v:.4f}" for k, v in summary.items()
+                         if k.startswith("val_") and isinstance(v, float))
+        print(f"abstain train: done; best epoch {best}" + (f" (validation: {vals})" if vals else "")
+              + f"; model in {out}")
+    return 0

@@ -1,0 +1,284 @@
+"""Adversarial training losses: PGD-AT (eq. 6), TRADES (eq. 7), ERA (eq. 5, 8), DGA (eq. 20).
+
+All inputs are in pixel space [0, 1]; ε-balls are taken there (normalisation lives inside
+the model). Every inner maximisation/minimisation calls the one attack core
+:func:`abstain.attacks.pgd` with a callable objective (per-sample values to MAXIMISE),
+``early_stop=False`` and the model in eval mode (the core switches modes and restores
+them). Inner attacks run in fp32 even when the caller trains under autocast.
+
+Parameters (``params`` mapping; the ``[loss]`` section of a config):
+
+``eps``        radius of the ε-ball (required), ``norm`` ``"linf"``/``"l2"``;
+``steps``      inner PGD steps (default 10, Appendix A.2); ``step_size`` (default 2.5·ε/steps);
+``gamma``      γ of eq. 7: the weight of the KL term inside TRADES (the paper's β_TRADES,
+               default 6.0, Appendix A.2);
+``beta``       β of eq. 5/20: the weight of the whole TRADES term in ERA and DGA (default 1.0);
+``era_inner``  ``"targeted"`` (default) or ``"untargeted-shared"`` (see :func:`era_loss`);
+``generator``  optional ``torch.Generator`` for the attacks' random starts (the trainer
+               passes a seeded one so training is reproducible).
+
+Each loss returns ``(loss, parts)``; ``parts`` maps each term's name to a detached 0-dim
+tensor (the trainer converts to floats once per epoch to avoid a host sync per step).
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Any, Iterator, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import ConfigError
+from ..validate import check_eps, check_norm
+
+ERA_INNER = ("targeted", "untargeted-shared")
+DEFAULT_STEPS = 10
+DEFAULT_GAMMA = 6.0      # β_TRADES of Appendix A.2
+DEFAULT_BETA = 1.0
+TRADES_INIT_STD = 0.001  # TRADES reference: x_adv = x + 0.001·N(0, I)
+
+
+# --------------------------------------------------------------------------- settings
+def _settings(params: Mapping[str, Any]) -> dict[str, Any]:
+    if "eps" not in params or params["eps"] is None:
+        raise ConfigError("adversarial losses need [loss] eps (the radius of the ε-ball)")
+    eps = check_eps(params["eps"])
+    norm = check_norm(params.get("norm", "linf") or "linf")
+    steps = int(params.get("steps") or DEFAULT_STEPS)
+    if steps <= 0:
+        raise ConfigError(f"[loss] steps must be positive, got {steps}")
+    step_size = params.get("step_size")
+    step_size = 2.5 * eps / steps if step_size is None else float(step_size)
+    return {"eps": eps, "norm": norm, "steps": steps, "step_size": step_size,
+            "generator": params.get("generator")}
+
+
+def _weight(params: Mapping[str, Any], key: str, default: float) -> float:
+    v = params.get(key)
+    v = default if v is None else float(v)
+    if v < 0:
+        raise ConfigError(f"[loss] {key} must be >= 0, got {v}")
+    return v
+
+
+@contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    was = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was)
+
+
+def attack_view(model: nn.Module) -> nn.Module:
+    """The module the inner attacks run on: the wrapped module of DistributedDataParallel
+    (attack forwards/backwards must not go through DDP's gradient reducer)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def _attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, s: Mapping[str, Any], *,
+            loss: Any, random_start: bool, x_init: torch.Tensor | None = None) -> torch.Tensor:
+    """One inner attack through the shared core, in fp32, without early stopping, returning
+    the last iterate (as PGD in Madry et al. and the TRADES reference)."""
+    from ..attacks import pgd
+
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        x_adv = pgd(attack_view(model), x, y, eps=s["eps"], norm=s["norm"], steps=s["steps"],
+                    step_size=s["step_size"], loss=loss, random_start=random_start,
+                    generator=s["generator"], x_init=x_init, early_stop=False,
+                    keep_best=False)
+    return x_adv.detach()
+
+
+def _randn_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    dev = generator.device if generator is not None else x.device
+    return torch.randn(x.shape, generator=generator, device=dev, dtype=x.dtype).to(x.device)
+
+
+def _project(x: torch.Tensor, delta: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
+    if norm == "linf":
+        delta = delta.clamp(-eps, eps)
+    else:
+        n = delta.flatten(1).norm(dim=1).clamp_min(1e-12)
+        delta = delta * (eps / n).clamp(max=1.0).view(-1, *([1] * (x.dim() - 1)))
+    return (x + delta).clamp(0.0, 1.0)
+
+
+# --------------------------------------------------------------------------- objectives
+def kl_per_sample(p: torch.Tensor, logits_q: torch.Tensor) -> torch.Tensor:
+    """D_KL(p ‖ softmax(logits_q)) per sample (sum over classes), ``0·log 0 = 0``."""
+    return (torch.special.xlogy(p, p) - p * F.log_softmax(logits_q, dim=1)).sum(dim=1)
+
+
+def kl_from_logits(logits_p: torch.Tensor, logits_q: torch.Tensor) -> torch.Tensor:
+    """D_KL(softmax(logits_p) ‖ softmax(logits_q)) per sample, from log-softmaxes so that the
+    gradient stays finite where a probability underflows to 0."""
+    log_p = F.log_softmax(logits_p, dim=1)
+    return (log_p.exp() * (log_p - F.log_softmax(logits_q, dim=1))).sum(dim=1)
+
+
+def kl_objective(logits_adv: torch.Tensor, p_nat: torch.Tensor) -> torch.Tensor:
+    """TRADES' inner objective (to MAXIMISE), in the attack core's argument order
+    ``(logits at x', y = clean softmax f(x))``: D_KL(f(x) ‖ f(x')) per sample."""
+    return kl_per_sample(p_nat, logits_adv)
+
+
+def top_other_class(logits: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
+    """argmax_{c ≠ pred} logits_c per sample (the most likely adversarial class of eq. 5/8/20)."""
+    mask = F.one_hot(pred, logits.shape[1]).bool()
+    return logits.detach().masked_fill(mask, float("-inf")).argmax(dim=1)
+
+
+def toward_top_other(logits_adv: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
+    """Objective of the inner minimisation of eq. 8, written as a value to MAXIMISE:
+    −ℓ_CE(f(x'), t(x')) with t(x') = argmax_{c ≠ F(x)} f(x')_c re-chosen at every x'."""
+    t = top_other_class(logits_adv, pred)
+    return F.log_softmax(logits_adv, dim=1).gather(1, t[:, None]).squeeze(1)
+
+
+# --------------------------------------------------------------------------- inner points
+def trades_point(model: nn.Module, x: torch.Tensor, p_nat: torch.Tensor,
+                 s: Mapping[str, Any]) -> torch.Tensor:
+    """TRADES' inner maximisation of eq. 7 as in the reference implementation: start at
+    x + 0.001·N(0, I) (projected into the ball ∩ [0, 1]), ascend D_KL(f(x) ‖ f(x'))."""
+    x_init = _project(x, TRADES_INIT_STD * _randn_like(x, s["generator"]), s["eps"], s["norm"])
+    return _attack(model, x, p_nat, s, loss=kl_objective, random_start=False, x_init=x_init)
+
+
+def _clean_eval(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax and prediction at x in eval mode (the attacks' view of the model)."""
+    inner = attack_view(model)
+    with torch.no_grad(), _eval_mode(inner):
+        logits = inner(x).float()
+    return F.softmax(logits, dim=1), logits.argmax(dim=1)
+
+
+def trades_terms(logits_nat: torch.Tensor, logits_adv: torch.Tensor,
+                 y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """ℓ_CE(f(x), y) (batch mean) and D_KL(f(x) ‖ f(x')) with TRADES' ``batchmean``;
+    gradients flow through both f(x) and f(x') as in the TRADES reference."""
+    ce = F.cross_entropy(logits_nat, y)
+    kl = kl_from_logits(logits_nat, logits_adv).mean()
+    return ce, kl
+
+
+# --------------------------------------------------------------------------- losses
+def pgd_at_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                params: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Madry et al. adversarial training, eq. 6: ℓ_CE(f(x'), y) with
+    x' = argmax_{x' ∈ B_ε(x)} ℓ_CE(f(x'), y) (PGD with a random start)."""
+    s = _settings(params)
+    x_adv = _attack(model, x, y, s, loss="ce", random_start=True)
+    loss = F.cross_entropy(model(x_adv), y)
+    return loss, {"ce_adv": loss.detach()}
+
+
+def trades_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                params: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """TRADES, eq. 7: ℓ_CE(f(x), y) + γ · max_{x' ∈ B_ε(x)} D_KL(f(x) ‖ f(x')).
+
+    As in the TRADES reference: the inner point maximises the KL from x + 0.001·N(0, I)
+    with f(x) fixed (eval mode); the outer KL uses ``batchmean``. γ = ``params["gamma"]``
+    (β_TRADES, default 6). ``beta`` is not used here (it weighs TRADES inside ERA/DGA).
+    """
+    s = _settings(params)
+    gamma = _weight(params, "gamma", DEFAULT_GAMMA)
+    p_nat, _ = _clean_eval(model, x)
+    x_adv = trades_point(model, x, p_nat, s)
+    ce, kl = trades_terms(model(x), model(x_adv), y)
+    loss = ce + gamma * kl
+    return loss, {"ce": ce.detach(), "kl": kl.detach()}
+
+
+def _abstain_inner(model: nn.Module, x: torch.Tensor, params: Mapping[str, Any]):
+    """Inner points shared by ERA and DGA: ``(s, pred, x_kl, x_rev)``."""
+    s = _settings(params)
+    inner = params.get("era_inner") or "targeted"
+    if inner not in ERA_INNER:
+        raise ConfigError(f"[loss] era_inner must be one of {', '.join(ERA_INNER)}, got {inner!r}")
+    p_nat, pred = _clean_eval(model, x)
+    if inner == "targeted":
+        x_kl = trades_point(model, x, p_nat, s)
+        x_rev = _attack(model, x, pred, s, loss=toward_top_other, random_start=True)
+    else:
+        x_kl = _attack(model, x, pred, s, loss="ce", random_start=True)
+        x_rev = x_kl
+    return s, pred, x_kl, x_rev
+
+
+def _forward_points(model: nn.Module, x: torch.Tensor, x_kl: torch.Tensor, x_rev: torch.Tensor):
+    logits_nat = model(x)
+    logits_kl = model(x_kl)
+    logits_rev = logits_kl if x_rev is x_kl else model(x_rev)
+    return logits_nat, logits_kl, logits_rev
+
+
+def era_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+             params: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """ERA, eq. 5: β·L_TRADES + (1 − f(x)_y) · min_{x' ∈ B_ε(x)} ℓ_CE(f(x'), t(x')),
+    t(x') = argmax_{c ≠ F(x)} f(x')_c (eq. 8).
+
+    ``era_inner = "targeted"`` (default, the paper's equations): two inner attacks —
+    TRADES' KL maximisation for the TRADES term, and for eq. 8 a PGD that MINIMISES the
+    CE towards the most likely class other than the clean prediction F(x), the target
+    re-chosen at every step as x' moves. The penalty is the CE at that point towards its
+    final target.
+
+    ``era_inner = "untargeted-shared"`` (the authors' code, ymerkli/robust-abstain
+    ``train_revadv.py``): ONE untargeted PGD point that maximises CE w.r.t. the prediction
+    F(x); it serves as x' of the TRADES KL term and of the penalty (CE of f(x') towards
+    its top class ≠ F(x)). One attack instead of two (cheaper), but neither the KL nor
+    eq. 8 is optimised for its own term: the KL point is aimed at the prediction rather
+    than the KL, and the penalty's x' maximises the loss of F(x) instead of minimising the
+    CE to the adversarial class (close when the attack flips the prediction, different
+    when it does not).
+
+    The soft qualifier 1 − f(x)_y uses the training-mode softmax and is NOT detached (as
+    in the authors' code): its gradient additionally pushes f(x)_y up in proportion to the
+    penalty. F(x) is the eval-mode prediction the attacks saw. γ (``gamma``) weighs the
+    KL inside TRADES, β (``beta``) the whole TRADES term.
+    """
+    beta = _weight(params, "beta", DEFAULT_BETA)
+    gamma = _weight(params, "gamma", DEFAULT_GAMMA)
+    s, pred, x_kl, x_rev = _abstain_inner(model, x, params)
+    logits_nat, logits_kl, logits_rev = _forward_points(model, x, x_kl, x_rev)
+    ce, kl = trades_terms(logits_nat, logits_kl, y)
+    trades = ce + gamma * kl
+    qualifier = 1.0 - F.softmax(logits_nat, dim=1).gather(1, y[:, None]).squeeze(1)
+    target = top_other_class(logits_rev, pred)
+    revadv = F.cross_entropy(logits_rev, target, reduction="none")
+    penalty = (qualifier * revadv).mean()
+    loss = beta * trades + penalty
+    return loss, {"ce": ce.detach(), "kl": kl.detach(), "trades": trades.detach(),
+                  "qualifier": qualifier.detach().mean(), "revadv": revadv.detach().mean(),
+                  "penalty": penalty.detach()}
+
+
+def dga_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+             params: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """DGA (Deep Gamblers abstain), eq. 20:
+    β·L_TRADES − log(f(x)_y + max_{c ≠ F(x)} f(x')_c).
+
+    x' is the adversarial point of ERA's inner attack (``era_inner`` as in
+    :func:`era_loss`: the eq. 8 point that pushes towards the top class ≠ F(x), or the
+    shared untargeted point). The two probabilities come from two softmaxes, exactly as
+    eq. 20 writes it (their sum lies in [0, 2]); the authors' code instead renormalised
+    [logits(x), logit(x')_c] jointly — a different function, not used here.
+    """
+    beta = _weight(params, "beta", DEFAULT_BETA)
+    gamma = _weight(params, "gamma", DEFAULT_GAMMA)
+    s, pred, x_kl, x_rev = _abstain_inner(model, x, params)
+    logits_nat, logits_kl, logits_rev = _forward_points(model, x, x_kl, x_rev)
+    ce, kl = trades_terms(logits_nat, logits_kl, y)
+    trades = ce + gamma * kl
+    p_y = F.softmax(logits_nat, dim=1).gather(1, y[:, None]).squeeze(1)
+    target = top_other_class(logits_rev, pred)
+    q = F.softmax(logits_rev, dim=1).gather(1, target[:, None]).squeeze(1)
+    gambler = -torch.log((p_y + q).clamp_min(1e-12)).mean()
+    loss = beta * trades + gambler
+    return loss, {"ce": ce.detach(), "kl": kl.detach(), "trades": trades.detach(),
+                  "gambler": gambler.detach()}
