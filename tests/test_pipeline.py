@@ -143,6 +143,7 @@ def test_unknown_stage_is_a_clear_error(fakes, tmp_path, capsys):
 def test_missing_and_failing_stages_are_reported_and_the_rest_runs(fakes, tmp_path, monkeypatch, capsys):
     stages_pkg.STAGES["z"] = "no_such_stage_module"
     stages_pkg.STAGES["y"] = "fakes:Y"
+    stages_pkg.STAGES["x"] = "fakes:NO_SUCH_ATTRIBUTE"        # broken import: failed, not hidden
     monkeypatch.setattr(pipeline_fakes, "Y", pipeline_fakes.FakeStage("y", ("z",)), raising=False)
     monkeypatch.setenv("FAKE_FAIL", "b")
     out = tmp_path / "out"
@@ -157,8 +158,10 @@ def test_missing_and_failing_stages_are_reported_and_the_rest_runs(fakes, tmp_pa
     assert status["a"]["status"] == "done" and status["c"]["status"] == "done"
     assert status["b"]["status"] == "failed" and status["d"]["status"] == "skipped"
     assert status["z"]["status"] == "unavailable" and status["y"]["status"] == "unavailable"
+    assert status["x"]["status"] == "failed" and "NO_SUCH_ATTRIBUTE" in status["x"]["error"]
     md = (out / "report.md").read_text()
-    for name, word in (("b", "failed"), ("d", "skipped"), ("z", "not available"), ("y", "not available")):
+    for name, word in (("b", "failed"), ("d", "skipped"), ("z", "not available"), ("y", "not available"),
+                       ("x", "failed")):
         assert f"`{name}` ({word})" in md
 
 

@@ -103,7 +103,10 @@ def resolve(scale: str, only: Sequence[str] | None = None) -> list[str]:
         if n in wanted:
             return
         wanted.add(n)
-        mod = load_stage(n) if n in table else None
+        try:
+            mod = load_stage(n) if n in table else None
+        except Exception:  # noqa: BLE001 - reported by plan() as a failed stage
+            mod = None
         for d in getattr(mod, "DEPENDS", ()) if mod is not None else ():
             if d not in table:
                 raise ConfigError(f"stage {n!r} depends on unknown stage {d!r}")
@@ -130,7 +133,8 @@ class StagePlan:
     config: dict | None = None
     hash: str | None = None
     depends: tuple[str, ...] = ()
-    unavailable: str | None = None     # reason the stage cannot run
+    unavailable: str | None = None     # reason the stage cannot run (its code is not there)
+    error: str | None = None           # its module or config is broken: counted as failed
 
 
 def plan(scale: str, demo: bool, only: Sequence[str] | None = None) -> list[StagePlan]:
@@ -138,20 +142,33 @@ def plan(scale: str, demo: bool, only: Sequence[str] | None = None) -> list[Stag
     names = resolve(scale, only)
     plans: dict[str, StagePlan] = {}
     for n in names:
-        mod = load_stage(n)
+        module = (stages_pkg.PAPER_STAGES.get(n) or stages_pkg.STAGES.get(n, n)).split(":")[0]
+        try:
+            mod = load_stage(n)
+        except Exception as e:  # noqa: BLE001 - a broken stage must not stop the others
+            plans[n] = StagePlan(n, None, error=f"abstain.stages.{module} failed to import: "
+                                                f"{type(e).__name__}: {e}")
+            continue
         if mod is None:
-            module = stages_pkg.PAPER_STAGES.get(n) or stages_pkg.STAGES.get(n, n)
-            plans[n] = StagePlan(n, None, unavailable=f"its module abstain.stages.{module.split(':')[0]} "
+            plans[n] = StagePlan(n, None, unavailable=f"its module abstain.stages.{module} "
                                                       "does not exist yet")
             continue
         deps = tuple(getattr(mod, "DEPENDS", ()))
         p = StagePlan(n, mod, depends=deps)
         missing = [d for d in deps if d not in plans or plans[d].unavailable]
+        broken = [d for d in deps if d in plans and plans[d].error]
         if missing:
             p.unavailable = f"it needs {', '.join(missing)}, which is not available"
+        elif broken:
+            p.error = f"it needs {', '.join(broken)}, which is broken"
         else:
-            p.config = mod.config(scale, demo)
-            p.hash = stage_hash(n, p.config, {d: plans[d].hash for d in deps})
+            try:
+                p.config = mod.config(scale, demo)
+                p.hash = stage_hash(n, p.config, {d: plans[d].hash for d in deps})
+            except Exception as e:  # noqa: BLE001
+                if isinstance(e, AbstainError):
+                    raise
+                p.error = f"its config({scale!r}, {demo}) failed: {type(e).__name__}: {e}"
         plans[n] = p
     return [plans[n] for n in names]
 
@@ -283,7 +300,7 @@ def missing_data(plans: Sequence[StagePlan], data_root: Path | None) -> list[str
     lines: list[str] = []
     for p in plans:
         fn = getattr(p.module, "missing_data", None)
-        if p.unavailable or fn is None:
+        if p.unavailable or p.error or fn is None:
             continue
         for line in fn(p.config, data_root):
             if line not in lines:
@@ -356,7 +373,7 @@ def run_pipeline(out: str | os.PathLike, *, scale: str = "mini", demo: bool = Fa
             return float(prev)
         return EXPECTED_SECONDS.get(p.name, _DEFAULT_EXPECTED)[0 if demo else 1]
 
-    todo = [p for p in plans if not p.unavailable and (force and (not requested or p.name in requested)
+    todo = [p for p in plans if not p.unavailable and not p.error and (force and (not requested or p.name in requested)
                                                        or not is_done(out / p.name, p.hash))]
     spent_actual = spent_expected = 0.0
     remaining_expected = sum(expected(p) for p in todo)
@@ -377,6 +394,17 @@ def run_pipeline(out: str | os.PathLike, *, scale: str = "mini", demo: bool = Fa
                 emit(f"{tag}: not available ({p.unavailable})")
                 _update_manifest(out, scale, demo, {p.name: {"status": "unavailable",
                                                              "reason": p.unavailable}})
+                bar.update(1)
+                continue
+            if p.error:
+                if raise_errors:
+                    bar.close()
+                    raise AbstainError(f"stage {p.name}: {p.error}")
+                failed.add(p.name)
+                result.status[p.name] = "failed"
+                result.errors[p.name] = p.error
+                emit(f"{tag}: FAILED: {p.error}")
+                _update_manifest(out, scale, demo, {p.name: {"status": "failed", "error": p.error}})
                 bar.update(1)
                 continue
             bad = [d for d in p.depends if d in failed]

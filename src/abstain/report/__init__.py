@@ -105,7 +105,7 @@ def collect(out_dir: str | os.PathLike) -> tuple[str, list[str], list[Section], 
         done = is_done(sdir)
         try:
             mod = load_stage(name)
-        except KeyError:
+        except Exception:  # noqa: BLE001 - unknown or broken stage: the notes below say so
             mod = None
         title = getattr(mod, "TITLE", None) or TITLES.get(name, name)
         sec = Section(name=name, title=title, base=sdir, link=name)
