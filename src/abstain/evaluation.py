@@ -1,0 +1,220 @@
+"""Per-sample robustness evaluation of any classifier (paper Tables 1, 8, 9).
+
+:func:`evaluate` takes any ``nn.Module`` mapping inputs in [0, 1] to logits and any
+``Dataset`` or ``DataLoader`` of ``(x, y)``, streams it in batches, and returns the
+per-sample record columns
+
+``index, label, pred, robust@<ε>`` for every ε (and ``robust@<2ε>`` with ``double_eps``,
+which robust selection of S_ERI needs, Section 5 / eq. 14)
+
+plus ``"partition"``: for every ε the four-way partition of
+:func:`abstain.metrics.partition` (robust-accurate eq. 2, robust-inaccurate eq. 3,
+non-robust-accurate, non-robust-inaccurate, and natural accuracy).
+
+Robustness is that of the prediction (``∀x' ∈ B^p_ε(x): F(x') = F(x)``), checked with
+:func:`abstain.attacks.is_robust`. Radii are processed in increasing order and a sample
+that is non-robust at ε is non-robust at every larger radius with the same adversarial
+input as evidence (the balls are nested), so only the survivors are attacked again and
+the flags are monotone in ε.
+
+Under ``torchrun`` each rank evaluates ``abstain.distributed.shard_indices`` and the
+records are gathered; random starts depend only on ``seed`` and the sample index, so the
+records do not depend on the batch size or the number of ranks.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from . import distributed
+from .attacks import is_robust
+from .errors import InputError
+from .metrics import partition
+from .utils import progress, resolve_device
+from .validate import check_eps, check_inputs, check_norm
+
+
+def robust_key(eps: float) -> str:
+    """Record column name of the robustness flag at ``eps``: ``f"robust@{eps:g}"``."""
+    return f"robust@{eps:g}"
+
+
+def radii(eps: float | Sequence[float], double_eps: bool = True) -> list[float]:
+    """The sorted, de-duplicated list of radii evaluated: every ε and (``double_eps``) 2ε."""
+    values = [eps] if isinstance(eps, (int, float)) else list(eps)
+    if not values:
+        raise InputError("eps: give at least one radius")
+    out: dict[str, float] = {}
+    for e in values:
+        e = check_eps(e)
+        for v in ([e, 2.0 * e] if double_eps else [e]):
+            out.setdefault(f"{v:g}", v)
+    return sorted(out.values())
+
+
+def record_columns(result: dict[str, Any]) -> dict[str, np.ndarray]:
+    """The per-sample columns of an :func:`evaluate` result (everything but ``partition``)."""
+    return {k: v for k, v in result.items() if k != "partition"}
+
+
+def _batches(data: Dataset | DataLoader, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Yield ``(global indices, x, y)`` of this rank's share of ``data``."""
+    if isinstance(data, DataLoader):
+        # A loader's order is its own: indices count samples in iteration order; ranks take
+        # every world-th batch.
+        start = 0
+        for b, batch in enumerate(data):
+            x, y = batch[0], batch[1]
+            n = x.shape[0]
+            if b % distributed.world_size() == distributed.rank():
+                yield torch.arange(start, start + n), x, y
+            start += n
+        return
+    if not isinstance(data, Dataset) and not hasattr(data, "__getitem__"):
+        raise InputError(f"data must be a torch Dataset or DataLoader of (x, y), got {type(data).__name__}")
+    n = len(data)
+    if n == 0:
+        raise InputError("data is empty")
+    idx = distributed.shard_indices(n)
+    tensors = getattr(data, "tensors", None)
+    if isinstance(tensors, tuple) and len(tensors) == 2 and all(isinstance(t, torch.Tensor) for t in tensors):
+        x_all, y_all = tensors
+        for s in range(0, idx.numel(), batch_size):
+            i = idx[s:s + batch_size]
+            yield i, x_all[i], y_all[i]
+        return
+    loader = DataLoader(Subset(data, idx.tolist()), batch_size=batch_size, shuffle=False)
+    s = 0
+    for batch in loader:
+        x, y = batch[0], batch[1]
+        yield idx[s:s + x.shape[0]], x, y
+        s += x.shape[0]
+
+
+def evaluate(model: nn.Module, data: Dataset | DataLoader, *, eps: float | Sequence[float],
+             norm: str = "linf", steps: int = 40, double_eps: bool = True, ensemble: bool = False,
+             batch_size: int = 256, device: str | torch.device = "auto", seed: int = 0,
+             normalize: tuple[Sequence[float], Sequence[float]] | None = None,
+             save_adversarial: str | None = None, show_progress: bool = True) -> dict[str, Any]:
+    """Evaluate natural predictions and empirical robustness per sample.
+
+    ``model``: inputs in [0, 1] -> logits (pass ``normalize=(mean, std)`` if it expects
+    normalised inputs; it is then wrapped in :class:`abstain.models.NormalizedModel`).
+    ``data``: a Dataset or DataLoader yielding ``(x, y)``. The model is moved to ``device``
+    and attacked in eval mode (its mode is restored). ``steps``-step APGD-CE aimed at the
+    prediction, or the ensemble of :func:`abstain.attacks.is_robust` (``ensemble=True``).
+
+    Returns a dict: per-sample columns ``index`` (position in ``data``), ``label``,
+    ``pred`` and ``robust@<ε:g>`` for each radius of :func:`radii` (numpy arrays sorted by
+    index), and ``"partition"``: ``{f"{ε:g}": partition dict}``. Only the columns grow with
+    the dataset; inputs are streamed. ``save_adversarial``: a ``.safetensors`` path where
+    rank 0 writes, per radius, the verified adversarial inputs of the non-robust samples
+    (``adv@<ε>``, shape (M, ...)) and their indices (``index@<ε>``); kept in memory until
+    written, so use it on the subsets you want to inspect.
+    """
+    check_norm(norm)
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise InputError(f"steps must be a non-negative integer, got {steps!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if not isinstance(model, nn.Module):
+        raise InputError(f"model must be an nn.Module, got {type(model).__name__}")
+    eps_list = radii(eps, double_eps)
+    dev = distributed.local_device(resolve_device(device))
+    if normalize is not None:
+        from .models import NormalizedModel
+
+        try:
+            mean, std = normalize
+            model = NormalizedModel(model, mean, std)
+        except (TypeError, ValueError) as e:
+            raise InputError(f"normalize must be (mean, std) with positive std: {e}") from None
+    model = model.to(dev)
+    was_training = model.training
+    model.eval()
+    cols: dict[str, list[torch.Tensor]] = {"index": [], "label": [], "pred": []}
+    cols.update({robust_key(e): [] for e in eps_list})
+    adv: dict[float, list[torch.Tensor]] = {e: [] for e in eps_list}
+    adv_idx: dict[float, list[torch.Tensor]] = {e: [] for e in eps_list}
+    total = None
+    if not isinstance(data, DataLoader):
+        total = (len(distributed.shard_indices(len(data))) + batch_size - 1) // batch_size
+    try:
+        for idx, x, y in progress(_batches(data, batch_size), total=total, desc="evaluate",
+                                  disable=None if show_progress else True):
+            if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
+                raise InputError("data must yield (x, y) tensors")
+            x = x.to(dev, non_blocking=True)
+            if not torch.is_floating_point(x):
+                raise InputError(f"inputs must be floating point in [0, 1], got {x.dtype}")
+            check_inputs(x, name=f"inputs (samples {int(idx[0])}..{int(idx[-1])})")
+            y = y.reshape(-1).long()
+            if y.shape[0] != x.shape[0]:
+                raise InputError(f"a batch has {x.shape[0]} inputs but {y.shape[0]} labels")
+            ids = idx.to(dev)
+            with torch.no_grad():
+                logits = model(x)
+            if logits.dim() != 2 or logits.shape[0] != x.shape[0]:
+                raise InputError(f"the model must return logits of shape (N, classes), got {tuple(logits.shape)}")
+            pred = logits.argmax(dim=1)
+            robust = torch.ones(x.shape[0], dtype=torch.bool, device=dev)
+            x_adv = x.clone()
+            for e in eps_list:
+                alive = torch.nonzero(robust).flatten()
+                if alive.numel():
+                    r, a = is_robust(model, x[alive], eps=e, norm=norm, steps=steps, ensemble=ensemble,
+                                     generator=torch.Generator().manual_seed(seed), return_adv=True,
+                                     sample_ids=ids[alive])
+                    robust[alive] = r
+                    x_adv[alive] = torch.where(r.view((-1,) + (1,) * (x.dim() - 1)), x_adv[alive], a)
+                cols[robust_key(e)].append(robust.cpu().clone())
+                if save_adversarial is not None:
+                    bad = ~robust
+                    adv[e].append(x_adv[bad].detach().float().cpu())
+                    adv_idx[e].append(idx[bad.cpu()])
+            cols["index"].append(idx.cpu())
+            cols["label"].append(y.cpu())
+            cols["pred"].append(pred.cpu())
+    finally:
+        model.train(was_training)
+    if not cols["index"]:
+        raise InputError("data yielded no samples")
+    local = {k: torch.cat(v).numpy() for k, v in cols.items()}
+    out: dict[str, Any] = dict(distributed.gather_columns(local))
+    for e in eps_list:
+        out[robust_key(e)] = out[robust_key(e)].astype(bool)
+    out["partition"] = {f"{e:g}": partition(out["label"], out["pred"], out[robust_key(e)]) for e in eps_list}
+    if save_adversarial is not None:
+        _save_adversarial(save_adversarial, eps_list, adv, adv_idx)
+    return out
+
+
+def _save_adversarial(path: str, eps_list: list[float], adv: dict, adv_idx: dict) -> None:
+    """Write the verified adversarial inputs (rank 0; gathered from all ranks)."""
+    from safetensors.torch import save as st_save
+
+    from .io import atomic_write_bytes
+
+    tensors: dict[str, torch.Tensor] = {}
+    for e in eps_list:
+        a = torch.cat(adv[e]) if adv[e] else torch.zeros(0)
+        i = torch.cat(adv_idx[e]) if adv_idx[e] else torch.zeros(0, dtype=torch.long)
+        if distributed.is_distributed():
+            parts: list[Any] = [None] * distributed.world_size()
+            torch.distributed.all_gather_object(parts, (a.numpy(), i.numpy()))
+            arrays = [p for p in parts if p[1].size]
+            if arrays:
+                a = torch.from_numpy(np.concatenate([p[0] for p in arrays]))
+                i = torch.from_numpy(np.concatenate([p[1] for p in arrays]))
+        order = torch.argsort(i)
+        tensors[f"adv@{e:g}"] = a[order].contiguous() if i.numel() else a
+        tensors[f"index@{e:g}"] = i[order].contiguous()
+    if distributed.is_main():
+        atomic_write_bytes(path, st_save(tensors))
+
+
+__all__ = ["evaluate", "radii", "robust_key", "record_columns"]
