@@ -1,0 +1,180 @@
+"""The shared interface of selectors S: X -> {0, 1} of abstain models (F, S) (Section 5).
+
+Every selector is built for a classifier F and a threat model (ε, norm) and offers
+
+``select(x)``
+    S(x) on the clean inputs (BoolTensor[N]).
+``robust_select(x, eps=None, norm=None)``
+    robust selection, eq. 14: ``∀x' ∈ B_ε(x): S(x') = 1`` for an adversary of budget ``eps``
+    (default: the selector's own ε), checked empirically (attacks) or certified (IBP,
+    randomized smoothing), whichever the selector supports.
+``records(x)``
+    the per-sample record columns from which :func:`decisions` recomputes the selection
+    without touching the model (every reported number comes from these records). Column
+    names end in ``@<ε>`` (``f"{eps:g}"``) where they depend on the radius.
+
+Threshold selectors (softmax response, selection network) record *scores* so one
+evaluation serves every threshold τ: the clean score ``score``, a lower bound (certified)
+or the smallest value found (attacked) over the robust-selection ball ``score_lo@ε``, and
+where certifiable an upper bound ``score_hi@ε`` (robust abstention, used by compositions).
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import InputError
+from ..validate import check_eps, check_norm
+
+
+def eps_key(eps: float) -> str:
+    """The suffix of radius-dependent record columns (``robust@0.1``)."""
+    return f"{float(eps):g}"
+
+
+def col(name: str, eps: float) -> str:
+    return f"{name}@{eps_key(eps)}"
+
+
+@dataclass
+class Decisions:
+    """Per-sample selector decisions of one abstain model under one threat model.
+
+    ``robust_abstained`` is None when the selector cannot certify abstention.
+    """
+
+    selected: np.ndarray
+    robust_selected: np.ndarray
+    robust_abstained: np.ndarray | None = None
+
+
+def _np_bool(a: Any) -> np.ndarray:
+    if isinstance(a, torch.Tensor):
+        a = a.detach().cpu().numpy()
+    return np.asarray(a).astype(bool)
+
+
+def _np_float(a: Any) -> np.ndarray:
+    if isinstance(a, torch.Tensor):
+        a = a.detach().cpu().numpy()
+    return np.asarray(a, dtype=np.float64)
+
+
+def require(records: Mapping[str, Any], *names: str) -> None:
+    missing = [n for n in names if n not in records]
+    if missing:
+        raise InputError(f"records lack column(s) {', '.join(missing)}; have {', '.join(records)}")
+
+
+@torch.no_grad()
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+    """F(x) = argmax f(x) in eval mode, batched (restores the model's mode)."""
+    was = model.training
+    model.eval()
+    try:
+        return torch.cat([model(x[i:i + batch_size]).argmax(1) for i in range(0, x.shape[0], batch_size)])
+    finally:
+        model.train(was)
+
+
+class Selector(ABC):
+    """S for classifier ``model`` under the threat model ``B^norm_eps`` (see module doc)."""
+
+    name: ClassVar[str] = "selector"
+
+    def __init__(self, model: nn.Module, *, eps: float, norm: str = "linf", steps: int = 40,
+                 seed: int = 0) -> None:
+        self.model = model
+        self.eps = check_eps(eps)
+        self.norm = check_norm(norm)
+        self.steps = int(steps)
+        self.seed = int(seed)
+
+    def _generator(self, salt: int = 0) -> torch.Generator:
+        """A fresh seeded generator per call, so repeated calls give the same answer."""
+        return torch.Generator().manual_seed(self.seed * 1000003 + salt)
+
+    def _adversary(self, eps: float | None, norm: str | None) -> float:
+        eps = self.eps if eps is None else check_eps(eps)
+        if norm is not None and check_norm(norm) != self.norm:
+            raise InputError(f"{self.name}: the selector is defined for norm {self.norm!r}; "
+                             f"robust selection under {norm!r} is not supported")
+        return eps
+
+    @abstractmethod
+    def select(self, x: torch.Tensor) -> torch.Tensor:
+        """S(x) on clean inputs, BoolTensor[N]."""
+
+    @abstractmethod
+    def robust_select(self, x: torch.Tensor, eps: float | None = None,
+                      norm: str | None = None) -> torch.Tensor:
+        """eq. 14: ∀x' ∈ B_eps(x): S(x') = 1 (BoolTensor[N])."""
+
+    @abstractmethod
+    def records(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Per-sample record columns at the selector's ε (see :meth:`decisions`)."""
+
+    @classmethod
+    @abstractmethod
+    def decisions(cls, records: Mapping[str, Any], eps: float, tau: float | None = None) -> Decisions:
+        """Selection, robust selection (and robust abstention) recomputed from records."""
+
+    @classmethod
+    def robust_pred(cls, records: Mapping[str, Any], eps: float) -> np.ndarray:
+        """∀x' ∈ B_ε(x): F(x') = F(x), from the records (``robust@ε``)."""
+        require(records, col("robust", eps))
+        return _np_bool(records[col("robust", eps)])
+
+    @classmethod
+    def metrics(cls, records: Mapping[str, Any], y: Any, eps: float, tau: float | None = None,
+                decisions: Decisions | None = None) -> dict[str, float]:
+        """:func:`abstain.metrics.abstain_metrics` of (F, S) from the records: coverage,
+        R_rob^sel (eq. 14) and R_rob^acc of the robustly selected samples."""
+        from ..metrics import abstain_metrics
+
+        require(records, "pred")
+        d = decisions if decisions is not None else cls.decisions(records, eps, tau)
+        return abstain_metrics(y, records["pred"], d.selected, d.robust_selected,
+                               cls.robust_pred(records, eps))
+
+
+class ThresholdSelector(Selector):
+    """S(x) = 1{score(x) ≥ τ} (softmax response eq. 16, selection network eq. 18)."""
+
+    def __init__(self, model: nn.Module, *, tau: float, eps: float, norm: str = "linf",
+                 steps: int = 40, seed: int = 0) -> None:
+        super().__init__(model, eps=eps, norm=norm, steps=steps, seed=seed)
+        tau = float(tau)
+        if not 0.0 <= tau <= 1.0:
+            raise InputError(f"threshold tau must lie in [0, 1], got {tau}")
+        self.tau = tau
+
+    @classmethod
+    def decisions(cls, records: Mapping[str, Any], eps: float, tau: float | None = None) -> Decisions:
+        if tau is None:
+            raise InputError(f"{cls.name}: decisions need a threshold tau")
+        lo_key, hi_key = col("score_lo", eps), col("score_hi", eps)
+        require(records, "score", lo_key)
+        score, lo = _np_float(records["score"]), _np_float(records[lo_key])
+        hi = _np_float(records[hi_key]) if hi_key in records else None
+        return Decisions(score >= tau, (lo >= tau) & (score >= tau),
+                         None if hi is None else (hi < tau) & (score < tau))
+
+    @staticmethod
+    def tau_grid(records: Mapping[str, Any], eps: float, points: int = 101) -> np.ndarray:
+        """Thresholds τ ∈ [0, 1) for a Pareto sweep: a uniform grid plus the distinct
+        recorded scores (so every attainable operating point appears)."""
+        vals = [np.linspace(0.0, 1.0, points, endpoint=False)]
+        for key in ("score", col("score_lo", eps)):
+            if key in records:
+                vals.append(_np_float(records[key]))
+        grid = np.unique(np.concatenate(vals))
+        return grid[(grid >= 0.0) & (grid < 1.0)]
+
+
+__all__ = ["Selector", "ThresholdSelector", "Decisions", "eps_key", "col", "require", "predict"]

@@ -1,0 +1,166 @@
+"""Softmax response S_SR (Geifman & El-Yaniv 2017; paper eq. 16, Appendix A.4).
+
+S_SR(x) = 1{∀x' ∈ B_ε(x): max_c softmax(f(x'))_c ≥ τ} (eq. 16). As for S_ERI, robust
+selection (eq. 14) then needs the confidence over the doubled ball B_2ε(x) (Section 7.2).
+With ``ball=False`` the selector is plain SR on the clean input, 1{max_c softmax(f(x))_c ≥ τ},
+and robust selection looks at B_ε(x).
+
+Confidence is minimised by attacks; one attack run serves every τ because the records hold
+the smallest max-softmax found per sample (a τ sweep over [0, 1), Fig. 3 and Fig. 6):
+
+``apgd``  APGD maximising the callable objective −max_c softmax(f(x'))_c (minimises the
+          confidence directly);
+``conf``  APGDconf (eq. 21): APGD maximising the best other class's probability
+          max_{c≠F(x)} softmax(f(x'))_c, which finds *high-confidence* adversarial examples:
+          points the selector keeps (confidence ≥ τ) where the prediction changed.
+
+Both are run without early stopping, so each returns its best point after all steps. The
+found value is an upper bound on the true minimum: the robust selection measured is an
+empirical (optimistic) estimate, as in the paper.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import InputError
+from .base import Decisions, ThresholdSelector, _np_bool, _np_float, col, predict, require
+
+ATTACKS = ("apgd", "conf")
+
+
+def neg_max_softmax(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Objective to MAXIMISE for confidence minimisation: −max_c softmax(z)_c (``y`` unused)."""
+    return -logits.softmax(dim=1).amax(dim=1)
+
+
+class SoftmaxResponse(ThresholdSelector):
+    """S_SR for classifier ``model`` with threshold ``tau`` at radius ``eps``."""
+
+    name = "sr"
+
+    def __init__(self, model: nn.Module, *, tau: float = 0.5, eps: float, norm: str = "linf",
+                 steps: int = 40, seed: int = 0, attacks: Sequence[str] = ATTACKS,
+                 ball: bool = True) -> None:
+        super().__init__(model, tau=tau, eps=eps, norm=norm, steps=steps, seed=seed)
+        bad = [a for a in attacks if a not in ATTACKS]
+        if bad or not attacks:
+            raise InputError(f"unknown SR attack(s) {bad or attacks}; known: {', '.join(ATTACKS)}")
+        self.attacks = tuple(attacks)
+        self.ball = bool(ball)
+
+    # -- attacks -------------------------------------------------------------------------
+    @torch.no_grad()
+    def _conf_pred(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        was = self.model.training
+        self.model.eval()
+        try:
+            p = self.model(x).softmax(dim=1)
+        finally:
+            self.model.train(was)
+        c, k = p.max(dim=1)
+        return c, k
+
+    def attack_points(self, x: torch.Tensor, pred: torch.Tensor, radius: float,
+                      attack: str) -> torch.Tensor:
+        """The point in B_radius(x) ∩ [0, 1] found by ``attack`` (see module doc)."""
+        from ..attacks import apgd
+
+        loss = neg_max_softmax if attack == "apgd" else "conf"
+        salt = 1 + ATTACKS.index(attack)
+        with torch.enable_grad():
+            return apgd(self.model, x, pred, eps=radius, norm=self.norm, steps=self.steps, loss=loss,
+                        generator=self._generator(salt), early_stop=False)
+
+    def _min_conf(self, x: torch.Tensor, radius: float) -> torch.Tensor:
+        conf, pred = self._conf_pred(x)
+        if radius == 0.0:
+            return conf
+        out = conf
+        for a in self.attacks:
+            out = torch.minimum(out, self._conf_pred(self.attack_points(x, pred, radius, a))[0])
+        return out
+
+    # -- interface -----------------------------------------------------------------------
+    def _radii(self, eps_a: float) -> tuple[float, float]:
+        """(selection radius, robust-selection radius) for an adversary of budget eps_a."""
+        r_sel = self.eps if self.ball else 0.0
+        return r_sel, r_sel + eps_a
+
+    def select(self, x: torch.Tensor) -> torch.Tensor:
+        return self._min_conf(x, self._radii(self.eps)[0]) >= self.tau
+
+    def robust_select(self, x: torch.Tensor, eps: float | None = None,
+                      norm: str | None = None) -> torch.Tensor:
+        r_sel, r_rob = self._radii(self._adversary(eps, norm))
+        return (self._min_conf(x, r_rob) >= self.tau) & (self._min_conf(x, r_sel) >= self.tau)
+
+    def records(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Columns: ``pred``, ``conf`` (clean max-softmax), ``robust@ε`` (is_robust of F);
+        per attack a and radius r (ε, and 2ε when ``ball``): ``minconf_<a>@r`` (smallest
+        max-softmax among x and the attack's point), ``flip_<a>@r`` (the point changes
+        F's prediction) and ``flipconf_<a>@r`` (its max-softmax when flipped, else 0);
+        and the combined ``score``/``score_lo@ε`` (min over the attacks) of
+        :meth:`ThresholdSelector.decisions`."""
+        from ..attacks import is_robust
+
+        conf, pred = self._conf_pred(x)
+        with torch.enable_grad():
+            rob = is_robust(self.model, x, eps=self.eps, norm=self.norm, steps=self.steps,
+                            generator=self._generator(99)).to(torch.bool)
+        out: dict[str, torch.Tensor] = {"pred": pred, "conf": conf, col("robust", self.eps): rob}
+        radii = sorted({r for r in self._radii(self.eps) if r > 0})
+        for r in radii:
+            for a in self.attacks:
+                c_adv, k_adv = self._conf_pred(self.attack_points(x, pred, r, a))
+                flip = k_adv != pred
+                out[col(f"minconf_{a}", r)] = torch.minimum(conf, c_adv)
+                out[col(f"flip_{a}", r)] = flip
+                out[col(f"flipconf_{a}", r)] = torch.where(flip, c_adv, torch.zeros_like(c_adv))
+        dec = self.scores_from(out, self.eps, self.attacks, self.ball)
+        out["score"] = torch.as_tensor(dec[0], dtype=conf.dtype, device=conf.device)
+        out[col("score_lo", self.eps)] = torch.as_tensor(dec[1], dtype=conf.dtype, device=conf.device)
+        return out
+
+    # -- from records ----------------------------------------------------------------------
+    @staticmethod
+    def scores_from(records: Mapping[str, Any], eps: float, attacks: Sequence[str] = ATTACKS,
+                    ball: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """(selection score, robust-selection score) from records, using only ``attacks``."""
+        def min_over(r: float) -> np.ndarray:
+            keys = [col(f"minconf_{a}", r) for a in attacks]
+            require(records, *keys)
+            return np.minimum.reduce([_np_float(records[k]) for k in keys])
+
+        require(records, "conf")
+        score = min_over(eps) if ball else _np_float(records["conf"])
+        return score, min_over(2 * eps if ball else eps)
+
+    @classmethod
+    def decisions_for(cls, records: Mapping[str, Any], eps: float, tau: float,
+                      attacks: Sequence[str] = ATTACKS, ball: bool = True) -> Decisions:
+        """Selection and robust selection at τ seen by the given attacks only (Fig. 6)."""
+        score, lo = cls.scores_from(records, eps, attacks, ball)
+        return Decisions(score >= tau, (lo >= tau) & (score >= tau), None)
+
+    @classmethod
+    def robust_pred(cls, records: Mapping[str, Any], eps: float, attacks: Sequence[str] = ATTACKS) -> np.ndarray:
+        """F robust in B_ε: ``robust@ε`` and no attack point in B_ε changed the prediction."""
+        require(records, col("robust", eps))
+        rob = _np_bool(records[col("robust", eps)])
+        for a in attacks:
+            key = col(f"flip_{a}", eps)
+            if key in records:
+                rob = rob & ~_np_bool(records[key])
+        return rob
+
+    @staticmethod
+    def wrongly_selected(records: Mapping[str, Any], eps: float, tau: float, attack: str) -> np.ndarray:
+        """Samples where ``attack`` found x' ∈ B_ε(x) with F(x') ≠ F(x) that S_SR keeps
+        (max-softmax(x') ≥ τ): high-confidence adversarial examples (Appendix A.4)."""
+        f, c = col(f"flip_{attack}", eps), col(f"flipconf_{attack}", eps)
+        require(records, f, c)
+        return _np_bool(records[f]) & (_np_float(records[c]) >= tau)
