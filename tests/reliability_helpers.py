@@ -94,10 +94,34 @@ def malicious_payloads(marker: Path) -> dict[str, Any]:
     """Objects that, when unpickled without restriction, create ``marker``."""
     import torch
 
+    import numpy as np
+
+    obj_array = np.empty(2, dtype=object)
+    obj_array[0] = Marker(marker)
     return {
         "open-gadget": {"state_dict": Marker(marker)},
         "system-gadget": {"weight": SystemMarker(marker), "bias": torch.zeros(2)},
+        "object-array": {b"data": obj_array, b"labels": [0, 1], "state_dict": {"w": obj_array}},
     }
+
+
+def write_fake_cifar10(root: Path, n: int = 4, seed: int = 0) -> Path:
+    """A tiny CIFAR-10 tree (``root/cifar-10-batches-py``) in the distributed format:
+    dicts with bytes keys, uint8 ``data`` N x 3072, ``labels`` lists (pickle protocol 4,
+    whose bytes need no global)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    d = root / "cifar-10-batches-py"
+    d.mkdir(parents=True, exist_ok=True)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        with open(d / name, "wb") as fh:
+            pickle.dump({b"batch_label": name.encode(), b"labels": rng.integers(0, 10, n).tolist(),
+                         b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+                         b"filenames": [b"x.png"] * n}, fh, protocol=4)
+    with open(d / "batches.meta", "wb") as fh:
+        pickle.dump({b"label_names": [f"c{i}".encode() for i in range(10)]}, fh, protocol=4)
+    return d
 
 
 TEMP_SUFFIXES = (".tmp",)

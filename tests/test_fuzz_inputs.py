@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from abstain import checkpoint, metrics, models, records
@@ -29,7 +29,10 @@ from abstain.errors import AbstainError, CheckpointError, DataError, InputError
 TRIED: collections.Counter = collections.Counter()
 FUZZ = settings(max_examples=int(__import__("os").environ.get("ABSTAIN_FUZZ_EXAMPLES", "40")), deadline=None,
                 derandomize=__import__("os").environ.get("ABSTAIN_FUZZ_EXAMPLES") is None,
-                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+                # no shrinking: shrinking corrupted files is slow and the failing example is
+                # printed as found
+                phases=[Phase.explicit, Phase.reuse, Phase.generate])
 
 BAD_FLOATS = st.sampled_from([float("nan"), float("inf"), -float("inf"), -1.0, -1e-9, 1e308])
 
@@ -213,6 +216,50 @@ def test_truncated_records_refused_or_prefix(tmp_path_factory, frac):
         n = len(got["index"])
         assert set(got) == set(cols) and n < 20
         assert np.array_equal(got["index"], cols["index"][:n])
+
+
+# ---------------------------------------------------------------- data files: truncated / corrupt
+
+_CIFAR: dict[str, bytes] = {}
+
+
+@FUZZ
+@given(victim=st.sampled_from(["data_batch_1", "data_batch_3", "test_batch", "batches.meta"]),
+       frac=st.floats(0.0, 1.0, exclude_max=True), mode=st.sampled_from(["truncate", "flip"]),
+       seed=st.integers(0, 2**16))
+def test_corrupt_cifar_files_are_refused(tmp_path_factory, victim, frac, mode, seed):
+    """A CIFAR batch cut at a random offset or with random bytes overwritten: DataError
+    naming the file (truncation always; byte flips may leave a readable file, e.g. in
+    pixel data, and must then load as a valid dataset)."""
+    from abstain import data
+
+    from reliability_helpers import write_fake_cifar10
+
+    if not _CIFAR:
+        d0 = write_fake_cifar10(tmp_path_factory.mktemp("cifar0"), n=3)
+        _CIFAR.update({p.name: p.read_bytes() for p in d0.iterdir()})
+    root = tmp_path_factory.mktemp("cifar")
+    d = root / "cifar-10-batches-py"
+    d.mkdir()
+    for name, blob in _CIFAR.items():
+        (d / name).write_bytes(blob)
+    blob = bytearray(_CIFAR[victim])
+    rng = random.Random(seed)
+    if mode == "truncate":
+        blob = blob[:int(frac * len(blob))]
+    else:
+        for _ in range(rng.randint(1, 8)):
+            blob[rng.randrange(len(blob))] = rng.randrange(256)
+    (d / victim).write_bytes(bytes(blob))
+    TRIED[f"cifar {mode}"] += 1
+    split = "test" if victim in ("test_batch", "batches.meta") else "train"
+    try:
+        ds = data.load("cifar10", split, root=str(root))
+    except DataError as e:
+        assert victim in str(e), str(e)
+    else:
+        assert mode == "flip", "a truncated CIFAR file was accepted"
+        assert ds.x.shape[1:] == (3, 32, 32) and 0 <= float(ds.x.min()) and float(ds.x.max()) <= 1
 
 
 # ---------------------------------------------------------------- configs

@@ -18,7 +18,7 @@ from abstain import checkpoint, models
 from abstain.errors import AbstainError, CheckpointError
 
 from reliability_helpers import (SRC, assert_user_error, malicious_payloads, run_cli,
-                                 write_raw_pickle, write_torch_pickle)
+                                 write_fake_cifar10, write_raw_pickle, write_torch_pickle)
 
 # Every bad file written by this module is counted here (printed at the end of the run
 # for the closing note).
@@ -195,6 +195,33 @@ def test_safetensors_extension_never_unpickled(tmp_path):
     for path, _ in _bad_files(tmp_path, "weights.safetensors"):
         with pytest.raises(CheckpointError):
             checkpoint.load_foreign_state_dict(path)
+    _no_marker(tmp_path)
+
+
+def test_fake_cifar_is_readable(tmp_path):
+    """The fake tree is a valid CIFAR-10 (so the refusals below are about the gadgets)."""
+    from abstain import data
+
+    write_fake_cifar10(tmp_path)
+    ds = data.load("cifar10", "train", root=str(tmp_path))
+    assert len(ds) == 20 and ds.input_shape == (3, 32, 32)
+
+
+@pytest.mark.parametrize("victim,split", [("data_batch_1", "train"), ("data_batch_4", "train"),
+                                          ("test_batch", "test"), ("batches.meta", "test")])
+def test_cifar_loader_refuses_gadgets(tmp_path, victim, split):
+    from abstain import data
+    from abstain.errors import DataError
+
+    for path, _ in _bad_files(tmp_path / "bad", victim):
+        if path.parent.parent.name != "raw":
+            continue  # CIFAR batches are plain pickles
+        root = tmp_path / f"root-{path.parent.name}"
+        d = write_fake_cifar10(root)
+        (d / victim).write_bytes(path.read_bytes())
+        with pytest.raises(DataError) as e:
+            data.load("cifar10", split, root=str(root))
+        assert victim in str(e.value) and ("refusing" in str(e.value) or "unsafe" in str(e.value)), str(e.value)
     _no_marker(tmp_path)
 
 
