@@ -6,7 +6,8 @@ sections/keys, wrong types and bad values raise :class:`ConfigError` naming the 
 
 ``[data]``   ``name`` (dataset, required), ``root`` (directory of file-backed datasets),
              ``val_fraction`` (validation split carved from the training data for model
-             selection; never the test set), ``augment`` = "none" | "standard" | "autoaugment".
+             selection; never the test set), ``augment`` = "none" | "standard" |
+             "autoaugment" | "mtsd" (:mod:`abstain.data.augment`).
 ``[model]``  ``arch`` (required), ``kwargs`` (table passed to ``abstain.models.create``),
              ``init`` (a checkpoint directory or a foreign ``.pt``/``.pth``/``.safetensors``
              file to fine-tune from; relative paths are taken relative to the config file).
@@ -38,7 +39,10 @@ from typing import Any, Callable, Mapping
 
 from .errors import ConfigError
 
-AUGMENTS = ("none", "standard", "autoaugment")
+try:  # the names abstain.data.augment.build knows
+    from .data.augment import AUGMENTS
+except ImportError:  # pragma: no cover - augmentations not installed
+    AUGMENTS = ("none",)
 SCHEDULES = ("scratch", "finetune", "synthetic", "constant")
 AMP = ("off", "bf16", "fp16")
 NORMS = ("linf", "l2")

@@ -1,0 +1,104 @@
+"""DDP training with 2 gloo processes on CPU (torch.multiprocessing spawn): the weights of one
+process with the whole (doubled) batch, rank-0 checkpointing, and resume with another world
+size."""
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from abstain import models
+from abstain.checkpoint import load_train_state, read_meta
+from abstain.data import load, train_val_split
+from abstain.train import TrainingInterrupted, fit
+
+META = {"arch": "mlp", "num_classes": 3, "dataset": "gauss3", "model_kwargs": {"in_features": 2}}
+
+
+def _data():
+    full = load("gauss3", "train", seed=0)
+    tr, va = train_val_split(160, 0.25, seed=0)
+    return full.subset(tr), full.subset(va)
+
+
+def _run(out, loss="standard", epochs=2, batch_size=24, **kw):
+    tr, va = _data()
+    torch.manual_seed(11)
+    model = models.create("mlp", 3, in_features=2)
+    return fit(model, tr, loss=loss, loss_params={"eps": 0.1, "steps": 2}, epochs=epochs,
+               batch_size=batch_size, lr=0.1, momentum=0.9, schedule="constant", val_data=va, out=out,
+               seed=3, meta=META, val_steps=2, **kw)
+
+
+def _worker(rank: int, world: int, port: int, tmp: str) -> None:
+    os.environ.update({"RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank),
+                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+    torch.set_num_threads(1)
+    import torch.distributed as dist
+
+    try:
+        m = _run(os.path.join(tmp, "ddp"))
+        torch.save(m.state_dict(), os.path.join(tmp, f"std-rank{rank}.pt"))
+        m = _run(os.path.join(tmp, "ddp-trades"), loss="trades", epochs=1)
+        torch.save(m.state_dict(), os.path.join(tmp, f"trades-rank{rank}.pt"))
+        try:
+            _run(os.path.join(tmp, "ddp-stopped"), _stop_at=(0, 2))
+        except TrainingInterrupted:
+            pass
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ddp_runs(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ddp")
+    mp.start_processes(_worker, args=(2, _free_port(), str(tmp)), nprocs=2, join=True,
+                       start_method="spawn")
+    return tmp
+
+
+def _close(a: dict, b: dict, atol: float = 1e-5) -> bool:
+    return set(a) == set(b) and all(torch.allclose(a[k], b[k], atol=atol, rtol=1e-5) for k in a)
+
+
+def test_two_processes_match_one_process_with_the_whole_batch(ddp_runs, tmp_path):
+    torch.set_num_threads(1)
+    single = _run(tmp_path / "single").state_dict()
+    r0 = torch.load(ddp_runs / "std-rank0.pt", weights_only=True)
+    r1 = torch.load(ddp_runs / "std-rank1.pt", weights_only=True)
+    assert all(torch.equal(r0[k], r1[k]) for k in r0)           # DDP keeps ranks in sync
+    assert _close(r0, single)                                    # = one process, batch 24 = 2 x 12
+    last_ddp = load_train_state(ddp_runs / "ddp")["model_last"]
+    last_single = load_train_state(tmp_path / "single")["model_last"]
+    assert _close(last_ddp, last_single)
+    _run(tmp_path / "half", batch_size=12)                       # one process, per-rank batch:
+    assert not _close(last_ddp, load_train_state(tmp_path / "half")["model_last"])  # differs
+    assert read_meta(ddp_runs / "ddp")["epoch"] == read_meta(tmp_path / "single")["epoch"]
+    assert not any(p.name.startswith(".") for p in (ddp_runs / "ddp").iterdir())  # no temp files left
+
+
+def test_ddp_adversarial_loss_runs_and_ranks_agree(ddp_runs):
+    r0 = torch.load(ddp_runs / "trades-rank0.pt", weights_only=True)
+    r1 = torch.load(ddp_runs / "trades-rank1.pt", weights_only=True)
+    assert all(torch.equal(r0[k], r1[k]) for k in r0)
+    assert len((ddp_runs / "ddp-trades" / "log.jsonl").read_text().splitlines()) == 1
+
+
+def test_resume_with_another_world_size(ddp_runs, tmp_path):
+    torch.set_num_threads(1)
+    st = load_train_state(ddp_runs / "ddp-stopped")
+    assert (st["epoch"], st["batch"], st["world_size"]) == (0, 3, 2)
+    _run(ddp_runs / "ddp-stopped")                               # 1 process continues
+    _run(tmp_path / "single")
+    assert _close(load_train_state(ddp_runs / "ddp-stopped")["model_last"],
+                  load_train_state(tmp_path / "single")["model_last"])
