@@ -145,8 +145,9 @@ def choose_cascade(y: Any, candidates: Sequence[Candidate], core_pred: Any, core
 
     Candidates are first reduced to the Pareto front of their 2-compositions (natural vs
     robust accuracy); every ordered sequence of up to ``max_len`` of them is evaluated
-    from the records (restricted to ``idx`` when given). Ties: higher natural accuracy,
-    then fewer stages. Returns ``([], core metrics)`` when no cascade fits the budget.
+    from the records (restricted to ``idx`` when given), next to the core alone. Ties:
+    higher natural accuracy, then fewer stages. Returns ``([], core metrics)`` when no
+    cascade fits the budget or none beats the core.
     """
     if budget < 0:
         raise InputError(f"the natural-accuracy budget must be >= 0, got {budget}")
@@ -158,17 +159,17 @@ def choose_cascade(y: Any, candidates: Sequence[Candidate], core_pred: Any, core
     base = {"nat_acc": core_nat, "rob_acc": float(((pc == y) & rc).mean()), "coverage": 0.0}
     two = [cascade_metrics(y, [c.stage(idx)], pc, rc) for c in candidates]
     front = [candidates[i] for i in pareto_front([(m["nat_acc"], m["rob_acc"]) for m in two])]
-    best: tuple[tuple[float, float, int], list[str], dict[str, float]] | None = None
+    # the empty cascade (the core alone) is always within budget
+    best: tuple[tuple[float, float, int], list[str], dict[str, float]] = (
+        (base["rob_acc"], base["nat_acc"], 0), [], base)
     for k in range(1, max_len + 1):
         for seq in itertools.permutations(front, k):
             m = cascade_metrics(y, [c.stage(idx) for c in seq], pc, rc)
             if m["nat_acc"] < core_nat - budget - 1e-12:
                 continue
             key = (m["rob_acc"], m["nat_acc"], -k)
-            if best is None or key > best[0]:
+            if key > best[0]:
                 best = (key, [c.name for c in seq], m)
-    if best is None:
-        return [], base
     return best[1], best[2]
 
 
