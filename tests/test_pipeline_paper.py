@@ -85,3 +85,35 @@ def test_partition_paper_lookup_by_checkpoint_and_eps():
     assert got == pytest.approx({"nonrob_inacc": 0.0738, "rob_inacc": 0.024, "nonrob_acc": 0.032,
                                  "rob_acc": 0.8702, "nat_acc": 0.9022})
     assert look({"model": {"init": "x.pt"}, "loss": {"eps": 2 / 255}}) is None
+
+
+def test_paper_stage_runs_a_tiny_config_end_to_end_and_resumes(tmp_path, monkeypatch):
+    """The paper-stage machinery (config -> fine-tune -> APGD records -> report) on digits."""
+    import torch
+
+    from abstain.stages import StageContext
+    from abstain.utils import progress
+
+    monkeypatch.setenv("ABSTAIN_CONFIGS", str(tmp_path / "configs"))
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "tiny-std.toml").write_text(
+        '[data]\nname = "digits"\nval_fraction = 0.0\n[model]\narch = "cnn"\n'
+        '[train]\nloss = "standard"\nepochs = 3\nbatch_size = 64\nlr = 0.1\n[loss]\neps = 0.05\n')
+    st = paper.PaperStage("tiny", "tiny", ("tiny*.toml",), steps=3, demo_n_test=60)
+    cfg = st.config("mini", True)
+    assert st.missing_data(cfg, tmp_path) == []
+    ctx = StageContext(name="tiny", out=tmp_path / "tiny", root=tmp_path, demo=True,
+                       device=torch.device("cpu"), quiet=True,
+                       progress=lambda *a, **k: progress(*a, **{**k, "disable": True}))
+    res = st.run(ctx, cfg)
+    rec = tmp_path / "tiny" / "records" / "tiny-std-s0.csv"
+    first = rec.read_text()
+    assert first.splitlines()[0] == "index,label,pred,robust@0.05,robust@0.1"
+    assert len(first.splitlines()) == 61
+    assert res["tiny-std"]["nat_acc"] > 0.5                  # learnt something (chance: 0.1)
+    log = tmp_path / "tiny" / "work" / "tiny-std-s0" / "log.jsonl"
+    assert len(log.read_text().splitlines()) == 3
+    st.run(ctx, cfg)                                       # resumes the finished training run
+    assert len(log.read_text().splitlines()) == 3 and rec.read_text() == first
+    (table,) = [b for b in st.report(tmp_path / "tiny") if b["kind"] == "table"]
+    assert table["rows"][0][0] == "tiny-std" and table["rows"][0][3] == pytest.approx(res["tiny-std"]["nat_acc"])

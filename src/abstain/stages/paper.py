@@ -171,8 +171,10 @@ class PaperStage:
                 test = data_mod.load(dname, "test", root=cfg["data"]["root"], seed=seed)
                 if config["n_test"] and config["n_test"] < len(test):
                     test = test.subset(balanced_subset(test.y, config["n_test"], test.num_classes, seed))
-                cols = evaluate(model.to(ctx.device), test, eps=[eps], norm=cfg["loss"]["norm"],
-                                steps=config["steps"], double_eps=True, device=ctx.device, seed=seed)
+                res = evaluate(model.to(ctx.device), test, eps=[eps], norm=cfg["loss"]["norm"],
+                               steps=config["steps"], double_eps=True, device=ctx.device, seed=seed,
+                               show_progress=not ctx.quiet)
+                cols = {k: v for k, v in res.items() if k != "partition"}
                 ctx.write_records(f"{variant}-s{seed}", cols)
                 per_seed.append(_metrics(cols, eps))
             from ..metrics import mean_std
