@@ -138,6 +138,8 @@ def test_unknown_stage_is_a_clear_error(fakes, tmp_path, capsys):
     assert rc == 2
     assert "unknown stage 'nope'" in err and "known stages: a, b, c, d" in err
     assert not (tmp_path / "o").exists()
+    rc = cli_main(["reproduce", "--only", "cifar10-table5", "--out", str(tmp_path / "o"), "--quiet"])
+    assert rc == 2 and "'cifar10-table5' is a paper-scale stage (use --scale paper)" in capsys.readouterr().err
 
 
 def test_missing_and_failing_stages_are_reported_and_the_rest_runs(fakes, tmp_path, monkeypatch, capsys):
