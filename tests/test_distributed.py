@@ -1,0 +1,111 @@
+"""Sharded evaluation and certification under torchrun (issue 10, part 2).
+
+Two gloo processes on CPU (``python -m torch.distributed.run --standalone
+--nproc-per-node 2 -m abstain -- evaluate|certify ...``) must write records EXACTLY equal
+to one process: every column, every row (an odd number of samples, so the shards are
+uneven). The certify records carry a per-row wall-clock column ``seconds``; it is a
+timing, not a result, and is the only column left out of the comparison.
+
+Note the ``--`` after ``-m abstain``: without it torchrun's own argparse takes ``--run``
+as an ambiguous abbreviation of its ``--run-path`` option and exits with an error.
+(The DDP *training* equivalence is tested by the training slice.)
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from abstain import cli
+from abstain.records import read_records
+
+from reliability_helpers import cli_env
+
+TINY = """
+[data]
+name = "gauss3"
+val_fraction = 0.1
+[model]
+arch = "mlp"
+[train]
+loss = "standard"
+schedule = "constant"
+epochs = 2
+batch_size = 64
+lr = 0.05
+seed = 0
+"""
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("dist")
+    (d / "tiny.toml").write_text(TINY)
+    assert cli.main(["train", "--config", str(d / "tiny.toml"), "--out", str(d / "run"), "--device", "cpu"]) == 0
+    return d / "run"
+
+
+def _torchrun(args: list[str], nproc: int = 2) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+           "-m", "abstain", "--", *args]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=cli_env())
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return r
+
+
+def _copy_run(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("records", "results.json"))
+    return dst
+
+
+def _assert_records_equal(a: dict, b: dict, ignore: tuple[str, ...] = ()) -> None:
+    assert list(a) == list(b)
+    for k in a:
+        if k in ignore:
+            continue
+        assert a[k].dtype == b[k].dtype and np.array_equal(a[k], b[k]), k
+
+
+def test_sharded_evaluate_equals_one_process(run_dir, tmp_path):
+    args = ["--eps", "0.05", "--steps", "5", "--samples", "61", "--device", "cpu", "--seed", "3"]
+    one = _copy_run(run_dir, tmp_path / "one")
+    two = _copy_run(run_dir, tmp_path / "two")
+    assert cli.main(["evaluate", "--run", str(one), *args]) == 0
+    _torchrun(["evaluate", "--run", str(two), *args])
+    ra, rb = read_records(one / "records" / "evaluate.csv"), read_records(two / "records" / "evaluate.csv")
+    assert len(ra["index"]) == 61 and (np.diff(ra["index"]) > 0).all()
+    _assert_records_equal(ra, rb)
+    ja = json.loads((one / "results.json").read_text())["evaluate"]
+    jb = json.loads((two / "results.json").read_text())["evaluate"]
+    assert ja["eps"] == jb["eps"]  # the partitions per radius
+
+
+def test_sharded_certify_equals_one_process(run_dir, tmp_path):
+    args = ["--sigma", "0.25", "--eps", "0.1", "--n0", "16", "--n", "120", "--samples", "31",
+            "--batch-size", "60", "--device", "cpu", "--seed", "5"]
+    one = _copy_run(run_dir, tmp_path / "one")
+    two = _copy_run(run_dir, tmp_path / "two")
+    assert cli.main(["certify", "--run", str(one), *args]) == 0
+    _torchrun(["certify", "--run", str(two), *args])
+    ra, rb = read_records(one / "records" / "certify.csv"), read_records(two / "records" / "certify.csv")
+    assert len(ra["index"]) == 31
+    _assert_records_equal(ra, rb, ignore=("seconds",))
+    ja = json.loads((one / "results.json").read_text())["certify"]
+    jb = json.loads((two / "results.json").read_text())["certify"]
+    assert ja["metrics"] == jb["metrics"] and jb["world_size"] == 2
+
+
+def test_sharded_sequential_certify_equals_one_process(run_dir, tmp_path):
+    args = ["--sigma", "0.25", "--eps", "0.1", "--n0", "16", "--n", "400", "--samples", "15",
+            "--batch-size", "100", "--device", "cpu", "--seed", "1", "--sequential"]
+    one = _copy_run(run_dir, tmp_path / "one")
+    two = _copy_run(run_dir, tmp_path / "two")
+    assert cli.main(["certify", "--run", str(one), *args]) == 0
+    _torchrun(["certify", "--run", str(two), *args])
+    ra, rb = read_records(one / "records" / "certify.csv"), read_records(two / "records" / "certify.csv")
+    _assert_records_equal(ra, rb, ignore=("seconds",))
