@@ -29,7 +29,8 @@ def _randomise_bn(model, seed=0):
 # ResNet-50 23.52M (kuangliu/RobustBench CIFAR ResNets), ResNet-110 1.73M (He et al.), WRN-40-10 55.8M.
 @pytest.mark.parametrize("name,count", [
     ("resnet18", 11_173_962), ("resnet50", 23_520_842), ("resnet110", 1_730_714),
-    ("wrn-28-10", 36_479_194), ("wrn-40-10", 55_841_754),
+    ("wrn-28-10", 36_479_194), ("wrn-40-10", 55_841_754), ("wrn-34-10", 46_160_474),
+    ("dm-wrn-28-10", 36_479_194),
 ])
 def test_parameter_counts_match_published(name, count):
     with torch.device("meta"):  # shapes only: no memory, no init time
@@ -38,7 +39,7 @@ def test_parameter_counts_match_published(name, count):
 
 
 @pytest.mark.parametrize("name,k,size", [("resnet18", 10, 32), ("resnet110", 100, 32),
-                                         ("resnet50", 7, 64), ("wrn-28-10", 10, 32)])
+                                         ("resnet50", 7, 64)])  # wrn-28-10: the round-trip test
 def test_output_shapes_and_eval_batch_independence(name, k, size):
     torch.manual_seed(0)
     model = models.create(name, k).eval()
@@ -87,7 +88,8 @@ def test_robustbench_wrn_28_10_roundtrip_identical_outputs(tmp_path, wrn):
     assert not loaded.training
     x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        assert torch.equal(loaded(x), wrn(x))
+        out = loaded(x)
+        assert out.shape == (2, 10) and torch.equal(out, wrn(x))
     # the key names are RobustBench's, so the same file loads into the registry model
     assert "block1.layer.0.bn1.running_mean" in wrn.state_dict() and "fc.weight" in wrn.state_dict()
 
@@ -138,20 +140,49 @@ def test_cohen_layout_and_normalisation(tmp_path):
 def test_robustbench_mu_sigma_buffers_become_the_normalisation(tmp_path):
     """e.g. RobustBench's Engstrom2019Robustness (ResNet-50 with ``mu``/``sigma`` buffers)."""
     torch.manual_seed(3)
-    ref = _randomise_bn(models.create("resnet18", 10, mean=(0, 0, 0), std=(1, 1, 1)), seed=3)
+    ref = _randomise_bn(models.create("resnet110", 10, mean=(0, 0, 0), std=(1, 1, 1)), seed=3)
     mu = torch.tensor([0.4914, 0.4822, 0.4465]).view(1, 3, 1, 1)
     sigma = torch.tensor([0.2471, 0.2435, 0.2616]).view(1, 3, 1, 1)
     path = tmp_path / "eng.pt"
     torch.save({**ref.state_dict(), "mu": mu, "sigma": sigma}, path)
-    loaded = load_published("resnet18", path, 10)
+    loaded = load_published("resnet110", path, 10)
     x = torch.rand(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.allclose(loaded(x), ref((x - mu) / sigma), atol=1e-5)
-    # without buffers a RobustBench ResNet takes raw [0, 1] inputs
+    # without buffers a RobustBench ResNet-18 takes raw [0, 1] inputs
     path2 = tmp_path / "plain.pt"
-    torch.save(ref.state_dict(), path2)
+    torch.save(models.create("resnet18", 10).state_dict(), path2)
+    _, kw = load_published("resnet18", path2, 10, return_kwargs=True)
+    assert kw == {"mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]}
+
+
+def test_deepmind_wrn_layout_with_its_normalisation_buffers(tmp_path, monkeypatch):
+    """RobustBench's DMWideResNet (Gowal2020Uncovering_28_10_extra; Rebuffi2021Fixing_28_10_
+    cutmix_ddpm for CIFAR-100): keys init_conv/layer.g.block.i/batchnorm/logits and persistent
+    ``mean``/``std`` buffers of shape (3, 1, 1). A WRN-16-2 of that layout keeps the test fast;
+    dm-wrn-28-10 is the same class (parameter count checked above)."""
+    from abstain.models import published
+    from abstain.models.wideresnet import DMWideResNet
+
+    def small(k, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)):
+        return DMWideResNet(16, 2, k, mean, std)
+
+    monkeypatch.setitem(published.PUBLISHED, "dm-wrn-16-2", (small, published.PUBLISHED["dm-wrn-28-10"][1]))
+    torch.manual_seed(4)
+    ref = _randomise_bn(small(100, mean=(0, 0, 0), std=(1, 1, 1)), seed=4)
+    assert set(ref.state_dict()) <= set(models.create("dm-wrn-28-10", 100).state_dict())
+    assert "layer.1.block.0.shortcut.weight" in ref.state_dict() and "logits.weight" in ref.state_dict()
+    mean = torch.tensor([0.5071, 0.4865, 0.4409]).view(3, 1, 1)
+    std = torch.tensor([0.2673, 0.2564, 0.2762]).view(3, 1, 1)
+    path = tmp_path / "Rebuffi2021Fixing_28_10_cutmix_ddpm.pt"
+    torch.save({"model_state_dict": {**ref.state_dict(), "mean": mean, "std": std}}, path)
+    loaded, kw = load_published("dm-wrn-16-2", path, 100, return_kwargs=True)
+    assert kw["mean"] == pytest.approx([0.5071, 0.4865, 0.4409])
+    x = torch.rand(2, 3, 32, 32)
     with torch.no_grad():
-        assert torch.equal(load_published("resnet18", path2, 10)(x), ref(x))
+        assert torch.allclose(loaded(x), ref((x - mean) / std), atol=1e-5)
+    with pytest.raises(CheckpointError, match="holds a 'dm-wrn-16-2' checkpoint"):
+        load_published("wrn-28-10", path, 100)
 
 
 def test_html_page_saved_as_checkpoint(tmp_path):

@@ -21,6 +21,8 @@ _MODELS: dict[str, tuple[str, str]] = {
     "resnet110": ("resnet", "resnet110"),
     "wrn-28-10": ("wideresnet", "wrn_28_10"),
     "wrn-40-10": ("wideresnet", "wrn_40_10"),
+    "wrn-34-10": ("wideresnet", "wrn_34_10"),
+    "dm-wrn-28-10": ("wideresnet", "dm_wrn_28_10"),
 }
 MODELS = tuple(_MODELS)
 

@@ -11,8 +11,10 @@ ours by :func:`adapt_published_state`:
 * RobustBench's ``WideResNet(..., sub_block1=True)`` (Carmon2019Unlabeled, Zhang2019
   Theoretically, ...) holds a ``sub_block1`` that ``forward`` never uses: dropped.
 * RobustBench models that normalise inside keep ``mu``/``sigma`` buffers of shape
-  (1, 3, 1, 1) (Engstrom2019Robustness, Rice2020Overfitting, ...): they become the mean/std
-  of our first :class:`~abstain.models.normalize.Normalize` layer.
+  (1, 3, 1, 1) (Engstrom2019Robustness, Rice2020Overfitting, ...), DeepMind's WideResNets
+  (``dm-wrn-28-10``: Gowal2020Uncovering_28_10_extra, Rebuffi2021Fixing_28_10_cutmix_ddpm)
+  ``mean``/``std`` buffers of shape (3, 1, 1): they become the mean/std of our first
+  :class:`~abstain.models.normalize.Normalize` layer.
 
 Without ``mu``/``sigma`` the normalisation is what the publisher's model applies: none for
 RobustBench's WideResNets and ResNet-18/50 (they take raw [0, 1] inputs), Cohen et al.'s
@@ -29,7 +31,7 @@ from torch import nn
 from ..checkpoint import load_foreign_state_dict, load_state_into
 from ..errors import CheckpointError
 from .resnet import COHEN_CIFAR10_MEAN, COHEN_CIFAR10_STD, resnet18, resnet50, resnet110
-from .wideresnet import wrn_28_10, wrn_34_10, wrn_40_10
+from .wideresnet import dm_wrn_28_10, wrn_28_10, wrn_34_10, wrn_40_10
 
 # arch -> (factory, default (mean, std) of the publisher's checkpoints)
 _IDENTITY = ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
@@ -40,9 +42,10 @@ PUBLISHED: dict[str, tuple[Callable[..., nn.Module], tuple[Sequence[float], Sequ
     "wrn-28-10": (wrn_28_10, _IDENTITY),
     "wrn-34-10": (wrn_34_10, _IDENTITY),
     "wrn-40-10": (wrn_40_10, _IDENTITY),
+    "dm-wrn-28-10": (dm_wrn_28_10, ((0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616))),
 }
 # the output layer of each family, used to read the number of classes off a checkpoint
-_HEADS = ("fc.weight", "linear.weight")
+_HEADS = ("fc.weight", "linear.weight", "logits.weight")
 
 
 def adapt_published_state(state: Mapping[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -56,9 +59,10 @@ def adapt_published_state(state: Mapping[str, torch.Tensor]) -> tuple[dict[str, 
         out = {k[2:]: v for k, v in out.items()}
     out = {k: v for k, v in out.items() if not k.startswith("sub_block1.")}
     norm: dict[str, Any] = {}
-    if "mu" in out and "sigma" in out:
-        mu, sigma = out.pop("mu"), out.pop("sigma")
-        norm = {"mean": [float(v) for v in mu.flatten()], "std": [float(v) for v in sigma.flatten()]}
+    for m_key, s_key in (("mu", "sigma"), ("mean", "std")):  # RobustBench / DeepMind buffers
+        if m_key in out and s_key in out:
+            mu, sigma = out.pop(m_key), out.pop(s_key)
+            norm = {"mean": [float(v) for v in mu.flatten()], "std": [float(v) for v in sigma.flatten()]}
     return out, norm
 
 
