@@ -1,0 +1,148 @@
+"""Per-sample records of abstain models and everything computed from them.
+
+:func:`abstain_records` runs a selector on a test set and returns record columns
+(``index``, ``label`` and the selector's columns, see each selector's ``records``);
+:func:`core_records` does the same for a core model (``pred``, ``robust@ε``).
+:func:`summarize`, :func:`tau_curve` and :func:`candidate` recompute metrics, τ sweeps and
+composition candidates from the records alone, so reports never need the models.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import InputError
+from .base import Decisions, Selector, ThresholdSelector, _np_bool, col, predict
+from .cri import CertifiedRobustnessIndicator
+from .eri import RobustnessIndicator
+from .sn import SelectionNetwork, selection_net, selection_targets, train_selection_network
+from .sr import ATTACKS, SoftmaxResponse
+
+KINDS: dict[str, type[Selector]] = {"eri": RobustnessIndicator, "cri": CertifiedRobustnessIndicator,
+                                    "sr": SoftmaxResponse, "sn": SelectionNetwork}
+DEFAULT_TAU = {"sr": 0.9, "sn": 0.5}
+
+
+def selector_class(kind: str) -> type[Selector]:
+    if kind not in KINDS:
+        raise InputError(f"unknown selector {kind!r}; known: {', '.join(KINDS)}")
+    return KINDS[kind]
+
+
+def build_selector(kind: str, model: nn.Module, *, eps: float, norm: str = "linf", steps: int = 40,
+                   seed: int = 0, tau: float | None = None, train: tuple[torch.Tensor, torch.Tensor] | None = None,
+                   sn: Mapping[str, Any] | None = None, cri: Mapping[str, Any] | None = None) -> Selector:
+    """The selector ``kind`` for ``model``. S_SN is trained here on ``train = (x, y)``
+    (targets from F's robustness and accuracy, :func:`selection_targets`) with the options
+    ``sn`` (``epochs``, ``hidden``, ``samples``); S_CRI takes ``cri`` (``num_classes``,
+    ``sigma``, ``n0``, ``n``, ``alpha``, ``batch_size``)."""
+    selector_class(kind)
+    if kind == "eri":
+        return RobustnessIndicator(model, eps=eps, norm=norm, steps=steps, seed=seed)
+    if kind == "sr":
+        return SoftmaxResponse(model, tau=DEFAULT_TAU["sr"] if tau is None else tau, eps=eps, norm=norm,
+                               steps=steps, seed=seed)
+    if kind == "cri":
+        if not cri:
+            raise InputError("S_CRI needs the smoothing options (num_classes, sigma, n0, n, alpha)")
+        return CertifiedRobustnessIndicator(model, eps=eps, norm=norm, seed=seed, **dict(cri))
+    if train is None:
+        raise InputError("S_SN needs training data (x, y) for its selection network")
+    opts = dict(sn or {})
+    x_tr, y_tr = train
+    n = int(opts.get("samples") or x_tr.shape[0])
+    if n < x_tr.shape[0]:
+        idx = torch.randperm(x_tr.shape[0], generator=torch.Generator().manual_seed(seed))[:n]
+        x_tr, y_tr = x_tr[idx], y_tr[idx]
+    t = selection_targets(model, x_tr, y_tr, eps=eps, norm=norm, steps=steps, seed=seed)
+    net = selection_net(tuple(x_tr.shape[1:]), hidden=int(opts.get("hidden", 128))).to(x_tr.device)
+    train_selection_network(net, x_tr, t, eps=eps, norm=norm, epochs=int(opts.get("epochs", 30)), seed=seed)
+    return SelectionNetwork(model, net, tau=DEFAULT_TAU["sn"] if tau is None else tau, eps=eps,
+                            norm=norm, steps=steps, seed=seed)
+
+
+def _cols(index: Any, y: torch.Tensor, rec: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+    out: dict[str, Any] = {"index": np.asarray(index), "label": y.detach().cpu().numpy()}
+    for k, v in rec.items():
+        out[k] = v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v)
+    return out
+
+
+def abstain_records(selector: Selector, x: torch.Tensor, y: torch.Tensor, index: Any) -> dict[str, Any]:
+    """``index``, ``label`` and the selector's record columns on (x, y)."""
+    return _cols(index, y, selector.records(x))
+
+
+def core_records(model: nn.Module, x: torch.Tensor, y: torch.Tensor, index: Any, *, eps: float,
+                 norm: str = "linf", steps: int = 40, seed: int = 0) -> dict[str, Any]:
+    """``index``, ``label``, ``pred`` and ``robust@ε`` (:func:`abstain.attacks.is_robust`)."""
+    from ..attacks import is_robust
+
+    with torch.enable_grad():
+        rob = is_robust(model, x, eps=eps, norm=norm, steps=steps,
+                        generator=torch.Generator().manual_seed(seed * 1000003 + 7))
+    return _cols(index, y, {"pred": predict(model, x), col("robust", eps): rob.to(torch.bool)})
+
+
+def decisions(kind: str, records: Mapping[str, Any], eps: float, tau: float | None = None,
+              attacks: Sequence[str] | None = None, ball: bool = True) -> Decisions:
+    """Selector decisions from records. For S_SR, ``attacks`` restricts the attacks whose
+    points count and ``ball=False`` reads plain (clean-input) SR from the same records."""
+    cls = selector_class(kind)
+    if kind == "sr" and (attacks is not None or not ball):
+        return SoftmaxResponse.decisions_for(records, eps, DEFAULT_TAU["sr"] if tau is None else tau,
+                                             ATTACKS if attacks is None else attacks, ball)
+    if issubclass(cls, ThresholdSelector) and tau is None:
+        tau = DEFAULT_TAU[kind]
+    return cls.decisions(records, eps, tau)
+
+
+def robust_pred(kind: str, records: Mapping[str, Any], eps: float,
+                attacks: Sequence[str] | None = None) -> np.ndarray:
+    if kind == "sr":
+        return SoftmaxResponse.robust_pred(records, eps, ATTACKS if attacks is None else attacks)
+    return selector_class(kind).robust_pred(records, eps)
+
+
+def summarize(kind: str, records: Mapping[str, Any], eps: float, tau: float | None = None,
+              attacks: Sequence[str] | None = None, ball: bool = True) -> dict[str, float]:
+    """Abstain metrics (:func:`abstain.metrics.abstain_metrics`) plus the partition of F."""
+    from ..metrics import abstain_metrics, partition
+
+    d = decisions(kind, records, eps, tau, attacks, ball)
+    rp = robust_pred(kind, records, eps, attacks)
+    out = abstain_metrics(records["label"], records["pred"], d.selected, d.robust_selected, rp)
+    out.update(partition(records["label"], records["pred"], rp))
+    if issubclass(selector_class(kind), ThresholdSelector):
+        out["tau"] = float(DEFAULT_TAU[kind] if tau is None else tau)
+    return out
+
+
+def tau_curve(kind: str, records: Mapping[str, Any], eps: float, attacks: Sequence[str] | None = None,
+              points: int = 101, ball: bool = True) -> list[dict[str, float]]:
+    """The τ sweep over [0, 1) of a threshold selector: per τ its ``rob_sel``,
+    ``sel_rob_acc`` and ``coverage`` (Fig. 3 curves, Fig. 6)."""
+    if not issubclass(selector_class(kind), ThresholdSelector):
+        raise InputError(f"selector {kind!r} has no threshold to sweep")
+    grid = np.linspace(0.0, 1.0, points, endpoint=False)
+    out = []
+    for tau in grid:
+        m = summarize(kind, records, eps, float(tau), attacks, ball)
+        out.append({"tau": float(tau), "rob_sel": m["rob_sel"], "sel_rob_acc": m["sel_rob_acc"],
+                    "coverage": m["coverage"]})
+    return out
+
+
+def candidate(name: str, kind: str, records: Mapping[str, Any], eps: float, tau: float | None = None):
+    """A :class:`abstain.compose.Candidate` (composition stage) from abstain records."""
+    from ..compose import Candidate
+
+    return Candidate(name, np.asarray(records["pred"], dtype=np.int64), robust_pred(kind, records, eps),
+                     decisions(kind, records, eps, tau), {"kind": kind, "tau": tau})
+
+
+__all__ = ["KINDS", "DEFAULT_TAU", "selector_class", "build_selector", "abstain_records",
+           "core_records", "decisions", "robust_pred", "summarize", "tau_curve", "candidate"]

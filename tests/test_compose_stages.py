@@ -1,0 +1,96 @@
+"""digits-abstain and digits-compose stages end to end on tiny models, the report's numbers
+recomputed from the records, and the ``abstain abstain`` command."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from abstain.checkpoint import save_checkpoint
+from abstain.io import atomic_write_json
+from abstain.records import read_records
+from abstain.stages import StageContext
+from abstain_fixtures import EPS, digits_models
+
+
+def _save(model, d: Path) -> None:
+    save_checkpoint(d, model, {"arch": "mlp", "num_classes": 10, "dataset": "digits", "data_root": None,
+                               "model_kwargs": {"in_features": 64, "hidden": 64, "depth": 2}})
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory) -> Path:
+    _, _, robust, core = digits_models()
+    r = tmp_path_factory.mktemp("pipeline")
+    _save(core, r / "digits-partition/work/std-s0")
+    _save(robust, r / "digits-finetune/work/era-s0")
+    _save(robust, r / "digits-finetune/work/trades-s0")
+    atomic_write_json(r / "digits-finetune/results.json", {"meta": {"eps": [EPS], "norm": "linf", "seeds": [0]}})
+    return r
+
+
+def _ctx(root: Path, name: str) -> StageContext:
+    return StageContext(name=name, out=root / name, root=root, demo=True)
+
+
+def test_stages_and_report_recompute_from_records(root: Path) -> None:
+    from abstain.stages import digits_abstain, digits_compose
+
+    cfg = digits_abstain.config("mini", True)
+    cfg.update({"samples": 60, "steps": 5, "sn": {"epochs": 3, "hidden": 32, "samples": 300}, "tau_points": 11})
+    res = digits_abstain.run(_ctx(root, "digits-abstain"), cfg)
+    atomic_write_json(root / "digits-abstain/results.json", res)
+    assert {"trades-eri", "era-eri", "trades-sr", "trades-sn"} <= set(res)   # dga is optional
+    for v in ("trades-eri", "trades-sr", "trades-sn"):
+        assert res[v]["rob_sel"] <= res[v]["coverage"] + 1e-12
+    assert (root / "digits-abstain/fig3_abstain_pareto.png").stat().st_size > 10_000
+    assert (root / "digits-abstain/fig6_sr_ablation.png").stat().st_size > 10_000
+    blocks = digits_abstain.report(root / "digits-abstain")
+    table = next(b for b in blocks if b["kind"] == "table")
+    row = {r[0]: r for r in table["rows"]}
+    assert row["era-eri"][4] == round(100 * res["era-eri"]["rob_sel"], 2)
+    assert row["trades-sr"][5] == round(100 * res["trades-sr"]["sel_rob_acc"], 2)
+
+    ccfg = digits_compose.config("mini", True)
+    ccfg["steps"] = 5
+    cres = digits_compose.run(_ctx(root, "digits-compose"), ccfg)
+    assert {"core", "robust", "compose-eri", "compose-sr", "compose-sn", "cascade"} <= set(cres)
+    assert cres["meta"]["module_agreement"] == [1.0]  # the nn.Module reproduces the records
+    rec = read_records(root / "digits-compose/records/compose-s0.csv")
+    y = rec["label"]
+    assert cres["compose-eri"]["nat_acc"] == pytest.approx(np.mean(rec["compose-eri.pred"] == y))
+    # records agree with the abstain records: selected samples answered by F_robust
+    era = read_records(root / "digits-abstain/records/abstain-era-eri-s0.csv")
+    sel = era[f"robust@{EPS:g}"].astype(bool)
+    assert np.array_equal(rec["compose-eri.pred"][sel], era["pred"][sel])
+    assert np.array_equal(rec["compose-eri.pred"][~sel], rec["core.pred"][~sel])
+    cblocks = digits_compose.report(root / "digits-compose")
+    ctab = next(b for b in cblocks if b["kind"] == "table")
+    crow = {r[0]: r for r in ctab["rows"]}
+    assert crow["cascade"][3] == round(100 * cres["cascade"]["rob_acc"], 2)
+    assert crow["core"][2] == 0.0
+    assert (root / "digits-compose/fig4_compositions.png").stat().st_size > 10_000
+
+
+def test_abstain_command(root: Path, tmp_path: Path, capsys) -> None:
+    from abstain.cli import main
+
+    out = tmp_path / "out"
+    rc = main(["abstain", "--robust", str(root / "digits-finetune/work/era-s0"),
+               "--core", str(root / "digits-partition/work/std-s0"), "--selector", "eri",
+               "--eps", str(EPS), "--samples", "40", "--steps", "5", "--out", str(out)])
+    assert rc == 0
+    res = json.loads((out / "results.json").read_text())["abstain"]
+    rec = read_records(out / f"records/abstain-eri-eps{EPS:g}.csv")
+    comp = res[f"{EPS:g}"]["composition"]
+    assert comp["nat_acc"] == pytest.approx(np.mean(rec["h.pred"] == rec["label"]))
+    assert comp["rob_acc"] == pytest.approx(np.mean(rec["h.rob_acc"]))
+    assert (out / "abstain_pareto.png").is_file() and (out / "composition.png").is_file()
+    # a bad threshold is a user error (exit 2, one line)
+    rc = main(["abstain", "--robust", str(root / "digits-finetune/work/era-s0"),
+               "--core", str(root / "digits-partition/work/std-s0"), "--selector", "sr",
+               "--eps", str(EPS), "--tau", "2", "--out", str(out)])
+    assert rc == 2 and "--tau" in capsys.readouterr().err
