@@ -125,6 +125,7 @@ def evaluate(model: nn.Module, data: Dataset | DataLoader, *, eps: float | Seque
         raise InputError(f"model must be an nn.Module, got {type(model).__name__}")
     eps_list = radii(eps, double_eps)
     dev = distributed.local_device(resolve_device(device))
+    modes = [(mod, mod.training) for mod in model.modules()]   # restored at the end
     if normalize is not None:
         from .models import NormalizedModel
 
@@ -134,7 +135,6 @@ def evaluate(model: nn.Module, data: Dataset | DataLoader, *, eps: float | Seque
         except (TypeError, ValueError) as e:
             raise InputError(f"normalize must be (mean, std) with positive std: {e}") from None
     model = model.to(dev)
-    was_training = model.training
     model.eval()
     cols: dict[str, list[torch.Tensor]] = {"index": [], "label": [], "pred": []}
     cols.update({robust_key(e): [] for e in eps_list})
@@ -180,7 +180,8 @@ def evaluate(model: nn.Module, data: Dataset | DataLoader, *, eps: float | Seque
             cols["label"].append(y.cpu())
             cols["pred"].append(pred.cpu())
     finally:
-        model.train(was_training)
+        for mod, mode in modes:
+            mod.training = mode
     if not cols["index"]:
         raise InputError("data yielded no samples")
     local = {k: torch.cat(v).numpy() for k, v in cols.items()}

@@ -1,0 +1,182 @@
+"""evaluate(): a model defined here (outside the package) through the API and the CLI with
+identical records; run directories; DataLoaders and batch sizes; saved evidence; errors."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+import abstain
+from abstain import data
+from abstain.checkpoint import save_checkpoint
+from abstain.cli import main
+from abstain.errors import InputError
+from abstain.evaluation import evaluate, record_columns
+from abstain.metrics import partition
+from abstain.records import read_records
+
+MEAN, STD = 0.4, 0.3
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+class TinyNet(nn.Module):
+    """A user's model that expects inputs normalised with (MEAN, STD)."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.fc = nn.Linear(8 * 8 * 8, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.relu(self.bn(self.conv(x))).flatten(1))
+
+
+def make_model(num_classes: int = 10) -> nn.Module:
+    """The factory the CLI imports (``--model test_evaluation:make_model``)."""
+    return TinyNet(num_classes)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    torch.manual_seed(0)
+    train = data.load("digits", "train")
+    m = make_model(10)
+    opt = torch.optim.Adam(m.parameters(), lr=3e-3)
+    for _ in range(3):
+        perm = torch.randperm(len(train))
+        for i in range(0, len(train), 64):
+            b = perm[i:i + 64]
+            loss = nn.functional.cross_entropy(m((train.x[b] - MEAN) / STD), train.y[b])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    m.eval()
+    d = tmp_path_factory.mktemp("weights")
+    torch.save({"state_dict": {f"module.{k}": v for k, v in m.state_dict().items()}}, d / "w.pt")
+    return m, d / "w.pt"
+
+
+def test_own_model_cli_and_api_give_identical_records(trained, tmp_path, monkeypatch) -> None:
+    m, weights = trained
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "out"
+    args = ["evaluate", "--model", "test_evaluation:make_model", "--weights", str(weights),
+            "--data", "digits", "--num-classes", "10", "--out", str(out), "--normalize", str(MEAN), str(STD),
+            "--eps", "0.05", "0.1", "--steps", "20", "--samples", "80", "--batch-size", "32"]
+    assert main(args) == 0
+    rec = read_records(out / "records" / "evaluate.csv")
+    assert list(rec) == ["index", "label", "pred", "robust@0.05", "robust@0.1", "robust@0.2"]
+
+    test = data.load("digits", "test")
+    idx = data.balanced_subset(test.y, 80, 10, seed=0)
+    res = abstain.evaluate(m, test.subset(idx), eps=[0.05, 0.1], steps=20, batch_size=32,
+                           normalize=((MEAN,), (STD,)), device="cpu")
+    cols = record_columns(res)
+    assert np.array_equal(rec["index"], idx.numpy()[cols["index"]])
+    for k in ("label", "pred", "robust@0.05", "robust@0.1", "robust@0.2"):
+        assert np.array_equal(rec[k], cols[k].astype(rec[k].dtype)), k
+    results = json.loads((out / "results.json").read_text())["evaluate"]
+    assert results["eps"]["0.1"] == pytest.approx(partition(cols["label"], cols["pred"], cols["robust@0.1"]))
+    assert results["meta"]["samples"] == 80 and results["meta"]["n"] == 80
+    assert 0.0 < results["eps"]["0.1"]["rob_acc"] < results["nat_acc"]
+    assert not m.training                                   # the user's eval mode is kept
+    m.train()
+    evaluate(m, test.subset(idx[:4]), eps=0.05, steps=2, device="cpu", normalize=((MEAN,), (STD,)))
+    assert m.training and m.bn.training                      # and a training mode restored
+    m.eval()
+
+
+def test_records_are_monotone_and_independent_of_batch_size_and_loader(trained) -> None:
+    m, _ = trained
+    test = data.load("digits", "test").subset(torch.arange(0, 450, 5))
+    norm_model = abstain.models.NormalizedModel(m, (MEAN,), (STD,))
+    a = evaluate(norm_model, test, eps=0.08, steps=20, batch_size=64, device="cpu")
+    b = evaluate(norm_model, DataLoader(test, batch_size=7), eps=0.08, steps=20, device="cpu")
+    for k in record_columns(a):
+        assert np.array_equal(a[k], b[k]), k
+    assert (a["robust@0.16"] <= a["robust@0.08"]).all()      # nested balls: flags monotone
+    part = a["partition"]["0.08"]
+    assert sum(part[k] for k in ("rob_acc", "rob_inacc", "nonrob_acc", "nonrob_inacc")) == pytest.approx(1.0)
+    assert 0 < a["robust@0.08"].sum() < len(test)
+
+
+def test_saved_adversarial_inputs_are_verified_evidence(trained, tmp_path) -> None:
+    from safetensors.torch import load_file
+
+    m, _ = trained
+    test = data.load("digits", "test").subset(torch.arange(60))
+    norm_model = abstain.models.NormalizedModel(m, (MEAN,), (STD,))
+    path = tmp_path / "adv.safetensors"
+    res = evaluate(norm_model, test, eps=0.1, steps=20, device="cpu", save_adversarial=str(path),
+                   norm="linf")
+    saved = load_file(str(path))
+    for e in (0.1, 0.2):
+        idx, adv = saved[f"index@{e:g}"], saved[f"adv@{e:g}"]
+        nonrob = np.nonzero(~res[f"robust@{e:g}"])[0]
+        assert np.array_equal(idx.numpy(), nonrob) and len(nonrob) > 0
+        x = test.x[idx]
+        with torch.no_grad():
+            assert (norm_model(adv).argmax(1) != norm_model(x).argmax(1)).all()
+        assert (adv - x).abs().amax() <= e + 1e-6 and adv.min() >= 0 and adv.max() <= 1
+
+
+def test_run_directory_cli_and_overwrite(trained, tmp_path, capsys) -> None:
+    torch.manual_seed(1)
+    run = tmp_path / "run"
+    model = abstain.models.create("mlp", 10, in_features=64, hidden=16, depth=1)
+    save_checkpoint(run, model, {"arch": "mlp", "num_classes": 10, "dataset": "digits", "data_root": None,
+                                 "model_kwargs": {"in_features": 64, "hidden": 16, "depth": 1}})
+    base = ["evaluate", "--run", str(run), "--eps", "0.02", "--steps", "5", "--samples", "30"]
+    assert main(base + ["--no-double-eps"]) == 0
+    rec = read_records(run / "records" / "evaluate.csv")
+    assert list(rec) == ["index", "label", "pred", "robust@0.02"] and len(rec["index"]) == 30
+    sec = json.loads((run / "results.json").read_text())["evaluate"]
+    assert set(sec["eps"]) == {"0.02"} and sec["meta"]["steps"] == 5
+    assert main(base) == 2
+    assert "exists; pass --overwrite" in capsys.readouterr().err
+    assert main(base + ["--overwrite"]) == 0
+    assert "robust@0.04" in read_records(run / "records" / "evaluate.csv")
+
+
+@pytest.mark.parametrize("extra,needle", [
+    (["--eps", "-0.1"], "eps must be >= 0"),
+    (["--eps", "0.1", "--model", "no_such_module_xyz:f", "--data", "digits"], "cannot import module"),
+    (["--eps", "0.1", "--model", "test_evaluation", "--data", "digits"], "package.module:factory"),
+    (["--eps", "0.1", "--model", "test_evaluation:make_model", "--data", "digits", "--normalize", "0.5"],
+     "MEAN... STD..."),
+    (["--eps", "0.1"], "either --run DIR or --model"),
+])
+def test_cli_refuses_bad_arguments(extra, needle, tmp_path, capsys) -> None:
+    args = ["evaluate", "--out", str(tmp_path / "o")] + extra
+    if "--model" not in extra and "--eps" in extra and "-0.1" in extra:
+        args = ["evaluate", "--run", str(tmp_path)] + extra
+    if extra == ["--eps", "0.1"]:
+        args = ["evaluate"] + extra
+    assert main(args) == 2
+    assert needle in capsys.readouterr().err
+    assert not (tmp_path / "o" / "records").exists()
+
+
+def test_api_refuses_bad_data_and_exports_lazily() -> None:
+    assert abstain.evaluate is evaluate
+    m = nn.Sequential(nn.Flatten(), nn.Linear(2, 3))
+    ds = torch.utils.data.TensorDataset(torch.rand(5, 2) * 3, torch.zeros(5, dtype=torch.long))
+    with pytest.raises(InputError, match=r"\[0, 1\]"):
+        evaluate(m, ds, eps=0.1, device="cpu")
+    ok = torch.utils.data.TensorDataset(torch.rand(5, 2), torch.zeros(5, dtype=torch.long))
+    with pytest.raises(InputError, match="eps must be >= 0"):
+        evaluate(m, ok, eps=[0.1, -1.0], device="cpu")
+    with pytest.raises(InputError, match="batch_size"):
+        evaluate(m, ok, eps=0.1, batch_size=0)
