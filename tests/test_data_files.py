@@ -1,5 +1,6 @@
 """CIFAR-10/100 read from a tiny fake in the exact distributed pickle format."""
 import pickle
+import re
 import struct
 
 import numpy as np
@@ -94,6 +95,9 @@ def test_missing_file_is_named(tmp_path):
         data.load("cifar10", "train", root=str(tmp_path))
     with pytest.raises(DataError, match=r"missing dataset file .*cifar-100-python.*train"):
         data.load("cifar100", "train", root=str(tmp_path))
+    (d / "data_batch_1").unlink()  # root = the folder itself: the message names the file there
+    with pytest.raises(DataError, match=re.escape(f"missing dataset file {d / 'data_batch_1'} (")):
+        data.load("cifar10", "train", root=str(d))
 
 
 def test_truncated_file(tmp_path):

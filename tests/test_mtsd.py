@@ -115,7 +115,8 @@ def test_conversion_skips_counts_and_crops(tmp_path):
         assert 0 <= ax < 1 and 0 <= ay < 1
         png = Image.open(out / rows["file"][i])
         assert png.size == (64, 64) and png.mode == "RGB"
-        src = Image.open(img / f"{rows['image_key'][i]}.jpg").convert("RGB")
+        assert rows["source_image"][i] == f"{rows['image_key'][i]}.jpg"  # relative to --images
+        src = Image.open(img / rows["source_image"][i]).convert("RGB")
         assert np.array_equal(np.asarray(png), np.asarray(src.crop(crop).resize((64, 64), Image.BILINEAR)))
         assert rows["file"][i].startswith(f"{rows['split'][i]}/{rows['label'][i]}/")
     # the clamped boxes at the borders: crops start at 0 / end at the image size

@@ -96,7 +96,8 @@ def _find_dir(root: str | os.PathLike, folder: str, needed: list[str]) -> Path:
     for cand in (root, root / folder):
         if (cand / needed[0]).is_file():
             return cand
-    raise DataError(f"missing dataset file {root / folder / needed[0]} (expected the extracted "
+    where = root if root.name == folder else root / folder
+    raise DataError(f"missing dataset file {where / needed[0]} (expected the extracted "
                     f"{folder}/ folder, or its parent, as root)")
 
 

@@ -48,7 +48,8 @@ the end, so an error leaves no partial output)::
     out_dir/train/<label>/<image_key>_<object_key>.png     ImageFolder tree (size x size)
     out_dir/test/<label>/...
     out_dir/manifest.csv      one row per crop: file, split, label, class_index, image_key,
-                              object_key, source_image, image size, box, alpha_x, alpha_y, crop
+                              object_key, source_image (relative to the images directory),
+                              image size, box, alpha_x, alpha_y, crop
     out_dir/summary.json      classes, counts per split, every skipped box by reason, seed,
                               size, slack, sources
     out_dir/train.safetensors, test.safetensors   the same crops as uint8 tensors x (N, 3,
@@ -106,6 +107,7 @@ class _Box:
 class _Task:
     image_key: str
     image_path: str
+    source: str  # image path relative to the images directory (for the manifest)
     width: int
     height: int
     split: str
@@ -229,7 +231,10 @@ def _plan(annotations_dir: Path, images_dir: Path, splits: dict[str, str] | None
             split = splits.get(image_key)
         else:
             split = "test" if _unit(seed, image_key) < test_fraction else "train"
-        task = _Task(image_key, str(images.get(image_key, "")), width, height, split or "")
+        image_path = images.get(image_key)
+        task = _Task(image_key, str(image_path or ""),
+                     image_path.relative_to(images_dir).as_posix() if image_path else "",
+                     width, height, split or "")
         seen_keys: set[str] = set()
         for i, obj in enumerate(ann["objects"]):
             total += 1
@@ -284,7 +289,7 @@ def _crop_image(task: _Task, staging: str, size: int) -> tuple[list[dict[str, An
                 patch.save(dest, format="PNG")  # inside the staging dir: renamed into place at the end
                 crops.append(np.asarray(patch, dtype=np.uint8))
                 rows.append({"file": rel, "split": task.split, "label": b.label, "image_key": task.image_key,
-                             "object_key": b.key, "source_image": task.image_path,
+                             "object_key": b.key, "source_image": task.source,
                              "image_width": task.width, "image_height": task.height,
                              "box_xmin": b.box[0], "box_ymin": b.box[1], "box_xmax": b.box[2],
                              "box_ymax": b.box[3], "alpha_x": b.alpha[0], "alpha_y": b.alpha[1],
