@@ -46,6 +46,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--samples", type=int, metavar="N", help="seeded, class-balanced test subset of N samples")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
+    p.add_argument("--eval-batch-size", type=int, default=512, metavar="B",
+                   help="inputs per selector evaluation chunk (memory)")
     s = p.add_argument_group("selection network (--selector sn)")
     s.add_argument("--sn-epochs", type=int, default=30)
     s.add_argument("--sn-samples", type=int, help="train S_SN on a random subset of the training split")
@@ -115,8 +117,9 @@ def run(args: argparse.Namespace) -> int:
         sel = build_selector(args.selector, robust, eps=eps, norm=args.norm, steps=args.steps, seed=args.seed,
                              tau=args.tau, train=train, sn={"epochs": args.sn_epochs, "samples": args.sn_samples},
                              cri=cri)
-        rec = abstain_records(sel, x, y, idx.numpy())
-        crec = core_records(core, x, y, idx.numpy(), eps=eps, norm=args.norm, steps=args.steps, seed=args.seed)
+        rec = abstain_records(sel, x, y, idx.numpy(), batch_size=args.eval_batch_size)
+        crec = core_records(core, x, y, idx.numpy(), eps=eps, norm=args.norm, steps=args.steps, seed=args.seed,
+                            batch_size=args.eval_batch_size)
         tau = getattr(sel, "tau", None)
         cand = candidate(args.selector, args.selector, rec, eps, tau)
         cpred, crob = crec["pred"], crec[f"robust@{eps:g}"].astype(bool)

@@ -71,20 +71,35 @@ def _cols(index: Any, y: torch.Tensor, rec: Mapping[str, torch.Tensor]) -> dict[
     return out
 
 
-def abstain_records(selector: Selector, x: torch.Tensor, y: torch.Tensor, index: Any) -> dict[str, Any]:
-    """``index``, ``label`` and the selector's record columns on (x, y)."""
-    return _cols(index, y, selector.records(x))
+def _chunked(fn, x: torch.Tensor, batch_size: int | None) -> dict[str, torch.Tensor]:
+    """``fn`` on chunks of ``batch_size`` inputs (all at once when None), columns concatenated."""
+    if batch_size is None or x.shape[0] <= batch_size:
+        return fn(x)
+    parts = [fn(x[i:i + batch_size]) for i in range(0, x.shape[0], batch_size)]
+    return {k: torch.cat([torch.as_tensor(p[k]) for p in parts]) for k in parts[0]}
+
+
+def abstain_records(selector: Selector, x: torch.Tensor, y: torch.Tensor, index: Any,
+                    batch_size: int | None = None) -> dict[str, Any]:
+    """``index``, ``label`` and the selector's record columns on (x, y), in chunks of
+    ``batch_size`` inputs (random starts of the attacks are seeded per chunk position, so
+    the same chunking gives the same records)."""
+    return _cols(index, y, _chunked(selector.records, x, batch_size))
 
 
 def core_records(model: nn.Module, x: torch.Tensor, y: torch.Tensor, index: Any, *, eps: float,
-                 norm: str = "linf", steps: int = 40, seed: int = 0) -> dict[str, Any]:
+                 norm: str = "linf", steps: int = 40, seed: int = 0,
+                 batch_size: int | None = None) -> dict[str, Any]:
     """``index``, ``label``, ``pred`` and ``robust@ε`` (:func:`abstain.attacks.is_robust`)."""
     from ..attacks import is_robust
 
-    with torch.enable_grad():
-        rob = is_robust(model, x, eps=eps, norm=norm, steps=steps,
-                        generator=torch.Generator().manual_seed(seed * 1000003 + 7))
-    return _cols(index, y, {"pred": predict(model, x), col("robust", eps): rob.to(torch.bool)})
+    def one(xb: torch.Tensor) -> dict[str, torch.Tensor]:
+        with torch.enable_grad():
+            rob = is_robust(model, xb, eps=eps, norm=norm, steps=steps,
+                            generator=torch.Generator().manual_seed(seed * 1000003 + 7))
+        return {"pred": predict(model, xb), col("robust", eps): rob.to(torch.bool)}
+
+    return _cols(index, y, _chunked(one, x, batch_size))
 
 
 def decisions(kind: str, records: Mapping[str, Any], eps: float, tau: float | None = None,

@@ -41,14 +41,19 @@ def selection_net(input_shape: Sequence[int], hidden: int = 128, depth: int = 2,
 
 
 def selection_targets(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
-                      norm: str = "linf", steps: int = 40, seed: int = 0) -> torch.Tensor:
-    """t(x) = 1{F(x) = y ∧ F robust in B_ε(x)}: where F is robust and accurate."""
+                      norm: str = "linf", steps: int = 40, seed: int = 0,
+                      batch_size: int = 1024) -> torch.Tensor:
+    """t(x) = 1{F(x) = y ∧ F robust in B_ε(x)}: where F is robust and accurate
+    (APGD in chunks of ``batch_size``; random starts seeded per sample index)."""
     from ..attacks import is_robust
 
     pred = predict(model, x)
-    with torch.enable_grad():
-        rob = is_robust(model, x, eps=eps, norm=norm, steps=steps,
-                        generator=torch.Generator().manual_seed(seed)).to(torch.bool)
+    rob = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+    for i in range(0, x.shape[0], batch_size):
+        ids = torch.arange(i, min(i + batch_size, x.shape[0]), device=x.device)
+        with torch.enable_grad():
+            rob[ids] = is_robust(model, x[ids], eps=eps, norm=norm, steps=steps, sample_ids=ids,
+                                 generator=torch.Generator().manual_seed(seed)).to(torch.bool)
     return (pred == y) & rob
 
 
