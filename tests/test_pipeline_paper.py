@@ -70,7 +70,7 @@ def test_paper_report_recomputes_from_records_with_the_papers_numbers(tmp_path):
     (row,) = table["rows"]
     cell = dict(zip(table["columns"], row))
     assert cell["variant"] == "era-1" and cell["seeds"] == 2
-    assert cell["eps"] == pytest.approx(eps, rel=1e-5)
+    assert cell["ε"] == "1/255"
     for k in ("nat_acc", "rob_acc", "rob_inacc", "rob_sel", "sel_rob_acc"):
         assert cell[k] == pytest.approx(np.mean([o[k] for o in oracle]), abs=1e-12), k
     ref = dict(zip(table["columns"], table["paper"][0]))
@@ -117,3 +117,66 @@ def test_paper_stage_runs_a_tiny_config_end_to_end_and_resumes(tmp_path, monkeyp
     assert len(log.read_text().splitlines()) == 3 and rec.read_text() == first
     (table,) = [b for b in st.report(tmp_path / "tiny") if b["kind"] == "table"]
     assert table["rows"][0][0] == "tiny-std" and table["rows"][0][3] == pytest.approx(res["tiny-std"]["nat_acc"])
+
+
+def test_chained_configs_core_model_and_compositions(tmp_path, monkeypatch):
+    """A config initialised from another's run trains after it; a core model (standard, no ε)
+    is evaluated at every ε and composed with each robust model (eq. 15) from the records."""
+    from abstain.records import read_records
+
+    monkeypatch.setenv("ABSTAIN_CONFIGS", str(tmp_path / "configs"))
+    (tmp_path / "configs").mkdir()
+    base = '[data]\nname = "digits"\n[model]\narch = "cnn"\n'
+    (tmp_path / "configs" / "t-era-eps1.toml").write_text(
+        "# abstain train --config configs/t-era-eps1.toml --out runs/t-era-1\n" + base
+        + 'init = "../runs/t-trades-1"\n[train]\nloss = "era"\n[loss]\neps = 0.00392156862745098\n')
+    (tmp_path / "configs" / "t-trades-eps1.toml").write_text(
+        "# abstain train --config configs/t-trades-eps1.toml --out runs/t-trades-1\n" + base
+        + '[train]\nloss = "trades"\n[loss]\neps = 0.00392156862745098\n')
+    (tmp_path / "configs" / "t-core.toml").write_text(base + '[train]\nloss = "standard"\n')
+    st = paper.PaperStage("t", "t", ("t-*.toml",), paper_compose=lambda t: {"nat_acc": 0.941})
+    cfg = st.config("paper", False)
+    assert list(cfg["variants"]) == ["t-core", "t-trades-eps1", "t-era-eps1"]
+    assert cfg["variants"]["t-era-eps1"]["after"] == "t-trades-eps1"
+    assert cfg["eps"] == [1 / 255]
+    assert [p for p, _ in st.required(cfg, tmp_path)] == []          # digits, and init is a sibling run
+
+    sdir = tmp_path / "t"
+    rng = np.random.default_rng(1)
+    n, e = 120, 1 / 255
+    y = rng.integers(0, 10, n)
+    cols = {}
+    for v in cfg["variants"]:
+        pred = np.where(rng.random(n) < 0.8, y, (y + 3) % 10)
+        rob = rng.random(n) < 0.7
+        c = {"index": np.arange(n), "label": y, "pred": pred, f"robust@{e:g}": rob,
+             f"robust@{2 * e:g}": rob & (rng.random(n) < 0.8)}
+        if v == "t-core":                       # stored in another order: matched on index
+            perm = rng.permutation(n)
+            c = {k: np.asarray(a)[perm] for k, a in c.items()}
+        write_records(sdir / "records" / f"{v}-s0.csv", c)
+        cols[v] = read_records(sdir / "records" / f"{v}-s0.csv")
+    (sdir / "results.json").write_text(json.dumps(
+        {"meta": {"config": {"variants": {k: {"toml": v["toml"]} for k, v in cfg["variants"].items()}}}}))
+    tables = [b for b in st.report(sdir) if b["kind"] == "table"]
+    part, comp = tables
+    assert [r[0] for r in part["rows"]] == ["t-core", "t-era-eps1", "t-trades-eps1"]
+    assert [r[0] for r in comp["rows"]] == ["t-era-eps1", "t-trades-eps1"]
+    core = cols["t-core"]
+    order = np.argsort(core["index"])
+    cp, cr = core["pred"][order], core[f"robust@{e:g}"][order].astype(bool)
+    for row in comp["rows"]:
+        r = cols[row[0]]
+        acc, rob = r["pred"] == y, r[f"robust@{e:g}"].astype(bool)
+        rsel = r[f"robust@{2 * e:g}"].astype(bool) & rob
+        h = np.where(rob, r["pred"], cp)
+        ok = rob & acc & (rsel | (cr & (cp == y)))            # sound: see metrics.cascade_outcome
+        cell = dict(zip(comp["columns"], row))
+        assert cell["core"] == "t-core" and cell["ε"] == "1/255"
+        assert cell["core nat_acc"] == pytest.approx(np.mean(cp == y))
+        assert cell["core rob_acc"] == pytest.approx(np.mean((cp == y) & cr))
+        assert cell["nat_acc"] == pytest.approx(np.mean(h == y))
+        assert cell["rob_acc"] == pytest.approx(np.mean(ok))
+        assert cell["coverage"] == pytest.approx(np.mean(rob))
+        assert cell["Δ rob_acc"] == pytest.approx(np.mean(ok) - np.mean((cp == y) & cr))
+    assert comp["paper"][0][comp["columns"].index("nat_acc")] == 0.941

@@ -23,8 +23,9 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -66,6 +67,49 @@ def _checkpoint_hint(init: str) -> str:
             f"{name}.pt; copy that file to this path")
 
 
+_RUN_COMMENT = re.compile(r"--config\s+\S*?([\w.-]+)\.toml\s+--out\s+\S*?runs/([\w.-]+)")
+
+
+def _strip_up(p: str) -> Path:
+    """A relative path without its leading ``..`` parts (taken relative to the data root)."""
+    parts = Path(p).parts
+    while parts and parts[0] in ("..", "."):
+        parts = parts[1:]
+    return Path(*parts) if parts else Path(".")
+
+
+def _run_map(variants: Mapping[str, Any]) -> dict[str, str]:
+    """Run-directory name -> variant, from the ``--config configs/X.toml --out runs/Y`` lines
+    the configs document themselves with."""
+    out: dict[str, str] = {}
+    for v in variants.values():
+        for cfg_stem, run in _RUN_COMMENT.findall(v.get("text", "")):
+            if cfg_stem in variants:
+                out[run] = cfg_stem
+    return out
+
+
+def _init_variant(init: str | None, variants: Mapping[str, Any]) -> str | None:
+    """The variant of this stage whose trained model ``init`` names (e.g. ``../runs/X``), if any."""
+    if not init or "runs" not in Path(init).parts:
+        return None
+    run = Path(init).name
+    if run in variants:
+        return run
+    mapped = _run_map(variants).get(run)
+    if mapped:
+        return mapped
+    tokens = set(run.split("-"))     # e.g. paper-mtsd-trades-eps1 within paper-mtsd-trades-resnet50-eps1
+    hits = [v for v in variants if tokens <= set(v.split("-"))]
+    return hits[0] if len(hits) == 1 else None
+
+
+def _is_core(toml: Mapping[str, Any]) -> bool:
+    """A standard-trained model without a threat model: the core model F_core of eq. 15."""
+    return toml.get("train", {}).get("loss", "standard") == "standard" and \
+        not toml.get("loss", {}).get("eps")
+
+
 @dataclass
 class PaperStage:
     """One paper-scale stage: the configs matching ``patterns`` under ``configs/``."""
@@ -80,22 +124,40 @@ class PaperStage:
     n_test: int | None = None                    # None: the whole test set
     demo_n_test: int = 500
     paper: Callable[[Mapping[str, Any]], Mapping[str, float] | None] | None = None
+    paper_compose: Callable[[Mapping[str, Any]], Mapping[str, float] | None] | None = None
     description: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
 
     # ---------------------------------------------------------------- config
     def config(self, scale: str, demo: bool) -> dict:
-        """The matching TOML files (their parsed contents, so an edit invalidates the cache),
-        the evaluation settings and the seeds."""
+        """The matching TOML files (their parsed contents and text, so an edit invalidates the
+        cache), in training order (a config whose ``init`` is another one's run comes after
+        it), the evaluation settings and the seeds."""
         root = configs_dir()
         files = sorted({p for pat in self.patterns for p in root.glob(pat)})
-        variants = {}
+        variants: dict[str, Any] = {}
         for p in files:
-            with open(p, "rb") as fh:
-                variants[p.stem] = {"file": str(p), "toml": tomllib.load(fh)}
-        return {"variants": variants, "seeds": list(self.seeds[:1] if demo else self.seeds),
+            text = p.read_text()
+            variants[p.stem] = {"file": str(p), "toml": tomllib.loads(text), "text": text}
+        for name, v in variants.items():
+            v["after"] = _init_variant(v["toml"].get("model", {}).get("init"), variants)
+        ordered: dict[str, Any] = {}
+
+        def visit(name: str, chain: tuple[str, ...]) -> None:
+            if name in ordered:
+                return
+            if name in chain:
+                raise ValueError(f"configs initialise from each other in a cycle: {' -> '.join(chain)}")
+            after = variants[name]["after"]
+            if after:
+                visit(after, chain + (name,))
+            ordered[name] = variants[name]
+
+        for name in variants:
+            visit(name, ())
+        eps = sorted({float(v["toml"].get("loss", {}).get("eps") or 0) for v in variants.values()} - {0.0})
+        return {"variants": ordered, "seeds": list(self.seeds[:1] if demo else self.seeds),
                 "steps": self.steps, "n_test": self.demo_n_test if demo else self.n_test,
-                "norm": "linf"}
+                "norm": "linf", "eps": eps}
 
     # ---------------------------------------------------------------- data check
     def missing_data(self, config: Mapping[str, Any], data_root: Path | None) -> list[str]:
@@ -114,116 +176,172 @@ class PaperStage:
     def required(self, config: Mapping[str, Any], data_root: Path | None) -> list[tuple[Path, str]]:
         root = Path(data_root) if data_root is not None else Path("<data-root>")
         need: list[tuple[Path, str]] = []
-        for name in self.datasets:
-            sub, files, what = DATASETS[name]
-            need += [(root / sub / f, what) for f in files] or [(root / sub, what)]
+        names = list(self.datasets) + [v["toml"].get("data", {}).get("name") for v in config["variants"].values()]
+        for name in dict.fromkeys(names):
+            if name in DATASETS:
+                sub, files, what = DATASETS[name]
+                need += [(root / sub / f, what) for f in files] or [(root / sub, what)]
         if not config["variants"]:
             need.append((configs_dir() / self.patterns[0],
                          "the experiment configs of this stage (configs/ of the repository)"))
         for v in config["variants"].values():
-            toml = v["toml"]
-            name = toml.get("data", {}).get("name")
-            if name in DATASETS:
-                sub, files, what = DATASETS[name]
-                need += [(root / sub / f, what) for f in files] or [(root / sub, what)]
-            init = toml.get("model", {}).get("init")
-            if init and not Path(init).is_absolute():
-                need.append((root / init, _checkpoint_hint(init)))
-        seen, out = set(), []
-        for p, w in need:
-            if p not in seen:
-                seen.add(p)
-                out.append((p, w))
-        return out
+            init = v["toml"].get("model", {}).get("init")
+            if init and not v.get("after") and not Path(init).is_absolute():
+                need.append((root / _strip_up(init), _checkpoint_hint(init)))
+        return list(dict.fromkeys(need))
 
     # ---------------------------------------------------------------- run
     def run(self, ctx: Any, config: dict) -> dict:
+        """Train (or resume) every variant in order, evaluate it with APGD at ε and 2ε (a core
+        model at every ε of the stage) and write ``records/<variant>-s<seed>.csv``."""
         from .. import data as data_mod
         from ..config import validate
         from ..data import balanced_subset
         from ..evaluation import evaluate
-        from ..train import train_from_config
+        from ..metrics import mean_std
+        from ..train import build_model, train_from_config
 
         root = Path(ctx.data_root) if ctx.data_root is not None else None
         results: dict[str, Any] = {}
         for variant, v in config["variants"].items():
-            raw = {k: dict(s) for k, s in v["toml"].items()}
-            dname = raw["data"]["name"]
-            if dname in DATASETS and root is not None:
-                raw["data"]["root"] = str(root / DATASETS[dname][0]) if dname == "mtsd" else str(root)
-            init = raw.get("model", {}).get("init")
-            if init and not Path(init).is_absolute() and root is not None:
-                raw["model"]["init"] = str(root / init)
             per_seed = []
             for seed in config["seeds"]:
+                raw = {k: dict(sec) for k, sec in v["toml"].items()}
+                dname = raw["data"]["name"]
+                if dname in DATASETS and root is not None:
+                    raw["data"]["root"] = str(root / DATASETS[dname][0]) if dname == "mtsd" else str(root)
+                elif raw["data"].get("root") and not Path(raw["data"]["root"]).is_absolute():
+                    raw["data"]["root"] = str(Path(v["file"]).parent / raw["data"]["root"])
+                init = raw.get("model", {}).get("init")
+                if v.get("after"):
+                    raw["model"]["init"] = str(ctx.work / f"{v['after']}-s{seed}")
+                elif init and not Path(init).is_absolute():
+                    base = root if root is not None else Path(v["file"]).parent
+                    raw["model"]["init"] = str(base / (_strip_up(init) if root is not None else init))
                 raw["train"] = {**raw.get("train", {}), "seed": seed}
                 cfg = validate(raw)
-                eps = float(cfg["loss"]["eps"] or 0.0)
-                if eps <= 0:
-                    raise ValueError(f"config {v['file']}: [loss] eps must give the threat model")
+                own = float(cfg["loss"]["eps"] or 0.0)
+                eps = [own] if own > 0 else list(config["eps"])
+                if not eps:
+                    raise ValueError(f"{v['file']}: no [loss] eps here or in the other configs of "
+                                     f"stage {self.NAME}, so no threat model to evaluate")
+                test = data_mod.load(dname, "test", root=cfg["data"]["root"], seed=seed)
                 if cfg["train"]["epochs"] == 0:
-                    from ..train import build_model
-
-                    probe = data_mod.load(dname, "test", root=cfg["data"]["root"], seed=seed)
-                    model, _ = build_model(cfg, probe.num_classes, tuple(probe.input_shape))
+                    model, _ = build_model(cfg, test.num_classes, tuple(test.input_shape))
                 else:
                     model, _ = train_from_config(cfg, ctx.work / f"{variant}-s{seed}", device=ctx.device)
-                test = data_mod.load(dname, "test", root=cfg["data"]["root"], seed=seed)
                 if config["n_test"] and config["n_test"] < len(test):
                     test = test.subset(balanced_subset(test.y, config["n_test"], test.num_classes, seed))
-                res = evaluate(model.to(ctx.device), test, eps=[eps], norm=cfg["loss"]["norm"],
+                res = evaluate(model.to(ctx.device), test, eps=eps, norm=cfg["loss"]["norm"],
                                steps=config["steps"], double_eps=True, device=ctx.device, seed=seed,
                                show_progress=not ctx.quiet)
-                cols = {k: v for k, v in res.items() if k != "partition"}
+                cols = {k: val for k, val in res.items() if k != "partition"}
                 ctx.write_records(f"{variant}-s{seed}", cols)
-                per_seed.append(_metrics(cols, eps))
-            from ..metrics import mean_std
-
+                per_seed.append({f"{k}@{e:g}" if len(eps) > 1 else k: m
+                                 for e in eps for k, m in _metrics(cols, e).items() if k != "eps"})
             results[variant] = mean_std(per_seed)
         results["meta"] = {"seeds": config["seeds"], "steps": config["steps"], "n_test": config["n_test"],
-                           "norm": config["norm"],
-                           "eps": sorted({float(v["toml"].get("loss", {}).get("eps", 0) or 0)
-                                          for v in config["variants"].values()})}
+                           "norm": config["norm"], "eps": config["eps"]}
         return results
 
     # ---------------------------------------------------------------- report
     def report(self, stage_dir: Path) -> list[dict]:
-        """Tables recomputed from ``records/<variant>-s<seed>.csv``; paper numbers beside ours."""
+        """Tables recomputed from ``records/<variant>-s<seed>.csv``; paper numbers beside ours.
+
+        Per variant and ε: the partition (eq. 2, 3) and the S_ERI abstain model (robust
+        selection via 2ε, eq. 14). With a core model (standard training, no ε) in the stage:
+        each robust variant composed with it (eq. 15, :func:`abstain.metrics.composition_metrics`),
+        matched on the records' ``index``.
+        """
+        from ..metrics import composition_metrics
         from ..records import read_records
 
         stage_dir = Path(stage_dir)
-        by_variant: dict[str, list[dict[str, float]]] = {}
+        tomls = self._tomls(stage_dir)
+        recs: dict[str, list[tuple[int, dict]]] = {}
         for f in sorted((stage_dir / "records").glob("*-s*.csv")):
-            variant = f.stem.rsplit("-s", 1)[0]
-            recs = read_records(f)
-            eps = _eps_of(recs)
-            by_variant.setdefault(variant, []).append(_metrics(recs, eps))
-        keys = ["eps", "nat_acc", "rob_acc", "rob_inacc", "nonrob_acc", "nonrob_inacc", "rob_sel",
-                "sel_rob_acc"]
-        rows, paper = [], []
-        for variant, ms in by_variant.items():
-            mean = {k: float(np.mean([m[k] for m in ms])) for k in keys}
-            rows.append([variant, len(ms), *[mean[k] for k in keys]])
-            ref = self.paper(self._variant_toml(stage_dir, variant)) if self.paper else None
-            paper.append([None, None, *[(ref or {}).get(k) for k in keys]])
+            variant, _, seed = f.stem.rpartition("-s")
+            recs.setdefault(variant, []).append((int(seed), read_records(f)))
+        stage_eps = sorted({float(t.get("loss", {}).get("eps") or 0) for t in tomls.values()} - {0.0})
+        keys = ["nat_acc", "rob_acc", "rob_inacc", "nonrob_acc", "nonrob_inacc", "rob_sel", "sel_rob_acc"]
+        rows, paper, comp_rows, comp_paper = [], [], [], []
+        cores = [v for v in recs if _is_core(tomls.get(v, {}))]
+        for variant, runs in recs.items():
+            toml = tomls.get(variant, {})
+            own = float(toml.get("loss", {}).get("eps") or 0)
+            eps_list = [own] if own > 0 else (stage_eps or [_eps_of(runs[0][1])])
+            for e in eps_list:
+                ms = [_metrics(r, e) for _, r in runs]
+                mean = {k: float(np.mean([m[k] for m in ms])) for k in keys}
+                rows.append([variant, len(ms), _eps_text(e), *[mean[k] for k in keys]])
+                ref = self.paper({**toml, "loss": {**toml.get("loss", {}), "eps": e}}) if self.paper else None
+                paper.append([None, None, None, *[(ref or {}).get(k) for k in keys]])
+                if own <= 0:
+                    continue
+                for core in cores:
+                    cms = []
+                    core_runs = dict(recs[core])
+                    for seed, r in runs:
+                        if seed not in core_runs:
+                            continue
+                        c = _align(core_runs[seed], r["index"])
+                        rob, rob2 = _column_at(r, e), _column_at(r, 2 * e)
+                        cms.append(composition_metrics(r["label"], rob, rob2, r["pred"], rob,
+                                                       c["pred"], _column_at(c, e)))
+                        cms[-1]["core_nat_acc"] = float(np.mean(c["pred"] == r["label"]))
+                        cms[-1]["core_rob_acc"] = float(np.mean((c["pred"] == r["label"]) & _column_at(c, e)))
+                    if not cms:
+                        continue
+                    ck = ["core_nat_acc", "core_rob_acc", "nat_acc", "rob_acc", "coverage"]
+                    cm = {k: float(np.mean([m[k] for m in cms])) for k in ck}
+                    comp_rows.append([variant, core, _eps_text(e), *[cm[k] for k in ck],
+                                      cm["nat_acc"] - cm["core_nat_acc"], cm["rob_acc"] - cm["core_rob_acc"]])
+                    cref = self.paper_compose({**toml, "loss": {**toml.get("loss", {}), "eps": e}}) \
+                        if self.paper_compose else None
+                    cref = cref or {}
+                    comp_paper.append([None, None, None, *[cref.get(k) for k in ck], None, None])
         blocks: list[dict] = [{"kind": "text", "text": self.description or self.TITLE}]
         if rows:
             blocks.append({"kind": "table",
                            "caption": "Partition at ε and the robustness-indicator abstain model "
                                       "(S_ERI; robust selection via 2ε), mean over seeds, fractions",
-                           "columns": ["variant", "seeds", *keys], "rows": rows,
+                           "columns": ["variant", "seeds", "ε", *keys], "rows": rows,
                            "paper": paper if any(any(c is not None for c in r) for r in paper) else None})
+        if comp_rows:
+            blocks.append({"kind": "table",
+                           "caption": "2-compositional models (eq. 15): robust model with S_ERI, core "
+                                      "model on abstained samples; gains over the core alone",
+                           "columns": ["robust model", "core", "ε", "core nat_acc", "core rob_acc",
+                                       "nat_acc", "rob_acc", "coverage", "Δ nat_acc", "Δ rob_acc"],
+                           "rows": comp_rows,
+                           "paper": comp_paper if any(any(c is not None for c in r) for r in comp_paper)
+                           else None})
         return blocks
 
     @staticmethod
-    def _variant_toml(stage_dir: Path, variant: str) -> Mapping[str, Any]:
+    def _tomls(stage_dir: Path) -> dict[str, Mapping[str, Any]]:
         import json
 
         try:
             res = json.loads((stage_dir / "results.json").read_text())
-            return res["meta"]["config"]["variants"][variant]["toml"]
-        except (OSError, KeyError, ValueError, TypeError):
+            return {k: v["toml"] for k, v in res["meta"]["config"]["variants"].items()}
+        except (OSError, KeyError, ValueError, TypeError, AttributeError):
             return {}
+
+
+def _eps_text(e: float) -> str:
+    k = e * 255
+    return f"{round(k)}/255" if abs(k - round(k)) < 1e-6 and round(k) > 0 else f"{e:g}"
+
+
+def _align(cols: Mapping[str, np.ndarray], index: np.ndarray) -> dict[str, np.ndarray]:
+    """``cols`` reordered to the sample ``index`` of another records file (same test subset)."""
+    pos = {int(i): j for j, i in enumerate(cols["index"])}
+    try:
+        order = np.array([pos[int(i)] for i in index])
+    except KeyError as e:
+        raise ValueError(f"core records lack sample index {e}: evaluated on another subset") from None
+    return {k: np.asarray(v)[order] for k, v in cols.items()}
 
 
 def _exists(p: Path) -> bool:
@@ -306,6 +424,31 @@ def _partition_paper(table: Mapping[str, Mapping[int, tuple[float, ...]]]):
     return lookup
 
 
+def _mtsd_paper(toml: Mapping[str, Any]) -> dict[str, float] | None:
+    """MTSD numbers of the paper: Table 7 (the core model), Table 1 (robust inaccuracy of the
+    TRADES ResNet-50 of Zhang et al. at 1/255)."""
+    eps = toml.get("loss", {}).get("eps")
+    k = round(float(eps) * 255) if eps else None
+    loss = toml.get("train", {}).get("loss", "standard")
+    if loss == "standard":
+        rob = {1: 0.7466, 2: 0.4071, 4: 0.0751}.get(k)
+        return {"nat_acc": 0.9379, **({"rob_acc": rob} if rob is not None else {})}
+    if loss == "trades" and k == 1:
+        return {"rob_inacc": 0.039}
+    return None
+
+
+def _mtsd_compose_paper(toml: Mapping[str, Any]) -> dict[str, float] | None:
+    """Paper Table 6, MTSD (ResNet-50, F_robust fine-tuned with ERA; core of Table 7)."""
+    if toml.get("train", {}).get("loss") != "era":
+        return None
+    k = round(float(toml.get("loss", {}).get("eps") or 0) * 255)
+    ref = {1: (0.845, 0.941, 0.7466), 2: (0.699, 0.940, 0.4071)}.get(k)
+    if ref is None:
+        return None
+    return {"rob_acc": ref[0], "nat_acc": ref[1], "core_nat_acc": 0.9379, "core_rob_acc": ref[2]}
+
+
 STAGES: dict[str, PaperStage] = {s.NAME: s for s in (
     PaperStage("cifar10-partition", "cifar10-partition — robustness–accuracy partition of TRADES "
                "fine-tuned published models on CIFAR-10 (paper Tables 1, 8)",
@@ -323,9 +466,13 @@ STAGES: dict[str, PaperStage] = {s.NAME: s for s in (
     PaperStage("cifar100-partition", "cifar100-partition — robustness–accuracy partition on CIFAR-100 "
                "(paper Table 9)", ("cifar100*.toml",), paper=_partition_paper(_TABLE9),
                datasets=("cifar100",)),
-    PaperStage("mtsd", "mtsd — traffic signs: ResNet-50 fine-tunes (paper Tables 4, 6, 7)",
-               ("mtsd*.toml",), datasets=("mtsd",),
-               description="ResNet-50 on the cropped Mapillary Traffic Sign Dataset (Appendix A.1)."),
+    PaperStage("mtsd", "mtsd — traffic signs: TRADES and ERA ResNet-50 models, the core model and "
+               "their compositions (paper Tables 1, 4, 6, 7)",
+               ("paper-mtsd-*.toml", "mtsd*.toml"), datasets=("mtsd",),
+               paper=_mtsd_paper, paper_compose=_mtsd_compose_paper,
+               description="ResNet-50 models on the cropped Mapillary Traffic Sign Dataset (Appendix "
+                           "A.1): TRADES from scratch at 1/255 and 2/255, ERA fine-tunes of them, and "
+                           "the standard-trained core model; 40-step APGD on the test set."),
 )}
 
 # name -> "paper:<attr>" entries for abstain.stages.PAPER_STAGES
