@@ -13,8 +13,23 @@ import sys
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread for in-process runs (as OMP_NUM_THREADS=1 for the subprocesses):
+    on the shared 2-core machine thread contention makes torch several times slower.
+    Import this fixture into a test module to apply it there."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
 
 
 def cli_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:

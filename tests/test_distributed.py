@@ -24,7 +24,7 @@ import pytest
 from abstain import cli
 from abstain.records import read_records
 
-from reliability_helpers import cli_env
+from reliability_helpers import cli_env, one_thread  # noqa: F401  (autouse fixture)
 
 TINY = """
 [data]
