@@ -111,3 +111,4 @@ def test_bad_input_and_warnings():
     with pytest.warns(UserWarning, match="eps=2"):
         res = certify_sequential(smooth, x, (2.0,), n0=10, n_max=100, alpha=0.01, batch_size=32)
     assert not res.decisions.any()
+    assert int(res.looks[0]) == 1                             # out of reach: settled at once

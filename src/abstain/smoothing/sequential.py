@@ -17,7 +17,9 @@ predetermined radius of Horváth et al., ICLR 2022):
 3. At look i, with n_A hits of c_A among the n_i samples so far, compute the one-sided
    Clopper–Pearson bounds L_i = CP_lower(n_A, n_i; α_i) and U_i = CP_upper(n_A, n_i; α_i);
    keep L = max_{j≤i} L_j and U = min_{j≤i} U_j. In radius space r̲ = σΦ⁻¹(L), r̄ = σΦ⁻¹(U).
-4. The decision for ε is settled once r̲ ≥ ε (certified) or r̄ < ε (cannot be certified).
+4. The decision for ε is settled once r̲ ≥ ε (certified), or r̄ < ε (p_A is too small), or ε
+   is out of reach of the budget (even if all n_max − n_i remaining samples hit c_A, the last
+   look's bound stays below Φ(ε/σ); e.g. radii above max_certifiable_radius(n_max)).
    The input stops at the first look where every asked ε is settled (plain-certify mode,
    ``eps=()``: once r̄ − r̲ ≤ ``radius_tol``), or at n_max.
 5. Output as CERTIFY: (c_A, r̲) when L ≥ 1/2, else (ABSTAIN, 0); "certified@ε" ⇔ not abstained
@@ -28,8 +30,8 @@ P(∃ i: L_i > p_A) ≤ Σ α_i = α: with probability ≥ 1 − α over the noi
 satisfies p_A ≥ Φ(r̲/σ), hence (Cohen et al., Theorem 1) G(x + δ) = c_A for all ‖δ‖₂ < r̲ —
 the same guarantee, at the same α, as CERTIFY with a fixed N. The stopping rule only decides
 *when* to stop; it cannot invalidate the bounds because each look's bound is valid on its own
-and the union covers every look that could ever be taken. The futility side (r̄ < ε) only ever
-withholds a certificate, which is always safe. Noise is fresh for every sample; samples are
+and the union covers every look that could ever be taken. The futility rules (r̄ < ε, ε out of
+reach) only ever withhold a certificate, which is always safe. Noise is fresh for every sample; samples are
 reused across looks (cumulative counts), which the union bound allows.
 
 Compared with fixed-N CERTIFY at the same α, the last look uses α/K instead of α, so an input
@@ -149,9 +151,13 @@ def certify_sequential(smooth: Smooth, x: torch.Tensor, eps: tuple[float, ...] |
         up[idx] = np.minimum(up[idx], cp_upper(count[idx], size, a_look))
         r_low = radius_from_bound(low[idx], sigma)
         r_up = radius_from_bound(up[idx], sigma)
+        # the best lower bound still reachable: every remaining sample up to n_max hits c_A
+        r_best = radius_from_bound(cp_lower(count[idx] + (n_max - size), n_max, a_look), sigma)
+        r_best = np.maximum(r_best, r_low)
         settled = np.ones(idx.size, dtype=bool)
         if eps_arr.size:
-            settled &= ((r_low[:, None] >= eps_arr) | (r_up[:, None] < eps_arr)).all(1)
+            settled &= ((r_low[:, None] >= eps_arr) | (r_up[:, None] < eps_arr)
+                        | (r_best[:, None] < eps_arr)).all(1)
         if radius_tol is not None:
             settled &= (r_up - r_low <= radius_tol) | (r_up < 0)
         active[idx[settled]] = False
