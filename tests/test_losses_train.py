@@ -45,9 +45,9 @@ def test_standard_value_and_gradient_hand_checked():
     y = torch.tensor([1])
     loss, parts = losses.get("standard")(m, X1, y, {})
     p = torch.softmax(torch.tensor([2.0, 0.0, 1.0]), 0)
-    assert float(loss) == pytest.approx(-math.log(float(p[1])), rel=1e-6)
+    assert float(loss.detach()) == pytest.approx(-math.log(float(p[1])), rel=1e-6)
     assert torch.allclose(_grad(loss, m.b), p - F.one_hot(y, 3)[0].float(), atol=1e-6)
-    assert float(parts["ce"]) == pytest.approx(float(loss))
+    assert float(parts["ce"]) == pytest.approx(float(loss.detach()))
 
 
 def test_pgd_at_on_input_independent_model_is_ce():
@@ -55,7 +55,7 @@ def test_pgd_at_on_input_independent_model_is_ce():
     y = torch.tensor([2])
     loss, _ = losses.get("pgd-at")(m, X1, y, {"eps": 0.1, "generator": torch.Generator().manual_seed(0)})
     p = torch.softmax(m.b.detach(), 0)
-    assert float(loss) == pytest.approx(-math.log(float(p[2])), rel=1e-6)
+    assert float(loss.detach()) == pytest.approx(-math.log(float(p[2])), rel=1e-6)
     assert torch.allclose(_grad(loss, m.b), p - F.one_hot(y, 3)[0].float(), atol=1e-6)
 
 
@@ -67,7 +67,7 @@ def test_kl_per_sample_matches_definition_and_torch():
                            sum(float(p[1, c]) * math.log(float(p[1, c]) / (1 / 3)) for c in range(3))])
     assert torch.allclose(kl_per_sample(p, logits_q), manual.float(), atol=1e-6)
     ref = F.kl_div(F.log_softmax(logits_q, 1), p, reduction="batchmean")
-    assert float(kl_per_sample(p, logits_q).mean()) == pytest.approx(float(ref), rel=1e-6)
+    assert float(kl_per_sample(p, logits_q).mean()) == pytest.approx(float(ref.detach()), rel=1e-6)
 
 
 def test_top_other_class_and_eq8_objective():
@@ -122,7 +122,7 @@ def test_trades_value_is_ce_plus_gamma_batchmean_kl_at_attack_point(monkeypatch)
     (_, x_adv, _, _), = calls
     ref = F.cross_entropy(m(x), y) + 6.0 * F.kl_div(F.log_softmax(m(x_adv), 1), F.softmax(m(x), 1),
                                                     reduction="batchmean")
-    assert float(loss) == pytest.approx(float(ref), rel=1e-5)
+    assert float(loss.detach()) == pytest.approx(float(ref.detach()), rel=1e-5)
     assert float(parts["kl"]) > 0  # the inner maximisation found a point where the outputs differ
 
 
@@ -154,7 +154,7 @@ def test_era_penalty_hand_checked_value_and_gradient():
         p = torch.softmax(torch.tensor(logits), 0)
         ce_y, ce_t = -math.log(float(p[1])), -math.log(float(p[2]))
         expected = beta * ce_y + (1 - float(p[1])) * ce_t
-        assert float(loss) == pytest.approx(expected, rel=1e-5)
+        assert float(loss.detach()) == pytest.approx(expected, rel=1e-5)
         assert float(parts["qualifier"]) == pytest.approx(1 - float(p[1]), rel=1e-6)
         e = torch.eye(3)
         grad_expected = (beta * (p - e[1]) - float(p[1]) * (e[1] - p) * ce_t
@@ -189,7 +189,7 @@ def test_era_with_correct_confident_model_equals_beta_trades():
     l_tr, _ = losses.get("trades")(lin, x, y, {**params, "generator": torch.Generator().manual_seed(5)})
     g_tr = torch.autograd.grad(l_tr, list(lin.parameters()))
     assert float(parts["qualifier"]) == 0.0
-    assert float(l_era) == pytest.approx(beta * float(l_tr), rel=1e-6, abs=1e-12)
+    assert float(l_era.detach()) == pytest.approx(beta * float(l_tr.detach()), rel=1e-6, abs=1e-12)
     for a, b in zip(g_era, g_tr):
         assert torch.allclose(a, beta * b, atol=1e-6)
 
@@ -227,7 +227,7 @@ def test_dga_hand_checked_value():
                                                "generator": torch.Generator().manual_seed(0)})
     p = torch.softmax(torch.tensor(logits), 0)
     expected = 0.5 * -math.log(float(p[1])) - math.log(float(p[1]) + float(p[2]))
-    assert float(loss) == pytest.approx(expected, rel=1e-5)
+    assert float(loss.detach()) == pytest.approx(expected, rel=1e-5)
     # gradient: d/db of β·CE − log(p_y + p_t)
     e = torch.eye(3)
     s = float(p[1] + p[2])
@@ -241,7 +241,7 @@ def test_losses_are_deterministic_under_a_seeded_generator():
     for name in ("pgd-at", "trades", "era", "dga"):
         a, _ = losses.get(name)(m, x, y, {"eps": 0.1, "generator": torch.Generator().manual_seed(3)})
         b, _ = losses.get(name)(m, x, y, {"eps": 0.1, "generator": torch.Generator().manual_seed(3)})
-        assert float(a) == float(b)
+        assert float(a.detach()) == float(b.detach())
 
 
 def test_bad_loss_parameters_are_config_errors():
