@@ -69,6 +69,32 @@ def assert_user_error(r: subprocess.CompletedProcess, *needles: str) -> str:
     return msg
 
 
+def run_main(argv: Sequence[str], capsys) -> tuple[int, str, str]:
+    """``abstain ARGV`` in this process (cheap: no torch import): (exit code, stdout,
+    stderr). An exception escaping ``cli.main`` (which would be a traceback) fails the test
+    by propagating."""
+    from abstain import cli
+
+    capsys.readouterr()
+    try:
+        rc = cli.main([str(a) for a in argv])
+    except SystemExit as e:  # argparse errors
+        rc = e.code if isinstance(e.code, int) else 1
+    cap = capsys.readouterr()
+    return rc, cap.out, cap.err
+
+
+def assert_clean_refusal(rc: int, err: str, *needles: str) -> str:
+    """Non-zero exit and a one-line error message on stderr naming ``needles``."""
+    assert rc != 0, f"accepted; stderr={err}"
+    assert "Traceback" not in err, err
+    lines = [ln for ln in err.strip().splitlines() if ln.strip() and not ln.lower().startswith(("usage:", " "))]
+    assert len(lines) == 1, f"expected a one-line message, got: {err!r}"
+    for n in needles:
+        assert n.lower() in err.lower(), f"{n!r} not named in {err!r}"
+    return lines[0]
+
+
 class Marker:
     """Pickles to a call of ``open(path, "w")``: unpickling it creates ``path``."""
 

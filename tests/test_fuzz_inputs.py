@@ -485,6 +485,68 @@ def test_smooth_certify_refuses_bad_inputs(case):
     assert needle in str(e.value).lower(), (kind, str(e.value))
 
 
+# ---------------------------------------------------------------- the CLI: bad arguments
+
+_NAN, _INF = "nan", "inf"
+# (command, option, bad values, a word the message must contain)
+CLI_CASES = [
+    ("evaluate", "--eps", ["-0.1", _NAN, _INF, "-inf"], "eps"),
+    ("evaluate", "--steps", ["-1"], "steps"),
+    ("evaluate", "--batch-size", ["0", "-8"], "batch"),
+    ("evaluate", "--samples", ["0", "-3"], "samples"),
+    ("evaluate", "--norm", ["l3", "Linf"], "norm"),
+    ("evaluate", "--steps", ["ten", "2.5"], "steps"),
+    ("certify", "--sigma", ["0", "-0.25", _NAN, _INF], "sigma"),
+    ("certify", "--alpha", ["0", "1", "1.5", "-0.01", _NAN], "alpha"),
+    ("certify", "--n", ["0", "-100"], "n"),
+    ("certify", "--n0", ["0", "-1"], "n0"),
+    ("certify", "--batch-size", ["0", "-5"], "batch"),
+    ("certify", "--samples", ["0", "-1"], "samples"),
+    ("certify", "--eps", ["-0.5", _NAN, _INF], "eps"),
+    ("certify", "--chunk", ["0", "-2"], "chunk"),
+    ("train", "--set", ["train.lr=-1", "train.lr=nan", "train.batch_size=0", "train.epochs=0",
+                        "train.epochs=1.5", "train.bogus=1", "loss.eps=-0.1", "train.loss=\"l0\"",
+                        "data.val_fraction=1.5", "model.arch=\"vgg\"", "data.name=\"nope\"",
+                        "train.seed=-1", "train.momentum=2"], "train|loss|data|model"),
+]
+
+
+@pytest.fixture(scope="module")
+def cli_run(tmp_path_factory):
+    """A finished tiny run directory (gauss3 MLP, 1 epoch), trained in-process."""
+    from abstain import cli
+
+    d = tmp_path_factory.mktemp("clirun")
+    (d / "c.toml").write_text('[data]\nname = "gauss3"\n[model]\narch = "mlp"\n[train]\nloss = "standard"\n'
+                              'epochs = 1\nbatch_size = 100\nlr = 0.05\n')
+    assert cli.main(["train", "--config", str(d / "c.toml"), "--out", str(d / "run"), "--device", "cpu"]) == 0
+    return d
+
+
+@FUZZ
+@given(case=st.sampled_from(CLI_CASES), pick=st.integers(0, 100))
+def test_cli_refuses_bad_arguments_and_writes_nothing(cli_run, capsys, case, pick):
+    from reliability_helpers import assert_clean_refusal, run_main, tree_snapshot
+
+    command, option, values, needle = case
+    value = values[pick % len(values)]
+    TRIED[f"cli {command}"] += 1
+    before = tree_snapshot(cli_run)
+    if command == "train":
+        out = cli_run / "new-run"
+        argv = ["train", "--config", cli_run / "c.toml", "--out", out, "--device", "cpu", option, value]
+    elif command == "evaluate":
+        argv = ["evaluate", "--run", cli_run / "run", "--eps", "0.1", "--steps", "2", "--samples", "5",
+                "--device", "cpu", f"{option}={value}"]
+    else:
+        argv = ["certify", "--run", cli_run / "run", "--sigma", "0.25", "--eps", "0.1", "--n0", "8", "--n", "40",
+                "--samples", "3", "--batch-size", "40", "--device", "cpu", f"{option}={value}"]
+    rc, _, err = run_main(argv, capsys)
+    msg = assert_clean_refusal(rc, err)
+    assert any(w in msg.lower() for w in needle.split("|")), (argv, msg)
+    assert tree_snapshot(cli_run) == before, f"a refused {command} wrote files: {argv}"
+
+
 # ---------------------------------------------------------------- closing count
 
 def test_zzz_report_fuzz_counts():

@@ -17,8 +17,9 @@ import torch
 from abstain import checkpoint, models
 from abstain.errors import AbstainError, CheckpointError
 
-from reliability_helpers import (SRC, assert_user_error, malicious_payloads, run_cli,
-                                 write_fake_cifar10, write_raw_pickle, write_torch_pickle)
+from reliability_helpers import (SRC, assert_clean_refusal, assert_user_error, malicious_payloads,
+                                 one_thread, run_cli, run_main, write_fake_cifar10,  # noqa: F401
+                                 write_raw_pickle, write_torch_pickle)
 
 # Every bad file written by this module is counted here (printed at the end of the run
 # for the closing note).
@@ -222,6 +223,108 @@ def test_cifar_loader_refuses_gadgets(tmp_path, victim, split):
         with pytest.raises(DataError) as e:
             data.load("cifar10", split, root=str(root))
         assert victim in str(e.value) and ("refusing" in str(e.value) or "unsafe" in str(e.value)), str(e.value)
+    _no_marker(tmp_path)
+
+
+# ---------------------------------------------------------------- the CLI
+
+FACTORY = """
+from abstain import models
+
+
+def net(num_classes):
+    return models.create("mlp", num_classes, in_features=2)
+"""
+
+
+def test_evaluate_own_model_refuses_gadget_weights(tmp_path, capsys, monkeypatch):
+    (tmp_path / "mymodels.py").write_text(FACTORY)
+    monkeypatch.chdir(tmp_path)
+    for i, (path, _) in enumerate(_bad_files(tmp_path / "bad", "weights.pt")):
+        out = tmp_path / f"out{i}"
+        rc, _, err = run_main(["evaluate", "--model", "mymodels:net", "--weights", path, "--data", "gauss3",
+                               "--eps", "0.1", "--steps", "1", "--samples", "6", "--out", out,
+                               "--device", "cpu"], capsys)
+        assert_clean_refusal(rc, err, str(path))
+        assert not out.exists(), "a refused evaluation wrote files"
+    _no_marker(tmp_path)
+
+
+def _write_config(d: Path, init: str | None) -> Path:
+    text = ('[data]\nname = "gauss3"\n[model]\narch = "mlp"\n'
+            + (f'init = "{init}"\n' if init else "")
+            + '[train]\nloss = "standard"\nepochs = 1\nbatch_size = 64\nlr = 0.05\n')
+    p = d / "c.toml"
+    p.write_text(text)
+    return p
+
+
+def test_train_refuses_gadget_init(tmp_path, capsys):
+    for i, (path, _) in enumerate(_bad_files(tmp_path / "bad", "init.pt")):
+        cfg = _write_config(path.parent, str(path))
+        out = tmp_path / f"run{i}"
+        rc, _, err = run_main(["train", "--config", cfg, "--out", out, "--device", "cpu"], capsys)
+        assert_clean_refusal(rc, err, "init.pt")
+    _no_marker(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory) -> Path:
+    from abstain import cli
+
+    d = tmp_path_factory.mktemp("good")
+    cfg = _write_config(d, None)
+    assert cli.main(["train", "--config", str(cfg), "--out", str(d / "run"), "--device", "cpu"]) == 0
+    return d / "run"
+
+
+def test_run_dir_with_gadget_train_state(tmp_path, capsys, trained_run):
+    """evaluate/certify read only model.safetensors + meta.json (they may succeed, the
+    gadget is never run); train --resume reads train_state.pt and refuses it clearly."""
+    import shutil
+
+    for i, (path, _) in enumerate(_bad_files(tmp_path / "bad", "train_state.pt")):
+        run = shutil.copytree(trained_run, tmp_path / f"run{i}")
+        (run / "train_state.pt").write_bytes(path.read_bytes())
+        rc, _, err = run_main(["evaluate", "--run", run, "--eps", "0.1", "--steps", "1", "--samples", "6",
+                               "--device", "cpu"], capsys)
+        assert rc == 0 or assert_clean_refusal(rc, err, "train_state.pt")
+        rc, _, err = run_main(["certify", "--run", run, "--sigma", "0.25", "--eps", "0.1", "--n0", "8",
+                               "--n", "50", "--samples", "3", "--batch-size", "50", "--device", "cpu"], capsys)
+        assert rc == 0 or assert_clean_refusal(rc, err, "train_state.pt")
+        rc, _, err = run_main(["train", "--config", run / "config.toml", "--out", run, "--resume",
+                               "--device", "cpu"], capsys)
+        assert_clean_refusal(rc, err, "train_state.pt")
+    _no_marker(tmp_path)
+
+
+def test_run_dir_with_gadget_weights(tmp_path, capsys, trained_run):
+    import shutil
+
+    for i, (path, _) in enumerate(_bad_files(tmp_path / "bad", "model.safetensors")):
+        run = shutil.copytree(trained_run, tmp_path / f"run{i}")
+        (run / "model.safetensors").write_bytes(path.read_bytes())
+        rc, _, err = run_main(["evaluate", "--run", run, "--eps", "0.1", "--steps", "1", "--samples", "6",
+                               "--device", "cpu"], capsys)
+        assert_clean_refusal(rc, err, "model.safetensors")
+        rc, _, err = run_main(["certify", "--run", run, "--sigma", "0.25", "--eps", "0.1", "--n0", "8",
+                               "--n", "50", "--samples", "3", "--batch-size", "50", "--device", "cpu"], capsys)
+        assert_clean_refusal(rc, err, "model.safetensors")
+    _no_marker(tmp_path)
+
+
+def test_end_to_end_subprocess_refusal(tmp_path):
+    """One real subprocess: exit 2, one line, no traceback, no marker; --debug shows the
+    traceback."""
+    (tmp_path / "mymodels.py").write_text(FACTORY)
+    path, _ = _bad_files(tmp_path / "bad", "w.pt")[0]
+    args = ["evaluate", "--model", "mymodels:net", "--weights", path, "--data", "gauss3", "--eps", "0.1",
+            "--out", tmp_path / "out", "--device", "cpu"]
+    r = run_cli(args, cwd=tmp_path)
+    assert r.returncode == 2
+    assert_user_error(r, "refusing to unpickle")
+    r = run_cli(["--debug", *args], cwd=tmp_path)
+    assert r.returncode != 0 and "Traceback" in r.stderr
     _no_marker(tmp_path)
 
 
