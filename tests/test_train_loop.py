@@ -195,3 +195,36 @@ def test_bad_fit_arguments_are_config_errors(tmp_path):
             fit(m, tr, **args)
     with pytest.raises(ConfigError, match="meta"):
         fit(m, tr, loss="standard", loss_params={}, epochs=1, batch_size=10, lr=0.1, out=tmp_path)
+
+
+def test_stage_reports_recompute_tables_from_records(tmp_path):
+    """fig1 / digits-finetune reports: every number comes from records/<variant>-s<seed>.csv."""
+    import numpy as np
+
+    from abstain.records import write_records
+    from abstain.stages import stage_module
+
+    rec = tmp_path / "records"
+    # 10 samples: 6 correct (4 robust), 4 wrong (1 robust at eps, robust flags at 2eps subsets)
+    label = np.zeros(10, dtype=int)
+    pred = np.array([0, 0, 0, 0, 0, 0, 1, 1, 1, 1])
+    r1 = np.array([1, 1, 1, 1, 0, 0, 1, 0, 0, 0], dtype=bool)
+    r2 = np.array([1, 1, 0, 0, 0, 0, 1, 0, 0, 0], dtype=bool)
+    for seed, flip in ((0, False), (1, True)):
+        rr = r1.copy()
+        if flip:
+            rr[6] = False  # seed 1: no robust-inaccurate sample
+        write_records(rec / f"era-s{seed}.csv", {"index": np.arange(10), "label": label, "pred": pred,
+                                                 "robust@0.1": rr, "robust@0.2": r2 & rr})
+    fig1 = stage_module("fig1").report(tmp_path)
+    table = next(b for b in fig1 if b["kind"] == "table")
+    row = next(r for r in table["rows"] if r[0] == "era")
+    assert row[1] == "2" and row[2] == "60.0 ± 0.0" and row[3] == "40.0 ± 0.0"
+    assert row[4] == "5.0 ± 5.0"  # rob_inacc: 10% and 0%
+    ft = stage_module("digits-finetune").report(tmp_path)
+    table = next(b for b in ft if b["kind"] == "table")
+    row = next(r for r in table["rows"] if r[0] == "era")
+    cols = table["columns"]
+    # S_ERI: robust selection = robust at 2eps (and selected): seed 0 -> {0, 1, 6}, seed 1 -> {0, 1}
+    assert row[cols.index("rob_sel %")] == "25.0 ± 5.0"
+    assert row[cols.index("sel_rob_acc %")] == "83.3 ± 16.7"
