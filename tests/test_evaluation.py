@@ -17,6 +17,8 @@ from abstain.cli import main
 from abstain.errors import InputError
 from abstain.evaluation import evaluate, record_columns
 from abstain.metrics import partition
+from abstain.models import NormalizedModel
+from abstain.models import create as create_model
 from abstain.records import read_records
 
 MEAN, STD = 0.4, 0.3
@@ -101,7 +103,7 @@ def test_own_model_cli_and_api_give_identical_records(trained, tmp_path, monkeyp
 def test_records_are_monotone_and_independent_of_batch_size_and_loader(trained) -> None:
     m, _ = trained
     test = data.load("digits", "test").subset(torch.arange(0, 450, 5))
-    norm_model = abstain.models.NormalizedModel(m, (MEAN,), (STD,))
+    norm_model = NormalizedModel(m, (MEAN,), (STD,))
     a = evaluate(norm_model, test, eps=0.08, steps=20, batch_size=64, device="cpu")
     b = evaluate(norm_model, DataLoader(test, batch_size=7), eps=0.08, steps=20, device="cpu")
     for k in record_columns(a):
@@ -117,7 +119,7 @@ def test_saved_adversarial_inputs_are_verified_evidence(trained, tmp_path) -> No
 
     m, _ = trained
     test = data.load("digits", "test").subset(torch.arange(60))
-    norm_model = abstain.models.NormalizedModel(m, (MEAN,), (STD,))
+    norm_model = NormalizedModel(m, (MEAN,), (STD,))
     path = tmp_path / "adv.safetensors"
     res = evaluate(norm_model, test, eps=0.1, steps=20, device="cpu", save_adversarial=str(path),
                    norm="linf")
@@ -135,7 +137,7 @@ def test_saved_adversarial_inputs_are_verified_evidence(trained, tmp_path) -> No
 def test_run_directory_cli_and_overwrite(trained, tmp_path, capsys) -> None:
     torch.manual_seed(1)
     run = tmp_path / "run"
-    model = abstain.models.create("mlp", 10, in_features=64, hidden=16, depth=1)
+    model = create_model("mlp", 10, in_features=64, hidden=16, depth=1)
     save_checkpoint(run, model, {"arch": "mlp", "num_classes": 10, "dataset": "digits", "data_root": None,
                                  "model_kwargs": {"in_features": 64, "hidden": 16, "depth": 1}})
     base = ["evaluate", "--run", str(run), "--eps", "0.02", "--steps", "5", "--samples", "30"]
@@ -180,3 +182,24 @@ def test_api_refuses_bad_data_and_exports_lazily() -> None:
         evaluate(m, ok, eps=[0.1, -1.0], device="cpu")
     with pytest.raises(InputError, match="batch_size"):
         evaluate(m, ok, eps=0.1, batch_size=0)
+
+
+def test_sharded_ranks_give_the_records_of_one_process(trained, monkeypatch) -> None:
+    """Two simulated ranks (shard_indices rank, rank + world, ...) evaluated separately and
+    merged by index give exactly the single-process records."""
+    from abstain import distributed
+
+    m, _ = trained
+    test = data.load("digits", "test").subset(torch.arange(0, 450, 9))
+    model = NormalizedModel(m, (MEAN,), (STD,))
+    single = evaluate(model, test, eps=0.08, steps=10, batch_size=16, device="cpu")
+    parts = []
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    for r in (0, 1):
+        monkeypatch.setattr(distributed, "rank", lambda r=r: r)
+        parts.append(evaluate(model, test, eps=0.08, steps=10, batch_size=16, device="cpu"))
+    assert set(parts[0]["index"]) == set(range(0, 50, 2))
+    merged = {k: np.concatenate([p[k] for p in parts]) for k in record_columns(single)}
+    order = np.argsort(merged["index"])
+    for k in record_columns(single):
+        assert np.array_equal(merged[k][order], single[k]), k

@@ -230,6 +230,7 @@ def run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm:
     n = x.shape[0]
     dev = x.device
     track_success = early_stop and success is not None
+    keep_best = keep_best or checkpoints is not None     # APGD restarts from the best point
     x_out = x_start.detach().clone()
     succ_out = torch.zeros(n, dtype=torch.bool, device=dev)
     best_out = torch.full((n,), float("-inf"), dtype=x.dtype, device=dev)
@@ -267,27 +268,32 @@ def run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm:
         best_last = best_val.clone()
         last_val = val.clone()
 
-    def drop(ok: torch.Tensor) -> torch.Tensor:
-        """Record successful samples; return the keep mask (sync: the survivor count)."""
-        idx = ids[ok]
-        x_out[idx] = cur[ok]
-        succ_out[idx] = True
-        best_out[idx] = val[ok]
-        return ~ok
+    def drop(ok: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """Record the successful samples; return the indices of the others (in order) and the
+        number of successes. ``nonzero`` is the one host synchronisation per step."""
+        where = torch.nonzero(ok).flatten()
+        n_succ = int(where.numel())
+        if n_succ:
+            idx = ids[where]
+            x_out[idx] = cur[where]
+            succ_out[idx] = True
+            best_out[idx] = val[where]
+        # a stable sort puts the unsuccessful first, in order: no further synchronisation
+        rest = torch.argsort(ok.to(torch.int8), stable=True)[: ok.shape[0] - n_succ]
+        return rest, n_succ
 
+    n_ok = 0
     if track_success:
-        keep = drop(success(logits, yy))
+        keep, n_ok = drop(success(logits, yy))
     for i in range(steps):
-        if track_success:
-            n_keep = int(keep.sum())           # the one host sync per step
-            if n_keep == 0:
+        if n_ok:
+            if n_ok == ids.shape[0]:
                 break
-            if n_keep < ids.shape[0]:
-                ids, x_nat, yy, cur, prev, grad = ids[keep], x_nat[keep], yy[keep], cur[keep], prev[keep], grad[keep]
-                best_val, x_best, eta = best_val[keep], x_best[keep], eta[keep]
-                if checkpoints is not None:
-                    grad_best, n_incr, reduced_last = grad_best[keep], n_incr[keep], reduced_last[keep]
-                    best_last, last_val = best_last[keep], last_val[keep]
+            ids, x_nat, yy, cur, prev, grad = ids[keep], x_nat[keep], yy[keep], cur[keep], prev[keep], grad[keep]
+            best_val, x_best, eta = best_val[keep], x_best[keep], eta[keep]
+            if checkpoints is not None:
+                grad_best, n_incr, reduced_last = grad_best[keep], n_incr[keep], reduced_last[keep]
+                best_last, last_val = best_last[keep], last_val[keep]
         with torch.no_grad():
             z = project(cur + _bview(eta, cur) * _direction(grad, norm), x_nat, eps, norm)
             if momentum is not None and i > 0:
@@ -300,7 +306,7 @@ def run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm:
         with torch.no_grad():
             val = torch.nan_to_num(val, nan=float("-inf"))
             if track_success:   # record before a checkpoint may move ``cur``
-                keep = drop(success(logits, yy))
+                keep, n_ok = drop(success(logits, yy))
             if keep_best:
                 better = val > best_val
                 best_val = torch.where(better, val, best_val)
@@ -323,18 +329,14 @@ def run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm:
                     grad = torch.where(rb, grad_best, grad)
                     n_incr.zero_()
     with torch.no_grad():
-        if track_success and ids.shape[0] and not bool(keep.all()):
-            # samples that succeeded at the very last evaluation were recorded by drop()
+        if n_ok:
+            # samples that succeeded at the last evaluation were recorded by drop()
             ids, x_best, best_val, cur = ids[keep], x_best[keep], best_val[keep], cur[keep]
         final = x_best if keep_best else cur
         x_out[ids] = final
         best_out[ids] = best_val if keep_best else best_out[ids]
         x_out = project(x_out, x.detach(), eps, norm)
     return AttackResult(x_out, succ_out, best_out)
-
-
-__all__ = ["frozen_eval", "project", "random_start", "hashed_uniform", "draw_seed", "run", "attack",
-           "Checkpoints", "AttackResult", "check_attack_args", "check_class_range"]
 
 
 # ----------------------------------------------------------------------------- entry point
@@ -422,3 +424,7 @@ def attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, no
     if return_result:
         return AttackResult(x_out, succ, best)
     return x_out
+
+
+__all__ = ["frozen_eval", "project", "random_start", "hashed_uniform", "draw_seed", "run", "attack",
+           "Checkpoints", "AttackResult", "check_attack_args", "check_class_range"]

@@ -1,0 +1,160 @@
+"""Attack speed, as ratios measured in one run on one machine (prints JSON).
+
+For each model (the digits CNN, trained here in a few seconds, and ResNet-18 on 32x32
+inputs):
+
+* ``apgd_vs_torchattacks``: our APGD-CE time / torchattacks' APGD-CE time, same model,
+  batch, ε, steps and restarts (goal ≤ 0.8);
+* ``apgd_vs_floor``: our APGD-CE time / (steps × one forward+backward of the batch w.r.t.
+  the input) (goal ≤ 1.15);
+* the same two with ``early_stop=False`` (every sample runs every step: the pure loop
+  overhead, since torchattacks does not drop fooled samples within a run);
+* robust accuracies of both attacks, so the speed is not bought with strength.
+
+Usage: ``python bench/attacks.py [--device auto] [--threads N] [--quick]``.
+Timings are the minimum over ``--repeats`` runs.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from typing import Callable
+
+import torch
+from torch import nn
+
+
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def timed(fn: Callable[[], object], dev: torch.device, repeats: int) -> tuple[float, object]:
+    best, out = float("inf"), None
+    for _ in range(repeats):
+        _sync(dev)
+        t0 = time.perf_counter()
+        out = fn()
+        _sync(dev)
+        best = min(best, time.perf_counter() - t0)
+    return best, out
+
+
+def digits_cnn(dev: torch.device) -> tuple[nn.Module, torch.Tensor, torch.Tensor, str]:
+    from abstain import data
+    from abstain.models import create
+
+    torch.manual_seed(0)
+    train, test = data.load("digits", "train"), data.load("digits", "test")
+    m = create("cnn", 10)
+    opt = torch.optim.Adam(m.parameters(), lr=2e-3)
+    for _ in range(4):
+        perm = torch.randperm(len(train))
+        for i in range(0, len(train), 64):
+            b = perm[i:i + 64]
+            loss = nn.functional.cross_entropy(m(train.x[b]), train.y[b])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    m.eval()
+    return m.to(dev), test.x.to(dev), test.y.to(dev), "digits cnn (trained 4 epochs), 450 test images"
+
+
+def resnet18(dev: torch.device, batch: int) -> tuple[nn.Module, torch.Tensor, torch.Tensor, str]:
+    from abstain.models import create
+
+    torch.manual_seed(0)
+    try:
+        m = create("resnet18", 10)
+        what = "abstain resnet18 (untrained)"
+    except Exception as e:  # pragma: no cover - only while the model zoo is missing
+        print(f"resnet18 not available ({e}); using a stand-in", file=sys.stderr)
+        raise
+    m.eval().to(dev)
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(batch, 3, 32, 32, generator=g).to(dev)
+    with torch.no_grad():
+        y = m(x).argmax(1)      # labels = predictions, so every sample starts correct
+    return m, x, y, f"{what}, {batch} random 32x32 images labelled with its predictions"
+
+
+def fwd_bwd_floor(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[[], object]:
+    from abstain.attacks import frozen_eval
+
+    def once():
+        with frozen_eval(model):
+            z = x.detach().requires_grad_(True)
+            with torch.enable_grad():
+                loss = nn.functional.cross_entropy(model(z), y, reduction="sum")
+                g, = torch.autograd.grad(loss, z)
+        return g
+
+    return once
+
+
+def bench_model(name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
+                steps: int, repeats: int, dev: torch.device, what: str) -> dict:
+    import torchattacks
+
+    from abstain.attacks import apgd
+
+    ref = torchattacks.APGD(model, norm="Linf", eps=eps, steps=steps, n_restarts=1, loss="ce", seed=0)
+    once = fwd_bwd_floor(model, x, y)
+    once()                                           # warm-up
+    t_one, _ = timed(once, dev, max(repeats, 3))
+    t_ref, x_ref = timed(lambda: ref(x, y), dev, repeats)
+    t_ours, x_ours = timed(lambda: apgd(model, x, y, eps=eps, steps=steps,
+                                        generator=torch.Generator().manual_seed(0)), dev, repeats)
+    t_full, _ = timed(lambda: apgd(model, x, y, eps=eps, steps=steps, early_stop=False,
+                                   generator=torch.Generator().manual_seed(0)), dev, repeats)
+    with torch.no_grad():
+        acc = lambda z: float((model(z).argmax(1) == y).float().mean())  # noqa: E731
+        rob_ref, rob_ours, nat = acc(x_ref), acc(x_ours), acc(x)
+    floor = steps * t_one
+    return {
+        "model": what, "batch": int(x.shape[0]), "eps": eps, "steps": steps, "restarts": 1,
+        "seconds": {"ours": round(t_ours, 4), "ours_no_early_stop": round(t_full, 4),
+                    "torchattacks": round(t_ref, 4), "one_fwd_bwd": round(t_one, 5)},
+        "apgd_vs_torchattacks": round(t_ours / t_ref, 3),
+        "apgd_vs_floor": round(t_ours / floor, 3),
+        "apgd_vs_torchattacks_no_early_stop": round(t_full / t_ref, 3),
+        "apgd_vs_floor_no_early_stop": round(t_full / floor, 3),
+        "accuracy": {"natural": round(nat, 4), "robust_ours": round(rob_ours, 4),
+                     "robust_torchattacks": round(rob_ref, 4)},
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (CPU)")
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--quick", action="store_true", help="ResNet-18: fewer images and steps (CPU)")
+    args = p.parse_args(argv)
+    from abstain.utils import resolve_device
+
+    dev = resolve_device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cuda = dev.type == "cuda"
+    out: dict = {
+        "device": torch.cuda.get_device_name(dev) if cuda else "cpu",
+        "torch": torch.__version__, "threads": torch.get_num_threads(), "python": platform.python_version(),
+    }
+    m, x, y, what = digits_cnn(dev)
+    out["digits_cnn"] = bench_model("digits_cnn", m, x, y, eps=0.05, steps=40, repeats=args.repeats,
+                                    dev=dev, what=what)
+    batch = 256 if cuda else (8 if args.quick else 32)
+    steps = 40 if cuda or not args.quick else 10
+    m, x, y, what = resnet18(dev, batch)
+    out["resnet18"] = bench_model("resnet18", m, x, y, eps=1 / 255, steps=steps,
+                                  repeats=args.repeats if cuda else 1, dev=dev, what=what)
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
