@@ -180,13 +180,18 @@ def test_paper_scale_without_data_names_every_missing_path(tmp_path, capsys, mon
 
     configs = tmp_path / "configs"
     configs.mkdir()
-    (configs / "cifar10-table5-era-1.toml").write_text(
-        '[data]\nname = "cifar10"\n[model]\narch = "wrn-28-10"\ninit = "checkpoints/Carmon2019Unlabeled.pt"\n'
-        '[train]\nloss = "era"\nschedule = "finetune"\n[loss]\neps = 0.00392156862745098\n')
+    head = '[data]\nname = "cifar10"\n[model]\narch = "resnet50"\n'
+    tail = '[train]\nloss = "era"\nschedule = "finetune"\n[loss]\neps = 0.00392156862745098\n'
+    (configs / "cifar10-table4-era-carmon-eps1.toml").write_text(
+        head + 'init = "models/Carmon2019Unlabeled.pt"\n' + tail)
+    (configs / "pre.toml").write_text("# abstain train --config configs/pre.toml \\\n"
+                                      "#     --out <data-root>/models/pre --set data.root=<data-root>\n" + head)
+    (configs / "cifar10-table5-era-eps1.toml").write_text(head + 'init = "models/pre"\n' + tail)
     monkeypatch.setenv("ABSTAIN_CONFIGS", str(configs))
     root = tmp_path / "data"
-    (root / "cifar-100-python").mkdir(parents=True)
-    (root / "cifar-100-python" / "train").write_text("x")       # half of CIFAR-100 is there
+    (root / "cifar-10-batches-py").mkdir(parents=True)
+    for f in ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "test_batch"):
+        (root / "cifar-10-batches-py" / f).write_text("x")        # data_batch_5 is missing
     t0 = time.perf_counter()
     rc = cli_main(["reproduce", "--scale", "paper", "--out", str(tmp_path / "o"),
                    "--data-root", str(root), "--quiet"])
@@ -194,20 +199,24 @@ def test_paper_scale_without_data_names_every_missing_path(tmp_path, capsys, mon
     err = capsys.readouterr().err
     assert rc == 2 and "--scale paper needs data that is not there" in err
     listed = [l[4:] for l in err.splitlines() if l.startswith("  - ")]
-    assert f"{root / 'cifar-10-batches-py'}: CIFAR-10, python version: download " \
-           "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz" in "\n".join(listed)
-    assert any(l.startswith(f"{root / 'cifar-100-python' / 'test'}: ") and
-               "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz" in l for l in listed)
-    assert not any(l.startswith(f"{root / 'cifar-100-python' / 'train'}:") for l in listed)
+    cifar = [l for l in listed if "cifar-10-batches-py" in l]
+    assert cifar == [f"{root / 'cifar-10-batches-py' / 'data_batch_5'}: CIFAR-10, python version: download "
+                     "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz and extract it into the data root"]
     assert any(l.startswith(f"{root / 'mtsd'}: ") and "mapillary.com/dataset/trafficsign" in l
                and "abstain data mtsd" in l for l in listed)
-    assert any(l.startswith(f"{root / 'checkpoints' / 'Carmon2019Unlabeled.pt'}: ") and
-               "RobustBench" in l for l in listed)
+    assert any(l.startswith(f"{root / 'models' / 'Carmon2019Unlabeled.pt'}: ") and "RobustBench" in l
+               and "dataset='cifar10'" in l for l in listed)
+    assert any(l.startswith(f"{root / 'models' / 'pre'}: ") and
+               "abstain train --config configs/pre.toml --out <data-root>/models/pre" in l for l in listed)
     # every required path that is absent is named (a whole missing directory once)
     for path, what in paper.required_paths(root):
         if not path.exists():
             assert any(l.startswith(f"{path}: ") or l.startswith(f"{path.parent}: ") for l in listed), path
     assert not (tmp_path / "o").exists()
+    # with no data root at all: nothing is looked up in the current directory, every dataset named
+    rc = cli_main(["reproduce", "--scale", "paper", "--out", str(tmp_path / "o"), "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "no --data-root given" in err and "<data-root>/cifar-10-batches-py:" in err
 
 
 # ---------------------------------------------------------------- killed in a subprocess

@@ -44,10 +44,8 @@ STAGES: dict[str, str] = {
 # paper-scale stages (CIFAR-10/100, MTSD), run with --scale paper
 # ("paper:<ATTR>": stage objects defined in abstain/stages/paper.py from configs/*.toml)
 PAPER_STAGES: dict[str, str] = {
-    "cifar10-partition": "paper:CIFAR10_PARTITION",
     "cifar10-table5": "paper:CIFAR10_TABLE5",
     "cifar10-table4": "paper:CIFAR10_TABLE4",
-    "cifar100-partition": "paper:CIFAR100_PARTITION",
     "mtsd": "paper:MTSD",
 }
 

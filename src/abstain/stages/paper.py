@@ -59,12 +59,23 @@ def configs_dir() -> Path:
     return repo if repo.is_dir() else Path("configs")
 
 
-def _checkpoint_hint(init: str) -> str:
+_OUT_COMMENT = re.compile(r"--config\s+configs/([\w.-]+\.toml)[\s\\#]*--out\s+<data-root>/(\S+)")
+
+
+def _checkpoint_hint(init: str, dataset: str | None = None) -> str:
+    """What to do about a missing ``[model] init``: train it with the config that documents
+    ``--out <data-root>/<init>``, else get the published checkpoint from RobustBench."""
+    for f in sorted(configs_dir().glob("*.toml")):
+        for cfg, out in _OUT_COMMENT.findall(f.read_text()):
+            if _strip_up(out) == _strip_up(init):
+                return (f"checkpoint directory of the pre-trained model: train it first with "
+                        f"`abstain train --config configs/{cfg} --out <data-root>/{out} "
+                        "--set data.root=<data-root>`")
     name = Path(init).stem
     return (f"published checkpoint {Path(init).name}: from the RobustBench model zoo "
             f"({ROBUSTBENCH_URL}), e.g. `robustbench.utils.load_model(model_name='{name}', "
-            "dataset=..., threat_model='Linf')` saves it as models/<dataset>/Linf/"
-            f"{name}.pt; copy that file to this path")
+            f"dataset='{dataset or '...'}', threat_model='Linf')` saves it as "
+            f"models/{dataset or '<dataset>'}/Linf/{name}.pt; copy that file to this path")
 
 
 _RUN_COMMENT = re.compile(r"--config\s+\S*?([\w.-]+)\.toml\s+--out\s+\S*?runs/([\w.-]+)")
@@ -187,7 +198,8 @@ class PaperStage:
         for v in config["variants"].values():
             init = v["toml"].get("model", {}).get("init")
             if init and not v.get("after") and not Path(init).is_absolute():
-                need.append((root / _strip_up(init), _checkpoint_hint(init)))
+                need.append((root / _strip_up(init),
+                             _checkpoint_hint(init, v["toml"].get("data", {}).get("name"))))
         return list(dict.fromkeys(need))
 
     # ---------------------------------------------------------------- run
@@ -450,22 +462,19 @@ def _mtsd_compose_paper(toml: Mapping[str, Any]) -> dict[str, float] | None:
 
 
 STAGES: dict[str, PaperStage] = {s.NAME: s for s in (
-    PaperStage("cifar10-partition", "cifar10-partition — robustness–accuracy partition of TRADES "
-               "fine-tuned published models on CIFAR-10 (paper Tables 1, 8)",
-               ("cifar10-table8*.toml", "cifar10-partition*.toml"), paper=_partition_paper(_TABLE8),
-               datasets=("cifar10",), description="Published CIFAR-10 models (RobustBench), TRADES fine-tuned to each ε, "
-                           "evaluated with 40-step APGD on the test set."),
     PaperStage("cifar10-table5", "cifar10-table5 — ERA vs DGA fine-tunes of the TRADES ResNet-50, "
-               "S_ERI abstain models (paper Table 5)", ("cifar10-table5*.toml",), paper=_table5, datasets=("cifar10",),
-               description="The TRADES-pretrained (8/255) ResNet-50 fine-tuned with ERA and DGA at "
-                           "1/255 and 2/255, with and without AutoAugment."),
-    PaperStage("cifar10-table4", "cifar10-table4 — ERA fine-tunes of WideResNet-28-10 models and "
-               "their compositions (paper Tables 4, 8)", ("cifar10-table4*.toml", "cifar10-wrn*.toml"),
-               datasets=("cifar10",), description="WideResNet-28-10 (Carmon et al., Gowal et al.) fine-tuned with TRADES "
-                           "and ERA at 1/255 and 2/255."),
-    PaperStage("cifar100-partition", "cifar100-partition — robustness–accuracy partition on CIFAR-100 "
-               "(paper Table 9)", ("cifar100*.toml",), paper=_partition_paper(_TABLE9),
-               datasets=("cifar100",)),
+               "S_ERI abstain models (paper Table 5)", ("cifar10-table5*.toml",), paper=_table5,
+               datasets=("cifar10",),
+               description="The TRADES-pretrained (8/255) ResNet-50 (`configs/cifar10-pretrain-trades-"
+                           "resnet50-eps8.toml`, trained beforehand into `<data-root>/models/`) fine-tuned "
+                           "with ERA and DGA at 1/255 and 2/255, with and without AutoAugment; "
+                           "40-step APGD at ε and 2ε on the test set."),
+    PaperStage("cifar10-table4", "cifar10-table4 — TRADES and ERA fine-tunes of the RobustBench "
+               "WideResNet-28-10 models (paper Tables 1, 4, 8)", ("cifar10-table4*.toml",),
+               paper=_partition_paper(_TABLE8), datasets=("cifar10",),
+               description="The WideResNet-28-10 models of Carmon et al. (2019) and Gowal et al. (2020) "
+                           "(RobustBench, 8/255) fine-tuned with TRADES (the paper's Table 8 partition) "
+                           "and with ERA at 1/255 and 2/255; 40-step APGD on the test set."),
     PaperStage("mtsd", "mtsd — traffic signs: TRADES and ERA ResNet-50 models, the core model and "
                "their compositions (paper Tables 1, 4, 6, 7)",
                ("paper-mtsd-*.toml", "mtsd*.toml"), datasets=("mtsd",),
