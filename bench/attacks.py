@@ -12,7 +12,7 @@ inputs):
 * robust accuracies of both attacks, so the speed is not bought with strength.
 
 Usage: ``python bench/attacks.py [--device auto] [--threads N] [--quick]``.
-Timings are the minimum over ``--repeats`` runs.
+Timings are the minimum over ``--repeats`` rounds in which all candidates run in turn.
 """
 from __future__ import annotations
 
@@ -32,15 +32,27 @@ def _sync(dev: torch.device) -> None:
         torch.cuda.synchronize(dev)
 
 
-def timed(fn: Callable[[], object], dev: torch.device, repeats: int) -> tuple[float, object]:
-    best, out = float("inf"), None
+def clock(dev: torch.device) -> Callable[[], float]:
+    """Wall time on GPUs; on CPUs the process's CPU time, which other processes on a shared
+    machine disturb far less than the wall clock (reported as ``clock`` in the JSON)."""
+    return time.perf_counter if dev.type == "cuda" else time.process_time
+
+
+def timed_rounds(fns: dict[str, Callable[[], object]], dev: torch.device, repeats: int
+                 ) -> tuple[dict[str, float], dict[str, object]]:
+    """Run the candidates in turn, ``repeats`` rounds (so slow drifts of the machine hit
+    all of them alike); return the minimum time of each and its last output."""
+    now = clock(dev)
+    best = {k: float("inf") for k in fns}
+    outs: dict[str, object] = {}
     for _ in range(repeats):
-        _sync(dev)
-        t0 = time.perf_counter()
-        out = fn()
-        _sync(dev)
-        best = min(best, time.perf_counter() - t0)
-    return best, out
+        for k, fn in fns.items():
+            _sync(dev)
+            t0 = now()
+            outs[k] = fn()
+            _sync(dev)
+            best[k] = min(best[k], now() - t0)
+    return best, outs
 
 
 def digits_cnn(dev: torch.device) -> tuple[nn.Module, torch.Tensor, torch.Tensor, str]:
@@ -104,12 +116,15 @@ def bench_model(name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, e
     ref = torchattacks.APGD(model, norm="Linf", eps=eps, steps=steps, n_restarts=1, loss="ce", seed=0)
     once = fwd_bwd_floor(model, x, y)
     once()                                           # warm-up
-    t_one, _ = timed(once, dev, max(repeats, 3))
-    t_ref, x_ref = timed(lambda: ref(x, y), dev, repeats)
-    t_ours, x_ours = timed(lambda: apgd(model, x, y, eps=eps, steps=steps,
-                                        generator=torch.Generator().manual_seed(0)), dev, repeats)
-    t_full, _ = timed(lambda: apgd(model, x, y, eps=eps, steps=steps, early_stop=False,
-                                   generator=torch.Generator().manual_seed(0)), dev, repeats)
+    t, outs = timed_rounds({
+        "one_fwd_bwd": once,
+        "torchattacks": lambda: ref(x, y),
+        "ours": lambda: apgd(model, x, y, eps=eps, steps=steps, generator=torch.Generator().manual_seed(0)),
+        "ours_no_early_stop": lambda: apgd(model, x, y, eps=eps, steps=steps, early_stop=False,
+                                           generator=torch.Generator().manual_seed(0)),
+    }, dev, repeats)
+    t_one, t_ref, t_ours, t_full = t["one_fwd_bwd"], t["torchattacks"], t["ours"], t["ours_no_early_stop"]
+    x_ref, x_ours = outs["torchattacks"], outs["ours"]
     with torch.no_grad():
         acc = lambda z: float((model(z).argmax(1) == y).float().mean())  # noqa: E731
         rob_ref, rob_ours, nat = acc(x_ref), acc(x_ours), acc(x)
@@ -130,7 +145,8 @@ def bench_model(name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, e
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="auto")
-    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (CPU)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch intra-op threads (default: torch's choice; 1 is steadier on a shared CPU)")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--quick", action="store_true", help="ResNet-18: fewer images and steps (CPU)")
     args = p.parse_args(argv)
@@ -142,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     cuda = dev.type == "cuda"
     out: dict = {
         "device": torch.cuda.get_device_name(dev) if cuda else "cpu",
+        "clock": "wall (synchronised)" if cuda else "process CPU time",
         "torch": torch.__version__, "threads": torch.get_num_threads(), "python": platform.python_version(),
     }
     m, x, y, what = digits_cnn(dev)
@@ -151,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     steps = 40 if cuda or not args.quick else 10
     m, x, y, what = resnet18(dev, batch)
     out["resnet18"] = bench_model("resnet18", m, x, y, eps=1 / 255, steps=steps,
-                                  repeats=args.repeats if cuda else 1, dev=dev, what=what)
+                                  repeats=args.repeats, dev=dev, what=what)
     print(json.dumps(out, indent=2))
     return 0
 

@@ -28,7 +28,11 @@ from pathlib import Path
 from typing import Any
 
 HELP = "robustness-accuracy partition of a trained run or of your own model (APGD)"
-DESCRIPTION = __doc__
+DESCRIPTION = (
+    "Per-sample robustness records (index, label, pred, robust@<eps>, robust@<2 eps>) and the "
+    "robustness-accuracy partition per radius, with APGD aimed at the model's own prediction. "
+    "Evaluate a run directory (--run DIR) or your own model (--model MODULE:FACTORY --weights FILE "
+    "--data NAME --out DIR). Writes DIR/records/evaluate.csv and results.json['evaluate'].")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -142,15 +146,20 @@ def run(args: argparse.Namespace) -> int:
         if not meta.get("dataset"):
             raise ConfigError(f"{out}/meta.json names no dataset")
         dataset, root = meta["dataset"], meta.get("data_root")
-        ds = data_mod.load(dataset, "test", root=root, seed=int(meta.get("data_seed", 0)))
+        # the split the run was trained with: datasets drawn from a seed (gauss3) use the
+        # training seed for both splits
+        cfg = meta.get("config") if isinstance(meta.get("config"), dict) else {}
+        train_cfg = cfg.get("train") if isinstance(cfg.get("train"), dict) else {}
+        data_seed = int(meta.get("data_seed", train_cfg.get("seed", 0)))
+        ds = data_mod.load(dataset, "test", root=root, seed=data_seed)
         source: dict[str, Any] = {"run": str(out), "arch": meta.get("arch")}
     else:
         for opt in ("data", "out"):
             if getattr(args, opt) is None:
                 raise ConfigError(f"--model needs --{opt}")
         out = Path(args.out)
-        dataset, root = args.data, args.data_root
-        ds = data_mod.load(dataset, "test", root=root)
+        dataset, root, data_seed = args.data, args.data_root, 0
+        ds = data_mod.load(dataset, "test", root=root, seed=data_seed)
         k = args.num_classes if args.num_classes is not None else int(getattr(ds, "num_classes", 0))
         if k < 2:
             raise ConfigError(f"--num-classes must be >= 2, got {k}")
@@ -184,6 +193,7 @@ def run(args: argparse.Namespace) -> int:
             "meta": {"eps": [float(e) for e in args.eps], "radii": eps_list, "norm": args.norm,
                      "steps": args.steps, "ensemble": bool(args.ensemble), "seed": args.seed,
                      "dataset": dataset, "split": "test", "n": int(len(cols["index"])),
+                     "data_seed": data_seed,
                      "samples": args.samples, "subset": "class-balanced, seeded" if subset is not None else "all",
                      "seconds": round(time.time() - t0, 3), **source},
         }
