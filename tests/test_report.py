@@ -164,7 +164,8 @@ def test_html_is_self_contained_and_markdown_links_images_beside_it(run_dir):
     env = md[md.index("## Environment"):]
     assert "python" in env and "torch" in env and "numpy" in env
     for n in "abcd":
-        assert re.search(rf"\| {n} \| done \| \d+s \([\d.]+ s\) \| cpu[^|]*\| 0, 1 \| 0.1 \| linf \|", env)
+        assert re.search(rf"\| {n} \| done \| \d+s \([\d.]+ s\) \| \d+s \([\d.]+ s\) \| cpu[^|]*\| 0, 1 \| 0.1 \| "
+                         rf"linf \|", env)
         assert f"{n}/records/eval-s0.csv | 60 |" in env
 
 

@@ -432,7 +432,7 @@ def run_pipeline(out: str | os.PathLike, *, scale: str = "mini", demo: bool = Fa
             ctx = stages_pkg.StageContext(name=p.name, out=sdir, root=out, scale=scale, demo=demo,
                                           device=dev, data_root=root, quiet=quiet,
                                           progress=stage_progress)
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             try:
                 res = p.module.run(ctx, p.config)
                 if not isinstance(res, dict):
@@ -462,7 +462,7 @@ def run_pipeline(out: str | os.PathLike, *, scale: str = "mini", demo: bool = Fa
                 if key not in meta and isinstance(p.config, dict) and key in p.config:
                     meta[key] = p.config[key]
             meta.update(env)
-            meta.update({"seconds": secs, "hash": p.hash, "config": p.config, "resumed": resume,
+            meta.update({"seconds": secs, "cpu_seconds": time.process_time() - c0, "hash": p.hash, "config": p.config, "resumed": resume,
                          "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")})
             res = {**res, "meta": meta}
             atomic_write_json(sdir / "results.json", res)

@@ -132,7 +132,8 @@ def collect(out_dir: str | os.PathLike) -> tuple[str, list[str], list[Section], 
         meta = _meta(sdir) if done else {}
         for k, v in (meta.get("versions") or {}).items():
             versions.setdefault(k, set()).add(str(v))
-        env_rows.append([name, st, _seconds(meta.get("seconds")), str(meta.get("device", "–")),
+        env_rows.append([name, st, _seconds(meta.get("seconds")), _seconds(meta.get("cpu_seconds")),
+                         str(meta.get("device", "–")),
                          _list(meta.get("seeds")), _list(meta.get("eps")), _list(meta.get("norm")),
                          str(meta.get("finished", "–"))])
         rdir = sdir / "records"
@@ -151,7 +152,7 @@ def collect(out_dir: str | os.PathLike) -> tuple[str, list[str], list[Section], 
         f"{k} {' / '.join(sorted(v))}" for k, v in sorted(versions.items())) or "–")
         + f". Total wall time of the finished stages: {_seconds(total)}."})
     env.blocks.append({"kind": "table", "caption": "Stages (from each results.json's meta)",
-                       "columns": ["stage", "status", "wall time", "device", "seeds", "ε", "norm",
+                       "columns": ["stage", "status", "wall time", "CPU time", "device", "seeds", "ε", "norm",
                                    "finished (UTC)"], "rows": env_rows, "paper": None})
     if rec_rows:
         env.blocks.append({"kind": "table", "caption": "Per-sample records behind the tables",
