@@ -125,7 +125,8 @@ def _peak_rss_mb(args: list[str], repeats: int = 3) -> dict:
     """Peak resident memory (MiB) of fresh processes running ``abstain ARGS``: median, min
     and max over ``repeats`` (glibc's per-thread malloc arenas make single figures vary by
     tens of MiB from run to run)."""
-    code = ("import resource, sys\nfrom abstain import cli\nrc = cli.main(sys.argv[1:])\n"
+    code = ("import resource, sys, torch\nfrom abstain import cli\n"
+            "rc = cli.main(sys.argv[1:]) if sys.argv[1:] else 0\n"
             "print('RSS', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\nsys.exit(rc)\n")
     vals = []
     for _ in range(repeats):
@@ -196,10 +197,10 @@ def main() -> None:
             "certify_N20_n2000": _peak_rss_mb([*ce_args, "--samples", "20", "--n", "2000"]),
             "certify_N200_n2000": _peak_rss_mb([*ce_args, "--samples", "200", "--n", "2000"]),
             "certify_N20_n20000": _peak_rss_mb([*ce_args, "--samples", "20", "--n", "20000"]),
-            "baseline_import_only": _peak_rss_mb(["--help"]),
+            "baseline_import_only": _peak_rss_mb([]),
             "note": "batch sizes fixed (evaluate 45, certify 500 noise samples per forward pass); "
                     "each figure is the peak of a fresh process including Python + torch "
-                    "(baseline_import_only: `abstain --help`)",
+                    "(baseline_import_only: Python + torch + abstain imported, nothing run)",
         }
         result["load_avg_at_end"] = os.getloadavg()
     finally:
