@@ -55,6 +55,11 @@ def config(scale: str, demo: bool) -> dict:
 
 
 def run(ctx: Any, config: dict) -> dict:
+    with R.small_model_threads(ctx.device):
+        return _run(ctx, config)
+
+
+def _run(ctx: Any, config: dict) -> dict:
     from ..evaluation import evaluate
     from ..metrics import mean_std
 

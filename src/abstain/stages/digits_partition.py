@@ -75,6 +75,11 @@ def train_digits(ctx: Any, name: str, seed: int, *, loss: str, params: dict, epo
 
 
 def run(ctx: Any, config: dict) -> dict:
+    with R.small_model_threads(ctx.device):
+        return _run(ctx, config)
+
+
+def _run(ctx: Any, config: dict) -> dict:
     from ..evaluation import evaluate
     from ..metrics import mean_std
 

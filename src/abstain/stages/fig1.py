@@ -56,6 +56,11 @@ def config(scale: str, demo: bool) -> dict:
 
 
 def run(ctx: Any, config: dict) -> dict:
+    with R.small_model_threads(ctx.device):
+        return _run(ctx, config)
+
+
+def _run(ctx: Any, config: dict) -> dict:
     from .. import data as data_mod
     from .. import models
     from ..data import train_val_split
