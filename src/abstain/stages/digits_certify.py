@@ -46,14 +46,14 @@ def config(scale: str, demo: bool) -> dict:
         # Appendix A.2: fine-tune with L_CRA, batch 50, k = 16, Γ = 4, β = 1, lr ×0.1 at 75 %
         "cra": {"epochs": 6, "batch_size": 50, "lr": 0.01, "schedule": "finetune",
                 "k": 16, "gamma": 4.0, "beta": 1.0},
-        "n0": 100, "n": 100_000, "alpha": 0.001, "samples": 450, "batch_size": 1000,
+        "n0": 100, "n": 100_000, "alpha": 0.001, "samples": 200, "batch_size": 1000,
         "compare": {"variant": "noise-sigma0.25", "samples": 100, "n": 100_000},
     }
     if demo:
         base.update({"noise": {**base["noise"], "epochs": 3},
                      "cra": {**base["cra"], "epochs": 1},
-                     "n": 10_000, "samples": 50,
-                     "compare": {"variant": "noise-sigma0.25", "samples": 10, "n": 10_000}})
+                     "n": 2_000, "samples": 30,
+                     "compare": {"variant": "noise-sigma0.25", "samples": 10, "n": 2_000}})
     return base
 
 
