@@ -547,6 +547,29 @@ def test_cli_refuses_bad_arguments_and_writes_nothing(cli_run, capsys, case, pic
     assert tree_snapshot(cli_run) == before, f"a refused {command} wrote files: {argv}"
 
 
+def test_runs_are_not_clobbered(cli_run, capsys, tmp_path):
+    """Issue 11 part 2: an existing run is never overwritten without --overwrite, and
+    --resume with a changed config is refused naming the differing keys (files unchanged)."""
+    import shutil
+
+    from reliability_helpers import assert_clean_refusal, run_main, tree_snapshot
+
+    run = shutil.copytree(cli_run / "run", tmp_path / "run")
+    assert run_main(["evaluate", "--run", run, "--eps", "0.1", "--steps", "1", "--samples", "5",
+                     "--device", "cpu"], capsys)[0] == 0
+    before = tree_snapshot(run)
+    rc, _, err = run_main(["train", "--config", cli_run / "c.toml", "--out", run, "--device", "cpu"], capsys)
+    assert_clean_refusal(rc, err, "--overwrite", "--resume")
+    rc, _, err = run_main(["train", "--config", cli_run / "c.toml", "--out", run, "--resume", "--device", "cpu",
+                           "--set", "train.lr=0.01", "--set", "train.seed=3"], capsys)
+    assert_clean_refusal(rc, err, "train.lr", "train.seed")
+    rc, _, err = run_main(["evaluate", "--run", run, "--eps", "0.1", "--steps", "1", "--samples", "5",
+                           "--device", "cpu"], capsys)
+    assert_clean_refusal(rc, err, "--overwrite")
+    assert tree_snapshot(run) == before
+    TRIED["cli clobber"] += 3
+
+
 # ---------------------------------------------------------------- closing count
 
 def test_zzz_report_fuzz_counts():
