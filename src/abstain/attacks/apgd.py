@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .core import Checkpoints, attack
+from .core import AttackResult, Checkpoints, attack
 from .objectives import LossSpec
 
 MOMENTUM = 0.75
@@ -14,7 +14,8 @@ RHO = 0.75
 def apgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str = "linf",
          steps: int = 40, loss: LossSpec = "ce", restarts: int = 1,
          generator: torch.Generator | None = None, early_stop: bool = True,
-         sample_ids: torch.Tensor | None = None, return_result: bool = False):
+         sample_ids: torch.Tensor | None = None, return_result: bool = False
+         ) -> torch.Tensor | AttackResult:
     """APGD as published (Croce & Hein 2020, Alg. 1), ℓ∞ and ℓ2, in pixel space.
 
     From a random point of the ε-ball ∩ box, step size ``η⁽⁰⁾ = 2ε``, momentum α = 0.75

@@ -36,7 +36,7 @@ from torch import nn
 
 from ..errors import InputError
 from ..validate import check_eps, check_inputs, check_norm
-from .objectives import Objective, Success
+from .objectives import LossSpec, Objective, Success
 
 _MASK32 = 0xFFFFFFFF
 
@@ -341,11 +341,12 @@ def run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm:
 
 # ----------------------------------------------------------------------------- entry point
 def attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str, steps: int,
-           loss, step_size: float | None, momentum: float | None, checkpoints: Checkpoints | None,
+           loss: LossSpec, step_size: float | None, momentum: float | None, checkpoints: Checkpoints | None,
            default_step: float | None = None,
            restarts: int = 1, random_init: bool = True, x_init: torch.Tensor | None = None,
            generator: torch.Generator | None = None, early_stop: bool = False, keep_best: bool = True,
-           sample_ids: torch.Tensor | None = None, return_result: bool = False):
+           sample_ids: torch.Tensor | None = None, return_result: bool = False
+           ) -> torch.Tensor | AttackResult:
     """Validate, freeze the model, and run ``restarts`` times the step loop :func:`run`.
 
     Shared by :func:`abstain.attacks.pgd` and :func:`abstain.attacks.apgd`. With

@@ -25,7 +25,8 @@ def _stage_generator(seed: int, stage: int) -> torch.Generator:
 def is_robust(model: nn.Module, x: torch.Tensor, *, eps: float, norm: str = "linf", steps: int = 40,
               ensemble: bool = False, generator: torch.Generator | None = None,
               return_adv: bool = False, restarts: int = 1, targets: int | None = None,
-              sample_ids: torch.Tensor | None = None):
+              sample_ids: torch.Tensor | None = None
+              ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Whether the prediction ``F(x) = argmax f(x)`` survives the attack in ``B^p_ε(x) ∩ [0,1]^d``.
 
     ``ensemble=False``: ``steps``-step APGD-CE aimed at F(x) (the paper's evaluation,
