@@ -170,6 +170,6 @@ def report(stage_dir: Path) -> list[dict]:
         f"ε chosen by the rule (largest ε of the sweep that satisfies it): "
         f"{'none' if chosen is None else f'{chosen:g}'}; the study ε of digits-finetune is {STUDY_EPS:g}"
         + (" (satisfies the rule)." if rule_ok(trades_by_eps, STUDY_EPS) else " (does NOT satisfy the rule).")
-        + " Models: digits CNN (width 16); std = CE, 30 epochs; TRADES (γ = 6, 10-step PGD) from scratch "
+        + " Models: digits CNN (width 16); std = CE, 30 epochs (10 with --demo); TRADES (γ = 6, 10-step PGD; 15 epochs, 4 with --demo) from scratch "
           "at each ε.")})
     return blocks

@@ -182,7 +182,7 @@ def report(stage_dir: Path) -> list[dict]:
                            f"seeds: {caption}", "columns": cols_out, "rows": rows,
                            "paper": paper if prefix == "" else None})
     blocks.append({"kind": "text", "text": (
-        "Protocol of Appendix A.2: 4x64 MLP, 20 epochs, lr 0.1, batch 10, 10-step PGD, γ = β_TRADES = 6 "
+        "Protocol of Appendix A.2: 4x64 MLP, 20 epochs (10 with --demo), lr 0.1, batch 10, 10-step PGD, γ = β_TRADES = 6 "
         "(plain SGD: with momentum 0.9 this protocol diverges). `era` uses β = 0.2 in eq. 5 (the authors' "
         "script: 0.25), `era-b6` β = 6 (the paper's text read as β; at lr 0.1 it collapses on most seeds, "
         "at lr 0.1/6 it trains like TRADES); `era-shared` uses the authors' untargeted shared inner point "
