@@ -49,7 +49,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-batch-size", type=int, default=512, metavar="B",
                    help="inputs per selector evaluation chunk (memory)")
     s = p.add_argument_group("selection network (--selector sn)")
-    s.add_argument("--sn-epochs", type=int, default=30)
+    s.add_argument("--sn-epochs", type=int, default=60)
     s.add_argument("--sn-samples", type=int, help="train S_SN on a random subset of the training split")
     c = p.add_argument_group("certified indicator (--selector cri)")
     c.add_argument("--sigma", type=float, help="noise level σ (default: the robust run's loss sigma)")

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError
-from .base import Decisions, Selector, ThresholdSelector, _np_bool, col, predict
+from .base import Decisions, Selector, ThresholdSelector, col, predict
 from .cri import CertifiedRobustnessIndicator
 from .eri import RobustnessIndicator
 from .sn import SelectionNetwork, selection_net, selection_targets, train_selection_network
@@ -59,7 +59,7 @@ def build_selector(kind: str, model: nn.Module, *, eps: float, norm: str = "linf
         x_tr, y_tr = x_tr[idx], y_tr[idx]
     t = selection_targets(model, x_tr, y_tr, eps=eps, norm=norm, steps=steps, seed=seed)
     net = selection_net(tuple(x_tr.shape[1:]), hidden=int(opts.get("hidden", 128))).to(x_tr.device)
-    train_selection_network(net, x_tr, t, eps=eps, norm=norm, epochs=int(opts.get("epochs", 30)), seed=seed)
+    train_selection_network(net, x_tr, t, eps=eps, norm=norm, epochs=int(opts.get("epochs", 60)), seed=seed)
     return SelectionNetwork(model, net, tau=DEFAULT_TAU["sn"] if tau is None else tau, eps=eps,
                             norm=norm, steps=steps, seed=seed)
 

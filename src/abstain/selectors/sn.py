@@ -13,7 +13,7 @@ abstention likewise: σ(upper bound) < τ. For ℓ2 the enclosing ℓ∞ box is 
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +22,7 @@ from torch import nn
 from ..errors import InputError
 from ..ibp import ibp_bounds
 from ..models import Normalize
-from .base import Decisions, ThresholdSelector, col, predict
+from .base import ThresholdSelector, col, predict
 
 
 def selection_net(input_shape: Sequence[int], hidden: int = 128, depth: int = 2,
@@ -58,8 +58,8 @@ def selection_targets(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps
 
 
 def train_selection_network(net: nn.Module, x: torch.Tensor, t: torch.Tensor, *, eps: float,
-                            norm: str = "linf", epochs: int = 30, batch_size: int = 128,
-                            lr: float = 1e-3, kappa_end: float = 0.5, ramp: float = 0.5,
+                            norm: str = "linf", epochs: int = 60, batch_size: int = 64,
+                            lr: float = 3e-3, kappa_end: float = 0.5, ramp: float = 0.5,
                             eps_train_factor: float = 1.1, seed: int = 0) -> nn.Module:
     """Train ``net`` on targets ``t`` with the ACE-IBP loss (module doc); returns it in eval
     mode. Positives and negatives are weighted to balance the classes. ``ramp`` is the

@@ -63,7 +63,7 @@ def run(ctx: Any, cfg: dict) -> dict:
     from ..metrics import cascade_outcome, mean_std
     from ..selectors import RobustnessIndicator
     from ..selectors.evaluate import candidate, core_records
-    from .digits_abstain import eps_of, load_model, model_dir, read_all, upstream
+    from .digits_abstain import load_model, read_all, upstream
 
     t0 = time.perf_counter()
     up = upstream(ctx)
@@ -78,6 +78,7 @@ def run(ctx: Any, cfg: dict) -> dict:
     per_variant: dict[str, list[dict[str, float]]] = {}
     chosen: dict[str, Any] = {}
     agreement: list[float] = []
+    core_used: dict[int, int] = {}
     for seed in up["seeds"]:
         recs = {f"{m}-{k}": per[seed] for (m, k), per in abstain.items() if seed in per}
         if f"{cfg['robust']}-eri" not in recs:
@@ -88,9 +89,8 @@ def run(ctx: Any, cfg: dict) -> dict:
                 raise DataError(f"digits-abstain records {name} s{seed} cover another test subset")
         x = test.x[torch.as_tensor(index)].to(ctx.device)
         y = test.y[torch.as_tensor(index)].to(ctx.device)
-        core = load_model(ctx.root, "digits-partition", cfg["core"], seed, ctx.device)
-        if core is None:
-            raise DataError(f"missing core model {model_dir(ctx.root, 'digits-partition', cfg['core'], seed)}")
+        core, core_seed = load_core(ctx.root, cfg["core"], seed, ctx.device)
+        core_used[seed] = core_seed
         crec = core_records(core, x, y, index, eps=eps, norm=norm, steps=cfg["steps"], seed=seed)
         ctx.write_records(f"core-s{seed}", crec)
         yn = crec["label"]
@@ -133,10 +133,29 @@ def run(ctx: Any, cfg: dict) -> dict:
                        "steps": cfg["steps"], "samples": int(len(index)),
                        "subset": "the test subset of digits-abstain (class-balanced, seed 0)",
                        "cascade_chosen": chosen, "module_agreement": agreement,
+                       "core_seed": {str(k): v for k, v in core_used.items()},
                        "robust_accuracy": "sound: selector decision and chosen prediction fixed in B_eps",
                        "choice": "tau and cascade by 2-fold cross-fitting on the test subset",
                        "seconds": time.perf_counter() - t0}
     return results
+
+
+def load_core(root: Path, variant: str, seed: int, device: Any):
+    """The core model ``digits-partition/work/<variant>-s<seed>``; digits-partition may train
+    fewer seeds than digits-finetune, and then every composition uses the core of its
+    smallest seed (the core is a fixed, given accurate model). Returns (model, its seed)."""
+    from ..errors import DataError
+    from .digits_abstain import load_model, model_dir
+
+    model = load_model(root, "digits-partition", variant, seed, device)
+    if model is not None:
+        return model, seed
+    work = Path(root) / "digits-partition" / "work"
+    seeds = sorted(int(d.name.rsplit("-s", 1)[1]) for d in work.glob(f"{variant}-s*")
+                   if d.name.rsplit("-s", 1)[1].isdigit() and (d / "meta.json").is_file()) if work.is_dir() else []
+    if not seeds:
+        raise DataError(f"missing core model {model_dir(root, 'digits-partition', variant, seed)}")
+    return load_model(root, "digits-partition", variant, seeds[0], device), seeds[0]
 
 
 def variants_of(cols: dict[str, Any]) -> list[str]:
