@@ -147,7 +147,8 @@ def render_markdown(title: str, intro: Sequence[str], sections: Sequence[Section
                     out += [f"> **Note:** image {rel} is missing", ""]
                     continue
                 cap = str(b.get("caption", ""))
-                out += [f"![{cap}]({rel})", "", f"*{cap}*" if cap else "", ""]
+                alt = cap.replace("\\", "\\\\").replace("[", "\\[").replace("]", "\\]")
+                out += [f"![{alt}]({rel})", "", f"*{cap}*" if cap else "", ""]
             else:
                 out += [f"> **Note:** unknown block kind {kind!r}", ""]
     return "\n".join(out).rstrip() + "\n"
@@ -164,8 +165,8 @@ body{font-family:-apple-system,"Segoe UI",Helvetica,Arial,sans-serif;max-width:1
 padding:0 1em;color:#1b1f23;line-height:1.5}
 h1{border-bottom:2px solid #ddd;padding-bottom:.3em}h2{border-bottom:1px solid #eee;padding-bottom:.2em;margin-top:2em}
 table{border-collapse:collapse;margin:.5em 0 1.5em;font-size:.92em}
-th,td{border:1px solid #d0d7de;padding:.3em .6em;text-align:right}
-th{background:#f6f8fa}td:first-child,th:first-child{text-align:left}
+th,td{border:1px solid #d0d7de;padding:.3em .6em;text-align:left}
+th{background:#f6f8fa}td.num,th.num{text-align:right}
 td.paper,th.paper{color:#6a737d;font-style:italic;background:#fbfbfb}
 caption{caption-side:top;text-align:left;font-weight:600;padding:.3em 0}
 figure{margin:1em 0 2em}figure img{max-width:100%;border:1px solid #eee}
@@ -217,16 +218,28 @@ def markdown_to_html(text: str) -> str:
     return "\n".join(html_out)
 
 
+_NUMERIC = re.compile(r"^[-+−]?(\d[\d,]*\.?\d*|\.\d+)(e[-+]?\d+)?\s*(%|±.*)?$|^[–—-]$|^nan$|^-?inf$")
+
+
+def _cls(paper: bool, text: str | None) -> str:
+    names = (["paper"] if paper else []) + (["num"] if text is None or _NUMERIC.match(text.strip()) else [])
+    return f' class="{" ".join(names)}"' if names else ""
+
+
 def html_table(columns: Sequence[str], rows: Sequence[Sequence[str]], is_paper: Sequence[bool],
                caption: str = "") -> str:
-    cls = [' class="paper"' if p else "" for p in is_paper]
+    """A table; numeric cells right-aligned, the paper's columns greyed."""
+    numeric_col = [all(_NUMERIC.match(r[j].strip()) for r in rows) if rows else False
+                   for j in range(len(columns))]
     out = ["<table>"]
     if caption:
         out.append(f"<caption>{_inline(caption)}</caption>")
-    out.append("<thead><tr>" + "".join(f"<th{c}>{html.escape(col)}</th>" for c, col in zip(cls, columns))
+    out.append("<thead><tr>" + "".join(f"<th{_cls(p, None if n else '')}>{html.escape(col)}</th>"
+                                       for p, n, col in zip(is_paper, numeric_col, columns))
                + "</tr></thead><tbody>")
     for r in rows:
-        out.append("<tr>" + "".join(f"<td{c}>{html.escape(v)}</td>" for c, v in zip(cls, r)) + "</tr>")
+        out.append("<tr>" + "".join(f"<td{_cls(p, v)}>{html.escape(v)}</td>" for p, v in zip(is_paper, r))
+                   + "</tr>")
     out.append("</tbody></table>")
     return "\n".join(out)
 
