@@ -94,3 +94,15 @@ def test_abstain_command(root: Path, tmp_path: Path, capsys) -> None:
                "--core", str(root / "digits-partition/work/std-s0"), "--selector", "sr",
                "--eps", str(EPS), "--tau", "2", "--out", str(out)])
     assert rc == 2 and "--tau" in capsys.readouterr().err
+
+
+def test_core_falls_back_to_the_smallest_trained_seed(root: Path) -> None:
+    from abstain.errors import DataError
+    from abstain.stages.digits_compose import load_core
+
+    model, seed = load_core(root, "std", 2, "cpu")      # only std-s0 exists
+    assert seed == 0 and not model.training
+    model, seed = load_core(root, "std", 0, "cpu")
+    assert seed == 0
+    with pytest.raises(DataError, match="missing core model"):
+        load_core(root, "nonexistent", 0, "cpu")
