@@ -16,9 +16,11 @@ killed with SIGKILL at random moments:
   ``--overwrite`` when the killed run had already written its records) gives records
   equal to an uninterrupted run's (certify: every column but the wall-clock ``seconds``).
 
-Random moments are drawn uniformly over the working phase of the command (from its first
-output on stderr, with progress bars on, to its end in the uninterrupted run). SIGINT
-stops each command cleanly (exit 130, a message saying how to continue, no traceback).
+Random moments are drawn uniformly over 1.1 x the working phase of the command in the
+uninterrupted run: from its first output on stderr (progress bars are on) to its exit
+(train) or to the appearance of its records file (evaluate, certify). SIGINT
+stops each command cleanly (exit 130, a message saying how to continue, no traceback): the
+first interruption of each command below is a SIGINT.
 
 CI runs 3 kills per command; ``ABSTAIN_FULL_KILL_TEST=1`` runs 20 per command. The kill
 counts and moments are printed (``pytest -s``) for the closing note.
@@ -77,8 +79,9 @@ class Proc:
     """``python -m abstain ARGS`` with stderr read in a thread: ``started`` is set at the
     first byte (progress bars are on), i.e. when the command is at work."""
 
-    def __init__(self, args: list[str], log: Path) -> None:
+    def __init__(self, args: list[str], log: Path, watch: Path | None = None) -> None:
         self.t0 = time.perf_counter()
+        self.t_watch: float | None = None
         self.out = open(log, "wb")
         self.p = subprocess.Popen([sys.executable, "-m", "abstain", *map(str, args)], stdout=self.out,
                                   stderr=subprocess.PIPE, env=cli_env({"ABSTAIN_PROGRESS": "1",
@@ -88,6 +91,15 @@ class Proc:
         self.err = bytearray()
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
+        if watch is not None:
+            threading.Thread(target=self._watch, args=(watch,), daemon=True).start()
+
+    def _watch(self, path: Path) -> None:
+        """Time at which ``path`` (the command's main output) appears."""
+        while self.p.poll() is None and not path.exists():
+            time.sleep(0.005)
+        if path.exists():
+            self.t_watch = time.perf_counter()
 
     def _read(self) -> None:
         fd = self.p.stderr.fileno()
@@ -113,22 +125,23 @@ class Proc:
         return self.err.decode(errors="replace")
 
     def work_seconds(self) -> float:
-        return self.t_end - (self.t_start or self.t0)
+        """From the first output to the appearance of the watched file (else the exit)."""
+        return (self.t_watch or self.t_end) - (self.t_start or self.t0)
 
 
-def _run_to_end(args: list[str], log: Path) -> Proc:
-    p = Proc(args, log)
+def _run_to_end(args: list[str], log: Path, watch: Path | None = None) -> Proc:
+    p = Proc(args, log, watch)
     rc = p.wait()
     assert rc == 0, f"rc={rc}\n{p.stderr[-3000:]}\n{log.read_text()[-2000:]}"
     return p
 
 
-def _kill_at_random(args: list[str], log: Path, work: float, sig: int = signal.SIGKILL) -> tuple[bool, int, float]:
+def _interrupt(args: list[str], log: Path, work: float, sig: int) -> tuple[bool, int, float, Proc]:
     """Start the command, wait until it is at work, then send ``sig`` after U(0, work)
-    seconds. Returns (interrupted?, exit code, delay)."""
+    seconds (unless it finished first). Returns (sent?, exit code, delay, process)."""
     p = Proc(args, log)
     assert p.started.wait(300), "no output from the command"
-    delay = RNG.uniform(0.0, work)
+    delay = RNG.uniform(0.0, 1.1 * work)  # a few land after the main output is written
     deadline = time.perf_counter() + delay
     while time.perf_counter() < deadline and p.p.poll() is None:
         time.sleep(min(0.01, max(0.0, deadline - time.perf_counter())))
@@ -138,7 +151,20 @@ def _kill_at_random(args: list[str], log: Path, work: float, sig: int = signal.S
     rc = p.wait()
     if not sent:
         assert rc == 0, p.stderr[-3000:]
-    return sent and rc != 0, rc, delay
+    return sent, rc, delay, p
+
+
+def _finished_anyway(rc: int, p: Proc, done: bool) -> bool:
+    """The command completed before the signal could stop it: exit 0, or a SIGINT that hit
+    the finished process while it was exiting (Python then dies of SIGINT, rc -2)."""
+    return rc == 0 or (rc == -signal.SIGINT and done and "Traceback" not in p.stderr)
+
+
+def _assert_clean_sigint(p: Proc, *needles: str) -> None:
+    assert p.p.returncode == 130, f"rc={p.p.returncode}\n{p.stderr[-2000:]}"
+    assert "Traceback" not in p.stderr, p.stderr[-3000:]
+    for n in needles:
+        assert n in p.stderr, f"{n!r} not in {p.stderr[-2000:]!r}"
 
 
 def _assert_whole(d: Path, counts: dict) -> None:
@@ -195,8 +221,10 @@ def reference(tmp_path_factory) -> dict:
                                {"arch": "mlp", "num_classes": 3, "model_kwargs": {"in_features": 2}})
     t = _run_to_end(["train", "--config", d / "tiny.toml", "--out", d / "run"], d / "train.log")
     run = d / "run"
-    e = _run_to_end(["evaluate", "--run", run, *EVAL_ARGS], d / "eval.log")
-    c = _run_to_end(["certify", "--run", run, *CERT_ARGS], d / "cert.log")
+    # their working time ends when the records appear (what follows is a few ms of JSON
+    # and the interpreter's exit): the kill moments are drawn over the computation
+    e = _run_to_end(["evaluate", "--run", run, *EVAL_ARGS], d / "eval.log", run / "records" / "evaluate.csv")
+    c = _run_to_end(["certify", "--run", run, *CERT_ARGS], d / "cert.log", run / "records" / "certify.csv")
     return {"dir": d, "config": d / "tiny.toml", "run": run, "train_work": t.work_seconds(),
             "eval_work": e.work_seconds(), "cert_work": c.work_seconds()}
 
@@ -207,54 +235,73 @@ def _fresh_copy(run: Path, dst: Path) -> Path:
 
 
 def test_train_survives_sigkill_and_resumes_bitwise(reference, tmp_path):
-    kills, delays, chains, counts = 0, [], 0, {}
-    while kills < KILLS:
+    """Chains of runs of one training, each interrupted at a random moment and resumed.
+    The first interruption is a SIGINT (clean stop with a message naming --resume), the
+    others SIGKILL; every chain ends with weights bitwise equal to the reference."""
+    kills, delays, chains, counts, sigint = 0, [], 0, {}, None
+    while kills < KILLS or sigint is None:
         chains += 1
         out = tmp_path / f"chain{chains}"
-        for seg in range(50):
+        for seg in range(100):
             if (out / "config.toml").exists():
                 args = ["train", "--config", reference["config"], "--out", out, "--resume"]
             elif out.exists() and any(out.iterdir()):
                 args = ["train", "--config", reference["config"], "--out", out, "--overwrite"]
             else:
                 args = ["train", "--config", reference["config"], "--out", out]
-            if kills >= KILLS:
+            if kills >= KILLS and sigint is not None:
                 _run_to_end(args, tmp_path / f"c{chains}-final.log")
                 break
-            killed, rc, delay = _kill_at_random(args, tmp_path / f"c{chains}-{seg}.log", reference["train_work"])
+            sig = signal.SIGINT if sigint is None else signal.SIGKILL
+            sent, rc, delay, p = _interrupt(args, tmp_path / f"c{chains}-{seg}.log", reference["train_work"], sig)
             if out.exists():
                 _assert_whole(out, counts)
-            if not killed:
-                break  # finished before the kill: this chain is complete
-            assert rc == -signal.SIGKILL
-            kills += 1
-            delays.append(round(delay, 3))
+            state = checkpoint.load_train_state(out) if out.exists() else None
+            if not sent or _finished_anyway(rc, p, bool(state and state.get("finished"))):
+                break  # this chain's training is complete
+            if sig == signal.SIGINT:
+                _assert_clean_sigint(p, "--resume")
+                sigint = {"epoch": int(state["epoch"]), "batch": int(state["batch"])} if state else "before the first batch"
+            else:
+                assert rc == -signal.SIGKILL, p.stderr[-2000:]
+                kills += 1
+                delays.append(round(delay, 3))
         _assert_same_training(reference["run"], out)
-    REPORT["train"] = {"kills": kills, "chains": chains, "delays_s": delays,
+    REPORT["train"] = {"sigkills": kills, "sigint_stopped_at": sigint, "chains": chains, "delays_s": delays,
                        "work_s": round(reference["train_work"], 2), "files_checked": counts}
 
 
 def _kill_and_rerun(name: str, reference, tmp_path, args_of, compare) -> None:
+    """Interrupt the command at random moments (a SIGINT first, then SIGKILLs), check the
+    run directory after each, rerun it to the end and compare with the reference."""
     run = _fresh_copy(reference["run"], tmp_path / "run")
-    kills, delays, counts, partial = 0, [], {}, 0
+    kills, delays, counts, partial, sigint, trial = 0, [], {}, 0, False, 0
     rec = run / "records" / f"{name}.csv"
+    ref_rec = read_records(reference["run"] / "records" / f"{name}.csv")
     work = reference[f"{name[:4]}_work"]
-    while kills < KILLS:
-        killed, rc, delay = _kill_at_random(args_of(run, rec.exists()), tmp_path / f"{kills}.log", work)
+    while kills < KILLS or not sigint:
+        trial += 1
+        sig = signal.SIGKILL if sigint else signal.SIGINT
+        sent, rc, delay, p = _interrupt(args_of(run, rec.exists()), tmp_path / f"{trial}.log", work, sig)
         _assert_whole(run, counts)
         if rec.exists():
-            compare(read_records(reference["run"] / "records" / f"{name}.csv"), read_records(rec))
-        if killed:
-            assert rc == -signal.SIGKILL
-            kills += 1
-            delays.append(round(delay, 3))
-            partial += rec.exists()
+            compare(ref_rec, read_records(rec))   # a records file is always the complete one
+        if sent and not _finished_anyway(rc, p, rec.exists()):
+            if sig == signal.SIGINT:
+                _assert_clean_sigint(p, "interrupted", "rerun")
+                assert not rec.exists()
+                sigint = True
+            else:
+                assert rc == -signal.SIGKILL, p.stderr[-2000:]
+                kills += 1
+                delays.append(round(delay, 3))
+                partial += rec.exists()
         if rec.exists():
             rec.unlink()  # next attempt starts from nothing again (and needs no --overwrite)
     _run_to_end(args_of(run, False), tmp_path / "final.log")
-    compare(read_records(reference["run"] / "records" / f"{name}.csv"), read_records(rec))
-    REPORT[name] = {"kills": kills, "delays_s": delays, "work_s": round(work, 2),
-                    "kills_after_records_written": partial, "files_checked": counts}
+    compare(ref_rec, read_records(rec))
+    REPORT[name] = {"sigkills": kills, "sigint": sigint, "trials": trial, "delays_s": delays,
+                    "work_s": round(work, 2), "kills_after_records_written": partial, "files_checked": counts}
 
 
 def _equal(ignore: tuple[str, ...] = ()):
@@ -275,58 +322,6 @@ def test_evaluate_survives_sigkill(reference, tmp_path):
 def test_certify_survives_sigkill(reference, tmp_path):
     _kill_and_rerun("certify", reference, tmp_path,
                     lambda run, exists: ["certify", "--run", run, *CERT_ARGS], _equal(("seconds",)))
-
-
-# ---------------------------------------------------------------- SIGINT
-
-def _sigint(args: list[str], log: Path, work: float, before=None, finished=None) -> "Proc":
-    """SIGINT at a point of the working time; retried earlier if the command finished
-    before the signal took effect (e.g. SIGINT after the last batch completes the run)."""
-    for frac in (0.3, 0.1, 0.03, 0.0):
-        if before is not None:
-            before()
-        p = Proc(args, log)
-        assert p.started.wait(300)
-        time.sleep(frac * work)
-        if p.p.poll() is None:
-            p.p.send_signal(signal.SIGINT)
-        rc = p.wait()
-        if rc == -signal.SIGINT and "Traceback" not in p.stderr and finished is not None and finished():
-            continue  # the signal came as the finished process was exiting: nothing to stop
-        if rc != 0:
-            return p
-    pytest.fail("the command always finished before SIGINT took effect")
-
-
-def test_sigint_train_stops_cleanly_and_resumes(reference, tmp_path):
-    out = tmp_path / "run"
-    args = ["train", "--config", reference["config"], "--out", out]
-    p = _sigint(args, tmp_path / "int.log", reference["train_work"],
-                before=lambda: shutil.rmtree(out, ignore_errors=True),
-                finished=lambda: bool((checkpoint.load_train_state(out) or {}).get("finished")))
-    assert p.p.returncode == 130, p.stderr[-2000:]
-    assert "Traceback" not in p.stderr
-    assert "--resume" in p.stderr, p.stderr[-2000:]
-    _assert_whole(out, {})
-    state = checkpoint.load_train_state(out)
-    assert state is not None and not state["finished"]
-    _run_to_end([*args, "--resume"], tmp_path / "resume.log")
-    _assert_same_training(reference["run"], out)
-    REPORT["sigint-train"] = {"stopped_at": {"epoch": int(state["epoch"]), "batch": int(state["batch"])}}
-
-
-@pytest.mark.parametrize("name", ["evaluate", "certify"])
-def test_sigint_evaluate_certify_stop_cleanly(reference, tmp_path, name):
-    run = _fresh_copy(reference["run"], tmp_path / "run")
-    extra = EVAL_ARGS if name == "evaluate" else CERT_ARGS
-    rec = run / "records" / f"{name}.csv"
-    p = _sigint([name, "--run", run, *extra], tmp_path / "int.log", reference[f"{name[:4]}_work"],
-                before=lambda: rec.unlink(missing_ok=True), finished=rec.exists)
-    assert p.p.returncode == 130, p.stderr[-2000:]
-    assert "Traceback" not in p.stderr
-    assert "interrupted" in p.stderr and "rerun" in p.stderr, p.stderr[-2000:]
-    assert not (run / "records" / f"{name}.csv").exists()
-    _assert_whole(run, {})
 
 
 # ---------------------------------------------------------------- static: every write is atomic
