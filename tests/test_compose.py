@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from abstain.compose import (Candidate, Cascade, Composition, choose_cascade, composition_columns,
                              crossfit_cascade, pareto_front)
 from abstain.errors import InputError
-from abstain.metrics import cascade_metrics, cascade_outcome, composition_metrics
+from abstain.metrics import cascade_metrics, cascade_outcome, composition_metrics, paper_robust_accurate
 from abstain.selectors import Decisions, RobustnessIndicator, Selector, col
 from abstain_fixtures import EPS, digits_models
 
@@ -126,6 +126,8 @@ def test_cascade_robust_accuracy_is_sound_against_finite_ball_oracle(seed: int, 
     h_pred, ok = cascade_outcome(y, stages, pc, rc)
     assert np.array_equal(h_pred, h0)            # natural prediction is exact
     assert not (ok & ~truth).any()               # never claims robustness that is not there
+    paper = paper_robust_accurate(y, stages, pc, rc)
+    assert not (ok & ~paper).any()               # the authors' count is never below the sound one
     if all(s["robust_abstained"] is not None for s in stages):
         # with every abstention known, the only losses are from unstable selectors
         certain = np.ones_like(ok)

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from .errors import InputError
-from .metrics import cascade_metrics, cascade_outcome
+from .metrics import cascade_metrics, cascade_outcome, paper_robust_accurate
 from .selectors.base import Decisions, Selector
 
 
@@ -123,10 +123,12 @@ class Candidate:
 def composition_columns(y: Any, candidate: Candidate, core_pred: Any, core_robust: Any) -> dict[str, np.ndarray]:
     """Per-sample records of the 2-composition of ``candidate`` with the core:
     ``h_pred``, ``h_robust_acc`` (sound, :func:`abstain.metrics.cascade_outcome`),
-    ``selected``, ``robust_selected``."""
+    ``h_robust_acc_paper`` (the authors' metric, :func:`abstain.metrics.paper_robust_accurate`,
+    for comparison), ``selected``, ``robust_selected``."""
     h, ok = cascade_outcome(y, [candidate.stage()], core_pred, core_robust)
-    return {"h_pred": h, "h_robust_acc": ok, "selected": candidate.decisions.selected,
-            "robust_selected": candidate.decisions.robust_selected}
+    paper = paper_robust_accurate(y, [candidate.stage()], core_pred, core_robust)
+    return {"h_pred": h, "h_robust_acc": ok, "h_robust_acc_paper": paper,
+            "selected": candidate.decisions.selected, "robust_selected": candidate.decisions.robust_selected}
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
@@ -176,8 +178,8 @@ def choose_cascade(y: Any, candidates: Sequence[Candidate], core_pred: Any, core
 def crossfit_cascade(y: Any, candidates: Sequence[Candidate], core_pred: Any, core_robust: Any, *,
                      budget: float, max_len: int = 3, seed: int = 0) -> dict[str, Any]:
     """2-fold cross-fitted cascade: choose on one half (:func:`choose_cascade`), apply to the
-    other, and vice versa. Returns per-sample ``h_pred``/``h_robust_acc``/``fold`` and the
-    stages chosen per fold (``chosen``)."""
+    other, and vice versa. Returns per-sample ``h_pred``/``h_robust_acc``/``fold`` (and the
+    authors' metric ``h_robust_acc_paper``) and the stages chosen per fold (``chosen``)."""
     y = _np(y, np.int64)
     n = y.shape[0]
     if n < 2:
@@ -186,6 +188,7 @@ def crossfit_cascade(y: Any, candidates: Sequence[Candidate], core_pred: Any, co
     folds = [np.sort(perm[: n // 2]), np.sort(perm[n // 2:])]
     h = _np(core_pred, np.int64).copy()
     ok = np.zeros(n, bool)
+    paper = np.zeros(n, bool)
     fold_of = np.zeros(n, np.int64)
     by_name = {c.name: c for c in candidates}
     chosen: list[list[str]] = []
@@ -197,7 +200,10 @@ def crossfit_cascade(y: Any, candidates: Sequence[Candidate], core_pred: Any, co
         hp, good = cascade_outcome(y[apply], stages, _np(core_pred, np.int64)[apply],
                                    _np(core_robust, bool)[apply])
         h[apply], ok[apply], fold_of[apply] = hp, good, 1 - f
-    return {"h_pred": h, "h_robust_acc": ok, "fold": fold_of, "chosen": chosen}
+        paper[apply] = paper_robust_accurate(y[apply], stages, _np(core_pred, np.int64)[apply],
+                                             _np(core_robust, bool)[apply])
+    return {"h_pred": h, "h_robust_acc": ok, "h_robust_acc_paper": paper, "fold": fold_of,
+            "chosen": chosen}
 
 
 __all__ = ["Composition", "Cascade", "Candidate", "composition_columns", "pareto_front",

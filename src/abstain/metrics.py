@@ -165,6 +165,32 @@ def cascade_outcome(y: Any, stages: Sequence[Mapping[str, Any]], core_pred: Any,
     return h_pred, ok
 
 
+def paper_robust_accurate(y: Any, stages: Sequence[Mapping[str, Any]], core_pred: Any,
+                          core_robust: Any) -> np.ndarray:
+    """The authors' (not sound) robust accuracy of a composition/cascade, for comparison only.
+
+    As in the reference code of the paper (robust-abstain ``compositional_accuracy``):
+    the first stage whose selector *robustly* selects x answers with its robust accuracy,
+    otherwise the core does with its own, i.e.
+    R_rob^sel·1{F_robust robust ∧ correct} + (1 − R_rob^sel)·1{F_core robust ∧ correct}
+    per sample. It assumes that where S does not robustly select, S(x') = 0 in the whole
+    ball, which nothing guarantees (an adversary may move x to where S selects and F_robust
+    is wrong), so it can exceed the sound :func:`cascade_outcome`; it is never reported
+    as the robust accuracy.
+    """
+    y = _np(y, np.int64)
+    pc, rc = _np(core_pred, np.int64), _np(core_robust, bool)
+    _same_length(y=y, core_pred=pc, core_robust=rc)
+    out = rc & (pc == y)
+    taken = np.zeros(y.shape[0], bool)
+    for st in stages:
+        rsel = _np(st["robust_selected"], bool) & _np(st["selected"], bool) & ~taken
+        good = _np(st["robust"], bool) & (_np(st["pred"], np.int64) == y)
+        out = np.where(rsel, good, out)
+        taken |= rsel
+    return out
+
+
 def cascade_metrics(y: Any, stages: Sequence[Mapping[str, Any]], core_pred: Any,
                     core_robust: Any) -> dict[str, float]:
     """``nat_acc`` (exact), ``rob_acc`` (sound, see :func:`cascade_outcome`) and
