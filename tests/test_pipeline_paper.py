@@ -87,7 +87,19 @@ def test_partition_paper_lookup_by_checkpoint_and_eps():
     assert look({"model": {"init": "x.pt"}, "loss": {"eps": 2 / 255}}) is None
 
 
-def test_paper_stage_runs_a_tiny_config_end_to_end_and_resumes(tmp_path, monkeypatch):
+@pytest.fixture
+def one_thread():
+    """One torch thread: on a shared, oversubscribed 2-core machine two intra-op threads make
+    this tiny training several times slower (measured 16 s vs 3 s of CPU)."""
+    import torch
+
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(prev)
+
+
+def test_paper_stage_runs_a_tiny_config_end_to_end_and_resumes(tmp_path, monkeypatch, one_thread):
     """The paper-stage machinery (config -> fine-tune -> APGD records -> report) on digits."""
     import torch
 
