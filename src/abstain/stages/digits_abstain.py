@@ -38,10 +38,10 @@ def config(scale: str, demo: bool) -> dict:
     cfg: dict[str, Any] = {
         "dataset": "digits", "samples": 450, "steps": 40, "models": ["trades", "era", "dga"],
         "sr_model": "trades", "sn_model": "trades", "sr_tau": 0.9, "sn_tau": 0.5,
-        "sn": {"epochs": 30, "hidden": 128, "samples": None}, "tau_points": 101,
+        "sn": {"epochs": 60, "hidden": 128, "samples": None}, "tau_points": 101,
     }
     if demo:
-        cfg.update({"samples": 200, "steps": 20, "sn": {"epochs": 15, "hidden": 64, "samples": 600}})
+        cfg.update({"samples": 200, "steps": 20, "sn": {"epochs": 40, "hidden": 64, "samples": 600}})
     return cfg
 
 
