@@ -84,7 +84,7 @@ def test_noise_loss_fresh_noise_every_call_and_sample():
     with torch.no_grad():
         expect = float(F.cross_entropy(model.lin(model.seen[0]), y))
     assert float(l1.detach()) == pytest.approx(expect, rel=1e-6)
-    assert float(parts["noise_ce"]) == pytest.approx(float(l1))
+    assert float(parts["noise_ce"]) == pytest.approx(float(l1.detach()))
     with pytest.raises(ConfigError, match="sigma"):
         loss_fn(model, x, y, {})
     with pytest.raises(InputError, match="sigma"):
