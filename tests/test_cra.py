@@ -112,7 +112,7 @@ def test_cra_loss_equals_eq9_on_a_tiny_case():
         pbar = np.sort(soft.mean(0))[::-1]
         cr = sigma / 2 * (norm.ppf(pbar[0]) - norm.ppf(pbar[1]))
         total += beta_ * ce + qual * cr
-    assert float(loss) == pytest.approx(total / 2, abs=1e-4)
+    assert float(loss.detach()) == pytest.approx(total / 2, abs=1e-4)
     assert set(parts) == {"noise_ce", "qualifier", "radius", "penalty"}
     loss.backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters())
