@@ -32,6 +32,7 @@ import os
 import random
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import threading
@@ -136,10 +137,11 @@ def _run_to_end(args: list[str], log: Path, watch: Path | None = None) -> Proc:
     return p
 
 
-def _interrupt(args: list[str], log: Path, work: float, sig: int) -> tuple[bool, int, float, Proc]:
-    """Start the command, wait until it is at work, then send ``sig`` after U(0, work)
+def _interrupt(args: list[str], log: Path, work: float, sig: int,
+               watch: Path | None = None) -> tuple[bool, int, float, Proc]:
+    """Start the command, wait until it is at work, then send ``sig`` after U(0, 1.1 work)
     seconds (unless it finished first). Returns (sent?, exit code, delay, process)."""
-    p = Proc(args, log)
+    p = Proc(args, log, watch)
     assert p.started.wait(300), "no output from the command"
     delay = RNG.uniform(0.0, 1.1 * work)  # a few land after the main output is written
     deadline = time.perf_counter() + delay
@@ -278,11 +280,16 @@ def _kill_and_rerun(name: str, reference, tmp_path, args_of, compare) -> None:
     kills, delays, counts, partial, sigint, trial = 0, [], {}, 0, False, 0
     rec = run / "records" / f"{name}.csv"
     ref_rec = read_records(reference["run"] / "records" / f"{name}.csv")
-    work = reference[f"{name[:4]}_work"]
+    works = [reference[f"{name[:4]}_work"]]
     while kills < KILLS or not sigint:
         trial += 1
         sig = signal.SIGKILL if sigint else signal.SIGINT
-        sent, rc, delay, p = _interrupt(args_of(run, rec.exists()), tmp_path / f"{trial}.log", work, sig)
+        work = statistics.median(works)
+        sent, rc, delay, p = _interrupt(args_of(run, rec.exists()), tmp_path / f"{trial}.log", work, sig, rec)
+        if p.t_watch is not None and p.t_start is not None:
+            # the records appeared before the signal: the computation of this run took that
+            # long (later runs are faster than the first, cold one); aim later kills inside it
+            works.append(p.t_watch - p.t_start)
         _assert_whole(run, counts)
         if rec.exists():
             compare(ref_rec, read_records(rec))   # a records file is always the complete one
@@ -301,7 +308,8 @@ def _kill_and_rerun(name: str, reference, tmp_path, args_of, compare) -> None:
     _run_to_end(args_of(run, False), tmp_path / "final.log")
     compare(ref_rec, read_records(rec))
     REPORT[name] = {"sigkills": kills, "sigint": sigint, "trials": trial, "delays_s": delays,
-                    "work_s": round(work, 2), "kills_after_records_written": partial, "files_checked": counts}
+                    "work_s": [round(w, 3) for w in works], "kills_after_records_written": partial,
+                    "files_checked": counts}
 
 
 def _equal(ignore: tuple[str, ...] = ()):
