@@ -614,7 +614,12 @@ def train_from_config(cfg: Mapping[str, Mapping[str, Any]], out: str | os.PathLi
     tr_idx, va_idx = train_val_split(len(full), d["val_fraction"], seed=tr["seed"])
     train_ds = full.subset(tr_idx)
     val_ds = full.subset(va_idx) if va_idx.numel() else None
-    model, kw = build_model(cfg, full.num_classes, tuple(full.input_shape))
+    # The initial weights depend only on the seed (not on torch's per-process random seed or
+    # on what ran before in the process): same config, same weights; a run killed before its
+    # first checkpoint restarts from the same initialisation. The global RNG is left as it was.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(_mix(tr["seed"], 0x1417))
+        model, kw = build_model(cfg, full.num_classes, tuple(full.input_shape))
     meta = {"arch": cfg["model"]["arch"], "num_classes": full.num_classes, "dataset": d["name"],
             "data_root": d["root"], "model_kwargs": kw, "input_shape": list(full.input_shape),
             "config": json.loads(json.dumps(cfg)), "val_fraction": d["val_fraction"],
