@@ -35,7 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from .. import config as config_mod
     from .. import distributed
-    from ..errors import ConfigError
+    from ..errors import AbstainError, ConfigError
     from ..io import atomic_write_text, update_json
     from ..train import train_from_config
     from ..utils import resolve_device
@@ -45,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} exists and is not a directory")
     existing = out.is_dir() and any(out.iterdir())
+    created = not out.exists()
     if args.resume:
         saved = out / "config.toml"
         if not saved.is_file():
@@ -69,7 +70,16 @@ def run(args: argparse.Namespace) -> int:
         if not args.resume:
             atomic_write_text(out / "config.toml", config_mod.dumps(cfg))
     distributed.barrier()
-    _, summary = train_from_config(cfg, out, device)
+    try:
+        _, summary = train_from_config(cfg, out, device)
+    except AbstainError:
+        # refused before any checkpoint (unknown arch/dataset, missing data, bad init file):
+        # leave no half-made run behind, so the corrected command can run as it is
+        if distributed.is_main() and not args.resume and not (out / "train_state.pt").exists():
+            (out / "config.toml").unlink(missing_ok=True)
+            if created and out.is_dir() and not any(out.iterdir()):
+                out.rmdir()
+        raise
     if distributed.is_main():
         update_json(out / "results.json", "train", summary)
         best = summary.get("best_epoch")
