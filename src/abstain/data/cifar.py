@@ -74,7 +74,8 @@ def read_pickle(path: Path) -> dict:
             obj = RestrictedUnpickler(io.BufferedReader(fh), encoding="bytes").load()
     except RefusedGlobal as e:
         raise DataError(f"{path} is not a CIFAR batch (unsafe pickle: {e})") from None
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, AttributeError, MemoryError) as e:
+    except Exception as e:  # noqa: BLE001 - restricted: no code ran; any failure means a bad file
+        # (EOF/Value/Type/Index/Attribute/Memory/Overflow errors from truncated or corrupted bytes)
         raise DataError(f"{path} is truncated or corrupt ({type(e).__name__}: {e})") from None
     if not isinstance(obj, dict):
         raise DataError(f"{path} is not a CIFAR batch (expected a dict, got {type(obj).__name__})")
@@ -123,7 +124,10 @@ def _class_names(path: Path, key: str, k: int) -> list[str]:
     if not path.is_file():  # the meta file only names classes; indices work without it
         return [str(i) for i in range(k)]
     names = _field(read_pickle(path), key, path)
-    names = [n.decode() if isinstance(n, bytes) else str(n) for n in names]
+    try:
+        names = [n.decode() if isinstance(n, bytes) else str(n) for n in names]
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: class names are not UTF-8 text (corrupt file?)") from None
     if len(names) != k:
         raise DataError(f"{path}: {len(names)} class names, expected {k}")
     return names
