@@ -84,21 +84,39 @@ def test_evaluate_is_deterministic(runs, tmp_path):
         assert np.array_equal(recs[0][col], recs[1][col]), col
 
 
-def _certify(run: Path, seed: int) -> dict:
+def _certify(run: Path, seed: int, samples: int = 20, n: int = 200) -> dict:
     assert cli.main(["certify", "--run", str(run), "--sigma", "0.25", "--eps", "0.2", "--n0", "16",
-                     "--n", "200", "--samples", "20", "--batch-size", "100", "--seed", str(seed),
+                     "--n", str(n), "--samples", str(samples), "--batch-size", "100", "--seed", str(seed),
                      "--device", "cpu"]) == 0
     return read_records(run / "records" / "certify.csv")
 
 
-def test_certify_is_deterministic(runs, tmp_path):
-    recs = []
-    for k in range(2):
-        _scramble(20 + k)
-        run = shutil.copytree(runs[0], tmp_path / f"c{k}", ignore=shutil.ignore_patterns("records"))
-        recs.append(_certify(run, seed=4))
-    for col in recs[0]:
-        if col != "seconds":
-            assert np.array_equal(recs[0][col], recs[1][col]), col
-    other = _certify(shutil.copytree(runs[0], tmp_path / "c-other", ignore=shutil.ignore_patterns("records")), seed=5)
-    assert not np.array_equal(other["count"], recs[0]["count"]), "the certification seed has no effect"
+@pytest.fixture(scope="module")
+def noisy_run(tmp_path_factory) -> Path:
+    """A run directory holding a fixed random-init digits CNN: its smoothed predictions vary
+    with the noise (a briefly trained model may be constant, making counts seed-free)."""
+    from abstain import checkpoint, models
+
+    torch.manual_seed(0)
+    d = tmp_path_factory.mktemp("noisy") / "run"
+    checkpoint.save_checkpoint(d, models.create("cnn", 10, width=4),
+                               {"arch": "cnn", "num_classes": 10, "dataset": "digits", "data_root": None,
+                                "model_kwargs": {"width": 4}})
+    return d
+
+
+def test_certify_is_deterministic(runs, noisy_run, tmp_path):
+    for src in (runs[0], noisy_run):
+        recs = []
+        for k in range(2):
+            _scramble(20 + k)
+            run = shutil.copytree(src, tmp_path / f"{src.parent.name}-c{k}", ignore=shutil.ignore_patterns("records"))
+            recs.append(_certify(run, seed=4))
+        for col in recs[0]:
+            if col != "seconds":
+                assert np.array_equal(recs[0][col], recs[1][col]), col
+    # the seed is really used: the whole test split (same inputs), other seed -> other counts
+    a, b = (_certify(shutil.copytree(noisy_run, tmp_path / f"all-{seed}", ignore=shutil.ignore_patterns("records")),
+                     seed=seed, samples=450, n=40) for seed in (4, 5))
+    assert np.array_equal(a["index"], b["index"])
+    assert not np.array_equal(a["count"], b["count"]), "the certification seed has no effect on the noise"
