@@ -325,7 +325,8 @@ def test_evaluate_survives_sigkill(reference, tmp_path):
 
 def test_certify_survives_sigkill(reference, tmp_path):
     _kill_and_rerun("certify", reference, tmp_path,
-                    lambda run, exists: ["certify", "--run", run, *CERT_ARGS], _equal(("seconds",)))
+                    lambda run, exists: ["certify", "--run", run, *CERT_ARGS, *(["--overwrite"] if exists else [])],
+                    _equal(("seconds",)))
 
 
 # ---------------------------------------------------------------- static: every write is atomic

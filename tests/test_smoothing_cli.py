@@ -50,9 +50,20 @@ def test_certify_command_writes_records_and_results(run_dir, capsys):
     assert "certified accuracy" in capsys.readouterr().out
 
 
+def test_existing_records_are_not_overwritten(run_dir, capsys):
+    argv = ["certify", "--run", str(run_dir), "--sigma", "0.5", "--eps", "0.1", "--n0", "10",
+            "--n", "100", "--alpha", "0.01", "--samples", "10", "--device", "cpu"]
+    main(argv)  # writes the records unless an earlier test already did
+    before = (run_dir / "records" / "certify.csv").read_bytes()
+    assert main(argv) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert (run_dir / "records" / "certify.csv").read_bytes() == before
+
+
 def test_sequential_command(run_dir):
     rc = main(["certify", "--run", str(run_dir), "--sigma", "0.5", "--eps", "0.1", "--n0", "10",
-               "--n", "2000", "--alpha", "0.01", "--samples", "20", "--sequential", "--device", "cpu"])
+               "--n", "2000", "--alpha", "0.01", "--samples", "20", "--sequential", "--device", "cpu",
+               "--overwrite"])
     assert rc == 0
     rec = read_records(run_dir / "records" / "certify.csv")
     assert str(rec["bound"][0]).startswith("cp-union-")

@@ -65,6 +65,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"abstain {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except (MemoryError, RuntimeError) as e:
+        text = str(e)
+        oom = isinstance(e, MemoryError) or "out of memory" in text.lower() or "can't allocate memory" in text
+        if debug or not oom:
+            raise
+        print(f"abstain {args.command}: error: out of memory ({text.splitlines()[0][:160] if text else 'MemoryError'}); "
+              "rerun with a smaller --batch-size (e.g. half)", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         if debug:
             raise

@@ -34,6 +34,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "records depend on it through the per-chunk generators")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--seed", type=int, default=0, help="seed of the subset and of the noise")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing records/certify.csv")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -59,6 +60,9 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--chunk must be >= 1, got {args.chunk}")
     eps = [check_eps(e) for e in args.eps]
     run_dir = Path(args.run)
+    records_path = run_dir / "records" / "certify.csv"
+    if records_path.exists() and not args.overwrite:
+        raise ConfigError(f"{records_path} exists; pass --overwrite to replace it")
     device = resolve_device(args.device)
     distributed.init_from_env(device)
     device = distributed.local_device(device)
@@ -80,7 +84,6 @@ def run(args: argparse.Namespace) -> int:
         bar.close()
     seconds = time.perf_counter() - t0
     if distributed.is_main():
-        write_records(run_dir / "records" / "certify.csv", cols)
         metrics = certify_metrics(cols, eps)
         section = {
             "sigma": sigma, "eps": eps, "radii": decision_radii(eps), "n0": n0, "n": n, "alpha": alpha,
@@ -90,6 +93,8 @@ def run(args: argparse.Namespace) -> int:
             "metrics": metrics,
         }
         update_json(run_dir / "results.json", "certify", section)
+        # the records last: their presence marks a finished certification
+        write_records(records_path, cols)
         lines = [f"abstain certify: {len(idx)} inputs, sigma {sigma:g}, alpha {alpha:g}, "
                  f"{'sequential, ' if args.sequential else ''}mean forward passes "
                  f"{metrics['samples_mean']:.0f}, {seconds:.1f} s"]

@@ -186,7 +186,8 @@ def run(args: argparse.Namespace) -> int:
         if args.save_adversarial and distributed.is_main():
             _remap_saved_indices(args.save_adversarial, subset, eps_list)
     if distributed.is_main():
-        write_records(records_path, cols)
+        # results.json first, the records last: the records file marks a finished evaluation,
+        # so a kill between the two writes leaves no records and the rerun needs no --overwrite.
         section = {
             "nat_acc": res["partition"][f"{eps_list[0]:g}"]["nat_acc"],
             "eps": res["partition"],
@@ -198,6 +199,7 @@ def run(args: argparse.Namespace) -> int:
                      "seconds": round(time.time() - t0, 3), **source},
         }
         update_json(out / "results.json", "evaluate", section)
+        write_records(records_path, cols)
         n = len(cols["index"])
         print(f"evaluated {n} samples of {dataset} (test) -> {records_path}")
         for e in eps_list:

@@ -44,7 +44,8 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} exists and is not a directory")
-    existing = out.is_dir() and any(out.iterdir())
+    # leftover ".<name>.<random>.tmp" files are interrupted atomic writes, not a run
+    existing = out.is_dir() and any(not _is_stale_tmp(p) for p in out.iterdir())
     created = not out.exists()
     if args.resume:
         saved = out / "config.toml"
@@ -88,3 +89,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"abstain train: done; best epoch {best}" + (f" (validation: {vals})" if vals else "")
               + f"; model in {out}")
     return 0
+
+
+def _is_stale_tmp(path: Path) -> bool:
+    return path.is_file() and path.name.startswith(".") and path.name.endswith(".tmp")
