@@ -459,7 +459,7 @@ def fit(model: nn.Module, train_data: Any, *, loss: str, loss_params: Mapping[st
                     bar.close()
                     where = f"epoch {epoch + 1}, batch {b + 1}/{n_batches}"
                     msg = (f"training stopped at {where}; the checkpoint in {out_dir} holds that "
-                           "position: rerun the same command with --resume to continue"
+                           "position: rerun the same command to continue (abstain train: add --resume)"
                            if out_dir is not None else f"training stopped at {where} (no out dir)")
                     if main:
                         print(f"{desc}: {msg}", file=sys.stderr)
