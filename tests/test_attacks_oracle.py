@@ -19,15 +19,6 @@ from abstain.models import create
 DTYPE = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids thread spin-waiting on a shared machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def affine(d: int, k: int, g: torch.Generator) -> torch.nn.Linear:
     m = torch.nn.Linear(d, k).to(DTYPE)
     with torch.no_grad():

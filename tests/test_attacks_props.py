@@ -15,14 +15,6 @@ from abstain.errors import InputError
 SETTINGS = settings(max_examples=25, deadline=None, derandomize=True)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def flat_model(shape: tuple[int, ...], k: int, seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     d = 1

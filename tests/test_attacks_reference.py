@@ -11,14 +11,6 @@ from abstain.attacks import apgd, pgd
 from abstain.models import create
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def digits_cnn():
     """A digits CNN trained in a few seconds (4 epochs of Adam), ~96% test accuracy."""

@@ -24,14 +24,6 @@ from abstain.records import read_records
 MEAN, STD = 0.4, 0.3
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 class TinyNet(nn.Module):
     """A user's model that expects inputs normalised with (MEAN, STD)."""
 

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError
-from .base import Decisions, ThresholdSelector, _np_bool, _np_float, col, predict, require
+from .base import Decisions, ThresholdSelector, _np_bool, _np_float, col, require
 
 ATTACKS = ("apgd", "conf")
 

@@ -219,7 +219,6 @@ def _fmt(v: float) -> float:
 def report(stage_dir: Path) -> list[dict]:
     """Tables recomputed from ``records/abstain-*.csv`` (never from results.json)."""
     from ..metrics import mean_std
-    from ..selectors.base import col
     from ..selectors.sr import SoftmaxResponse
 
     stage_dir = Path(stage_dir)

@@ -60,7 +60,7 @@ def run(ctx: Any, cfg: dict) -> dict:
     from ..compose import Composition, composition_columns, crossfit_cascade
     from ..errors import DataError
     from ..io import read_json
-    from ..metrics import cascade_outcome, mean_std
+    from ..metrics import mean_std
     from ..selectors import RobustnessIndicator
     from ..selectors.evaluate import candidate, core_records
     from .digits_abstain import load_model, read_all, upstream
