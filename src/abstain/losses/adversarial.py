@@ -217,6 +217,16 @@ def _forward_points(model: nn.Module, x: torch.Tensor, x_kl: torch.Tensor, x_rev
     return logits_nat, logits_kl, logits_rev
 
 
+def _abstain_terms(model: nn.Module, x: torch.Tensor, y: torch.Tensor, params: Mapping[str, Any]):
+    """The parts ERA (eq. 5) and DGA (eq. 20) share: the inner attacks, the forward passes at
+    x, the KL point and the eq. 8 point, and the TRADES terms (γ weighs the KL)."""
+    gamma = _weight(params, "gamma", DEFAULT_GAMMA)
+    _, pred, x_kl, x_rev = _abstain_inner(model, x, params)
+    logits_nat, logits_kl, logits_rev = _forward_points(model, x, x_kl, x_rev)
+    ce, kl = trades_terms(logits_nat, logits_kl, y)
+    return pred, logits_nat, logits_rev, ce, kl, ce + gamma * kl
+
+
 def era_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
              params: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """ERA, eq. 5: β·L_TRADES + (1 − f(x)_y) · min_{x' ∈ B_ε(x)} ℓ_CE(f(x'), t(x')),
@@ -243,11 +253,7 @@ def era_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     KL inside TRADES, β (``beta``) the whole TRADES term.
     """
     beta = _weight(params, "beta", DEFAULT_BETA)
-    gamma = _weight(params, "gamma", DEFAULT_GAMMA)
-    s, pred, x_kl, x_rev = _abstain_inner(model, x, params)
-    logits_nat, logits_kl, logits_rev = _forward_points(model, x, x_kl, x_rev)
-    ce, kl = trades_terms(logits_nat, logits_kl, y)
-    trades = ce + gamma * kl
+    pred, logits_nat, logits_rev, ce, kl, trades = _abstain_terms(model, x, y, params)
     qualifier = 1.0 - F.softmax(logits_nat, dim=1).gather(1, y[:, None]).squeeze(1)
     target = top_other_class(logits_rev, pred)
     revadv = F.cross_entropy(logits_rev, target, reduction="none")
@@ -270,11 +276,7 @@ def dga_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     [logits(x), logit(x')_c] jointly — a different function, not used here.
     """
     beta = _weight(params, "beta", DEFAULT_BETA)
-    gamma = _weight(params, "gamma", DEFAULT_GAMMA)
-    s, pred, x_kl, x_rev = _abstain_inner(model, x, params)
-    logits_nat, logits_kl, logits_rev = _forward_points(model, x, x_kl, x_rev)
-    ce, kl = trades_terms(logits_nat, logits_kl, y)
-    trades = ce + gamma * kl
+    pred, logits_nat, logits_rev, ce, kl, trades = _abstain_terms(model, x, y, params)
     p_y = F.softmax(logits_nat, dim=1).gather(1, y[:, None]).squeeze(1)
     target = top_other_class(logits_rev, pred)
     q = F.softmax(logits_rev, dim=1).gather(1, target[:, None]).squeeze(1)
