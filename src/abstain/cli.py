@@ -59,7 +59,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     debug = getattr(args, "debug", False)
     try:
-        return int(args._run(args) or 0)
+        code = int(args._run(args) or 0)
+        _shutdown_distributed(synchronise=True)
+        return code
     except AbstainError as e:
         if debug:
             raise
@@ -79,6 +81,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"\nabstain {args.command}: interrupted; rerun the same command (with --resume "
               "where it applies) to continue", file=sys.stderr)
         return 130
+
+
+def _shutdown_distributed(synchronise: bool) -> None:
+    from . import distributed
+
+    distributed.shutdown(synchronise)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -87,3 +87,18 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+def shutdown(synchronise: bool = True) -> None:
+    """Tear the process group down before the interpreter exits.
+
+    Without it a rank that finishes first can exit while gloo's threads in another rank are
+    still live, which aborts that rank ("terminate called without an active exception") after
+    the work is done. ``synchronise`` waits for every rank first (success path only: after an
+    error another rank may never arrive).
+    """
+    if not is_distributed():
+        return
+    if synchronise:
+        dist.barrier()
+    dist.destroy_process_group()
