@@ -121,20 +121,25 @@ class FakeStage:
         ]
 
 
+    def stage(self):
+        """This fake as an :class:`abstain.stages.Stage`."""
+        from abstain.stages import Stage
+
+        return Stage(name=self.NAME, title=self.TITLE, depends=self.DEPENDS, config=self.config,
+                     run=self.run, report=self.report, expected_seconds=(1.0, 2.0))
+
+
 A = FakeStage("a")
 B = FakeStage("b", ("a",))
 C = FakeStage("c")
 D = FakeStage("d", ("b",))
-
-# what the tests put into abstain.stages.STAGES (module registered as abstain.stages.fakes)
-TABLE = {"a": "fakes:A", "b": "fakes:B", "c": "fakes:C", "d": "fakes:D"}
+FAKES = (A, B, C, D)
 
 
-def install(stages_pkg, table: dict[str, str] | None = None) -> None:
-    """Register this module as ``abstain.stages.fakes`` and make ``table`` the mini stages."""
-    sys.modules["abstain.stages.fakes"] = sys.modules[__name__]
-    stages_pkg.STAGES.clear()
-    stages_pkg.STAGES.update(table or TABLE)
+def install(stages_pkg, fakes=FAKES) -> None:
+    """Make ``fakes`` the mini stages (the paper-scale stages stay)."""
+    keep = [s for s in stages_pkg.STAGES if s.scale != "mini"]
+    stages_pkg.STAGES[:] = [f.stage() for f in fakes] + keep
 
 
 if __name__ == "__main__":   # runner for the subprocess tests: python pipeline_fakes.py ARGS

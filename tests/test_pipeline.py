@@ -26,7 +26,7 @@ HERE = Path(__file__).resolve().parent
 @pytest.fixture
 def fakes(monkeypatch, tmp_path):
     """Fake stages registered; FAKE_LOG set; returns a function reading the log lines."""
-    monkeypatch.setattr(stages_pkg, "STAGES", dict(stages_pkg.STAGES))
+    monkeypatch.setattr(stages_pkg, "STAGES", list(stages_pkg.STAGES))
     pipeline_fakes.install(stages_pkg)
     log = tmp_path / "calls.log"
     monkeypatch.setenv("FAKE_LOG", str(log))
@@ -142,11 +142,15 @@ def test_unknown_stage_is_a_clear_error(fakes, tmp_path, capsys):
     assert rc == 2 and "'cifar10-table5' is a paper-scale stage (use --scale paper)" in capsys.readouterr().err
 
 
-def test_missing_and_failing_stages_are_reported_and_the_rest_runs(fakes, tmp_path, monkeypatch, capsys):
-    stages_pkg.STAGES["z"] = "no_such_stage_module"
-    stages_pkg.STAGES["y"] = "fakes:Y"
-    stages_pkg.STAGES["x"] = "fakes:NO_SUCH_ATTRIBUTE"        # broken import: failed, not hidden
-    monkeypatch.setattr(pipeline_fakes, "Y", pipeline_fakes.FakeStage("y", ("z",)), raising=False)
+def test_failing_stages_are_reported_and_the_rest_runs(fakes, tmp_path, monkeypatch, capsys):
+    def broken_config(scale, demo):
+        raise ValueError("bad config of x")
+
+    x = pipeline_fakes.FakeStage("x")
+    y = pipeline_fakes.FakeStage("y", ("x",))
+    pipeline_fakes.install(stages_pkg, pipeline_fakes.FAKES + (x, y))
+    import dataclasses
+    stages_pkg.STAGES[4] = dataclasses.replace(stages_pkg.STAGES[4], config=broken_config)
     monkeypatch.setenv("FAKE_FAIL", "b")
     out = tmp_path / "out"
     rc = cli_main(["reproduce", "--demo", "--out", str(out), "--quiet"])
@@ -154,16 +158,14 @@ def test_missing_and_failing_stages_are_reported_and_the_rest_runs(fakes, tmp_pa
     assert rc == 1
     assert "fake failure in b" in cap.err
     ps = {p.name: p for p in plan("mini", True)}
-    assert ps["z"].unavailable and "no_such_stage_module" in ps["z"].unavailable
-    assert ps["y"].unavailable and "z" in ps["y"].unavailable
+    assert "bad config of x" in ps["x"].error and "x" in ps["y"].error
     status = json.loads((out / "pipeline.json").read_text())["stages"]
     assert status["a"]["status"] == "done" and status["c"]["status"] == "done"
     assert status["b"]["status"] == "failed" and status["d"]["status"] == "skipped"
-    assert status["z"]["status"] == "unavailable" and status["y"]["status"] == "unavailable"
-    assert status["x"]["status"] == "failed" and "NO_SUCH_ATTRIBUTE" in status["x"]["error"]
+    assert status["x"]["status"] == "failed" and "bad config of x" in status["x"]["error"]
+    assert status["y"]["status"] == "failed"
     md = (out / "report.md").read_text()
-    for name, word in (("b", "failed"), ("d", "skipped"), ("z", "not available"), ("y", "not available"),
-                       ("x", "failed")):
+    for name, word in (("b", "failed"), ("d", "skipped"), ("x", "failed"), ("y", "failed")):
         assert f"`{name}` ({word})" in md
 
 

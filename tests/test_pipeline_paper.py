@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from abstain.records import write_records
-from abstain.stages import PAPER_STAGES, stage_module
+from abstain.stages import get as get_stage, of_scale
 from abstain.stages import paper
 
 ERA_TOML = """[data]
@@ -25,13 +25,13 @@ eps = 0.00392156862745098
 
 
 def test_paper_stages_are_registered_and_read_their_configs(tmp_path, monkeypatch):
-    assert set(PAPER_STAGES) == set(paper.STAGES)
-    for name in PAPER_STAGES:
-        st = stage_module(name)
-        assert st.NAME == name and st is paper.STAGES[name]
+    assert {s.name for s in paper.STAGES} <= {s.name for s in of_scale("paper")}
+    for name, ps in paper.PAPER_STAGES.items():
+        st = get_stage(name)
+        assert st.name == name and st.scale == "paper" and st.run == ps.run
     monkeypatch.setenv("ABSTAIN_CONFIGS", str(tmp_path))
     (tmp_path / "cifar10-table5-era-1.toml").write_text(ERA_TOML)
-    st = paper.STAGES["cifar10-table5"]
+    st = paper.PAPER_STAGES["cifar10-table5"]
     c1 = st.config("paper", False)
     assert list(c1["variants"]) == ["cifar10-table5-era-1"]
     assert c1["variants"]["cifar10-table5-era-1"]["toml"]["train"]["loss"] == "era"
@@ -44,7 +44,7 @@ def test_paper_stages_are_registered_and_read_their_configs(tmp_path, monkeypatc
 
 
 def test_paper_report_recomputes_from_records_with_the_papers_numbers(tmp_path):
-    st = paper.STAGES["cifar10-table5"]
+    st = paper.PAPER_STAGES["cifar10-table5"]
     sdir = tmp_path / "cifar10-table5"
     eps = 1 / 255
     rng = np.random.default_rng(0)

@@ -27,7 +27,7 @@ KEYS = ["nat_acc", "rob_acc", "rob_inacc", "nonrob_acc", "nonrob_inacc"]
 
 @pytest.fixture
 def run_dir(monkeypatch, tmp_path) -> Path:
-    monkeypatch.setattr(stages_pkg, "STAGES", dict(stages_pkg.STAGES))
+    monkeypatch.setattr(stages_pkg, "STAGES", list(stages_pkg.STAGES))
     pipeline_fakes.install(stages_pkg)
     for k in ("FAKE_SLEEP", "FAKE_PARAMS", "FAKE_STOP", "FAKE_FAIL", "FAKE_LOG"):
         monkeypatch.delenv(k, raising=False)
@@ -207,7 +207,9 @@ def test_report_errors_and_broken_stage_reports(run_dir, tmp_path, capsys, monke
 
     def broken(stage_dir):
         raise ValueError("records are odd")
-    monkeypatch.setattr(pipeline_fakes.C, "report", broken)
+    import dataclasses
+    i = next(i for i, st in enumerate(stages_pkg.STAGES) if st.name == "c")
+    stages_pkg.STAGES[i] = dataclasses.replace(stages_pkg.STAGES[i], report=broken)
     md, _ = build_report(run_dir)
     text = md.read_text()
     assert "the stage's report failed: ValueError: records are odd" in text

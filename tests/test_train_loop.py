@@ -202,7 +202,7 @@ def test_stage_reports_recompute_tables_from_records(tmp_path):
     import numpy as np
 
     from abstain.records import write_records
-    from abstain.stages import stage_module
+    from abstain.stages import get as get_stage
 
     rec = tmp_path / "records"
     # 10 samples: 6 correct (4 robust), 4 wrong (1 robust at eps, robust flags at 2eps subsets)
@@ -216,12 +216,12 @@ def test_stage_reports_recompute_tables_from_records(tmp_path):
             rr[6] = False  # seed 1: no robust-inaccurate sample
         write_records(rec / f"era-s{seed}.csv", {"index": np.arange(10), "label": label, "pred": pred,
                                                  "robust@0.1": rr, "robust@0.2": r2 & rr})
-    fig1 = stage_module("fig1").report(tmp_path)
+    fig1 = get_stage("fig1").report(tmp_path)
     table = next(b for b in fig1 if b["kind"] == "table")
     row = next(r for r in table["rows"] if r[0] == "era")
     assert row[1] == "2" and row[2] == "60.0 ± 0.0" and row[3] == "40.0 ± 0.0"
     assert row[4] == "5.0 ± 5.0"  # rob_inacc: 10% and 0%
-    ft = stage_module("digits-finetune").report(tmp_path)
+    ft = get_stage("digits-finetune").report(tmp_path)
     table = next(b for b in ft if b["kind"] == "table")
     row = next(r for r in table["rows"] if r[0] == "era")
     cols = table["columns"]

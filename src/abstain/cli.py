@@ -8,20 +8,17 @@ the traceback. SIGINT exits 130 after the command had its chance to stop cleanly
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
+from types import ModuleType
 from typing import Sequence
 
-# sub-command name -> module under abstain.commands
-COMMANDS: dict[str, str] = {
-    "train": "train",
-    "evaluate": "evaluate",
-    "certify": "certify",
-    "abstain": "abstain_cmd",
-    "reproduce": "reproduce",
-    "report": "report",
-    "data": "data",
-}
+
+def commands() -> dict[str, ModuleType]:
+    """Sub-command name -> its module under ``abstain.commands``."""
+    from .commands import abstain_cmd, certify, data, evaluate, report, reproduce, train
+
+    return {"train": train, "evaluate": evaluate, "certify": certify, "abstain": abstain_cmd,
+            "reproduce": reproduce, "report": report, "data": data}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,13 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, module in COMMANDS.items():
-        try:
-            mod = importlib.import_module(f"abstain.commands.{module}")
-        except ModuleNotFoundError as e:
-            if e.name == f"abstain.commands.{module}":
-                continue  # not built yet
-            raise
+    for name, mod in commands().items():
         p = sub.add_parser(name, help=mod.HELP, description=getattr(mod, "DESCRIPTION", mod.HELP),
                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
         p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,

@@ -15,8 +15,12 @@ stages it depends on, and the package version. On a rerun a stage whose ``.done`
 current hash is skipped; any other stage is rerun after clearing its old outputs. Its
 ``work/`` directory survives only when ``.started`` holds the current hash, i.e. when the
 same configuration was interrupted: the stage then resumes from its checkpoints
-(``abstain.train.fit`` continues from the last finished epoch). A stage whose module is not
-importable yet is reported as "not available", and so are the stages depending on it.
+(``abstain.train.fit`` continues from the last finished epoch). A stage whose config cannot
+be computed, or that raises, is reported as failed and the stages depending on it are skipped.
+
+The pieces: :func:`plan` (which stages, their configs and hashes), :func:`run_stage` (one
+stage into its directory), :class:`Progress` (bars, messages, time left) and
+:func:`run_pipeline`, which walks the plan.
 """
 from __future__ import annotations
 
@@ -31,7 +35,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 
@@ -39,45 +43,20 @@ from . import __version__
 from . import stages as stages_pkg
 from .errors import AbstainError, ConfigError, DataError
 from .io import atomic_write_json, atomic_write_text, read_json
+from .stages.base import Stage, StageContext
+from .utils import fmt_seconds
 
 SCALES = ("mini", "paper")
 DONE = ".done"
 STARTED = ".started"
 PIPELINE_JSON = "pipeline.json"
 
-# Rough wall time of each stage, (demo, full) seconds: only used to turn "stages left" into
-# an estimate of time left before a stage has run once in DIR. Demo values: measured on a
-# shared 2-core machine (2026-11-25); full values: demo × the growth of seeds/epochs/samples
-# of the full config. The estimate is rescaled by how fast the finished stages of this run
-# were against it, and a stage that already ran in DIR with the same hash uses its own time.
-EXPECTED_SECONDS: dict[str, tuple[float, float]] = {
-    "fig1": (60.0, 900.0),
-    "digits-partition": (40.0, 300.0),
-    "digits-finetune": (60.0, 900.0),
-    "digits-certify": (170.0, 1800.0),
-    "digits-abstain": (100.0, 500.0),
-    "digits-compose": (5.0, 20.0),
-}
-_DEFAULT_EXPECTED = (60.0, 600.0)
 
-
-def stage_table(scale: str) -> dict[str, str]:
-    """Stage name -> module for ``scale`` ("mini": ``STAGES``, "paper": ``PAPER_STAGES``)."""
+def stage_table(scale: str) -> dict[str, Stage]:
+    """Stage name -> :class:`Stage` for ``scale``, in pipeline order."""
     if scale not in SCALES:
         raise ConfigError(f"unknown scale {scale!r}; expected one of {', '.join(SCALES)}")
-    return dict(stages_pkg.STAGES if scale == "mini" else stages_pkg.PAPER_STAGES)
-
-
-def load_stage(name: str) -> Any | None:
-    """The stage module (or object) for ``name``; None when its module does not exist yet."""
-    table = {**stages_pkg.STAGES, **stages_pkg.PAPER_STAGES}
-    target = f"{stages_pkg.__name__}.{table[name].split(':')[0]}"
-    try:
-        return stages_pkg.stage_module(name)
-    except ModuleNotFoundError as e:
-        if e.name == target:
-            return None
-        raise
+    return {s.name: s for s in stages_pkg.of_scale(scale)}
 
 
 def resolve(scale: str, only: Sequence[str] | None = None) -> list[str]:
@@ -90,9 +69,10 @@ def resolve(scale: str, only: Sequence[str] | None = None) -> list[str]:
         return list(table)
     unknown = [n for n in only if n not in table]
     if unknown:
-        other = stage_table("paper" if scale == "mini" else "mini")
-        hint = [f"{n!r} is a {('paper' if scale == 'mini' else 'mini')}-scale stage (use --scale "
-                f"{'paper' if scale == 'mini' else 'mini'})" for n in unknown if n in other]
+        other_scale = "paper" if scale == "mini" else "mini"
+        other = stage_table(other_scale)
+        hint = [f"{n!r} is a {other_scale}-scale stage (use --scale {other_scale})"
+                for n in unknown if n in other]
         raise ConfigError(
             f"unknown stage{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} for "
             f"--scale {scale}; known stages: {', '.join(table) or '(none)'}"
@@ -105,11 +85,7 @@ def resolve(scale: str, only: Sequence[str] | None = None) -> list[str]:
         if n in wanted:
             return
         wanted.add(n)
-        try:
-            mod = load_stage(n) if n in table else None
-        except Exception:  # noqa: BLE001 - reported by plan() as a failed stage
-            mod = None
-        for d in getattr(mod, "DEPENDS", ()) if mod is not None else ():
+        for d in table[n].depends:
             if d not in table:
                 raise ConfigError(f"stage {n!r} depends on unknown stage {d!r}")
             visit(d, chain + (n,))
@@ -128,51 +104,41 @@ def stage_hash(name: str, config: Any, dep_hashes: dict[str, str]) -> str:
 
 @dataclass
 class StagePlan:
-    """One stage as planned: its module, config, hash and (if it cannot run) why not."""
+    """One stage as planned: the stage, its config and hash, or why its config is broken."""
 
-    name: str
-    module: Any | None
+    stage: Stage
     config: dict | None = None
     hash: str | None = None
-    depends: tuple[str, ...] = ()
-    unavailable: str | None = None     # reason the stage cannot run (its code is not there)
-    error: str | None = None           # its module or config is broken: counted as failed
+    error: str | None = None           # its config (or a dependency's) is broken: counted as failed
+
+    @property
+    def name(self) -> str:
+        return self.stage.name
+
+    @property
+    def depends(self) -> tuple[str, ...]:
+        return self.stage.depends
 
 
 def plan(scale: str, demo: bool, only: Sequence[str] | None = None) -> list[StagePlan]:
-    """Resolve the stages, load their modules, configs and hashes (dependencies first)."""
-    names = resolve(scale, only)
+    """Resolve the stages and compute their configs and hashes (dependencies first)."""
+    table = stage_table(scale)
     plans: dict[str, StagePlan] = {}
-    for n in names:
-        module = (stages_pkg.PAPER_STAGES.get(n) or stages_pkg.STAGES.get(n, n)).split(":")[0]
-        try:
-            mod = load_stage(n)
-        except Exception as e:  # noqa: BLE001 - a broken stage must not stop the others
-            plans[n] = StagePlan(n, None, error=f"abstain.stages.{module} failed to import: "
-                                                f"{type(e).__name__}: {e}")
-            continue
-        if mod is None:
-            plans[n] = StagePlan(n, None, unavailable=f"its module abstain.stages.{module} "
-                                                      "does not exist yet")
-            continue
-        deps = tuple(getattr(mod, "DEPENDS", ()))
-        p = StagePlan(n, mod, depends=deps)
-        missing = [d for d in deps if d not in plans or plans[d].unavailable]
-        broken = [d for d in deps if d in plans and plans[d].error]
-        if missing:
-            p.unavailable = f"it needs {', '.join(missing)}, which is not available"
-        elif broken:
+    for n in resolve(scale, only):
+        p = StagePlan(table[n])
+        broken = [d for d in p.depends if plans[d].error]
+        if broken:
             p.error = f"it needs {', '.join(broken)}, which is broken"
         else:
             try:
-                p.config = mod.config(scale, demo)
-                p.hash = stage_hash(n, p.config, {d: plans[d].hash for d in deps})
-            except Exception as e:  # noqa: BLE001
-                if isinstance(e, AbstainError):
-                    raise
+                p.config = p.stage.config(scale, demo)
+                p.hash = stage_hash(n, p.config, {d: plans[d].hash for d in p.depends})
+            except AbstainError:
+                raise
+            except Exception as e:  # noqa: BLE001 - a broken stage must not stop the others
                 p.error = f"its config({scale!r}, {demo}) failed: {type(e).__name__}: {e}"
         plans[n] = p
-    return [plans[n] for n in names]
+    return list(plans.values())
 
 
 def _read_text(path: Path) -> str | None:
@@ -222,15 +188,6 @@ def environment(device: torch.device) -> dict[str, Any]:
     }
 
 
-def _fmt_seconds(s: float) -> str:
-    s = max(0.0, float(s))
-    if s < 60:
-        return f"{s:.0f}s"
-    if s < 3600:
-        return f"{int(s // 60)}m{int(s % 60):02d}s"
-    return f"{int(s // 3600)}h{int(s % 3600 // 60):02d}m"
-
-
 def summarize(results: dict[str, Any], width: int = 150) -> str:
     """One line of the headline metrics of a stage's results."""
     keys = (("nat_acc", "nat"), ("rob_acc", "rob_acc"), ("rob_inacc", "rob_inacc"),
@@ -269,8 +226,8 @@ def _lock(out: Path) -> Iterator[None]:
 
 @dataclass
 class PipelineResult:
-    """What happened to each planned stage: ``done`` (ran now), ``cached``, ``unavailable``,
-    ``failed`` (with the error), in pipeline order."""
+    """What happened to each planned stage: ``done`` (ran now), ``cached``, ``failed`` (with
+    the error) or ``skipped`` (a dependency failed), in pipeline order."""
 
     out: Path
     status: dict[str, str] = field(default_factory=dict)
@@ -297,17 +254,144 @@ def _update_manifest(out: Path, scale: str, demo: bool, entries: dict[str, dict]
     atomic_write_json(path, data)
 
 
+def _previous_manifest(out: Path) -> dict[str, Any]:
+    try:
+        stages = read_json(out / PIPELINE_JSON).get("stages", {})
+    except (ValueError, OSError, AttributeError):
+        return {}
+    return stages if isinstance(stages, dict) else {}
+
+
 def missing_data(plans: Sequence[StagePlan], data_root: Path | None) -> list[str]:
-    """Ask each stage (optional ``missing_data(config, data_root)``) which inputs are missing."""
+    """Ask each stage (``Stage.missing_data(config, data_root)``) which inputs are missing."""
     lines: list[str] = []
     for p in plans:
-        fn = getattr(p.module, "missing_data", None)
-        if p.unavailable or p.error or fn is None:
+        fn = p.stage.missing_data
+        if p.error or fn is None:
             continue
         for line in fn(p.config, data_root):
             if line not in lines:
                 lines.append(line)
     return lines
+
+
+def check_data(scale: str, plans: Sequence[StagePlan], data_root: Path | None) -> None:
+    """Raise :class:`DataError` listing every missing input of the planned stages."""
+    missing = missing_data(plans, data_root)
+    if missing:
+        where = f"--data-root {data_root}" if data_root is not None else "no --data-root given"
+        raise DataError(
+            f"--scale {scale} needs data that is not there ({where}); missing:\n  - "
+            + "\n  - ".join(missing)
+            + "\nDownload these, then rerun with --data-root DIR (the directory holding them).")
+
+
+class Progress:
+    """The overall bar of ``abstain reproduce``, stage bars below it, messages, and the
+    estimate of time left.
+
+    Before a stage has run once in DIR its expected time is ``Stage.expected_seconds``; a
+    stage that already ran in DIR with the same hash uses its own recorded time. The
+    estimate is rescaled by how fast the finished stages of this run were against it.
+    """
+
+    def __init__(self, total: int, *, demo: bool, quiet: bool, previous: Mapping[str, Any],
+                 log: Callable[[str], None] | None = None) -> None:
+        from .utils import progress
+
+        self.demo, self.quiet, self.previous, self.log = demo, quiet, previous, log
+        self.bar = progress(total=total, desc="reproduce", leave=True, position=0, unit="stage",
+                            disable=True if quiet else None,
+                            bar_format="{desc}: {n_fmt}/{total_fmt} stages |{bar}| {elapsed} "
+                                       "elapsed{postfix}")
+        self.spent_actual = self.spent_expected = self.remaining_expected = 0.0
+
+    def expected(self, p: StagePlan) -> float:
+        prev = self.previous.get(p.name, {})
+        secs = prev.get("seconds") if isinstance(prev, dict) else None
+        if isinstance(secs, (int, float)) and secs > 0 and prev.get("hash") == p.hash:
+            return float(secs)
+        return p.stage.expected_seconds[0 if self.demo else 1]
+
+    def start(self, todo: Sequence[StagePlan]) -> None:
+        self.remaining_expected = sum(self.expected(p) for p in todo)
+        if todo:
+            self.bar.set_postfix_str(f"~{self.eta()} left")
+
+    def eta(self) -> str:
+        factor = self.spent_actual / self.spent_expected if self.spent_expected > 0 else 1.0
+        return fmt_seconds(self.remaining_expected * factor)
+
+    def emit(self, msg: str) -> None:
+        if self.log is not None:
+            self.log(msg)
+        elif not self.bar.disable:
+            self.bar.write(msg, file=sys.stdout)
+        else:
+            print(msg, flush=True)
+
+    def stage_bar(self, *a: Any, **kw: Any):
+        """A progress bar for a stage's own loops (``StageContext.progress``)."""
+        from .utils import progress
+
+        kw.setdefault("position", 1)
+        kw.setdefault("leave", False)
+        if self.quiet:
+            kw["disable"] = True
+        return progress(*a, **kw)
+
+    def running(self, name: str) -> None:
+        self.bar.set_description(f"reproduce: {name}")
+
+    def finished(self, p: StagePlan, seconds: float | None) -> None:
+        """One stage is over (``seconds`` None: it did not run now)."""
+        if seconds is not None:
+            exp = self.expected(p)
+            self.spent_actual += seconds
+            self.spent_expected += exp
+            self.remaining_expected -= exp
+            if self.remaining_expected > 0:
+                self.bar.set_postfix_str(f"~{self.eta()} left")
+        self.bar.update(1)
+
+    def close(self) -> None:
+        self.bar.set_description("reproduce")
+        self.bar.close()
+
+
+def run_stage(p: StagePlan, ctx: StageContext, env: Mapping[str, Any], resume: bool) -> dict[str, Any]:
+    """Run one planned stage into ``ctx.out`` (already cleared and marked ``.started``) and
+    write its ``results.json`` and, LAST, its ``.done`` marker. Returns the results."""
+    t0, c0 = time.perf_counter(), time.process_time()
+    res = p.stage.run(ctx, p.config)
+    if not isinstance(res, dict):
+        raise TypeError(f"stage {p.name!r} returned {type(res).__name__}, expected a dict")
+    meta = dict(res.get("meta") or {})
+    for key in ("seeds", "eps", "norm"):
+        if key not in meta and isinstance(p.config, dict) and key in p.config:
+            meta[key] = p.config[key]
+    meta.update(env)
+    meta.update({"seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0,
+                 "hash": p.hash, "config": p.config, "resumed": resume,
+                 "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+    res = {**res, "meta": meta}
+    atomic_write_json(ctx.out / "results.json", res)
+    atomic_write_text(ctx.out / DONE, p.hash + "\n")     # LAST: the stage is finished
+    (ctx.out / STARTED).unlink(missing_ok=True)
+    return res
+
+
+def _prepare(out: Path, p: StagePlan, resume: bool) -> Path:
+    """Clear the stage directory (keeping ``work/`` when resuming) and mark the attempt."""
+    sdir = out / p.name
+    _clear(sdir, keep_work=resume)
+    sdir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(sdir / STARTED, p.hash + "\n")
+    return sdir
+
+
+def _error_text(e: BaseException) -> str:
+    return str(e) if isinstance(e, AbstainError) else f"{type(e).__name__}: {e}"
 
 
 def run_pipeline(out: str | os.PathLike, *, scale: str = "mini", demo: bool = False,
@@ -323,170 +407,92 @@ def run_pipeline(out: str | os.PathLike, *, scale: str = "mini", demo: bool = Fa
     propagates after the interrupted stage's ``.done`` was left unwritten, so rerunning the
     same command continues.
     """
-    from .utils import progress, resolve_device
+    from .utils import resolve_device
 
     out = Path(out)
     dev = resolve_device(device)
     root = Path(data_root) if data_root is not None else None
     plans = plan(scale, demo, only)
-    requested = set(only or ())
-    if scale == "paper":
-        missing = missing_data(plans, root)
-        if missing:
-            where = f"--data-root {root}" if root is not None else "no --data-root given"
-            raise DataError(
-                f"--scale paper needs data that is not there ({where}); missing:\n  - "
-                + "\n  - ".join(missing)
-                + "\nDownload these, then rerun with --data-root DIR (the directory holding them).")
+    check_data(scale, plans, root)
     out.mkdir(parents=True, exist_ok=True)
+    requested = set(only or ())
 
-    bar = progress(total=len(plans), desc="reproduce", leave=True, position=0, unit="stage",
-                   disable=True if quiet else None,
-                   bar_format="{desc}: {n_fmt}/{total_fmt} stages |{bar}| {elapsed} elapsed{postfix}")
-    bars_on = not bar.disable
+    def forced(p: StagePlan) -> bool:
+        return force and (not requested or p.name in requested)
 
-    def emit(msg: str) -> None:
-        if log is not None:
-            log(msg)
-        elif bars_on:
-            bar.write(msg, file=sys.stdout)
-        else:
-            print(msg, flush=True)
-
-    def stage_progress(*a: Any, **kw: Any):
-        kw.setdefault("position", 1)
-        kw.setdefault("leave", False)
-        if quiet:
-            kw["disable"] = True
-        return progress(*a, **kw)
-
+    todo = [p for p in plans if not p.error and (forced(p) or not is_done(out / p.name, p.hash))]
+    prog = Progress(len(plans), demo=demo, quiet=quiet, previous=_previous_manifest(out), log=log)
+    prog.start(todo)
     result = PipelineResult(out)
     env = environment(dev)
-    previous = {}
-    if (out / PIPELINE_JSON).is_file():
-        try:
-            previous = read_json(out / PIPELINE_JSON).get("stages", {})
-        except (ValueError, OSError, AttributeError):
-            previous = {}
 
-    def expected(p: StagePlan) -> float:
-        prev = previous.get(p.name, {}).get("seconds")
-        if isinstance(prev, (int, float)) and prev > 0 and previous.get(p.name, {}).get("hash") == p.hash:
-            return float(prev)
-        return EXPECTED_SECONDS.get(p.name, _DEFAULT_EXPECTED)[0 if demo else 1]
+    def settle(p: StagePlan, status: str, message: str | None, error: str | None = None,
+               entry: dict | None = None, seconds: float | None = None) -> None:
+        result.status[p.name] = status
+        if error is not None:
+            result.errors[p.name] = error
+        if status == "done" and seconds is not None:
+            result.seconds[p.name] = seconds
+        if entry is not None:
+            _update_manifest(out, scale, demo, {p.name: entry})
+        prog.finished(p, seconds)
+        if message:
+            prog.emit(message)
 
-    todo = [p for p in plans if not p.unavailable and not p.error and (force and (not requested or p.name in requested)
-                                                       or not is_done(out / p.name, p.hash))]
-    spent_actual = spent_expected = 0.0
-    remaining_expected = sum(expected(p) for p in todo)
-
-    def eta() -> str:
-        scale_f = spent_actual / spent_expected if spent_expected > 0 else 1.0
-        return _fmt_seconds(remaining_expected * scale_f)
-
-    if todo:
-        bar.set_postfix_str(f"~{eta()} left")
-    failed: set[str] = set()
-    with _lock(out):
-        for i, p in enumerate(plans, 1):
-            tag = f"[{i}/{len(plans)}] {p.name}"
-            sdir = out / p.name
-            if p.unavailable:
-                result.status[p.name] = "unavailable"
-                emit(f"{tag}: not available ({p.unavailable})")
-                _update_manifest(out, scale, demo, {p.name: {"status": "unavailable",
-                                                             "reason": p.unavailable}})
-                bar.update(1)
-                continue
-            if p.error:
-                if raise_errors:
-                    bar.close()
-                    raise AbstainError(f"stage {p.name}: {p.error}")
-                failed.add(p.name)
-                result.status[p.name] = "failed"
-                result.errors[p.name] = p.error
-                emit(f"{tag}: FAILED: {p.error}")
-                _update_manifest(out, scale, demo, {p.name: {"status": "failed", "error": p.error}})
-                bar.update(1)
-                continue
-            bad = [d for d in p.depends if d in failed]
-            if bad:
-                failed.add(p.name)
-                result.status[p.name] = "skipped"
-                result.errors[p.name] = f"skipped: {', '.join(bad)} failed"
-                emit(f"{tag}: skipped because {', '.join(bad)} failed")
-                _update_manifest(out, scale, demo, {p.name: {"status": "skipped", "hash": p.hash,
-                                                             "reason": result.errors[p.name]}})
-                bar.update(1)
-                continue
-            if p not in todo:
-                result.status[p.name] = "cached"
-                emit(f"{tag}: cached ({sdir}), skipped")
-                bar.update(1)
-                continue
-            forced = force and (not requested or p.name in requested)
-            resume = not forced and _read_text(sdir / STARTED) == p.hash
-            _clear(sdir, keep_work=resume)
-            sdir.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(sdir / STARTED, p.hash + "\n")
-            _update_manifest(out, scale, demo, {p.name: {"status": "running", "hash": p.hash}})
-            bar.set_description(f"reproduce: {p.name}")
-            ctx = stages_pkg.StageContext(name=p.name, out=sdir, root=out, scale=scale, demo=demo,
-                                          device=dev, data_root=root, quiet=quiet,
-                                          progress=stage_progress)
-            t0, c0 = time.perf_counter(), time.process_time()
-            try:
-                res = p.module.run(ctx, p.config)
-                if not isinstance(res, dict):
-                    raise TypeError(f"stage {p.name!r} returned {type(res).__name__}, expected a dict")
-            except KeyboardInterrupt:
-                _update_manifest(out, scale, demo, {p.name: {"status": "interrupted", "hash": p.hash}})
-                bar.close()
-                raise
-            except Exception as e:  # noqa: BLE001 - a failing stage must not lose the others
-                if raise_errors:
-                    bar.close()
-                    raise
-                secs = time.perf_counter() - t0
-                failed.add(p.name)
-                msg = f"{type(e).__name__}: {e}" if not isinstance(e, AbstainError) else str(e)
-                result.status[p.name] = "failed"
-                result.errors[p.name] = msg
-                emit(f"{tag}: FAILED after {_fmt_seconds(secs)}: {msg}")
-                _update_manifest(out, scale, demo, {p.name: {"status": "failed", "hash": p.hash,
-                                                             "error": msg, "seconds": secs}})
-                remaining_expected -= expected(p)
-                bar.update(1)
-                continue
-            secs = time.perf_counter() - t0
-            meta = dict(res.get("meta") or {})
-            for key in ("seeds", "eps", "norm"):
-                if key not in meta and isinstance(p.config, dict) and key in p.config:
-                    meta[key] = p.config[key]
-            meta.update(env)
-            meta.update({"seconds": secs, "cpu_seconds": time.process_time() - c0, "hash": p.hash, "config": p.config, "resumed": resume,
-                         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")})
-            res = {**res, "meta": meta}
-            atomic_write_json(sdir / "results.json", res)
-            atomic_write_text(sdir / DONE, p.hash + "\n")     # LAST: the stage is finished
-            (sdir / STARTED).unlink(missing_ok=True)
-            result.status[p.name] = "done"
-            result.seconds[p.name] = secs
-            _update_manifest(out, scale, demo, {p.name: {"status": "done", "hash": p.hash,
-                                                         "seconds": secs}})
-            spent_actual += secs
-            spent_expected += expected(p)
-            remaining_expected -= expected(p)
-            line = summarize(res)
-            emit(f"{tag}: done in {_fmt_seconds(secs)}" + (f" — {line}" if line else "")
-                 + (f" (~{eta()} left)" if remaining_expected > 0 else ""))
-            bar.update(1)
-            if remaining_expected > 0:
-                bar.set_postfix_str(f"~{eta()} left")
-    bar.set_description("reproduce")
-    bar.close()
+    try:
+        with _lock(out):
+            for i, p in enumerate(plans, 1):
+                tag = f"[{i}/{len(plans)}] {p.name}"
+                bad = [d for d in p.depends if result.status.get(d) in ("failed", "skipped")]
+                if p.error:
+                    if raise_errors:
+                        raise AbstainError(f"stage {p.name}: {p.error}")
+                    settle(p, "failed", f"{tag}: FAILED: {p.error}", p.error,
+                           {"status": "failed", "error": p.error})
+                elif bad:
+                    why = f"skipped: {', '.join(bad)} failed"
+                    settle(p, "skipped", f"{tag}: skipped because {', '.join(bad)} failed", why,
+                           {"status": "skipped", "hash": p.hash, "reason": why})
+                elif p not in todo:
+                    settle(p, "cached", f"{tag}: cached ({out / p.name}), skipped")
+                else:
+                    _run_one(p, tag, out, scale, demo, dev, root, quiet, env, forced(p), prog,
+                             settle, raise_errors)
+    finally:
+        prog.close()
     return result
 
 
-__all__ = ["run_pipeline", "plan", "resolve", "stage_hash", "is_done", "StagePlan",
-           "PipelineResult", "summarize", "environment", "missing_data", "SCALES"]
+def _run_one(p: StagePlan, tag: str, out: Path, scale: str, demo: bool, dev: torch.device,
+             root: Path | None, quiet: bool, env: Mapping[str, Any], forced: bool, prog: Progress,
+             settle: Callable[..., None], raise_errors: bool) -> None:
+    """Run one stage of the pipeline and settle its status (done or failed)."""
+    resume = not forced and _read_text(out / p.name / STARTED) == p.hash
+    sdir = _prepare(out, p, resume)
+    _update_manifest(out, scale, demo, {p.name: {"status": "running", "hash": p.hash}})
+    prog.running(p.name)
+    ctx = StageContext(name=p.name, out=sdir, root=out, scale=scale, demo=demo, device=dev,
+                       data_root=root, quiet=quiet, progress=prog.stage_bar)
+    t0 = time.perf_counter()
+    try:
+        res = run_stage(p, ctx, env, resume)
+    except KeyboardInterrupt:
+        _update_manifest(out, scale, demo, {p.name: {"status": "interrupted", "hash": p.hash}})
+        raise
+    except Exception as e:  # noqa: BLE001 - a failing stage must not lose the others
+        if raise_errors:
+            raise
+        secs = time.perf_counter() - t0
+        msg = _error_text(e)
+        settle(p, "failed", f"{tag}: FAILED after {fmt_seconds(secs)}: {msg}", msg,
+               {"status": "failed", "hash": p.hash, "error": msg, "seconds": secs}, secs)
+        return
+    secs = float(res["meta"]["seconds"])
+    line = summarize(res)
+    settle(p, "done", None, entry={"status": "done", "hash": p.hash, "seconds": secs}, seconds=secs)
+    prog.emit(f"{tag}: done in {fmt_seconds(secs)}" + (f" — {line}" if line else "")
+              + (f" (~{prog.eta()} left)" if prog.remaining_expected > 0 else ""))
+
+
+__all__ = ["run_pipeline", "plan", "resolve", "stage_hash", "is_done", "StagePlan", "Progress",
+           "run_stage", "PipelineResult", "summarize", "environment", "missing_data", "SCALES"]

@@ -44,3 +44,13 @@ def progress(iterable: Iterable | None = None, *, total: int | None = None, desc
         else:
             disable = not sys.stderr.isatty()
     return tqdm(iterable, total=total, desc=desc, leave=leave, disable=disable, dynamic_ncols=True, **kw)
+
+
+def fmt_seconds(s: float) -> str:
+    """A duration for people: ``42s``, ``3m07s``, ``2h05m``."""
+    s = max(0.0, float(s))
+    if s < 60:
+        return f"{s:.0f}s"
+    if s < 3600:
+        return f"{int(s // 60)}m{int(s % 60):02d}s"
+    return f"{int(s // 3600)}h{int(s % 3600 // 60):02d}m"

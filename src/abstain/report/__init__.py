@@ -16,25 +16,10 @@ from typing import Any
 from .. import __version__
 from ..errors import DataError
 from ..io import atomic_write_text, read_json
+from ..utils import fmt_seconds
 from .render import Section, render_html, render_markdown
 
-# Titles of the known stages (DESIGN.md, "Experiments and their results"); a stage module may
-# override with a TITLE attribute.
-TITLES: dict[str, str] = {
-    "fig1": "fig1 — standard / TRADES / ERA on gauss3, decision regions (paper Fig. 1)",
-    "digits-partition": "digits-partition — four-way partition of standard and TRADES models over ε "
-                        "(paper Tables 1, 8)",
-    "digits-finetune": "digits-finetune — TRADES / ERA / DGA fine-tunes, S_ERI abstain metrics "
-                       "(paper Tables 4, 5)",
-    "digits-certify": "digits-certify — noise vs CRA, certified partition, sequential savings "
-                      "(paper Tables 2, 3)",
-    "digits-abstain": "digits-abstain — ERI / SR / SN selectors, Pareto fronts (paper Fig. 3, 6)",
-    "digits-compose": "digits-compose — 2-compositional models and cascades vs the core "
-                      "(paper Tables 4, 6)",
-}
-
 STATUS_TEXT = {
-    "unavailable": "not available",
     "failed": "failed",
     "skipped": "skipped",
     "interrupted": "interrupted",
@@ -43,9 +28,9 @@ STATUS_TEXT = {
 
 
 def _stage_order(out: Path, manifest: dict[str, Any]) -> list[str]:
-    from ..stages import PAPER_STAGES, STAGES
+    from ..stages import STAGES
 
-    known = [*STAGES, *PAPER_STAGES]
+    known = [st.name for st in STAGES]
     seen = set(manifest.get("stages", {}) or {})
     seen |= {p.name for p in out.iterdir() if p.is_dir() and ((p / ".done").exists()
                                                               or (p / "results.json").exists())}
@@ -71,14 +56,13 @@ def _list(v: Any) -> str:
 def _seconds(v: Any) -> str:
     if not isinstance(v, (int, float)):
         return "–"
-    from ..pipeline import _fmt_seconds
-
-    return f"{_fmt_seconds(v)} ({v:.1f} s)"
+    return f"{fmt_seconds(v)} ({v:.1f} s)"
 
 
 def collect(out_dir: str | os.PathLike) -> tuple[str, list[str], list[Section], list[Section]]:
     """Gather the report's title, intro paragraphs, stage sections and appendix sections."""
-    from ..pipeline import is_done, load_stage
+    from ..pipeline import is_done
+    from ..stages import get as get_stage
 
     out = Path(out_dir)
     if not out.is_dir():
@@ -103,20 +87,16 @@ def collect(out_dir: str | os.PathLike) -> tuple[str, list[str], list[Section], 
         sdir = out / name
         entry = status.get(name, {}) if isinstance(status.get(name), dict) else {}
         done = is_done(sdir)
-        try:
-            mod = load_stage(name)
-        except Exception:  # noqa: BLE001 - unknown or broken stage: the notes below say so
-            mod = None
-        title = getattr(mod, "TITLE", None) or TITLES.get(name, name)
-        sec = Section(name=name, title=title, base=sdir, link=name)
+        stage = get_stage(name)
+        sec = Section(name=name, title=stage.title if stage else name, base=sdir, link=name)
         if done:
             st = "done"
-            if mod is None:
-                sec.notes.append(f"the module of stage `{name}` is not installed here, so its tables "
+            if stage is None:
+                sec.notes.append(f"`{name}` is not a stage of this version of abstain, so its tables "
                                  "cannot be recomputed from the records")
             else:
                 try:
-                    blocks = mod.report(sdir)
+                    blocks = stage.report(sdir)
                     sec.blocks = list(blocks or [])
                 except Exception as e:  # noqa: BLE001 - one broken stage must not hide the rest
                     sec.notes.append(f"the stage's report failed: {type(e).__name__}: {e}")

@@ -25,8 +25,9 @@ from typing import Any
 
 import numpy as np
 
+from .base import Stage
+
 NAME = "digits-abstain"
-DEPENDS: tuple[str, ...] = ("digits-partition", "digits-finetune")
 
 _REC = re.compile(r"^abstain-(?P<model>.+)-(?P<kind>eri|sr|sn|cri)-s(?P<seed>\d+)\.csv$")
 SR_LABELS = {"apgd": "APGD", "conf": "APGDconf"}
@@ -270,3 +271,8 @@ def report(stage_dir: Path) -> list[dict]:
         blocks.append({"kind": "image", "path": "fig6_sr_ablation.png",
                        "caption": "Fig. 6: SR abstain model under APGD and APGDconf over τ ∈ [0, 1)"})
     return blocks
+
+
+STAGE = Stage(name=NAME, title="digits-abstain — ERI / SR / SN selectors, Pareto fronts (paper Fig. 3, 6)",
+              depends=("digits-partition", "digits-finetune"), config=config, run=run, report=report,
+              expected_seconds=(100.0, 500.0))

@@ -30,8 +30,9 @@ from typing import Any
 
 import numpy as np
 
+from .base import Stage
+
 NAME = "digits-certify"
-DEPENDS: tuple[str, ...] = ()
 
 _REC = re.compile(r"^certify-(?P<variant>.+)-s(?P<seed>\d+)\.csv$")
 
@@ -249,3 +250,8 @@ def report(stage_dir: Path) -> list[dict]:
                                    "samples ratio", "decision agreement %", "inputs with all decisions equal %"],
                        "rows": rows_c, "paper": None})
     return blocks
+
+
+STAGE = Stage(name=NAME, title="digits-certify — noise vs CRA, certified partition, sequential savings (paper Tables 2, 3)",
+              depends=(), config=config, run=run, report=report,
+              expected_seconds=(170.0, 1800.0))

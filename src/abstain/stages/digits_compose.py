@@ -31,8 +31,9 @@ from typing import Any
 
 import numpy as np
 
+from .base import Stage
+
 NAME = "digits-compose"
-DEPENDS: tuple[str, ...] = ("digits-partition", "digits-finetune", "digits-abstain")
 
 _REC = re.compile(r"^compose-s(?P<seed>\d+)\.csv$")
 LABELS = {"core": "core alone", "robust": "ERA alone", "compose-eri": "ERA$_{RI}$ + core",
@@ -229,3 +230,8 @@ def report(stage_dir: Path) -> list[dict]:
                        "caption": "Fig. 4: natural vs robust accuracy of 2-compositional models and the "
                                   "cascade against the core alone"})
     return blocks
+
+
+STAGE = Stage(name=NAME, title="digits-compose — 2-compositional models and cascades vs the core (paper Tables 4, 6)",
+              depends=("digits-partition", "digits-finetune", "digits-abstain"), config=config, run=run, report=report,
+              expected_seconds=(5.0, 20.0))

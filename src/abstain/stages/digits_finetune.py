@@ -26,11 +26,11 @@ from typing import Any
 
 import numpy as np
 
+from .base import Stage
 from . import _robust as R
 from .digits_partition import STUDY_EPS, _digits, model_kwargs, train_digits
 
 NAME = "digits-finetune"
-DEPENDS: tuple[str, ...] = ()
 
 MAIN = {
     "trades": {"loss": "trades", "params": {"gamma": 6.0}},
@@ -187,3 +187,8 @@ def report(stage_dir: Path) -> list[dict]:
         blocks.append({"kind": "image", "path": "fig2.png",
                        "caption": "Robust accuracy vs robust inaccuracy of TRADES (triangles) and ERA (circles) fine-tunes"})
     return blocks
+
+
+STAGE = Stage(name=NAME, title="digits-finetune — TRADES / ERA / DGA fine-tunes, S_ERI abstain metrics (paper Tables 4, 5)",
+              depends=(), config=config, run=run, report=report,
+              expected_seconds=(60.0, 900.0))

@@ -24,10 +24,10 @@ from typing import Any
 
 import torch
 
+from .base import Stage
 from . import _robust as R
 
 NAME = "digits-partition"
-DEPENDS: tuple[str, ...] = ()
 STUDY_EPS = 0.1          # the ε of digits-finetune, chosen by this stage's sweep
 MIN_NAT_ACC = 0.85
 MIN_GAP = 0.05
@@ -175,3 +175,8 @@ def report(stage_dir: Path) -> list[dict]:
         + " Models: digits CNN (width 16); std = CE, 30 epochs; TRADES (γ = 6, 10-step PGD; 15 epochs) from scratch "
           "at each ε.")})
     return blocks
+
+
+STAGE = Stage(name=NAME, title="digits-partition — four-way partition of standard and TRADES models over ε (paper Tables 1, 8)",
+              depends=(), config=config, run=run, report=report,
+              expected_seconds=(40.0, 300.0))

@@ -29,10 +29,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from .base import Stage
 from . import _robust as R
 
 NAME = "fig1"
-DEPENDS: tuple[str, ...] = ()
 
 PAPER = {  # Fig. 1 text (Section 1): nat_acc, rob_acc, rob_inacc in %
     "std": ("100", "91.1", "—"),
@@ -193,3 +193,8 @@ def report(stage_dir: Path) -> list[dict]:
         if (stage_dir / img).is_file():
             blocks.append({"kind": "image", "path": img, "caption": cap})
     return blocks
+
+
+STAGE = Stage(name=NAME, title="fig1 — standard / TRADES / ERA on gauss3, decision regions (paper Fig. 1)",
+              depends=(), config=config, run=run, report=report,
+              expected_seconds=(60.0, 900.0))

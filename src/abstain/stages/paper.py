@@ -31,6 +31,8 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from .base import Stage
+
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR100_URL = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
 MTSD_URL = "https://www.mapillary.com/dataset/trafficsign"
@@ -137,6 +139,11 @@ class PaperStage:
     paper: Callable[[Mapping[str, Any]], Mapping[str, float] | None] | None = None
     paper_compose: Callable[[Mapping[str, Any]], Mapping[str, float] | None] | None = None
     description: str = ""
+
+    def as_stage(self) -> Stage:
+        return Stage(name=self.NAME, title=self.TITLE, depends=self.DEPENDS, config=self.config,
+                     run=self.run, report=self.report, scale="paper",
+                     expected_seconds=(3600.0, 36000.0), missing_data=self.missing_data)
 
     # ---------------------------------------------------------------- config
     def config(self, scale: str, demo: bool) -> dict:
@@ -461,7 +468,7 @@ def _mtsd_compose_paper(toml: Mapping[str, Any]) -> dict[str, float] | None:
     return {"rob_acc": ref[0], "nat_acc": ref[1], "core_nat_acc": 0.9379, "core_rob_acc": ref[2]}
 
 
-STAGES: dict[str, PaperStage] = {s.NAME: s for s in (
+PAPER_STAGES: dict[str, PaperStage] = {s.NAME: s for s in (
     PaperStage("cifar10-table5", "cifar10-table5 — ERA vs DGA fine-tunes of the TRADES ResNet-50, "
                "S_ERI abstain models (paper Table 5)", ("cifar10-table5*.toml",), paper=_table5,
                datasets=("cifar10",),
@@ -484,19 +491,17 @@ STAGES: dict[str, PaperStage] = {s.NAME: s for s in (
                            "the standard-trained core model; 40-step APGD on the test set."),
 )}
 
-# name -> "paper:<attr>" entries for abstain.stages.PAPER_STAGES
-TABLE: dict[str, str] = {name: f"paper:{name.replace('-', '_').upper()}" for name in STAGES}
-globals().update({name.replace("-", "_").upper(): st for name, st in STAGES.items()})
+STAGES: tuple[Stage, ...] = tuple(s.as_stage() for s in PAPER_STAGES.values())
 
 
 def required_paths(data_root: str | os.PathLike | None, demo: bool = False) -> list[tuple[Path, str]]:
     """Every (path, what to download) the paper-scale stages read under ``data_root``."""
     out: list[tuple[Path, str]] = []
-    for st in STAGES.values():
+    for st in PAPER_STAGES.values():
         for p, w in st.required(st.config("paper", demo), Path(data_root) if data_root else None):
             if (p, w) not in out:
                 out.append((p, w))
     return out
 
 
-__all__ = ["PaperStage", "STAGES", "TABLE", "required_paths", "configs_dir", "DATASETS"]
+__all__ = ["PaperStage", "PAPER_STAGES", "STAGES", "required_paths", "configs_dir", "DATASETS"]
