@@ -28,6 +28,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .. import records
+
 HELP = "abstain models (robustness indicator, softmax response, selection network) and compositions"
 DESCRIPTION = __doc__
 
@@ -123,12 +125,12 @@ def run(args: argparse.Namespace) -> int:
                             batch_size=args.eval_batch_size)
         tau = getattr(sel, "tau", None)
         cand = candidate(args.selector, args.selector, rec, eps, tau)
-        cpred, crob = crec["pred"], crec[f"robust@{eps:g}"].astype(bool)
+        cpred, crob = crec["pred"], records.flag(crec, records.ROBUST, eps)
         comp = composition_columns(rec["label"], cand, cpred, crob)
         cols = dict(rec)
-        cols.update({"core.pred": cpred, f"core.robust@{eps:g}": crob, "h.pred": comp["h_pred"],
+        cols.update({"core.pred": cpred, records.column(records.ROBUST, eps, "core"): crob, "h.pred": comp["h_pred"],
                      "h.rob_acc": comp["h_robust_acc"], "h.rob_acc_paper": comp["h_robust_acc_paper"]})
-        write_records(out / "records" / f"abstain-{args.selector}-eps{eps:g}.csv", cols)
+        write_records(out / "records" / f"abstain-{args.selector}-eps{records.eps_text(eps)}.csv", cols)
         lab = rec["label"]
         abst = summarize(args.selector, rec, eps, tau)
         entry: dict[str, Any] = {

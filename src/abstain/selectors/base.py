@@ -29,16 +29,17 @@ import torch
 from torch import nn
 
 from ..errors import InputError
+from ..records import column, eps_text
 from ..validate import check_eps, check_norm
 
 
 def eps_key(eps: float) -> str:
     """The suffix of radius-dependent record columns (``robust@0.1``)."""
-    return f"{float(eps):g}"
+    return eps_text(float(eps))
 
 
 def col(name: str, eps: float) -> str:
-    return f"{name}@{eps_key(eps)}"
+    return column(name, float(eps))
 
 
 @dataclass

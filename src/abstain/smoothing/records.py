@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from .. import distributed
+from ..records import CERTIFIED, column
 from ..metrics import abstain_metrics, partition
 from ..validate import check_eps
 from .sequential import certify_sequential
@@ -27,7 +28,7 @@ from .smooth import ABSTAIN, Smooth, check_alpha, check_count, warn_if_unreachab
 
 def cert_column(eps: float) -> str:
     """Record column of the certified decision at radius ``eps``."""
-    return f"certified@{eps:g}"
+    return column(CERTIFIED, eps)
 
 
 def decision_radii(eps: Sequence[float]) -> list[float]:

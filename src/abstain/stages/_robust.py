@@ -11,6 +11,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import torch
 
+from .. import records
 from ..metrics import abstain_metrics, partition
 
 _RECORD = re.compile(r"^(?P<variant>.+)-s(?P<seed>\d+)$")
@@ -25,15 +26,12 @@ def pct(values: list[float] | float, digits: int = 1) -> str:
 
 
 def robust_column(cols: Mapping[str, Any], eps: float) -> np.ndarray:
-    key = f"robust@{eps:g}"
-    if key not in cols:
-        raise KeyError(f"records lack column {key!r}; have {sorted(cols)}")
-    return np.asarray(cols[key]).astype(bool)
+    return records.flag(cols, records.ROBUST, eps)
 
 
 def eps_of_columns(cols: Mapping[str, Any]) -> list[float]:
     """The radii of the ``robust@<ε>`` columns, ascending."""
-    return sorted(float(k.split("@", 1)[1]) for k in cols if k.startswith("robust@"))
+    return records.radii(cols)
 
 
 def partition_at(cols: Mapping[str, Any], eps: float) -> dict[str, float]:

@@ -143,7 +143,9 @@ def read_all(stage_dir: Path) -> dict[tuple[str, str], dict[int, dict[str, np.nd
 
 def eps_of(records: dict[str, np.ndarray]) -> float:
     """The threat model's ε: the smallest radius of a ``robust@`` column."""
-    radii = [float(k.split("@", 1)[1]) for k in records if k.startswith("robust@")]
+    from ..records import radii as record_radii
+
+    radii = record_radii(records)
     if not radii:
         from ..errors import DataError
 

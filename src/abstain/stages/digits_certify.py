@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import records
 from .base import Stage
 
 NAME = "digits-certify"
@@ -173,7 +174,7 @@ def _asked_eps(stage_dir: Path, cols: dict[str, np.ndarray]) -> list[float]:
     try:
         return [float(e) for e in read_json(stage_dir / "results.json")["meta"]["eps"]]
     except (OSError, KeyError, TypeError, ValueError):
-        radii = sorted(float(c.split("@", 1)[1]) for c in cols if c.startswith("certified@"))
+        radii = records.radii(cols, records.CERTIFIED)
         return [e for e in radii if any(abs(2 * e - r) < 1e-9 for r in radii)] or radii
 
 

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import records
 from .base import Stage
 
 NAME = "digits-compose"
@@ -95,13 +96,13 @@ def run(ctx: Any, cfg: dict) -> dict:
         crec = core_records(core, x, y, index, eps=eps, norm=norm, steps=cfg["steps"], seed=seed)
         ctx.write_records(f"core-s{seed}", crec)
         yn = crec["label"]
-        cpred, crob = crec["pred"], crec[f"robust@{eps:g}"].astype(bool)
+        cpred, crob = crec["pred"], records.flag(crec, records.ROBUST, eps)
         cols: dict[str, Any] = {"index": index, "label": yn, "core.pred": cpred, "core.rob_acc": (cpred == yn) & crob,
                                 "core.rob_acc_paper": (cpred == yn) & crob}
         rob_rec = recs[f"{cfg['robust']}-eri"]
         rp = rob_rec["pred"].astype(np.int64)
         cols["robust.pred"] = rp
-        cols["robust.rob_acc"] = (rp == yn) & rob_rec[f"robust@{eps:g}"].astype(bool)
+        cols["robust.rob_acc"] = (rp == yn) & records.flag(rob_rec, records.ROBUST, eps)
         cols["robust.rob_acc_paper"] = cols["robust.rob_acc"]
         cands = []
         for name in sorted(recs):

@@ -21,7 +21,6 @@ relative to the data root).
 """
 from __future__ import annotations
 
-import math
 import os
 import re
 import tomllib
@@ -31,6 +30,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from .. import records
 from .base import Stage
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -367,23 +367,19 @@ def _exists(p: Path) -> bool:
     return p.exists() and (not p.is_dir() or any(p.iterdir()))
 
 
-def _robust_columns(cols: Mapping[str, Any]) -> dict[float, str]:
-    return {float(k.split("@", 1)[1]): k for k in cols if k.startswith("robust@")}
-
-
 def _eps_of(cols: Mapping[str, Any]) -> float:
-    eps = sorted(_robust_columns(cols))
+    eps = records.radii(cols)
     if not eps:
         raise ValueError("records without robust@<eps> columns")
     return eps[0]
 
 
 def _column_at(cols: Mapping[str, Any], eps: float) -> np.ndarray:
-    """The ``robust@<eps>`` column (names carry ε printed with %g, so match to 1e-5 relative)."""
-    for e, k in _robust_columns(cols).items():
-        if math.isclose(e, eps, rel_tol=1e-5):
-            return np.asarray(cols[k]).astype(bool)
-    raise ValueError(f"records have no robust@{eps:g} column (have {sorted(_robust_columns(cols))})")
+    """The ``robust@<eps>`` column."""
+    try:
+        return records.flag(cols, records.ROBUST, eps)
+    except KeyError as e:
+        raise ValueError(str(e)) from None
 
 
 def _metrics(cols: Mapping[str, Any], eps: float) -> dict[str, float]:
