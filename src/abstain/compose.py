@@ -32,13 +32,7 @@ from torch import nn
 from .errors import InputError
 from .metrics import cascade_metrics, cascade_outcome, paper_robust_accurate
 from .selectors.base import Decisions, Selector
-
-
-def _np(a: Any, dtype=None) -> np.ndarray:
-    if isinstance(a, torch.Tensor):
-        a = a.detach().cpu().numpy()
-    a = np.asarray(a)
-    return a.astype(dtype) if dtype is not None else a
+from .utils import eval_mode, to_numpy as _np
 
 
 class Cascade(nn.Module):
@@ -60,12 +54,8 @@ class Cascade(nn.Module):
 
     @torch.no_grad()
     def _logits(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        was = model.training
-        model.eval()
-        try:
+        with eval_mode(model):
             return model(x)
-        finally:
-            model.train(was)
 
     def choices(self, x: torch.Tensor) -> torch.Tensor:
         """Index of the answering stage per sample (len(stages) = the core)."""

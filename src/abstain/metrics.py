@@ -12,17 +12,16 @@ from __future__ import annotations
 from typing import Any, Mapping, Sequence
 
 import numpy as np
-import torch
 
 from .errors import InputError
+from .utils import to_numpy
 
 PARTITION_KEYS = ("nat_acc", "rob_acc", "rob_inacc", "nonrob_acc", "nonrob_inacc")
 
 
 def _np(a: Any, dtype=None) -> np.ndarray:
-    if isinstance(a, torch.Tensor):
-        a = a.detach().cpu().numpy()
-    out = np.asarray(a)
+    """``to_numpy`` that refuses NaN/Inf and fractional values for integer (class) columns."""
+    out = to_numpy(a)
     if dtype is not None and np.issubdtype(np.dtype(dtype), np.integer) and out.dtype.kind in "fc":
         # class indices given as floats: refuse NaN/Inf and fractions instead of a silent cast
         if not np.isfinite(out).all():

@@ -1,10 +1,11 @@
-"""Small shared helpers: device choice, seeding, progress bars."""
+"""Small shared helpers: device choice, seeding, progress bars, eval mode, numpy views."""
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import sys
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -20,6 +21,28 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
 
         raise AbstainError("--device cuda asked for, but no CUDA device is available")
     return dev
+
+
+@contextlib.contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """Run ``model`` in eval mode and give every submodule back its own mode on exit (also on
+    error): a model whose submodules were in mixed modes (e.g. BatchNorm frozen while
+    fine-tuning) comes back exactly as it was, which ``model.train(was)`` would not do."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for m, mode in modes:
+            m.training = mode
+
+
+def to_numpy(a: Any, dtype: Any = None) -> np.ndarray:
+    """``a`` (tensor, array or sequence) as a numpy array on the host, cast to ``dtype`` if given."""
+    if isinstance(a, torch.Tensor):
+        a = a.detach().cpu().numpy()
+    out = np.asarray(a)
+    return out.astype(dtype) if dtype is not None else out
 
 
 def seed_everything(seed: int) -> torch.Generator:

@@ -30,6 +30,7 @@ from torch import nn
 
 from ..errors import InputError
 from ..records import column, eps_text
+from ..utils import eval_mode, to_numpy
 from ..validate import check_eps, check_norm
 
 
@@ -55,15 +56,11 @@ class Decisions:
 
 
 def _np_bool(a: Any) -> np.ndarray:
-    if isinstance(a, torch.Tensor):
-        a = a.detach().cpu().numpy()
-    return np.asarray(a).astype(bool)
+    return to_numpy(a, bool)
 
 
 def _np_float(a: Any) -> np.ndarray:
-    if isinstance(a, torch.Tensor):
-        a = a.detach().cpu().numpy()
-    return np.asarray(a, dtype=np.float64)
+    return to_numpy(a, np.float64)
 
 
 def require(records: Mapping[str, Any], *names: str) -> None:
@@ -75,12 +72,8 @@ def require(records: Mapping[str, Any], *names: str) -> None:
 @torch.no_grad()
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
     """F(x) = argmax f(x) in eval mode, batched (restores the model's mode)."""
-    was = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         return torch.cat([model(x[i:i + batch_size]).argmax(1) for i in range(0, x.shape[0], batch_size)])
-    finally:
-        model.train(was)
 
 
 class Selector(ABC):

@@ -22,6 +22,7 @@ from torch import nn
 from ..errors import InputError
 from ..ibp import ibp_bounds
 from ..models import Normalize
+from ..utils import eval_mode
 from .base import ThresholdSelector, col, predict
 
 
@@ -109,13 +110,9 @@ class SelectionNetwork(ThresholdSelector):
 
     @torch.no_grad()
     def _score_bounds(self, x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        was = self.net.training
-        self.net.eval()
-        try:
+        with eval_mode(self.net):
             score = torch.sigmoid(self.net(x).squeeze(1))
             lo, hi = ibp_bounds(self.net, x, eps, self.norm)
-        finally:
-            self.net.train(was)
         return score, torch.sigmoid(lo.squeeze(1)), torch.sigmoid(hi.squeeze(1))
 
     def select(self, x: torch.Tensor) -> torch.Tensor:

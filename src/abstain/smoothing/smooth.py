@@ -22,11 +22,9 @@ matters only for adversarially constructed classifiers, not for ordinary network
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -36,6 +34,7 @@ from scipy.stats import norm as _norm
 from torch import nn
 
 from ..errors import InputError
+from ..utils import eval_mode
 from ..validate import check_inputs
 
 ABSTAIN = -1
@@ -129,18 +128,6 @@ def warn_if_unreachable(n: int, alpha: float, sigma: float, eps: float | None = 
 
 
 # ----------------------------------------------------------------------------- sampling
-
-
-@contextlib.contextmanager
-def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
-    """Run ``model`` in eval mode (the base classifier must be a fixed function) and restore
-    its previous mode afterwards."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was_training)
 
 
 def device_generator(generator: torch.Generator | None, device: torch.device) -> torch.Generator | None:
