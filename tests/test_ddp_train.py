@@ -45,7 +45,7 @@ def _worker(rank: int, world: int, port: int, tmp: str) -> None:
         m = _run(os.path.join(tmp, "ddp-trades"), loss="trades", epochs=1)
         torch.save(m.state_dict(), os.path.join(tmp, f"trades-rank{rank}.pt"))
         try:
-            _run(os.path.join(tmp, "ddp-stopped"), _stop_at=(0, 2))
+            _run(os.path.join(tmp, "ddp-stopped"), should_stop=lambda e, b: (e, b) == (0, 2))
         except TrainingInterrupted:
             pass
     finally:

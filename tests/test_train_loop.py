@@ -60,7 +60,7 @@ def _last_weights(out: Path) -> dict:
 def test_resume_reaches_the_same_weights_bitwise(tmp_path, reference, stop_at):
     ref_out, ref_best = reference
     with pytest.raises(TrainingInterrupted, match="--resume"):
-        _fit(tmp_path, _stop_at=stop_at)
+        _fit(tmp_path, should_stop=lambda e, b: (e, b) == stop_at)
     resumed = _fit(tmp_path)
     assert _same(_last_weights(tmp_path), _last_weights(ref_out))
     assert _same(resumed.state_dict(), ref_best)
@@ -139,7 +139,7 @@ def test_finished_run_is_returned_without_training(tmp_path, reference):
 
 def test_resume_with_other_settings_is_refused(tmp_path):
     with pytest.raises(TrainingInterrupted):
-        _fit(tmp_path, _stop_at=(0, 2))
+        _fit(tmp_path, should_stop=lambda e, b: (e, b) == (0, 2))
     with pytest.raises(CheckpointError, match="lr"):
         _fit(tmp_path, lr=0.01)
 

@@ -17,9 +17,12 @@ sections/keys, wrong types and bad values raise :class:`ConfigError` naming the 
              ``weight_decay``, ``seed``, ``amp`` ("off" | "bf16" | "fp16", CUDA only),
              ``channels_last``, ``compile``, ``sync_bn``, ``select`` (model-selection score on
              the validation split), ``val_steps`` (PGD steps of the validation attack).
-``[loss]``   ``eps``, ``norm``, ``steps``, ``step_size``, ``beta`` (β of eq. 5/9/20),
-             ``gamma`` (γ of eq. 7 = β_TRADES for trades/era/dga, default 6; Γ of eq. 11 for
-             cra), ``era_inner`` ("targeted" | "untargeted-shared"), ``sigma``, ``k``.
+``[loss]``   ``eps``, ``norm``, ``steps``, ``step_size``, ``beta`` (β of eq. 5/9/20; default
+             1, or 0.75 for cra with variant "authors"), ``gamma`` (γ of eq. 7 = β_TRADES for
+             trades/era/dga, default 6; Γ of eq. 11 for cra), ``variant`` ("paper" | "authors":
+             the equations as printed or the authors' code, for era/dga/cra; docs/fidelity.md),
+             ``era_inner`` ("targeted" | "untargeted-shared"; default "targeted", or
+             "untargeted-shared" with variant "authors"), ``sigma``, ``k``.
 
 Momentum and weight decay are not stated by the paper. We use SGD with momentum 0.9 and
 weight decay 5e-4 (the common CIFAR recipe; the TRADES reference uses 0.9 / 2e-4), except
@@ -38,15 +41,16 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from .errors import ConfigError
+from .train.schedule import SCHEDULES
 
 try:  # the names abstain.data.augment.build knows
     from .data.augment import AUGMENTS
 except ImportError:  # pragma: no cover - augmentations not installed
     AUGMENTS = ("none",)
-SCHEDULES = ("scratch", "finetune", "synthetic", "constant")
 AMP = ("off", "bf16", "fp16")
 NORMS = ("linf", "l2")
 ERA_INNER = ("targeted", "untargeted-shared")
+VARIANTS = ("paper", "authors")
 SELECT = ("auto", "last", "nat_acc", "rob_acc", "rob_acc-rob_inacc")
 
 # Appendix A.2 presets: default epochs / lr / batch size, and the lr shape.
@@ -129,9 +133,10 @@ SCHEMA: dict[str, dict[str, _Key]] = {
         "norm": _Key((str,), "linf", choices=NORMS),
         "steps": _Key((int,), 10, check=_pos),
         "step_size": _Key(NUM, None, nullable=True, check=_finite(_pos)),
-        "beta": _Key(NUM, 1.0, check=_finite(_nonneg)),
+        "beta": _Key(NUM, None, nullable=True, check=_finite(_nonneg)),
         "gamma": _Key(NUM, None, nullable=True, check=_finite(_nonneg)),
-        "era_inner": _Key((str,), "targeted", choices=ERA_INNER),
+        "variant": _Key((str,), "paper", choices=VARIANTS),
+        "era_inner": _Key((str,), None, nullable=True, choices=ERA_INNER),
         "sigma": _Key(NUM, None, nullable=True, check=_finite(_pos)),
         "k": _Key((int,), None, nullable=True, check=_pos),
     },
@@ -206,6 +211,14 @@ def _cross_checks(cfg: dict[str, dict[str, Any]]) -> None:
     for key in ("epochs", "lr", "batch_size", "momentum"):
         if tr[key] is None:
             tr[key] = preset[key]
+    authors = ls["variant"] == "authors"
+    if ls["beta"] is None:   # the loss's own default (abstain.losses.cra.AUTHORS_BETA)
+        ls["beta"] = 0.75 if tr["loss"] == "cra" and authors else 1.0
+    if ls["era_inner"] is None:
+        ls["era_inner"] = "untargeted-shared" if authors else "targeted"
+    elif authors and ls["era_inner"] != "untargeted-shared" and tr["loss"] in ("era", "dga"):
+        raise ConfigError(f"[loss] variant = \"authors\" uses the authors' single untargeted attack; "
+                          f"era_inner = {ls['era_inner']!r} contradicts it (leave era_inner out)")
     if tr["loss"] in ADVERSARIAL_LOSSES and ls["eps"] is None:
         raise ConfigError(f"[loss] eps is required for loss {tr['loss']!r}")
     if tr["loss"] in ("noise", "cra") and ls["sigma"] is None:

@@ -1,0 +1,405 @@
+"""The training loop: from scratch and fine-tuning, with the paper's schedules (Appendix A.2).
+
+:func:`fit` trains a model with one of the losses of :mod:`abstain.losses` by SGD with
+momentum, checkpoints into ``out`` after every epoch, resumes from there, selects the
+best epoch on a validation split (carved from the training data by the caller; never
+the test set) and returns that model in eval mode.
+
+Determinism and resume. Every random choice is derived from ``(seed, epoch, batch,
+rank)``: the data order of epoch e is ``randperm(n)`` under a generator seeded with
+``(seed, e)`` (the same on every rank, like ``DistributedSampler``), and each batch seeds
+the attack/augmentation generator afresh. A checkpoint therefore only needs the model,
+optimizer, epoch/batch position and the best-so-far state, and a resumed run reaches the
+SAME weights as an uninterrupted one (bitwise on CPU), also after a SIGINT mid-epoch.
+torch/NumPy/Python RNG states are saved and restored as well (for user code relying on
+them).
+
+Distributed (``torchrun``): ``batch_size`` is the GLOBAL batch; the batch of step b is
+``perm[b·B:(b+1)·B]`` and rank r takes every world-th sample of it. Each rank's mean loss is
+scaled by ``n_local·world / n_batch`` so that DDP's gradient average equals the gradient of
+the global batch mean: 2 processes reach the weights of one process with the whole batch
+(up to float summation order; BatchNorm statistics are per rank unless ``sync_bn``). The
+checkpoint holds no per-rank state, so a run can resume with another world size. Only
+rank 0 writes files.
+
+Run directory (``out``): ``model.safetensors`` + ``meta.json`` = the best model so far
+(readable by :func:`abstain.checkpoint.load_checkpoint`), ``train_state.pt`` = last weights,
+best weights, optimizer, position, RNG states; ``log.jsonl`` = one line per epoch (each
+loss term, lr, validation natural accuracy and PGD robust accuracy / inaccuracy, seconds).
+"""
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import torch
+from torch import nn
+
+from .. import distributed as dist_utils
+from ..checkpoint import STATE_FILE, load_state_into, load_train_state, save_checkpoint
+from ..errors import CheckpointError, ConfigError
+from ..utils import progress, resolve_device
+from .schedule import check_schedule, epoch_order, lr_at, mix
+from .select import selection_score, validation_metrics
+from .state import (LOG_FILE, STATE_VERSION, StopFlag, TrainingInterrupted, append_log, cpu_state,
+                    merge_sums, optimizer_state_to, rng_state, set_rng_state, truncate_log)
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+ShouldStop = Callable[[int, int], bool]
+
+
+@dataclass
+class Settings:
+    """The arguments of :func:`fit` that shape the run (see there)."""
+
+    loss: str
+    loss_params: Mapping[str, Any]
+    epochs: int
+    batch_size: int
+    lr: float
+    schedule: str = "constant"
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    seed: int = 0
+    augment: Any = None
+    amp: str = "off"
+    channels_last: bool = False
+    compile: bool = False
+    sync_bn: bool = False
+    select: str = "auto"
+    val_steps: int = 10
+    desc: str = "train"
+
+    def check(self) -> None:
+        for name, value in (("epochs", self.epochs), ("batch_size", self.batch_size)):
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        if not (isinstance(self.lr, (int, float)) and self.lr > 0 and math.isfinite(self.lr)):
+            raise ConfigError(f"lr must be > 0, got {self.lr!r}")
+        check_schedule(self.schedule)
+        if self.amp not in ("off", *AMP_DTYPES):
+            raise ConfigError(f"amp must be off, bf16 or fp16, got {self.amp!r}")
+
+
+def _build_augment(augment: Any, input_shape: tuple[int, ...]) -> Callable | None:
+    if augment is None or augment == "none":
+        return None
+    if callable(augment):
+        return augment
+    try:
+        from ..data import augment as aug_mod
+    except ImportError:
+        raise ConfigError(f"augment = {augment!r} needs abstain.data.augment, which is not "
+                          "installed; use augment = \"none\"") from None
+    return aug_mod.build(augment, input_shape)
+
+
+class Trainer:
+    """One call of :func:`fit`: the model, optimizer and position, and the best epoch so far."""
+
+    def __init__(self, model: nn.Module, train_data: Any, val_data: Any, s: Settings,
+                 out_dir: Path | None, meta: Mapping[str, Any] | None, device: Any) -> None:
+        from .. import losses
+
+        self.s, self.out_dir, self.meta = s, out_dir, meta
+        self.train_data, self.val_data = train_data, val_data
+        self.loss_fn = losses.get(s.loss)
+        self.params = dict(s.loss_params)
+        device = resolve_device(device)
+        self.distributed = dist_utils.init_from_env(device)
+        self.device = dist_utils.local_device(device)
+        self.world, self.rank = dist_utils.world_size(), dist_utils.rank()
+        if s.batch_size < self.world:
+            raise ConfigError(f"batch_size {s.batch_size} is smaller than the number of processes "
+                              f"{self.world}")
+        self.main = dist_utils.is_main()
+        self.cuda = self.device.type == "cuda"
+        if s.amp != "off" and not self.cuda:
+            warnings.warn(f"amp = {s.amp!r} is only used on CUDA; training in fp32 on {self.device.type}")
+        self.amp_on = s.amp != "off" and self.cuda
+        self.channels_last = s.channels_last and self.cuda
+        self._build_model(model)
+        self.signature = {
+            "loss": s.loss, "loss_params": {k: v for k, v in self.params.items()
+                                            if isinstance(v, (int, float, str, bool))},
+            "epochs": s.epochs, "batch_size": s.batch_size, "lr": float(s.lr), "schedule": s.schedule,
+            "momentum": float(s.momentum), "weight_decay": float(s.weight_decay), "seed": s.seed,
+            "n_train": len(train_data), "n_val": len(val_data) if val_data is not None else 0}
+        eps = self.params.get("eps")
+        self.val_eps = float(eps) if eps is not None else None
+        self.select_name, _ = selection_score(s.select, s.loss, {"nat_acc": 0.0, **(
+            {"rob_acc": 0.0, "rob_inacc": 0.0} if self.val_eps is not None and val_data is not None
+            else {})})
+        self.start_epoch = self.start_batch = 0
+        self.best: dict[str, Any] = {"epoch": 0, "score": -math.inf, "metrics": {}, "state": None}
+        self.acc_sums: dict[str, float] = {}
+        self.acc_n = 0
+        self.seconds_before = 0.0
+        self.t_start = time.perf_counter()
+
+    def _build_model(self, model: nn.Module) -> None:
+        raw = model.to(self.device)
+        if self.channels_last:
+            raw = raw.to(memory_format=torch.channels_last)
+        if self.s.sync_bn and self.distributed:
+            raw = nn.SyncBatchNorm.convert_sync_batchnorm(raw)
+        self.raw = raw
+        self.optimizer = torch.optim.SGD(raw.parameters(), lr=self.s.lr, momentum=self.s.momentum,
+                                         weight_decay=self.s.weight_decay)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_on and self.s.amp == "fp16")
+
+    # ---------------------------------------------------------------- resume / save
+    def resume(self) -> bool:
+        """Continue from the checkpoint in ``out`` if there is one; True when that run had
+        already finished (``self.raw`` then holds its best model)."""
+        out_dir = self.out_dir
+        state = load_train_state(out_dir) if out_dir is not None else None
+        if state is None:
+            return False
+        if state.get("version") != STATE_VERSION or "signature" not in state:
+            raise CheckpointError(f"{out_dir / STATE_FILE} was not written by this trainer")
+        old, new = state["signature"], self.signature
+        changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+        if changed:
+            raise CheckpointError(
+                f"cannot resume {out_dir}: the training settings differ from the checkpoint's "
+                f"({', '.join(f'{k}: {old.get(k)!r} -> {new.get(k)!r}' for k in changed)}); "
+                "use a new output directory or overwrite")
+        self.best = {"epoch": state["best_epoch"], "score": state["best_score"],
+                     "metrics": dict(state["best_metrics"]), "state": state.get("model_best")}
+        if state.get("finished"):
+            load_state_into(self.raw, self.best["state"] if self.best["state"] is not None
+                            else state["model_last"], source=str(out_dir))
+            return True
+        load_state_into(self.raw, state["model_last"], source=str(out_dir))
+        self.optimizer.load_state_dict(state["optimizer"])
+        optimizer_state_to(self.optimizer, self.device)
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.start_epoch, self.start_batch = int(state["epoch"]), int(state["batch"])
+        self.acc_sums = {k: float(v) for k, v in state["epoch_sums"].items()}
+        self.acc_n = int(state["epoch_n"])
+        self.seconds_before = float(state.get("seconds", 0.0))
+        set_rng_state(state["rng"])
+        if self.main:
+            print(f"{self.s.desc}: resuming {out_dir} at epoch {self.start_epoch + 1}"
+                  + (f", batch {self.start_batch + 1}" if self.start_batch else ""), file=sys.stderr)
+        return False
+
+    def save(self, epoch: int, batch: int, sums: Mapping[str, float], count: int, finished: bool) -> None:
+        if self.out_dir is None or not self.main:
+            return
+        s, best = self.s, self.best
+        best_state = best["state"] if best["state"] is not None else cpu_state(self.raw)
+        m = dict(self.meta or {})
+        m.update({"epoch": best["epoch"], "metrics": best["metrics"], "selection": self.select_name,
+                  "train": {**self.signature, "epochs_done": epoch, "finished": finished}})
+        train_state = {
+            "version": STATE_VERSION, "signature": self.signature, "epoch": epoch, "batch": batch,
+            "epoch_sums": dict(sums), "epoch_n": count, "finished": finished,
+            "model_last": cpu_state(self.raw), "model_best": best["state"],
+            "best_epoch": best["epoch"], "best_score": best["score"], "best_metrics": best["metrics"],
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
+            "scheduler": {"schedule": s.schedule, "base_lr": float(s.lr), "epochs": s.epochs},
+            "data_order": {"seed": s.seed, "scheme": "randperm per epoch, generator seeded (seed, epoch)"},
+            "rng": rng_state(), "world_size": self.world,
+            "seconds": self.seconds_before + time.perf_counter() - self.t_start,
+        }
+        save_checkpoint(self.out_dir, best_state, m, train_state)
+
+    # ---------------------------------------------------------------- one epoch
+    def wrap(self) -> None:
+        """The module the batches run through (compiled, DDP) and the training data."""
+        model: nn.Module = self.raw
+        if self.s.compile and self.cuda:
+            model = torch.compile(model)
+        if self.distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            model = DistributedDataParallel(model, device_ids=[self.device.index] if self.cuda else None)
+        self.train_model = model
+        self.augment_fn = _build_augment(self.s.augment, tuple(self.train_data.x.shape[1:]))
+        self.x_all, self.y_all = self.train_data.x, self.train_data.y
+        if self.cuda:
+            self.x_all, self.y_all = self.x_all.pin_memory(), self.y_all.pin_memory()
+        self.n_batches = math.ceil(len(self.train_data) / self.s.batch_size)
+        self.gen = torch.Generator(device=self.device)
+
+    def step(self, epoch: int, b: int, order: torch.Tensor, sums_t: dict[str, torch.Tensor]) -> Any:
+        """One optimizer step on batch ``b`` of ``epoch``; adds each loss term to ``sums_t``.
+        Returns the loss, or None for a final batch too small to give every rank a sample."""
+        s, device = self.s, self.device
+        idx = order[b * s.batch_size:(b + 1) * s.batch_size]
+        if idx.numel() < self.world:
+            return None
+        local = idx[self.rank::self.world]
+        x = self.x_all[local].to(device, non_blocking=True)
+        y = self.y_all[local].to(device, non_blocking=True)
+        self.gen.manual_seed(mix(s.seed, epoch, b, self.rank))
+        if self.augment_fn is not None:
+            x = self.augment_fn(x, self.gen)
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        self.params["generator"] = self.gen
+        with torch.autocast(device_type=device.type, dtype=AMP_DTYPES.get(s.amp, torch.float32),
+                            enabled=self.amp_on):
+            loss_value, parts = self.loss_fn(self.train_model, x, y, self.params)
+        scale = local.numel() * self.world / idx.numel()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss_value * scale).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        k = float(local.numel())
+        for name, v in {"loss": loss_value, **parts}.items():
+            v = torch.as_tensor(v, device=device).detach().float() * k
+            sums_t[name] = sums_t[name] + v if name in sums_t else v
+        self.acc_n += local.numel()
+        return loss_value
+
+    def stop_requested(self, flag: StopFlag, should_stop: ShouldStop | None, epoch: int, b: int) -> bool:
+        """Whether any rank was asked to stop after batch ``b`` (SIGINT or ``should_stop``)."""
+        stop_now = flag.set or (should_stop is not None and bool(should_stop(epoch, b)))
+        if self.distributed:
+            t = torch.tensor([1.0 if stop_now else 0.0], device=self.device)
+            torch.distributed.all_reduce(t)
+            stop_now = bool(t.item() > 0)
+        return stop_now
+
+    def interrupt(self, epoch: int, b: int, sums_t: Mapping[str, torch.Tensor]) -> TrainingInterrupted:
+        """Save the position after batch ``b`` and return the exception that stops the run."""
+        self.save(epoch, b + 1, merge_sums(self.acc_sums, sums_t), self.acc_n, finished=False)
+        where = f"epoch {epoch + 1}, batch {b + 1}/{self.n_batches}"
+        msg = (f"training stopped at {where}; the checkpoint in {self.out_dir} holds that "
+               "position: rerun the same command to continue (abstain train: add --resume)"
+               if self.out_dir is not None else f"training stopped at {where} (no out dir)")
+        if self.main:
+            print(f"{self.s.desc}: {msg}", file=sys.stderr)
+        return TrainingInterrupted(msg)
+
+    def train_epoch(self, epoch: int, flag: StopFlag, should_stop: ShouldStop | None) -> dict[str, float]:
+        """Run the batches of ``epoch`` (from the resume position); the epoch's mean loss terms."""
+        s = self.s
+        lr_now = lr_at(s.schedule, epoch, s.epochs, s.lr)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr_now
+        order = epoch_order(len(self.train_data), s.seed, epoch)
+        self.train_model.train()
+        sums_t: dict[str, torch.Tensor] = {}
+        first = self.start_batch if epoch == self.start_epoch else 0
+        if epoch != self.start_epoch:
+            self.acc_sums, self.acc_n = {}, 0
+        bar = progress(range(first, self.n_batches), total=self.n_batches, initial=first,
+                       desc=f"epoch {epoch + 1}/{s.epochs}", leave=False, disable=None if self.main else True)
+        for b in bar:
+            loss_value = self.step(epoch, b, order, sums_t)
+            if loss_value is None:
+                continue
+            if b % 10 == 0 and self.main:
+                bar.set_postfix(loss=f"{float(loss_value.detach()):.4f}")
+            if self.stop_requested(flag, should_stop, epoch, b):
+                bar.close()
+                raise self.interrupt(epoch, b, sums_t)
+        bar.close()
+        return self._epoch_means(merge_sums(self.acc_sums, sums_t), lr_now)
+
+    def _epoch_means(self, sums: Mapping[str, float], lr_now: float) -> dict[str, float]:
+        counts = torch.tensor([float(self.acc_n)], dtype=torch.float64, device=self.device)
+        names = sorted(sums)
+        vec = torch.tensor([sums[k] for k in names], dtype=torch.float64, device=self.device)
+        if self.distributed:
+            torch.distributed.all_reduce(counts)
+            torch.distributed.all_reduce(vec)
+        total = max(float(counts.item()), 1.0)
+        return {"lr": lr_now, **{k: float(v) / total for k, v in zip(names, vec.tolist())}}
+
+    def end_epoch(self, epoch: int, record: dict[str, Any], t_epoch: float) -> dict[str, Any]:
+        """Validate, keep the best epoch, checkpoint and log; the epoch's log record."""
+        s = self.s
+        record = {"epoch": epoch + 1, **record}
+        if self.val_data is not None:
+            metrics = validation_metrics(self.raw, self.val_data, eps=self.val_eps,
+                                         norm=self.params.get("norm", "linf"), steps=s.val_steps,
+                                         batch_size=max(s.batch_size, 256), device=self.device,
+                                         seed=mix(s.seed, epoch, 0x5A1), channels_last=self.channels_last)
+            _, score = selection_score(self.select_name, s.loss, metrics)
+            if self.select_name == "last" or score > self.best["score"]:
+                self.best = {"epoch": epoch + 1, "score": score, "metrics": metrics,
+                             "state": cpu_state(self.raw)}
+            record.update({f"val_{k}": v for k, v in metrics.items()})
+            record["val_score"] = score
+        else:
+            self.best = {"epoch": epoch + 1, "score": 0.0, "metrics": {}, "state": cpu_state(self.raw)}
+        record["best_epoch"] = self.best["epoch"]
+        record["seconds"] = time.perf_counter() - t_epoch
+        self.acc_sums, self.acc_n = {}, 0
+        self.save(epoch + 1, 0, {}, 0, finished=epoch + 1 == s.epochs)
+        if self.out_dir is not None and self.main:
+            append_log(self.out_dir / LOG_FILE, record)
+        return record
+
+    def run(self, should_stop: ShouldStop | None) -> nn.Module:
+        """All remaining epochs; the best model in eval mode."""
+        s = self.s
+        self.wrap()
+        if self.out_dir is not None and self.main:
+            truncate_log(self.out_dir / LOG_FILE, self.start_epoch)
+        with StopFlag() as flag:
+            epoch_bar = progress(range(self.start_epoch, s.epochs), total=s.epochs, initial=self.start_epoch,
+                                 desc=s.desc, leave=False, disable=None if self.main else True)
+            for epoch in epoch_bar:
+                t_epoch = time.perf_counter()
+                record = self.end_epoch(epoch, self.train_epoch(epoch, flag, should_stop), t_epoch)
+                if self.main:
+                    epoch_bar.set_postfix({k: f"{v:.3f}" for k, v in record.items()
+                                           if k in ("loss", "val_nat_acc", "val_rob_acc")})
+            epoch_bar.close()
+        if self.best["state"] is not None:
+            load_state_into(self.raw, self.best["state"], source="best epoch")
+        dist_utils.barrier()
+        return self.raw.eval()
+
+
+def fit(model: nn.Module, train_data: Any, *, loss: str, loss_params: Mapping[str, Any],
+        epochs: int, batch_size: int, lr: float, schedule: str = "constant",
+        momentum: float = 0.9, weight_decay: float = 5e-4, val_data: Any = None,
+        out: str | os.PathLike | None = None, seed: int = 0, device: str | torch.device = "cpu",
+        augment: Any = None, meta: Mapping[str, Any] | None = None, amp: str = "off",
+        channels_last: bool = False, compile: bool = False, sync_bn: bool = False,
+        select: str = "auto", val_steps: int = 10, desc: str = "train",
+        should_stop: ShouldStop | None = None) -> nn.Module:
+    """Train ``model`` on ``train_data`` (a dataset with ``.x``/``.y`` tensors) and return the
+    epoch that scores best on ``val_data`` (last epoch when ``val_data`` is None), in eval mode.
+
+    ``loss``/``loss_params``: a registered loss (:mod:`abstain.losses`) and its parameters.
+    SGD(lr, momentum, weight_decay) with the lr ``schedule`` of :func:`lr_at`. ``batch_size``
+    is global (over all torchrun ranks). ``out``: checkpoint directory, written after every
+    epoch (rank 0) and resumed from when it holds an unfinished run (a finished run is
+    loaded and returned). ``meta`` must then hold ``arch`` and ``num_classes`` (plus
+    whatever rebuilds the model: ``model_kwargs``, ``dataset``…). ``augment``: None, a name
+    for ``abstain.data.augment.build`` or a callable ``(x, generator) -> x``. ``amp``
+    ("off"/"bf16"/"fp16"), ``channels_last``, ``compile`` act on CUDA (AMP only wraps the
+    training forward passes; inner attacks run in fp32). ``should_stop(epoch, batch)`` is
+    asked after every batch; True stops the run like a SIGINT (checkpoint, then
+    :class:`TrainingInterrupted`).
+    """
+    s = Settings(loss=loss, loss_params=loss_params, epochs=epochs, batch_size=batch_size, lr=lr,
+                 schedule=schedule, momentum=momentum, weight_decay=weight_decay, seed=seed,
+                 augment=augment, amp=amp, channels_last=channels_last, compile=compile,
+                 sync_bn=sync_bn, select=select, val_steps=val_steps, desc=desc)
+    s.check()
+    out_dir = Path(out) if out is not None else None
+    if out_dir is not None and (meta is None or "arch" not in meta or "num_classes" not in meta):
+        raise ConfigError("fit(out=...) needs meta with 'arch' and 'num_classes' to write checkpoints")
+    if len(train_data) == 0:
+        raise ConfigError("the training set is empty")
+    trainer = Trainer(model, train_data, val_data, s, out_dir, meta, device)
+    if trainer.resume():
+        return trainer.raw.eval()
+    return trainer.run(should_stop)
