@@ -17,6 +17,20 @@ the smallest max-softmax found per sample (a τ sweep over [0, 1), Fig. 3 and Fi
 Both are run without early stopping, so each returns its best point after all steps. The
 found value is an upper bound on the true minimum: the robust selection measured is an
 empirical (optimistic) estimate, as in the paper.
+
+Two rules (``rule``; docs/fidelity.md):
+
+``"paper"`` (default)  eq. 16 and Section 7.2 as written: select when the confidence over
+          B_ε(x) stays ≥ τ (``ball=True``; plain SR with ``ball=False``), robust selection
+          when it stays ≥ τ over B_2ε(x) (B_ε(x) for plain SR), the minimum over the attacks.
+``"authors"``  what the authors' code computes (ymerkli/robust-abstain
+          ``abstain/confidence_threshold.py`` with ``eval/adv.py``): select when the CLEAN
+          max-softmax is ≥ τ; robust selection ("adv_is_confident") when the max-softmax at
+          the APGDconf point in B_ε(x) is ≥ τ, where that point is the attack's adversarial
+          example if it changed the prediction and x itself otherwise (their APGD returns x
+          where it fails). Not AND-ed with the clean selection, and no doubled ball: it is
+          the selector's decision under the APGDconf attack, which is how their composition
+          (``eval/comp.py``) uses it. Needs the ``conf`` attack's records at ε.
 """
 from __future__ import annotations
 
@@ -30,11 +44,20 @@ from ..errors import InputError
 from .base import Decisions, ThresholdSelector, _np_bool, _np_float, col, require
 
 ATTACKS = ("apgd", "conf")
+RULES = ("paper", "authors")
 
 
 def neg_max_softmax(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Objective to MAXIMISE for confidence minimisation: −max_c softmax(z)_c (``y`` unused)."""
     return -logits.softmax(dim=1).amax(dim=1)
+
+
+def _check_rule(rule: str, attacks: Sequence[str]) -> str:
+    if rule not in RULES:
+        raise InputError(f"unknown SR rule {rule!r}; known: {', '.join(RULES)}")
+    if rule == "authors" and "conf" not in attacks:
+        raise InputError("the authors' SR rule reads the APGDconf point: attacks must include 'conf'")
+    return rule
 
 
 class SoftmaxResponse(ThresholdSelector):
@@ -44,13 +67,14 @@ class SoftmaxResponse(ThresholdSelector):
 
     def __init__(self, model: nn.Module, *, tau: float = 0.5, eps: float, norm: str = "linf",
                  steps: int = 40, seed: int = 0, attacks: Sequence[str] = ATTACKS,
-                 ball: bool = True) -> None:
+                 ball: bool = True, rule: str = "paper") -> None:
         super().__init__(model, tau=tau, eps=eps, norm=norm, steps=steps, seed=seed)
         bad = [a for a in attacks if a not in ATTACKS]
         if bad or not attacks:
             raise InputError(f"unknown SR attack(s) {bad or attacks}; known: {', '.join(ATTACKS)}")
         self.attacks = tuple(attacks)
         self.ball = bool(ball)
+        self.rule = _check_rule(rule, self.attacks)
 
     # -- attacks -------------------------------------------------------------------------
     @torch.no_grad()
@@ -90,11 +114,24 @@ class SoftmaxResponse(ThresholdSelector):
         r_sel = self.eps if self.ball else 0.0
         return r_sel, r_sel + eps_a
 
+    def _authors_adv_conf(self, x: torch.Tensor, radius: float) -> torch.Tensor:
+        """The authors' ``adv_conf``: max-softmax at the APGDconf point if it changed the
+        prediction, else at x (see module doc)."""
+        conf, pred = self._conf_pred(x)
+        if radius == 0.0:
+            return conf
+        c_adv, k_adv = self._conf_pred(self.attack_points(x, pred, radius, "conf"))
+        return torch.where(k_adv != pred, c_adv, conf)
+
     def select(self, x: torch.Tensor) -> torch.Tensor:
+        if self.rule == "authors":
+            return self._conf_pred(x)[0] >= self.tau
         return self._min_conf(x, self._radii(self.eps)[0]) >= self.tau
 
     def robust_select(self, x: torch.Tensor, eps: float | None = None,
                       norm: str | None = None) -> torch.Tensor:
+        if self.rule == "authors":
+            return self._authors_adv_conf(x, self._adversary(eps, norm)) >= self.tau
         r_sel, r_rob = self._radii(self._adversary(eps, norm))
         return (self._min_conf(x, r_rob) >= self.tau) & (self._min_conf(x, r_sel) >= self.tau)
 
@@ -104,7 +141,10 @@ class SoftmaxResponse(ThresholdSelector):
         max-softmax among x and the attack's point), ``flip_<a>@r`` (the point changes
         F's prediction) and ``flipconf_<a>@r`` (its max-softmax when flipped, else 0);
         and the combined ``score``/``score_lo@ε`` (min over the attacks) of
-        :meth:`ThresholdSelector.decisions`."""
+        :meth:`ThresholdSelector.decisions` (the paper's rule). The columns do not depend
+        on ``rule``: the authors' decisions are recomputed from the same records by
+        :meth:`decisions_for` with ``rule="authors"`` (it reads ``conf``, ``flip_conf@ε``
+        and ``flipconf_conf@ε``)."""
         from ..attacks import is_robust
 
         conf, pred = self._conf_pred(x)
@@ -128,8 +168,16 @@ class SoftmaxResponse(ThresholdSelector):
     # -- from records ----------------------------------------------------------------------
     @staticmethod
     def scores_from(records: Mapping[str, Any], eps: float, attacks: Sequence[str] = ATTACKS,
-                    ball: bool = True) -> tuple[np.ndarray, np.ndarray]:
-        """(selection score, robust-selection score) from records, using only ``attacks``."""
+                    ball: bool = True, rule: str = "paper") -> tuple[np.ndarray, np.ndarray]:
+        """(selection score, robust-selection score) from records, using only ``attacks``.
+        ``rule="authors"``: (clean max-softmax, max-softmax at the ``conf`` attack's point
+        at ε if it flipped F, else the clean one); ``attacks`` and ``ball`` are not used."""
+        if _check_rule(rule, attacks) == "authors":
+            f, c = col("flip_conf", eps), col("flipconf_conf", eps)
+            require(records, "conf", f, c)
+            conf = _np_float(records["conf"])
+            return conf, np.where(_np_bool(records[f]), _np_float(records[c]), conf)
+
         def min_over(r: float) -> np.ndarray:
             keys = [col(f"minconf_{a}", r) for a in attacks]
             require(records, *keys)
@@ -141,9 +189,14 @@ class SoftmaxResponse(ThresholdSelector):
 
     @classmethod
     def decisions_for(cls, records: Mapping[str, Any], eps: float, tau: float,
-                      attacks: Sequence[str] = ATTACKS, ball: bool = True) -> Decisions:
-        """Selection and robust selection at τ seen by the given attacks only (Fig. 6)."""
-        score, lo = cls.scores_from(records, eps, attacks, ball)
+                      attacks: Sequence[str] = ATTACKS, ball: bool = True,
+                      rule: str = "paper") -> Decisions:
+        """Selection and robust selection at τ seen by the given attacks only (Fig. 6);
+        ``rule="authors"``: the authors' rule (module doc), robust selection not AND-ed
+        with the clean selection."""
+        score, lo = cls.scores_from(records, eps, attacks, ball, rule)
+        if rule == "authors":
+            return Decisions(score >= tau, lo >= tau, None)
         return Decisions(score >= tau, (lo >= tau) & (score >= tau), None)
 
     @classmethod
