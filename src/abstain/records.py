@@ -135,3 +135,4 @@ def read_records(path: str | os.PathLike) -> dict[str, np.ndarray]:
         else:
             out[name] = np.asarray(raw, dtype=object)
     return out
+from .authors_records import read_authors_csv  # noqa: E402
