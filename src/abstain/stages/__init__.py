@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from .base import Block, Stage, StageContext
 from . import (digits_abstain, digits_certify, digits_compose, digits_finetune, digits_partition,
-               fig1, paper)
+               fig1, paper, paper_records)
 
 STAGES: list[Stage] = [
     fig1.STAGE,
@@ -19,6 +19,7 @@ STAGES: list[Stage] = [
     digits_abstain.STAGE,
     digits_compose.STAGE,
     *paper.STAGES,
+    paper_records.STAGE,
 ]
 
 
