@@ -4,11 +4,13 @@
 
 * ``--robust RUN``: the run directory (checkpoint) of F, the model that abstains;
 * ``--core RUN``: the run directory of the accurate core model of the composition;
+* either may instead be your own ``MODULE:FACTORY`` with ``--robust-weights`` /
+  ``--core-weights`` FILE, and then ``--data NAME`` (and ``--out``) say which data;
 * ``--selector``: S_ERI (eq. 12; robust selection = robustness in the 2ε ball), S_CRI (eq. 13;
   randomized smoothing of F at ``--sigma``, ℓ2 only), S_SR (eq. 16; APGD and APGDconf, τ sweep)
   or S_SN (selection network trained with IBP on the training split, IBP-certified).
 
-Evaluates the test split of the robust run's dataset (``--samples N``: a seeded,
+Evaluates the test split of the robust model's dataset (``--samples N``: a seeded,
 class-balanced subset) at every ε and writes into ``--out`` (default: the robust run):
 
 ``records/abstain-<selector>-eps<ε>.csv``  the selector's per-sample columns and the core's
@@ -24,20 +26,24 @@ class-balanced subset) at every ε and writes into ``--out`` (default: the robus
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
-from typing import Any
 
-from .. import records
+from ..abstain_job import SELECTORS
 
 HELP = "abstain models (robustness indicator, softmax response, selection network) and compositions"
 DESCRIPTION = __doc__
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--robust", required=True, metavar="RUN", help="run directory of the model F that abstains")
-    p.add_argument("--core", required=True, metavar="RUN", help="run directory of the core model")
-    p.add_argument("--selector", required=True, choices=("eri", "cri", "sr", "sn"))
+    from ..sources import add_data_arguments
+
+    m = p.add_argument_group("models (a run directory, or MODULE:FACTORY with its weights and --data)")
+    m.add_argument("--robust", required=True, metavar="RUN|MODULE:FACTORY", help="the model F that abstains")
+    m.add_argument("--robust-weights", metavar="FILE", help="weights of --robust MODULE:FACTORY")
+    m.add_argument("--core", required=True, metavar="RUN|MODULE:FACTORY", help="the core model")
+    m.add_argument("--core-weights", metavar="FILE", help="weights of --core MODULE:FACTORY")
+    add_data_arguments(m)
+    p.add_argument("--selector", required=True, choices=SELECTORS)
     p.add_argument("--eps", type=float, nargs="+", required=True, metavar="E", help="radii (pixel space)")
     p.add_argument("--norm", default="linf", choices=("linf", "l2"))
     p.add_argument("--steps", type=int, default=40, help="APGD steps")
@@ -63,113 +69,35 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import numpy as np
-    import torch
-
-    from .. import data as data_mod
-    from ..checkpoint import load_checkpoint
-    from ..compose import composition_columns
+    from ..abstain_job import AbstainSettings, abstain_job
     from ..errors import ConfigError
-    from ..io import update_json
-    from ..metrics import partition
-    from ..records import write_records
-    from ..selectors import plots
-    from ..selectors.evaluate import (abstain_records, build_selector, candidate, core_records,
-                                      summarize, tau_curve)
-    from ..utils import resolve_device, seed_everything
-    from ..validate import check_eps
+    from ..sources import parse_normalize, resolve
+    from ..utils import resolve_device
 
-    t0 = time.perf_counter()
+    s = AbstainSettings(selector=args.selector, eps=args.eps, norm=args.norm, steps=args.steps,
+                        tau=args.tau, tau_grid=args.tau_grid, samples=args.samples, seed=args.seed,
+                        eval_batch_size=args.eval_batch_size,
+                        sn={"epochs": args.sn_epochs, "samples": args.sn_samples},
+                        cri={"sigma": args.sigma, "n0": args.n0, "n": args.n, "alpha": args.alpha,
+                             "batch_size": args.batch_size})
+    s.check()
     device = resolve_device(args.device)
-    seed_everything(args.seed)
-    eps_list = [check_eps(e) for e in args.eps]
-    if any(e == 0 for e in eps_list):
-        raise ConfigError("--eps must be > 0")
-    if args.tau is not None and not 0 <= args.tau <= 1:
-        raise ConfigError(f"--tau must lie in [0, 1], got {args.tau}")
-    robust, meta = load_checkpoint(args.robust, device=device)
-    core, core_meta = load_checkpoint(args.core, device=device)
-    for m in (robust, core):
-        for prm in m.parameters():
-            prm.requires_grad_(False)
-    if core_meta.get("dataset") != meta.get("dataset"):
-        raise ConfigError(f"--robust uses dataset {meta.get('dataset')!r} but --core {core_meta.get('dataset')!r}")
-    if int(core_meta["num_classes"]) != int(meta["num_classes"]):
-        raise ConfigError("--robust and --core have different numbers of classes")
-    test = data_mod.load(meta["dataset"], "test", root=meta.get("data_root"))
-    idx = torch.arange(len(test))
-    if args.samples:
-        idx = data_mod.balanced_subset(test.y, args.samples, test.num_classes, seed=args.seed)
-    x, y = test.x[idx].to(device), test.y[idx].to(device)
-    train = None
-    if args.selector == "sn":
-        tr = data_mod.load(meta["dataset"], "train", root=meta.get("data_root"))
-        train = (tr.x.to(device), tr.y.to(device))
-    cri = None
-    if args.selector == "cri":
-        sigma = args.sigma if args.sigma is not None else (meta.get("loss_params") or {}).get("sigma")
-        if sigma is None:
-            raise ConfigError("--selector cri needs --sigma (the robust run has no loss sigma)")
-        cri = {"num_classes": int(meta["num_classes"]), "sigma": float(sigma), "n0": args.n0, "n": args.n,
-               "alpha": args.alpha, "batch_size": args.batch_size}
-    out = Path(args.out or args.robust)
-    section: dict[str, Any] = {}
-    pareto_pts, pareto_curves, comp_pts, abl = {}, {}, {}, {}
-    core_pt = None
-    for eps in eps_list:
-        sel = build_selector(args.selector, robust, eps=eps, norm=args.norm, steps=args.steps, seed=args.seed,
-                             tau=args.tau, train=train, sn={"epochs": args.sn_epochs, "samples": args.sn_samples},
-                             cri=cri)
-        rec = abstain_records(sel, x, y, idx.numpy(), batch_size=args.eval_batch_size)
-        crec = core_records(core, x, y, idx.numpy(), eps=eps, norm=args.norm, steps=args.steps, seed=args.seed,
-                            batch_size=args.eval_batch_size)
-        tau = getattr(sel, "tau", None)
-        cand = candidate(args.selector, args.selector, rec, eps, tau)
-        cpred, crob = crec["pred"], records.flag(crec, records.ROBUST, eps)
-        comp = composition_columns(rec["label"], cand, cpred, crob)
-        cols = dict(rec)
-        cols.update({"core.pred": cpred, records.column(records.ROBUST, eps, "core"): crob, "h.pred": comp["h_pred"],
-                     "h.rob_acc": comp["h_robust_acc"], "h.rob_acc_paper": comp["h_robust_acc_paper"]})
-        write_records(out / "records" / f"abstain-{args.selector}-eps{records.eps_text(eps)}.csv", cols)
-        lab = rec["label"]
-        abst = summarize(args.selector, rec, eps, tau)
-        entry: dict[str, Any] = {
-            "abstain": abst,
-            "core": partition(lab, cpred, crob),
-            "robust": {"nat_acc": abst["nat_acc"], "rob_acc": abst["rob_acc"]},
-            "composition": {"nat_acc": float(np.mean(comp["h_pred"] == lab)),
-                            "rob_acc": float(np.mean(comp["h_robust_acc"])),
-                            "rob_acc_paper": float(np.mean(comp["h_robust_acc_paper"])),
-                            "coverage": float(np.mean(comp["selected"]))},
-        }
-        key = f"{eps:g}"
-        if args.selector in ("sr", "sn"):
-            entry["tau_curve"] = tau_curve(args.selector, rec, eps, points=args.tau_grid)
-            pareto_curves[f"{args.selector.upper()} ε={key}"] = [(c["rob_sel"], c["sel_rob_acc"])
-                                                                for c in entry["tau_curve"] if c["rob_sel"] > 0]
-            if args.selector == "sr":
-                for attack, label in (("apgd", "APGD"), ("conf", "APGDconf")):
-                    c = tau_curve("sr", rec, eps, attacks=(attack,), points=args.tau_grid)
-                    abl[f"{label} ε={key}"] = [(d["rob_sel"], d["sel_rob_acc"]) for d in c if d["rob_sel"] > 0]
-        else:
-            pareto_pts[f"{args.selector.upper()} ε={key}"] = (abst["rob_sel"], abst["sel_rob_acc"])
-        comp_pts[f"composition ε={key}"] = (entry["composition"]["nat_acc"], entry["composition"]["rob_acc"])
-        if core_pt is None:
-            core_pt = (entry["core"]["nat_acc"], entry["core"]["rob_acc"])
-        section[key] = entry
+    normalize = parse_normalize(args.normalize)
+    common = {"data": args.data, "data_root": args.data_root, "num_classes": args.num_classes,
+              "normalize": normalize, "device": device}
+    robust = resolve(args.robust, args.robust_weights, flag="--robust", **common)
+    core = resolve(args.core, args.core_weights, flag="--core", **common)
+    if args.out is None and robust.run_dir is None:
+        raise ConfigError("--robust MODULE:FACTORY needs --out DIR")
+    out = Path(args.out) if args.out else robust.run_dir
+    section = abstain_job(robust, core, out, s, device)
+    for key, entry in section.items():
+        if key == "meta":
+            continue
+        abst, core_m, comp = entry["abstain"], entry["core"], entry["composition"]
         print(f"ε={key}: coverage {abst['coverage']:.3f}  R_rob^sel {abst['rob_sel']:.3f}  "
-              f"R_rob^acc(selected) {abst['sel_rob_acc']:.3f} | core nat {entry['core']['nat_acc']:.3f} "
-              f"rob {entry['core']['rob_acc']:.3f} | composition nat {entry['composition']['nat_acc']:.3f} "
-              f"rob {entry['composition']['rob_acc']:.3f}")
-    plots.abstain_pareto(pareto_pts, pareto_curves, out / "abstain_pareto.png",
-                         title=f"{meta['dataset']}: abstain model (S_{args.selector.upper()})")
-    plots.composition_plot(comp_pts, core_pt, out / "composition.png",
-                           title=f"{meta['dataset']}: composition vs core (core at ε={args.eps[0]:g})")
-    if abl:
-        plots.sr_ablation(abl, out / "sr_ablation.png")
-    section["meta"] = {"robust": str(args.robust), "core": str(args.core), "selector": args.selector,
-                       "norm": args.norm, "steps": args.steps, "seed": args.seed, "samples": int(len(idx)),
-                       "seconds": time.perf_counter() - t0}
-    update_json(out / "results.json", "abstain", section)
+              f"R_rob^acc(selected) {abst['sel_rob_acc']:.3f} | core nat {core_m['nat_acc']:.3f} "
+              f"rob {core_m['rob_acc']:.3f} | composition nat {comp['nat_acc']:.3f} "
+              f"rob {comp['rob_acc']:.3f}")
     print(f"wrote {out / 'results.json'} (section 'abstain'), records and plots under {out}")
     return 0

@@ -71,12 +71,12 @@ def model_dir(root: Path, stage: str, variant: str, seed: int) -> Path:
 
 def load_model(root: Path, stage: str, variant: str, seed: int, device: Any):
     """The checkpoint ``<root>/<stage>/work/<variant>-s<seed>`` or None when absent."""
-    from ..checkpoint import load_checkpoint
+    from ..sources import from_run, is_run_dir
 
     d = model_dir(root, stage, variant, seed)
-    if not (d / "meta.json").is_file():
+    if not is_run_dir(d):
         return None
-    model, _ = load_checkpoint(d, device=device)
+    model = from_run(d, device).model
     for p in model.parameters():
         p.requires_grad_(False)
     return model.eval()

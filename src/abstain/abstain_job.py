@@ -1,0 +1,194 @@
+"""The job behind ``abstain abstain``: an abstain model (F, S) and its 2-compositional model
+(eq. 15) with a core model, per ε, on the test split, with the plots of Fig. 3, 4 and 6.
+
+:func:`compose` is the Python API (an ``nn.Module`` each and the test inputs); :func:`abstain_job`
+adds the data, the files and the plots.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import records
+from .errors import ConfigError
+from .sources import ModelSource
+
+SELECTORS = ("eri", "cri", "sr", "sn")
+
+
+@dataclass
+class AbstainSettings:
+    """The settings of ``abstain abstain`` (see its ``--help``)."""
+
+    selector: str
+    eps: Sequence[float]
+    norm: str = "linf"
+    steps: int = 40
+    tau: float | None = None
+    tau_grid: int = 101
+    samples: int | None = None
+    seed: int = 0
+    eval_batch_size: int = 512
+    sn: dict[str, Any] = field(default_factory=lambda: {"epochs": 60, "samples": None})
+    cri: dict[str, Any] | None = None      # sigma, n0, n, alpha, batch_size
+
+    def check(self) -> list[float]:
+        from .validate import check_eps
+
+        if self.selector not in SELECTORS:
+            raise ConfigError(f"unknown selector {self.selector!r}; known: {', '.join(SELECTORS)}")
+        eps_list = [check_eps(e) for e in self.eps]
+        if any(e == 0 for e in eps_list):
+            raise ConfigError("--eps must be > 0")
+        if self.tau is not None and not 0 <= self.tau <= 1:
+            raise ConfigError(f"--tau must lie in [0, 1], got {self.tau}")
+        return eps_list
+
+
+def compose(robust: nn.Module, core: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
+            s: AbstainSettings, index: Any = None,
+            train: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, Any]:
+    """The abstain model (``robust``, S_selector) and its composition with ``core`` at ``eps``
+    (eq. 15): per-sample columns (``records``) and metrics (``metrics``: the abstain metrics,
+    the core alone, F alone, the composition with the sound ``rob_acc`` and the authors'
+    ``rob_acc_paper``). ``train``: the training split, for S_SN."""
+    from .compose import composition_columns
+    from .metrics import partition
+    from .selectors.evaluate import abstain_records, build_selector, candidate, core_records, summarize
+
+    index = np.arange(len(y)) if index is None else np.asarray(index)
+    sel = build_selector(s.selector, robust, eps=eps, norm=s.norm, steps=s.steps, seed=s.seed,
+                         tau=s.tau, train=train, sn=s.sn, cri=s.cri)
+    rec = abstain_records(sel, x, y, index, batch_size=s.eval_batch_size)
+    crec = core_records(core, x, y, index, eps=eps, norm=s.norm, steps=s.steps, seed=s.seed,
+                        batch_size=s.eval_batch_size)
+    tau = getattr(sel, "tau", None)
+    cand = candidate(s.selector, s.selector, rec, eps, tau)
+    cpred, crob = crec["pred"], records.flag(crec, records.ROBUST, eps)
+    comp = composition_columns(rec["label"], cand, cpred, crob)
+    cols = dict(rec)
+    cols.update({"core.pred": cpred, records.column(records.ROBUST, eps, "core"): crob,
+                 "h.pred": comp["h_pred"], "h.rob_acc": comp["h_robust_acc"],
+                 "h.rob_acc_paper": comp["h_robust_acc_paper"]})
+    lab = rec["label"]
+    abst = summarize(s.selector, rec, eps, tau)
+    metrics: dict[str, Any] = {
+        "abstain": abst,
+        "core": partition(lab, cpred, crob),
+        "robust": {"nat_acc": abst["nat_acc"], "rob_acc": abst["rob_acc"]},
+        "composition": {"nat_acc": float(np.mean(comp["h_pred"] == lab)),
+                        "rob_acc": float(np.mean(comp["h_robust_acc"])),
+                        "rob_acc_paper": float(np.mean(comp["h_robust_acc_paper"])),
+                        "coverage": float(np.mean(comp["selected"]))},
+    }
+    return {"records": cols, "metrics": metrics, "tau": tau}
+
+
+def _check_pair(robust: ModelSource, core: ModelSource) -> None:
+    if core.dataset != robust.dataset:
+        raise ConfigError(f"--robust uses dataset {robust.dataset!r} but --core {core.dataset!r}")
+    if core.num_classes != robust.num_classes:
+        raise ConfigError("--robust and --core have different numbers of classes")
+
+
+def _cri_settings(robust: ModelSource, cri: dict[str, Any] | None, selector: str) -> dict[str, Any] | None:
+    if selector != "cri":
+        return None
+    cri = dict(cri or {})
+    if cri.get("sigma") is None:
+        cri["sigma"] = (robust.meta.get("loss_params") or {}).get("sigma")
+    if cri["sigma"] is None:
+        raise ConfigError("--selector cri needs --sigma (the robust model has no loss sigma)")
+    return {"num_classes": robust.num_classes, **cri, "sigma": float(cri["sigma"])}
+
+
+class _Plots:
+    """The points and curves of the Pareto, composition and SR-ablation plots."""
+
+    def __init__(self) -> None:
+        self.pareto_pts: dict[str, Any] = {}
+        self.pareto_curves: dict[str, Any] = {}
+        self.comp_pts: dict[str, Any] = {}
+        self.ablation: dict[str, Any] = {}
+        self.core_pt: tuple[float, float] | None = None
+
+    def add(self, s: AbstainSettings, eps: float, cols: dict[str, Any], entry: dict[str, Any]) -> None:
+        from .selectors.evaluate import tau_curve
+
+        key, abst = records.eps_text(eps), entry["abstain"]
+        if s.selector in ("sr", "sn"):
+            entry["tau_curve"] = tau_curve(s.selector, cols, eps, points=s.tau_grid)
+            self.pareto_curves[f"{s.selector.upper()} ε={key}"] = [
+                (c["rob_sel"], c["sel_rob_acc"]) for c in entry["tau_curve"] if c["rob_sel"] > 0]
+            if s.selector == "sr":
+                for attack, label in (("apgd", "APGD"), ("conf", "APGDconf")):
+                    c = tau_curve("sr", cols, eps, attacks=(attack,), points=s.tau_grid)
+                    self.ablation[f"{label} ε={key}"] = [(d["rob_sel"], d["sel_rob_acc"]) for d in c
+                                                         if d["rob_sel"] > 0]
+        else:
+            self.pareto_pts[f"{s.selector.upper()} ε={key}"] = (abst["rob_sel"], abst["sel_rob_acc"])
+        self.comp_pts[f"composition ε={key}"] = (entry["composition"]["nat_acc"], entry["composition"]["rob_acc"])
+        if self.core_pt is None:
+            self.core_pt = (entry["core"]["nat_acc"], entry["core"]["rob_acc"])
+
+    def write(self, out: Path, dataset: str, s: AbstainSettings) -> None:
+        from .selectors import plots
+
+        plots.abstain_pareto(self.pareto_pts, self.pareto_curves, out / "abstain_pareto.png",
+                             title=f"{dataset}: abstain model (S_{s.selector.upper()})")
+        plots.composition_plot(self.comp_pts, self.core_pt, out / "composition.png",
+                               title=f"{dataset}: composition vs core (core at ε={s.eps[0]:g})")
+        if self.ablation:
+            plots.sr_ablation(self.ablation, out / "sr_ablation.png")
+
+
+def abstain_job(robust: ModelSource, core: ModelSource, out: Path, s: AbstainSettings,
+                device: Any) -> dict[str, Any]:
+    """Every ε of ``s``: records ``out/records/abstain-<selector>-eps<ε>.csv``, the section
+    ``out/results.json["abstain"]`` (returned) and the plots under ``out``."""
+    from . import data as data_mod
+    from .io import update_json
+    from .records import write_records
+    from .utils import seed_everything
+
+    t0 = time.perf_counter()
+    seed_everything(s.seed)
+    eps_list = s.check()
+    _check_pair(robust, core)
+    s.cri = _cri_settings(robust, s.cri, s.selector)
+    for m in (robust.model, core.model):
+        m.to(device)
+        for prm in m.parameters():
+            prm.requires_grad_(False)
+    test = robust.load_data("test")
+    idx = torch.arange(len(test))
+    if s.samples:
+        idx = data_mod.balanced_subset(test.y, s.samples, test.num_classes, seed=s.seed)
+    x, y = test.x[idx].to(device), test.y[idx].to(device)
+    train = None
+    if s.selector == "sn":
+        tr = robust.load_data("train")
+        train = (tr.x.to(device), tr.y.to(device))
+    section: dict[str, Any] = {}
+    figs = _Plots()
+    for eps in eps_list:
+        res = compose(robust.model, core.model, x, y, eps=eps, s=s, index=idx.numpy(), train=train)
+        write_records(out / "records" / f"abstain-{s.selector}-eps{records.eps_text(eps)}.csv", res["records"])
+        entry = res["metrics"]
+        figs.add(s, eps, res["records"], entry)
+        section[records.eps_text(eps)] = entry
+    figs.write(out, robust.dataset, s)
+    section["meta"] = {"robust": robust.describe, "core": core.describe, "selector": s.selector,
+                       "norm": s.norm, "steps": s.steps, "seed": s.seed, "samples": int(len(idx)),
+                       "seconds": time.perf_counter() - t0}
+    update_json(out / "results.json", "abstain", section)
+    return section
+
+
+__all__ = ["AbstainSettings", "compose", "abstain_job", "SELECTORS"]

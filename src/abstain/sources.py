@@ -1,0 +1,212 @@
+"""Which model, which data: the one place every command gets its model from.
+
+A model comes from
+
+* a run directory (``--run DIR``, or ``--robust DIR`` / ``--core DIR`` / ``train --init DIR``):
+  the checkpoint written by ``abstain train`` or a stage; its ``meta.json`` names the
+  architecture, the dataset and the data seed; or
+* your own code (``--model MODULE:FACTORY [--weights FILE]``): ``FACTORY(num_classes=K)``
+  when the factory takes ``num_classes``, else ``FACTORY()``, from an importable module
+  (the current directory is on the path); weights from ``.safetensors`` or a ``.pt``/``.pth``
+  read with ``torch.load(weights_only=True)`` (published layouts are mapped), never
+  unpickled; the dataset from ``--data NAME [--data-root DIR]``.
+
+``--normalize MEAN... STD...`` wraps a model that expects normalised inputs, so every ε stays
+in pixel space. The result is a :class:`ModelSource`: the model (eval mode), its number of
+classes, the dataset it belongs to and a description for ``results.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import inspect
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from torch import nn
+
+from .errors import ConfigError
+
+DATA_HELP = "gauss3, digits, mnist1d, cifar10, cifar100, folder, mtsd"
+
+
+@dataclass
+class ModelSource:
+    """A model and the data it belongs to."""
+
+    model: nn.Module
+    num_classes: int
+    dataset: str
+    data_root: str | None = None
+    data_seed: int = 0
+    run_dir: Path | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+    describe: dict[str, Any] = field(default_factory=dict)
+
+    def load_data(self, split: str = "test"):
+        """The ``split`` of the model's dataset (seeded as the model was trained)."""
+        from . import data as data_mod
+
+        return data_mod.load(self.dataset, split, root=self.data_root, seed=self.data_seed)
+
+
+def import_factory(spec: str, flag: str = "--model") -> Callable[..., Any]:
+    """The callable named by ``package.module:factory``."""
+    if ":" not in spec:
+        raise ConfigError(f"{flag} must be 'package.module:factory' or a run directory, got {spec!r}")
+    mod_name, attr = spec.split(":", 1)
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
+    try:
+        module = importlib.import_module(mod_name)
+    except ImportError as e:
+        raise ConfigError(f"{flag}: cannot import module {mod_name!r}: {e}") from None
+    factory = getattr(module, attr, None)
+    if factory is None or not callable(factory):
+        raise ConfigError(f"{flag}: module {mod_name!r} has no callable {attr!r}")
+    return factory
+
+
+def build_factory_model(spec: str, num_classes: int, weights: str | None = None,
+                        flag: str = "--model") -> nn.Module:
+    """``FACTORY(num_classes=K)`` (or ``FACTORY()``) with ``weights`` loaded safely."""
+    from .checkpoint import load_foreign_state_dict, load_state_into
+
+    factory = import_factory(spec, flag)
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        params = {}
+    model = factory(num_classes=num_classes) if "num_classes" in params else factory()
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"{flag}: {spec} returned {type(model).__name__}, not a torch nn.Module")
+    if weights:
+        load_state_into(model, load_foreign_state_dict(weights), source=weights)
+    return model
+
+
+def parse_normalize(values: Sequence[float] | None) -> tuple[list[float], list[float]] | None:
+    """``MEAN... STD...`` (as many of each) -> (mean, std)."""
+    if values is None:
+        return None
+    if len(values) % 2 or not values:
+        raise ConfigError(f"--normalize takes MEAN... STD... (as many of each), got {len(values)} values")
+    half = len(values) // 2
+    mean, std = list(values[:half]), list(values[half:])
+    if any(not s > 0 for s in std):
+        raise ConfigError(f"--normalize: std values must be positive, got {std}")
+    return mean, std
+
+
+def _normalized(model: nn.Module, normalize: tuple[list[float], list[float]] | None) -> nn.Module:
+    if normalize is None:
+        return model
+    from .models import NormalizedModel
+
+    return NormalizedModel(model, *normalize)
+
+
+def is_run_dir(path: str | os.PathLike) -> bool:
+    return Path(path).is_dir() and (Path(path) / "meta.json").is_file()
+
+
+def from_run(run_dir: str | os.PathLike, device: Any = "cpu",
+             normalize: tuple[list[float], list[float]] | None = None) -> ModelSource:
+    """The model of a run directory and the dataset named in its ``meta.json``."""
+    from .checkpoint import load_checkpoint
+
+    run_dir = Path(run_dir)
+    model, meta = load_checkpoint(run_dir, device=device)
+    if not meta.get("dataset"):
+        raise ConfigError(f"{run_dir}/meta.json names no dataset")
+    # the split the run was trained with: datasets drawn from a seed (gauss3) use the
+    # training seed for both splits
+    cfg = meta.get("config") if isinstance(meta.get("config"), dict) else {}
+    train_cfg = cfg.get("train") if isinstance(cfg.get("train"), dict) else {}
+    data_seed = int(meta.get("data_seed", train_cfg.get("seed", 0)))
+    return ModelSource(_normalized(model, normalize).eval(), int(meta["num_classes"]), meta["dataset"],
+                       meta.get("data_root"), data_seed, run_dir, meta,
+                       {"run": str(run_dir), "arch": meta.get("arch")})
+
+
+def from_factory(spec: str, weights: str | None, *, data: str, data_root: str | None = None,
+                 num_classes: int | None = None,
+                 normalize: tuple[list[float], list[float]] | None = None,
+                 flag: str = "--model") -> ModelSource:
+    """Your model (``MODULE:FACTORY`` + weights) on the dataset ``data``."""
+    from . import data as data_mod
+
+    test = data_mod.load(data, "test", root=data_root, seed=0)
+    k = num_classes if num_classes is not None else int(getattr(test, "num_classes", 0))
+    if k < 2:
+        raise ConfigError(f"--num-classes must be >= 2, got {k}")
+    model = build_factory_model(spec, k, weights, flag)
+    return ModelSource(_normalized(model, normalize).eval(), k, data, data_root, 0, None, {},
+                       {"model": spec, "weights": weights})
+
+
+def resolve(spec: str, weights: str | None = None, *, data: str | None = None,
+            data_root: str | None = None, num_classes: int | None = None,
+            normalize: tuple[list[float], list[float]] | None = None, device: Any = "cpu",
+            flag: str = "--model") -> ModelSource:
+    """A run directory or ``MODULE:FACTORY`` (which then needs ``data``)."""
+    if is_run_dir(spec):
+        if weights is not None:
+            raise ConfigError(f"{flag} {spec} is a run directory; its weights come with it "
+                              f"(drop {flag}-weights)")
+        return from_run(spec, device, normalize)
+    if ":" not in spec:
+        raise ConfigError(f"{flag} {spec}: no run directory there (no meta.json), and not "
+                          "'package.module:factory'")
+    if data is None:
+        raise ConfigError(f"{flag} {spec} needs --data NAME ({DATA_HELP})")
+    return from_factory(spec, weights, data=data, data_root=data_root, num_classes=num_classes,
+                        normalize=normalize, flag=flag)
+
+
+# --------------------------------------------------------------------------- arguments
+def add_arguments(p: argparse.ArgumentParser, *, out_help: str) -> None:
+    """The model-source options of ``evaluate`` and ``certify``."""
+    g = p.add_argument_group("what to use (either --run, or --model with --data and --out)")
+    g.add_argument("--run", metavar="DIR", help="run directory (checkpoint) written by `abstain train`")
+    g.add_argument("--model", metavar="MODULE:FACTORY",
+                   help="your model: a factory in an importable module (the current directory is on the path)")
+    g.add_argument("--weights", metavar="FILE", help="weights for --model (.safetensors, .pt or .pth)")
+    add_data_arguments(g)
+    g.add_argument("--out", metavar="DIR", help=out_help)
+
+
+def add_data_arguments(g: Any) -> None:
+    g.add_argument("--data", metavar="NAME", help=f"dataset for --model ({DATA_HELP})")
+    g.add_argument("--data-root", metavar="DIR", help="dataset directory for file-backed datasets")
+    g.add_argument("--num-classes", type=int, metavar="K", help="number of classes for --model (default: the dataset's)")
+    g.add_argument("--normalize", type=float, nargs="+", metavar="V",
+                   help="MEAN... STD... (one value per channel each) when the model expects normalised inputs")
+
+
+def from_args(args: argparse.Namespace, device: Any = "cpu") -> tuple[ModelSource, Path]:
+    """The source and output directory of ``--run DIR`` or ``--model … --data … --out DIR``."""
+    if bool(args.run) == bool(args.model):
+        raise ConfigError("give either --run DIR or --model MODULE:FACTORY (with --data and --out)")
+    normalize = parse_normalize(args.normalize)
+    if args.run:
+        for opt in ("weights", "data", "data_root", "num_classes"):
+            if getattr(args, opt) is not None:
+                raise ConfigError(f"--{opt.replace('_', '-')} is for --model; a run directory names its own")
+        if not is_run_dir(args.run):
+            raise ConfigError(f"--run {args.run}: not a run directory (no meta.json)")
+        return from_run(args.run, device, normalize), Path(args.out or args.run)
+    for opt in ("data", "out"):
+        if getattr(args, opt) is None:
+            raise ConfigError(f"--model needs --{opt}")
+    src = from_factory(args.model, args.weights, data=args.data, data_root=args.data_root,
+                       num_classes=args.num_classes, normalize=normalize)
+    return src, Path(args.out)
+
+
+__all__ = ["ModelSource", "from_run", "from_factory", "resolve", "from_args", "add_arguments",
+           "add_data_arguments", "import_factory", "build_factory_model", "parse_normalize", "is_run_dir"]
