@@ -113,7 +113,12 @@ def load_checkpoint(directory: str | os.PathLike, device: str | torch.device = "
     kw = dict(meta.get("model_kwargs", {}))
     kw.update(model_kw)
     try:
-        model = models.create(meta["arch"], int(meta["num_classes"]), **kw)
+        if ":" in str(meta["arch"]):   # a user's MODULE:FACTORY (abstain train --init MODULE:FACTORY)
+            from .sources import build_factory_model
+
+            model = build_factory_model(str(meta["arch"]), int(meta["num_classes"]), flag="arch")
+        else:
+            model = models.create(meta["arch"], int(meta["num_classes"]), **kw)
     except (AbstainError, TypeError, ValueError) as e:  # meta.json edited or corrupt
         raise CheckpointError(f"{Path(directory) / META_FILE} does not describe a model we can "
                               f"build: {e}") from None

@@ -30,6 +30,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a config value (TOML syntax), e.g. --set train.lr=0.01")
+    p.add_argument("--init", metavar="RUN|MODULE:FACTORY",
+                   help="start from this model instead of the config's [model]: a run directory, or your "
+                        "own factory (with --init-weights); recorded in the run's config.toml")
+    p.add_argument("--init-weights", metavar="FILE", help="weights for --init MODULE:FACTORY (.safetensors, .pt)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -41,6 +45,8 @@ def run(args: argparse.Namespace) -> int:
     from ..utils import resolve_device
 
     cfg = config_mod.load(args.config, args.set)
+    if args.init is not None or args.init_weights is not None:
+        cfg = _with_init(cfg, args.init, args.init_weights)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} exists and is not a directory")
@@ -89,6 +95,27 @@ def run(args: argparse.Namespace) -> int:
         print(f"abstain train: done; best epoch {best}" + (f" (validation: {vals})" if vals else "")
               + f"; model in {out}")
     return 0
+
+
+def _with_init(cfg: dict, init: str | None, weights: str | None) -> dict:
+    """The config with ``[model]`` taken from ``--init`` (a run directory, or MODULE:FACTORY)."""
+    from ..errors import ConfigError
+    from ..sources import import_factory, is_run_dir
+
+    if init is None:
+        raise ConfigError("--init-weights needs --init MODULE:FACTORY")
+    model = dict(cfg["model"])
+    if is_run_dir(init):
+        if weights is not None:
+            raise ConfigError(f"--init {init} is a run directory; drop --init-weights")
+        model["init"] = str(Path(init).resolve())
+    elif ":" in init:
+        import_factory(init, "--init")     # fail now, not after the data is loaded
+        model.update({"arch": init, "kwargs": {}, "init": str(Path(weights).resolve()) if weights else None})
+    else:
+        raise ConfigError(f"--init {init}: no run directory there (no meta.json), and not "
+                          "'package.module:factory'")
+    return {**cfg, "model": model}
 
 
 def _is_stale_tmp(path: Path) -> bool:

@@ -39,8 +39,16 @@ def build_model(cfg: Mapping[str, Mapping[str, Any]], num_classes: int,
     from ..checkpoint import MODEL_FILE, load_weights_file, read_meta
 
     arch = cfg["model"]["arch"]
-    kw = _model_kwargs(arch, input_shape, cfg["model"]["kwargs"])
     init = cfg["model"]["init"]
+    if ":" in arch:   # your own MODULE:FACTORY, with weights from init (a file) if given
+        from ..sources import build_factory_model
+
+        if cfg["model"]["kwargs"]:
+            raise ConfigError(f"[model] kwargs cannot be passed to a factory ({arch})")
+        if init and Path(init).is_dir():
+            raise ConfigError(f"[model] init {init}: a factory model takes a weights file, not a run directory")
+        return build_factory_model(arch, num_classes, init or None, flag="[model] arch"), {}
+    kw = _model_kwargs(arch, input_shape, cfg["model"]["kwargs"])
     if init:
         path = Path(init)
         if path.is_dir():
