@@ -85,8 +85,8 @@ def test_reader_apgdconf_and_multi_model_files(tmp_path):
 def test_reader_smoothing_files(tmp_path):
     idx = np.arange(0, 100, 2)
     pred = np.where(np.arange(50) < 5, -1, Y[idx])
-    f = write_smoothing(tmp_path / "augm" / "cifar10" / "run_a" / "smoothing" / "testset_smooth0.12_N0100_N100000.csv",
-                        idx, Y[idx], pred, np.linspace(0, 0.5, 50))
+    f = write_smoothing(tmp_path / "augm" / "cifar10" / "run_a" / "smoothing" /
+                        "testset_smooth0.12_N0100_N100000.csv", idx, Y[idx], pred, np.linspace(0, 0.5, 50))
     r = read_authors_csv(f)
     assert (r.attack, r.sigma, r.dataset, r.run, r.norm) == ("smoothing", 0.12, "cifar10", "run_a", None)
     cert = r.certified_at(0.25)
@@ -215,9 +215,9 @@ def make_checkout(root: Path) -> dict[str, str]:
     era_run = "mra2_255_autoaugment__Carmon2019Unlabeled__20210617_1224"
     era_pred = np.where((i >= 100) & (i < 110), wrong(Y), Y)
     rob1 = (i < 100) | ((i >= 110) & (i < 130)) | (i >= 490)
-    write_apgd(m / "mrevadv" / "cifar10" / "Linf" / "2_255" / "mra2_255_autoaugment__Carmon2019Unlabeled" / era_run /
-               "testset_cifar10_Linf_apgd.csv", "Carmon2019Unlabeled_autoaugment_mra2_255", era_pred,
-               {1: rob1, 2: i < 100})
+    era_dir = m / "mrevadv" / "cifar10" / "Linf" / "2_255" / "mra2_255_autoaugment__Carmon2019Unlabeled"
+    write_apgd(era_dir / era_run / "testset_cifar10_Linf_apgd.csv", "Carmon2019Unlabeled_autoaugment_mra2_255",
+               era_pred, {1: rob1, 2: i < 100})
     # smoothing (Tables 2, 3): the σ = 0.12 Cohen model at ℓ2 radius 0.25 on 50 samples:
     # 31 correct and certified (62.0 %, as printed), 1 wrong and certified (2.0 %; paper 1.0)
     idx = np.arange(0, 100, 2)
@@ -271,7 +271,8 @@ def test_stage_end_to_end_on_a_generated_checkout(tmp_path, capsys):
     blocks = report(sdir)
     text = "\n".join(b["text"] for b in blocks if b["kind"] == "text")
     assert "Table 1: 1 reproduced, 1 differ, 16 no record" in text
-    assert "Table 1 cifar10 Carmon et al. 8/255 (the record (the published model's evaluation) gives 2.00)" in text
+    assert ("Table 1 cifar10 Carmon et al. 8/255 (the record (the published model's evaluation) gives 2.00)"
+            in text)
     assert "Tables 2, 3: 0 reproduced, 1 differ, 7 no record" in text   # R_rob^¬acc 2.0 vs 1.0
     t1_block = next(b for b in blocks if b["kind"] == "table" and b["caption"].startswith("Table 1"))
     row = next(j for j, r in enumerate(t1_block["rows"]) if r[1] == "Carmon et al." and r[2] == "1/255")

@@ -199,7 +199,7 @@ class Rec:
         self.eps = radii(cols, ROBUST)
 
     @property
-    def date(self) -> str:
+    def origin(self) -> str:
         """``run of YYYY-MM-DD`` from the run name, or what the record is without a date."""
         m = re.search(r"__(\d{8})_(\d{4})", self.run)
         return f"run of {m[1][:4]}-{m[1][4:6]}-{m[1][6:]}" if m else "the published model's evaluation"
@@ -360,7 +360,7 @@ def _trades_model(recs: list[Rec], ds: str, model: str, k: int) -> tuple[Rec | N
 
 
 class Verdicts:
-    """Tally of the paper's cells: reproduced, not reproduced, no record."""
+    """Tally of the paper's cells: reproduced (True), not reproduced (False), no record (None)."""
 
     def __init__(self) -> None:
         self.cells: list[tuple[str, str, bool | None, str]] = []   # (table, cell, ok, why)
@@ -375,31 +375,42 @@ def _row_paper(n_label: int, values: list[str | None]) -> list:
     return [None] * n_label + [None if v is None else float(v) for v in values]
 
 
+def _table(caption: str, columns: list[str], rows: list[list], paper: list[list] | None = None) -> dict:
+    return {"kind": "table", "caption": caption, "columns": columns, "rows": rows, "paper": paper}
+
+
+def _text(text: str) -> dict:
+    return {"kind": "text", "text": text}
+
+
+def _picked(n: int) -> str:
+    return "" if n == 1 else f"closest of {n} runs (the paper names none)"
+
+
 def report(stage_dir: Path) -> list[dict]:
     """Every table recomputed from ``records/*.csv``; the paper's numbers beside ours (%)."""
     recs = _load_dir(Path(stage_dir) / "records")
-    blocks: list[dict] = []
     if not recs:
-        return [{"kind": "text", "text": "No records: the stage wrote none."}]
+        return [_text("No records: the stage wrote none.")]
     v = Verdicts()
     by_ds = defaultdict(list)
     for r in recs:
         by_ds[r.dataset].append(r)
     n_lin = sum(r.sigma is None for r in recs)
-    known = {ds: (int(np.sum(rs[0].cols["label_known"])), len(rs[0].label)) for ds, rs in by_ds.items()}
-    blocks.append({"kind": "text", "text": (
+    known = ", ".join(f"{ds}: {int(np.sum(rs[0].cols['label_known']))} of {len(rs[0].label)}"
+                      for ds, rs in sorted(by_ds.items()))
+    intro = _text(
         f"The authors' per-sample records ({REPO_URL}, `robustabstain/models/`): {n_lin} ℓ∞ APGD files and "
-        f"{len(recs) - n_lin} randomized-smoothing files, read with `abstain.authors_records` and written "
-        "as this stage's records; every number below is recomputed from those with `abstain.metrics`. "
-        "The ℓ∞ files hold no labels, only whether each prediction is correct; the label is recovered "
-        "from the models that are accurate on a sample (" + ", ".join(
-            f"{ds}: {k} of {n}" for ds, (k, n) in sorted(known.items())) + " samples); on the others every "
-        "model is wrong, which is all the metrics need. Numbers are % of the test set; a paper number "
-        "counts as reproduced when ours rounds to it at the printed precision.")})
-    blocks += _table1(recs, v) + _table78_9(recs, v) + _table7(recs, v) + _table5(recs, v)
-    blocks += _table6(recs, v) + _table23(recs, v) + _all_models(recs) + _all_compositions(recs)
-    blocks.insert(1, _summary(v))
-    return blocks
+        f"{len(recs) - n_lin} randomized-smoothing files, read with `abstain.authors_records` and written as "
+        "this stage's records; every number below is recomputed from those with `abstain.metrics`. The ℓ∞ "
+        "files hold no labels, only whether each prediction is correct; the label is recovered from the models "
+        f"that are accurate on a sample ({known} samples); on the others every model is wrong, which is all the "
+        "metrics need. Numbers are % of the test set; a paper number counts as reproduced when ours rounds to "
+        "it at the printed precision. Not computed here: the softmax-response (APGDconf files) and ACE "
+        "selection-network models of Fig. 3/4.")
+    tables = (_table1(recs, v) + _table89(recs, v) + _table7(recs, v) + _table5(recs, v) + _table6(recs, v)
+              + _table23(recs, v) + _all_models(recs) + _all_compositions(recs))
+    return [intro, _summary(v), *tables]
 
 
 def _table1(recs: list[Rec], v: Verdicts) -> list[dict]:
@@ -408,17 +419,19 @@ def _table1(recs: list[Rec], v: Verdicts) -> list[dict]:
         for k, printed in cells.items():
             r, note = _trades_model(recs, ds, model, k)
             ours = _pct(_part(r, k)["rob_inacc"]) if r is not None and r.rob(_eps(k)) is not None else None
-            why = "no record of this model" if r is None else (note or ("" if _same(ours, printed) else
-                                                                        f"the record ({r.date}) gives {ours:.2f}"))
+            if r is None:
+                why = "no record of this model"
+            else:
+                why = note or ("" if _same(ours, printed) else f"the record ({r.origin}) gives {ours:.2f}")
             v.add("Table 1", f"{ds} {MODEL_TEXT[model]} {k}/255", [(ours, printed)], why)
             rows.append([ds, MODEL_TEXT[model], f"{k}/255", r.run if r else "no record", ours])
             paper.append(_row_paper(4, [printed]))
-    return [{"kind": "table", "caption": "Table 1: robust inaccuracy R_rob^¬acc (eq. 3, %) of each model trained "
-             "for the threat model (8/255: the published model; 1, 4/255: its TRADES fine-tune), 40-step APGD",
-             "columns": ["dataset", "model", "ε", "record (run)", "R_rob^¬acc %"], "rows": rows, "paper": paper}]
+    return [_table("Table 1: robust inaccuracy R_rob^¬acc (eq. 3, %) of each model trained for the threat model "
+                   "(8/255: the published model; 1, 4/255: its TRADES fine-tune), 40-step APGD",
+                   ["dataset", "model", "ε", "record (run)", "R_rob^¬acc %"], rows, paper)]
 
 
-def _table78_9(recs: list[Rec], v: Verdicts) -> list[dict]:
+def _table89(recs: list[Rec], v: Verdicts) -> list[dict]:
     out = []
     for ds, table, name in (("cifar10", TABLE8, "Table 8"), ("cifar100", TABLE9, "Table 9")):
         rows, paper = [], []
@@ -437,9 +450,8 @@ def _table78_9(recs: list[Rec], v: Verdicts) -> list[dict]:
                 v.add(name, f"{label} {k}/255", list(zip(ours, printed)), why)
                 rows.append([label, f"{k}/255", r.run if r else "no record", *ours])
                 paper.append(_row_paper(3, list(printed)))
-        out.append({"kind": "table", "caption": f"{name}: {ds} robustness–accuracy partition (%), ¬r¬a, r¬a, "
-                    "¬ra, ra (Appendix A.9)", "columns": ["model", "ε", "record (run)", "¬r¬a %", "r¬a %",
-                                                          "¬ra %", "ra %"], "rows": rows, "paper": paper})
+        out.append(_table(f"{name}: {ds} robustness–accuracy partition (%), ¬r¬a, r¬a, ¬ra, ra (Appendix A.9)",
+                          ["model", "ε", "record (run)", "¬r¬a %", "r¬a %", "¬ra %", "ra %"], rows, paper))
     return out
 
 
@@ -451,30 +463,31 @@ def _partition_why(r: Rec, ours: list[float | None], printed: tuple[str, ...]) -
     names = ["¬r¬a", "r¬a", "¬ra", "ra"]
     diff = ", ".join(f"{n} {o:.2f} vs {p}" for n, o, p, s in zip(names, ours, printed, same) if not s)
     if same[1] and same[3]:
-        # the robust parts agree: same robustness flags, another count of the accurate samples
+        # the robust parts agree: the same robustness flags, another count of the accurate samples
         nat_p, nat_o = float(printed[2]) + float(printed[3]), ours[2] + ours[3]
         return (f"{diff}; the robust parts match, but the paper's row implies R_nat = {nat_p:.2f}% where the "
-                f"record ({r.date}) has {nat_o:.2f}%")
-    return f"{diff} (record: {r.date})"
+                f"record ({r.origin}) has {nat_o:.2f}%")
+    return f"{diff} (record: {r.origin})"
 
 
 def _table7(recs: list[Rec], v: Verdicts) -> list[dict]:
     rows, paper = [], []
     for ds, (nat, by_k) in TABLE7.items():
         core = _core(recs, ds)
-        ours_nat = _pct(float(np.mean(core.pred == core.label))) if core else None
-        ours = [(_pct(_part(core, k)["rob_acc"]) if core and core.rob(_eps(k)) is not None else None) for k in by_k]
+        ours = [_pct(float(np.mean(core.pred == core.label))) if core else None]
+        ours += [_pct(_part(core, k)["rob_acc"]) if core and core.rob(_eps(k)) is not None else None
+                 for k in by_k]
         printed = [nat, *by_k.values()]
-        v.add("Table 7", f"{ds} core model", list(zip([ours_nat, *ours], printed)),
-              "no record of this model" if core is None else "")
-        rows.append([ds, core.run if core else "no record", ours_nat, *ours])
+        v.add("Table 7", f"{ds} core model", list(zip(ours, printed)), "" if core else "no record of this model")
+        rows.append([ds, core.run if core else "no record", *ours])
         paper.append(_row_paper(2, printed))
-    return [{"kind": "table", "caption": "Table 7: core models (standard training), R_nat and R_rob^acc (%) at "
-             "1, 2, 4/255", "columns": ["dataset", "record (run)", "R_nat %", "R_rob^acc 1/255 %",
-                                        "R_rob^acc 2/255 %", "R_rob^acc 4/255 %"], "rows": rows, "paper": paper}]
+    return [_table("Table 7: core models (standard training), R_nat and R_rob^acc (%) at 1, 2, 4/255",
+                   ["dataset", "record (run)", "R_nat %", "R_rob^acc 1/255 %", "R_rob^acc 2/255 %",
+                    "R_rob^acc 4/255 %"], rows, paper)]
 
 
 def _closest(cands: list[tuple[Rec, list[float | None]]], printed: Iterable[str]) -> tuple[Rec, list] | None:
+    """The candidate whose values lie closest (max abs difference) to the printed ones."""
     target = [float(p) for p in printed]
     best = None
     for r, vals in cands:
@@ -487,45 +500,42 @@ def _closest(cands: list[tuple[Rec, list[float | None]]], printed: Iterable[str]
 
 
 def _table5(recs: list[Rec], v: Verdicts) -> list[dict]:
-    rows, paper, counts_2eps = [], [], []
+    rows, paper, n_2eps, starts = [], [], 0, defaultdict(set)
     for (loss, aa, k), printed in TABLE5.items():
         fam, pre = ("mrevadv", "mra") if loss == "era" else ("grevadv", "gra")
         pat = rf"^{pre}{k}_255{'_autoaugment' if aa else ''}__resnet50_cifar10_trades\d+_255__"
-        cands = []
+        cands = {}
         for r in _find(recs, "cifar10", fam, pat):
-            if r.rob(_eps(k)) is None:
-                continue
-            m = _part(r, k)
-            cands.append((r, [_pct(m["rob_sel_paper"]), _pct(m["sel_rob_acc_paper"]), _pct(m.get("rob_sel")),
-                              _pct(m.get("sel_rob_acc"))]))
-        counts_2eps.append(sum(vals[2] is not None for _, vals in cands))
-        hit = _closest([(r, vals[:2]) for r, vals in cands], printed)
+            if r.rob(_eps(k)) is not None:
+                m = _part(r, k)
+                cands[r.name] = (r, [_pct(m["rob_sel_paper"]), _pct(m["sel_rob_acc_paper"]),
+                                     _pct(m.get("rob_sel")), _pct(m.get("sel_rob_acc"))])
+        n_2eps += sum(vals[2] is not None for _, vals in cands.values())
+        hit = _closest([(r, vals[:2]) for r, vals in cands.values()], printed)
         label = f"{loss.upper()}{' + AA' if aa else ''}"
         if hit is None:
             v.add("Table 5", f"{label} {k}/255", [(None, p) for p in printed], "no record of this model")
             rows.append([label, f"{k}/255", "no record", 0, None, None, None, None])
         else:
-            r = hit[0]
-            vals = dict((c.name, vals) for c, vals in cands)[r.name]
-            v.add("Table 5", f"{label} {k}/255", list(zip(vals[:2], printed)),
-                  "" if len(cands) == 1 else f"closest of {len(cands)} runs (the paper names none)")
+            r, vals = hit[0], cands[hit[0].name][1]
+            v.add("Table 5", f"{label} {k}/255", list(zip(vals[:2], printed)), _picked(len(cands)))
             rows.append([label, f"{k}/255", r.run, len(cands), *vals])
+            starts[loss.upper()].add(re.search(r"__(resnet50_cifar10_trades\d+_255)__", r.run)[1])
         paper.append(_row_paper(4, [*printed, None, None]))
-    n_runs, n_2eps = sum(r[3] for r in rows), sum(counts_2eps)
-    note = {"kind": "text", "text": (
+    note = _text(
         "Table 5's R_rob^sel is the fraction robust at ε (the authors' `robind_commit_rate`), not eq. 14's "
-        f"robust selection, which needs robustness at 2ε: of the {n_runs} ERA/DGA runs behind this table, "
-        f"{n_2eps} hold the flag at 2ε of their ε, so the sound robust selection (last two columns) is missing "
-        "wherever the row shows a dash. The ERA runs of this table fine-tune the TRADES model for ε (`mra<k>_255__resnet50_cifar10_"
-        "trades<k>_255`), the DGA runs the 8/255 one (`…trades8_255`), though Appendix A.3 says both start "
-        "from the 8/255 model.")}
-    return [note, {"kind": "table", "caption": "Table 5: ERA vs DGA fine-tunes of the TRADES ResNet-50 (CIFAR-10), "
-             "abstain model (F, S_ERI). Authors' count: robust selection R_rob^sel = robust at ε (what the paper "
-             "prints); sound (eq. 14): robust at 2ε, only where the file holds the 2ε flag. Among several runs "
-             "(β sweep) the one closest to the paper's numbers is shown",
-             "columns": ["fine-tuning", "ε", "record (run)", "runs", "R_rob^sel % (authors)",
-                         "R_rob^acc % (authors)", "R_rob^sel % (sound, 2ε)", "R_rob^acc % (sound, 2ε)"],
-             "rows": rows, "paper": paper}]
+        f"robust selection, which needs robustness at 2ε: of the {sum(r[3] for r in rows)} ERA/DGA runs behind "
+        f"this table, the flag at 2ε is in {n_2eps}, so the sound robust selection is missing where the row "
+        "shows a dash. Starting models of the runs shown (from the run names): " + "; ".join(
+            f"{loss}: {', '.join(sorted(s))}" for loss, s in sorted(starts.items()))
+        + " (Appendix A.3: the TRADES ResNet-50 trained for 8/255).")
+    return [note, _table(
+        "Table 5: ERA vs DGA fine-tunes of the TRADES ResNet-50 (CIFAR-10), abstain model (F, S_ERI). Authors' "
+        "count: robust selection R_rob^sel = robust at ε (what the paper prints); sound (eq. 14): robust at 2ε, "
+        "only where the file holds the 2ε flag. Among several runs (β sweep) the one closest to the paper's "
+        "numbers is shown",
+        ["fine-tuning", "ε", "record (run)", "runs", "R_rob^sel % (authors)", "R_rob^acc % (authors)",
+         "R_rob^sel % (sound, 2ε)", "R_rob^acc % (sound, 2ε)"], rows, paper)]
 
 
 def _table6(recs: list[Rec], v: Verdicts) -> list[dict]:
@@ -533,49 +543,44 @@ def _table6(recs: list[Rec], v: Verdicts) -> list[dict]:
     for (ds, model, k), printed in TABLE6.items():
         core = _core(recs, ds)
         base = ERA_BASES[model].format(ds=ds)
-        cands = []
+        cands = {}
         for r in _find(recs, ds, "mrevadv", rf"^mra\d+_255(_[a-z]+)?__{re.escape(base)}__"):
-            if core is None or r.rob(_eps(k)) is None or r.rob(_eps(2 * k)) is None:
-                continue
-            c = _compose(r, core, k)
-            cands.append((r, c))
-        hit = _closest([(r, [_pct(c["rob_acc_paper"]), _pct(c["nat_acc_paper"])]) for r, c in cands], printed)
+            if core is not None and r.rob(_eps(k)) is not None and r.rob(_eps(2 * k)) is not None:
+                cands[r.name] = (r, _compose(r, core, k))
+        hit = _closest([(r, [_pct(c["rob_acc_paper"]), _pct(c["nat_acc_paper"])]) for r, c in cands.values()],
+                       printed)
         cell = f"{ds} {MODEL_TEXT[model]} {k}/255" + (" (also Table 4)" if (ds, model, k) in TABLE4 else "")
         if hit is None:
-            v.add("Table 6", cell, [(None, p) for p in printed],
-                  "no ERA record with flags at ε and 2ε" if core is not None else "no record of the core model")
-            rows.append([ds, MODEL_TEXT[model], f"{k}/255", "no record", 0, None, None, None, None, None, None])
+            why = "no ERA record with flags at ε and 2ε" if core is not None else "no record of the core model"
+            v.add("Table 6", cell, [(None, p) for p in printed], why)
+            rows.append([ds, MODEL_TEXT[model], f"{k}/255", "no record", 0] + [None] * 6)
         else:
-            r = hit[0]
-            c = dict((x.name, c) for x, c in cands)[r.name]
-            ours = [_pct(c["rob_acc_paper"]), _pct(c["nat_acc_paper"])]
-            v.add("Table 6", cell, list(zip(ours, printed)),
-                  "" if len(cands) == 1 else f"closest of {len(cands)} runs (the paper names none)")
-            rows.append([ds, MODEL_TEXT[model], f"{k}/255", r.run, len(cands), *ours,
-                         _pct(c["rob_acc"]), _pct(c["nat_acc"]), _pct(c["core_rob_acc"]), _pct(c["core_nat_acc"])])
+            (r, ours), c = hit, cands[hit[0].name][1]
+            v.add("Table 6", cell, list(zip(ours, printed)), _picked(len(cands)))
+            rows.append([ds, MODEL_TEXT[model], f"{k}/255", r.run, len(cands), *ours, _pct(c["rob_acc"]),
+                         _pct(c["nat_acc"]), _pct(c["core_rob_acc"]), _pct(c["core_nat_acc"])])
         paper.append(_row_paper(5, [*printed, None, None, None, None]))
     gaps = [(r[5] - r[7], r[6] - r[8]) for r in rows if r[7] is not None]
-    note = {"kind": "text", "text": (
-        "The authors' code composes with a selector that is F's robustness at 2ε, on the clean input too, and "
-        "counts a sample it does not select as robust whenever the core model is robust and correct, as if the "
-        "selector abstained in the whole ε-ball; nothing guarantees that (an adversary may move x to where F is "
-        "selected). The sound count uses the paper's own S_ERI (eq. 12: robustness at ε) with eq. 14's robust "
-        "selection (robustness at 2ε) and needs F and the core to agree and be robust where the selection may "
-        "change in the ball. " + (
-            f"On the {len(gaps)} cells above the sound R_rob^acc is lower by {min(g[0] for g in gaps):.2f} to "
-            f"{max(g[0] for g in gaps):.2f} points, and the authors' R_nat minus the sound one is "
-            f"{min(g[1] for g in gaps):+.2f} to {max(g[1] for g in gaps):+.2f} points (another selector: "
-            "robustness at 2ε instead of ε)."
-            if gaps else ""))}
-    return [note, {"kind": "table", "caption": "Tables 6 and 4: 2-compositional models (eq. 15), ERA model F_robust with "
-             "the robustness selector, core model on the abstained samples (%). Authors' count: the selector is "
-             "F's robustness at 2ε and the core is assumed to answer in the whole ball where it does not select "
-             "(their code; `rob_acc_paper`); sound: S = S_ERI at ε, robust selection at 2ε (eq. 14), "
-             "`composition_metrics`. The paper's ε-composition uses the ERA model trained at 2ε (its file holds "
-             "the flags at ε and 2ε); among several runs the one closest to the paper's numbers is shown",
-             "columns": ["dataset", "F_robust base", "ε", "record (run)", "runs", "R_rob^acc % (authors)",
-                         "R_nat % (authors)", "R_rob^acc % (sound)", "R_nat % (sound)", "core R_rob^acc %",
-                         "core R_nat %"], "rows": rows, "paper": paper}]
+    text = ("The authors' code composes with a selector that is F's robustness at 2ε, on the clean input too, "
+            "and counts a sample it does not select as robust whenever the core model is robust and correct, as "
+            "if the selector abstained in the whole ε-ball; nothing guarantees that (an adversary may move x to "
+            "where F is selected). The sound count uses the paper's own S_ERI (eq. 12: robustness at ε) with eq. "
+            "14's robust selection (robustness at 2ε) and needs F and the core to agree and be robust where the "
+            "selection may change in the ball.")
+    if gaps:
+        text += (f" On the {len(gaps)} cells below the sound R_rob^acc is lower by {min(g[0] for g in gaps):.2f} "
+                 f"to {max(g[0] for g in gaps):.2f} points, and the authors' R_nat minus the sound one is "
+                 f"{min(g[1] for g in gaps):+.2f} to {max(g[1] for g in gaps):+.2f} points (another selector: "
+                 "robustness at 2ε instead of ε).")
+    return [_text(text), _table(
+        "Tables 6 and 4: 2-compositional models (eq. 15), ERA model F_robust with the robustness selector, core "
+        "model on the abstained samples (%). Authors' count: the selector is F's robustness at 2ε and the core "
+        "is assumed to answer in the whole ball where it does not select (their code; `rob_acc_paper`); sound: "
+        "S = S_ERI at ε, robust selection at 2ε (eq. 14), `composition_metrics`. The paper's ε-composition uses "
+        "the ERA model trained at 2ε (its file holds the flags at ε and 2ε); among several runs the one closest "
+        "to the paper's numbers is shown",
+        ["dataset", "F_robust base", "ε", "record (run)", "runs", "R_rob^acc % (authors)", "R_nat % (authors)",
+         "R_rob^acc % (sound)", "R_nat % (sound)", "core R_rob^acc %", "core R_nat %"], rows, paper)]
 
 
 def _table23(recs: list[Rec], v: Verdicts) -> list[dict]:
@@ -592,24 +597,22 @@ def _table23(recs: list[Rec], v: Verdicts) -> list[dict]:
         for r in recs:
             if r.family == fam and r.sigma is not None and math.isclose(r.sigma, sigma) and re.match(pat, r.run):
                 m = _smooth(r)
-                cands.append((r, [_pct(m["rob_acc"]), _pct(m["rob_inacc"]), _pct(m["rob_sel"]), _pct(m["sel_rob_acc"])]))
+                cands.append((r, [_pct(m[key]) for key in ("rob_acc", "rob_inacc", "rob_sel", "sel_rob_acc")]))
         hit = _closest(cands, printed)
-        label = f"{'Cohen et al. (ResNet-110)' if model == 'cohen' else 'Sehwag et al. (ResNet-18)'}"
-        eps = SMOOTHING_EPS[sigma]
+        label = "Cohen et al. (ResNet-110)" if model == "cohen" else "Sehwag et al. (ResNet-18)"
+        head = [label, "L_noise" if ft == "noise" else "L_CRA", f"{SMOOTHING_EPS[sigma]:g} (σ={sigma:g})"]
         if hit is None:
-            v.add("Tables 2, 3", f"{label} {ft} σ={sigma:g}", [(None, p) for p in printed], "no record of this model")
-            rows.append([label, "L_noise" if ft == "noise" else "L_CRA", f"{eps:g} (σ={sigma:g})", "no record", 0,
-                         None, None, None, None])
+            v.add("Tables 2, 3", f"{label} {ft} σ={sigma:g}", [(None, p) for p in printed],
+                  "no record of this model")
+            rows.append(head + ["no record", 0, None, None, None, None])
         else:
-            v.add("Tables 2, 3", f"{label} {ft} σ={sigma:g}", list(zip(hit[1], printed)),
-                  "" if len(cands) == 1 else f"closest of {len(cands)} runs (the paper names none)")
-            rows.append([label, "L_noise" if ft == "noise" else "L_CRA", f"{eps:g} (σ={sigma:g})", hit[0].run,
-                         len(cands), *hit[1]])
+            v.add("Tables 2, 3", f"{label} {ft} σ={sigma:g}", list(zip(hit[1], printed)), _picked(len(cands)))
+            rows.append(head + [hit[0].run, len(cands), *hit[1]])
         paper.append(_row_paper(5, list(printed)))
-    return [{"kind": "table", "caption": "Tables 2 and 3: randomized smoothing (500 test samples, N0 = 100, N = "
-             "100,000), ℓ2 radius ε; robust = certified radius ≥ ε (S_CRI, Section 5), %",
-             "columns": ["pre-trained model", "fine-tuning", "ε (σ)", "record (run)", "runs", "R_rob^acc %",
-                         "R_rob^¬acc %", "R_rob^sel %", "R_rob^acc of (G, S_CRI) %"], "rows": rows, "paper": paper}]
+    return [_table("Tables 2 and 3: randomized smoothing (500 test samples, N0 = 100, N = 100,000), ℓ2 radius ε; "
+                   "robust = certified radius ≥ ε (S_CRI, Section 5), %",
+                   ["pre-trained model", "fine-tuning", "ε (σ)", "record (run)", "runs", "R_rob^acc %",
+                    "R_rob^¬acc %", "R_rob^sel %", "R_rob^acc of (G, S_CRI) %"], rows, paper)]
 
 
 def _all_models(recs: list[Rec]) -> list[dict]:
@@ -617,49 +620,46 @@ def _all_models(recs: list[Rec]) -> list[dict]:
     for r in _robust_models(recs) + [x for x in recs if x.family == "std" and x.sigma is None]:
         for k in r.ks():
             m = _part(r, k)
-            rows.append([r.dataset, r.family, r.run, f"{k}/255", _pct(m["nat_acc"]), _pct(m["rob_acc"]),
-                         _pct(m["rob_inacc"]), _pct(m["rob_sel_paper"]), _pct(m["sel_rob_acc_paper"]),
-                         _pct(m.get("rob_sel")), _pct(m.get("sel_rob_acc"))])
-    return [{"kind": "table", "caption": "Every ℓ∞ record (the points of Fig. 2/7 and 3/8): partition and the "
-             "abstain model (F, S_ERI) at each ε the file holds, %. Families: adv = TRADES, mrevadv = ERA, "
-             "grevadv = DGA, std = core. Sound robust selection (2ε) only where the file holds the 2ε flag",
-             "columns": ["dataset", "family", "record (run)", "ε", "R_nat %", "R_rob^acc %", "R_rob^¬acc %",
-                         "R_rob^sel % (authors, ε)", "R_rob^acc of (F,S) % (authors)", "R_rob^sel % (sound, 2ε)",
-                         "R_rob^acc of (F,S) % (sound)"], "rows": rows, "paper": None}]
+            keys = ("nat_acc", "rob_acc", "rob_inacc", "rob_sel_paper", "sel_rob_acc_paper", "rob_sel",
+                    "sel_rob_acc")
+            rows.append([r.dataset, r.family, r.run, f"{k}/255"] + [_pct(m.get(key)) for key in keys])
+    return [_table("Every ℓ∞ record (the points of Fig. 2/7 and 3/8): partition and the abstain model (F, S_ERI) "
+                   "at each ε the file holds, %. Families: adv = TRADES, mrevadv = ERA, grevadv = DGA, std = "
+                   "core. Sound robust selection (2ε) only where the file holds the 2ε flag",
+                   ["dataset", "family", "record (run)", "ε", "R_nat %", "R_rob^acc %", "R_rob^¬acc %",
+                    "R_rob^sel % (authors, ε)", "R_rob^acc of (F,S) % (authors)", "R_rob^sel % (sound, 2ε)",
+                    "R_rob^acc of (F,S) % (sound)"], rows)]
 
 
 def _all_compositions(recs: list[Rec]) -> list[dict]:
     rows, without, gaps = [], 0, []
     for r in _robust_models(recs):
         core = _core(recs, r.dataset)
-        if core is None:
-            continue
-        for k in r.ks():
+        for k in r.ks() if core is not None else []:
             if core.rob(_eps(k)) is None:
                 continue
             c = _compose(r, core, k)
             if "rob_acc" not in c:
                 without += 1
                 continue
-            rows.append([r.dataset, r.family, r.run, f"{k}/255", _pct(c["nat_acc_paper"]), _pct(c["rob_acc_paper"]),
-                         _pct(c["nat_acc"]), _pct(c["rob_acc"]), _pct(c["rob_acc"] - c["rob_acc_paper"])])
-            gaps.append(c["rob_acc"] - c["rob_acc_paper"])
-    text = (f"Every composition (points of Fig. 4/9) of a TRADES, ERA or DGA record with the dataset's core model "
-            f"(Table 7) at an ε where the record holds the flags at ε and 2ε: {len(rows)}. ")
+            gaps.append(c["rob_acc_paper"] - c["rob_acc"])
+            rows.append([r.dataset, r.family, r.run, f"{k}/255"] + [_pct(c[key]) for key in (
+                "nat_acc_paper", "rob_acc_paper", "nat_acc", "rob_acc")] + [_pct(-gaps[-1])])
+    text = (f"Every composition (points of Fig. 4/9) of a TRADES, ERA or DGA record with the dataset's core "
+            f"model (Table 7) at an ε where the record holds the flags at ε and 2ε: {len(rows)}. ")
     if gaps:
-        g = -np.asarray(gaps) * 100          # authors' count minus the sound one, in points
+        g = np.asarray(gaps) * 100          # authors' count minus the sound one, in points
         below, above = int(np.sum(g > 1e-9)), int(np.sum(g < -1e-9))
         text += (f"The sound robust accuracy is below the authors' count in {below} of them (by up to "
                  f"{max(g.max(), 0):.2f} points, mean {g.mean():.2f}), above it in {above}. ")
     text += (f"{without} more (record, ε) pairs have no 2ε flag in the record: neither eq. 14's robust selection "
              "nor the authors' 2ε count can be computed there (results.json gives the authors' count with the "
              "selector at ε, `selector_paper_2eps` = 0, for those).")
-    return [{"kind": "text", "text": text},
-            {"kind": "table", "caption": "Every composition with both counts (%): authors' (selector = robust at 2ε, "
-             "core assumed robust where not selected) and sound (S_ERI at ε, robust selection at 2ε)",
-             "columns": ["dataset", "family", "F_robust record (run)", "ε", "R_nat % (authors)",
-                         "R_rob^acc % (authors)", "R_nat % (sound)", "R_rob^acc % (sound)", "Δ R_rob^acc (sound − authors)"],
-             "rows": rows, "paper": None}]
+    return [_text(text), _table(
+        "Every composition with both counts (%): authors' (selector = robust at 2ε, core assumed robust where "
+        "not selected) and sound (S_ERI at ε, robust selection at 2ε)",
+        ["dataset", "family", "F_robust record (run)", "ε", "R_nat % (authors)", "R_rob^acc % (authors)",
+         "R_nat % (sound)", "R_rob^acc % (sound)", "Δ R_rob^acc (sound − authors)"], rows)]
 
 
 def _summary(v: Verdicts) -> dict:
@@ -667,13 +667,13 @@ def _summary(v: Verdicts) -> dict:
     bad = [c for c in v.cells if c[2] is False]
     none = [c for c in v.cells if c[2] is None]
     lines = [f"**Summary.** Of {len(v.cells)} cells of the paper's Tables 1–9 that name a model, the records "
-             f"reproduce {len(ok)} (ours rounds to the printed number), {len(bad)} differ and {len(none)} have no "
-             "record."]
-    by_table: dict[str, list[str]] = defaultdict(list)
+             f"reproduce {len(ok)} (ours rounds to the printed number), {len(bad)} differ and {len(none)} have "
+             "no record."]
+    by_table: dict[str, list[bool | None]] = defaultdict(list)
     for t, _, o, _ in v.cells:
-        by_table[t].append("ok" if o else ("differs" if o is False else "none"))
+        by_table[t].append(o)
     lines.append("Per table: " + "; ".join(
-        f"{t}: {s.count('ok')} reproduced, {s.count('differs')} differ, {s.count('none')} no record"
+        f"{t}: {s.count(True)} reproduced, {s.count(False)} differ, {s.count(None)} no record"
         for t, s in by_table.items()) + ".")
     if bad:
         lines.append("Not reproduced: " + "; ".join(f"{t} {c} ({w or 'the record gives another number'})"
@@ -682,12 +682,12 @@ def _summary(v: Verdicts) -> dict:
         lines.append("No record: " + "; ".join(f"{t} {c}" for t, c, _, _ in none) + ".")
     picked = [c for c in ok if c[3].startswith("closest")]
     if picked:
-        lines.append(f"{len(picked)} reproduced cells come from a run chosen among several (the paper does not say "
-                     "which run it reports; the closest one is shown).")
-    return {"kind": "text", "text": " ".join(lines)}
+        lines.append(f"{len(picked)} reproduced cells come from a run chosen among several (the paper does not "
+                     "say which run it reports; the closest one is shown).")
+    return _text(" ".join(lines))
 
 
-STAGE = Stage(name=NAME, title=TITLE, depends=DEPENDS, config=config, run=run, report=report, scale="paper",
-              expected_seconds=EXPECTED_SECONDS, missing_data=missing_data)
+STAGE = Stage(name=NAME, title=TITLE, depends=DEPENDS, config=config, run=run, report=report,
+              scale="paper", expected_seconds=EXPECTED_SECONDS, missing_data=missing_data)
 
 __all__ = ["NAME", "TITLE", "DEPENDS", "STAGE", "config", "run", "report", "missing_data"]
