@@ -238,6 +238,12 @@ def test_missing_checkout_names_the_path_and_the_repository(tmp_path, capsys):
     assert str(tmp_path / "data" / "robust-abstain") in err
     assert "git clone https://github.com/ymerkli/robust-abstain" in err
     assert "Traceback" not in err and not (tmp_path / "out" / "paper-records" / "results.json").exists()
+    # a checkout without records (e.g. an empty directory) is named as such
+    (tmp_path / "data" / "robust-abstain" / "robustabstain" / "models").mkdir(parents=True)
+    rc = cli.main(["reproduce", "--scale", "paper", "--only", "paper-records",
+                   "--data-root", str(tmp_path / "data"), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "no testset_*.csv records under" in err and str(tmp_path / "data" / "robust-abstain") in err
 
 
 def test_stage_end_to_end_on_a_generated_checkout(tmp_path, capsys):
