@@ -13,7 +13,11 @@ Parameters (``params`` mapping; the ``[loss]`` section of a config):
 ``gamma``      γ of eq. 7: the weight of the KL term inside TRADES (the paper's β_TRADES,
                default 6.0, Appendix A.2);
 ``beta``       β of eq. 5/20: the weight of the whole TRADES term in ERA and DGA (default 1.0);
-``era_inner``  ``"targeted"`` (default) or ``"untargeted-shared"`` (see :func:`era_loss`);
+``variant``    ``"paper"`` (default: eq. 5/20 as printed) or ``"authors"`` (what the authors'
+               code computes; :mod:`abstain.losses.variants`, docs/fidelity.md) for ERA/DGA;
+``era_inner``  ``"targeted"`` (the paper's two attacks; default of ``variant = "paper"``) or
+               ``"untargeted-shared"`` (one attack, the default and only choice of
+               ``variant = "authors"``); see :func:`era_loss`;
 ``generator``  optional ``torch.Generator`` for the attacks' random starts (the trainer
                passes a seeded one so training is reproducible).
 
@@ -31,6 +35,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..validate import check_eps, check_norm
+from .variants import variant_param
 
 ERA_INNER = ("targeted", "untargeted-shared")
 DEFAULT_STEPS = 10
@@ -157,13 +162,21 @@ def _clean_eval(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.
     return F.softmax(logits, dim=1), logits.argmax(dim=1)
 
 
-def trades_terms(logits_nat: torch.Tensor, logits_adv: torch.Tensor,
-                 y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """ℓ_CE(f(x), y) (batch mean) and D_KL(f(x) ‖ f(x')) with TRADES' ``batchmean``;
-    gradients flow through both f(x) and f(x') as in the TRADES reference."""
+def trades_terms(logits_nat: torch.Tensor, logits_adv: torch.Tensor, y: torch.Tensor, *,
+                 kl_over_classes: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """ℓ_CE(f(x), y) (batch mean) and D_KL(f(x) ‖ f(x')) with TRADES' ``batchmean`` (the
+    sum over classes, averaged over the batch); gradients flow through both f(x) and f(x')
+    as in the TRADES reference.
+
+    ``kl_over_classes=True`` divides the per-sample KL by the number of classes K: the
+    authors' ERA/DGA call their ``trades_loss(..., reduction='none')``, which applies
+    ``KLDivLoss(reduction='none')`` and then ``.mean(dim=1)``, a mean over the K class
+    terms instead of their sum (their TRADES baseline keeps the sum)."""
     ce = F.cross_entropy(logits_nat, y)
-    kl = kl_from_logits(logits_nat, logits_adv).mean()
-    return ce, kl
+    kl = kl_from_logits(logits_nat, logits_adv)
+    if kl_over_classes:
+        kl = kl / logits_nat.shape[1]
+    return ce, kl.mean()
 
 
 # --------------------------------------------------------------------------- losses
@@ -194,12 +207,22 @@ def trades_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     return loss, {"ce": ce.detach(), "kl": kl.detach()}
 
 
-def _abstain_inner(model: nn.Module, x: torch.Tensor, params: Mapping[str, Any]):
-    """Inner points shared by ERA and DGA: ``(s, pred, x_kl, x_rev)``."""
-    s = _settings(params)
-    inner = params.get("era_inner") or "targeted"
+def era_inner_param(params: Mapping[str, Any], variant: str) -> str:
+    """``era_inner`` checked against ``variant``: unset means ``"targeted"`` for the paper's
+    equations and ``"untargeted-shared"`` for the authors' code, which has only that one."""
+    inner = params.get("era_inner") or ("untargeted-shared" if variant == "authors" else "targeted")
     if inner not in ERA_INNER:
         raise ConfigError(f"[loss] era_inner must be one of {', '.join(ERA_INNER)}, got {inner!r}")
+    if variant == "authors" and inner != "untargeted-shared":
+        raise ConfigError("[loss] variant = \"authors\" uses the authors' single untargeted attack; "
+                          f"era_inner = {inner!r} contradicts it (leave era_inner unset)")
+    return inner
+
+
+def _abstain_inner(model: nn.Module, x: torch.Tensor, params: Mapping[str, Any], variant: str):
+    """Inner points shared by ERA and DGA: ``(s, pred, x_kl, x_rev)``."""
+    s = _settings(params)
+    inner = era_inner_param(params, variant)
     p_nat, pred = _clean_eval(model, x)
     if inner == "targeted":
         x_kl = trades_point(model, x, p_nat, s)
@@ -219,12 +242,22 @@ def _forward_points(model: nn.Module, x: torch.Tensor, x_kl: torch.Tensor, x_rev
 
 def _abstain_terms(model: nn.Module, x: torch.Tensor, y: torch.Tensor, params: Mapping[str, Any]):
     """The parts ERA (eq. 5) and DGA (eq. 20) share: the inner attacks, the forward passes at
-    x, the KL point and the eq. 8 point, and the TRADES terms (γ weighs the KL)."""
+    x, the KL point and the eq. 8 point, and the TRADES terms (γ weighs the KL).
+
+    ``variant = "authors"`` (``train_revadv.py``): the three forward passes run with the
+    model in EVAL mode (gradients on; BatchNorm uses and keeps its running statistics,
+    dropout is off), and the KL is divided by the number of classes."""
+    variant = variant_param(params)
     gamma = _weight(params, "gamma", DEFAULT_GAMMA)
-    _, pred, x_kl, x_rev = _abstain_inner(model, x, params)
-    logits_nat, logits_kl, logits_rev = _forward_points(model, x, x_kl, x_rev)
-    ce, kl = trades_terms(logits_nat, logits_kl, y)
-    return pred, logits_nat, logits_rev, ce, kl, ce + gamma * kl
+    _, pred, x_kl, x_rev = _abstain_inner(model, x, params, variant)
+    authors = variant == "authors"
+    if authors:
+        with _eval_mode(model):
+            logits_nat, logits_kl, logits_rev = _forward_points(model, x, x_kl, x_rev)
+    else:
+        logits_nat, logits_kl, logits_rev = _forward_points(model, x, x_kl, x_rev)
+    ce, kl = trades_terms(logits_nat, logits_kl, y, kl_over_classes=authors)
+    return variant, pred, logits_nat, logits_rev, ce, kl, ce + gamma * kl
 
 
 def era_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
@@ -232,28 +265,37 @@ def era_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     """ERA, eq. 5: β·L_TRADES + (1 − f(x)_y) · min_{x' ∈ B_ε(x)} ℓ_CE(f(x'), t(x')),
     t(x') = argmax_{c ≠ F(x)} f(x')_c (eq. 8).
 
-    ``era_inner = "targeted"`` (default, the paper's equations): two inner attacks —
-    TRADES' KL maximisation for the TRADES term, and for eq. 8 a PGD that MINIMISES the
-    CE towards the most likely class other than the clean prediction F(x), the target
-    re-chosen at every step as x' moves. The penalty is the CE at that point towards its
-    final target.
+    ``variant = "paper"`` (default) with ``era_inner = "targeted"`` (its default): the
+    equations as printed. Two inner attacks — TRADES' KL maximisation for the TRADES term
+    (eq. 7), and for eq. 8 a PGD that MINIMISES the CE towards the most likely class other
+    than the clean prediction F(x), the target re-chosen at every step as x' moves. The
+    penalty is the CE at that point towards its final target. Training-mode forward passes,
+    TRADES with the batch-mean KL (the sum over classes), exactly as the TRADES baseline.
 
-    ``era_inner = "untargeted-shared"`` (the authors' code, ymerkli/robust-abstain
-    ``train_revadv.py``): ONE untargeted PGD point that maximises CE w.r.t. the prediction
-    F(x); it serves as x' of the TRADES KL term and of the penalty (CE of f(x') towards
-    its top class ≠ F(x)). One attack instead of two (cheaper), but neither the KL nor
-    eq. 8 is optimised for its own term: the KL point is aimed at the prediction rather
-    than the KL, and the penalty's x' maximises the loss of F(x) instead of minimising the
-    CE to the adversarial class (close when the attack flips the prediction, different
-    when it does not).
+    ``era_inner = "untargeted-shared"``: ONE untargeted PGD point (random start, CE
+    w.r.t. the prediction F(x), maximised) serves as x' of the TRADES KL term and of the
+    penalty (CE of f(x') towards its top class ≠ F(x)). One attack instead of two
+    (cheaper), but neither the KL nor eq. 8 is optimised for its own term: the KL point is
+    aimed at the prediction rather than the KL, and the penalty's x' maximises the loss of
+    F(x) instead of minimising the CE to the adversarial class (close when the attack flips
+    the prediction, different when it does not). With ``variant = "paper"`` it is an
+    ablation of the attack only (batch-mean KL, training-mode logits): NOT the authors' code.
 
-    The soft qualifier 1 − f(x)_y uses the training-mode softmax and is NOT detached (as
-    in the authors' code): its gradient additionally pushes f(x)_y up in proportion to the
-    penalty. F(x) is the eval-mode prediction the attacks saw. γ (``gamma``) weighs the
-    KL inside TRADES, β (``beta``) the whole TRADES term.
+    ``variant = "authors"`` (ymerkli/robust-abstain ``train_revadv.py`` with
+    ``loss/revadv.py::revadv_loss`` and ``loss/trades.py::trades_loss``): the shared
+    untargeted point above (their foolbox ``LinfPGD``, 10 steps of 0.25·ε, random start,
+    last iterate), logits at x and x' taken with the model in eval mode (BatchNorm
+    frozen), and the KL divided by the number of classes K (``KLDivLoss(reduction='none')``
+    then ``.mean(dim=1)``): per sample, (1 − f(x)_y)·ℓ_CE(f(x'), t) + β·[ℓ_CE(f(x), y) +
+    γ·KL(f(x) ‖ f(x'))/K], averaged over the batch.
+
+    The soft qualifier 1 − f(x)_y is NOT detached (as in the authors' code): its gradient
+    additionally pushes f(x)_y up in proportion to the penalty. F(x) is the eval-mode
+    prediction the attacks saw. γ (``gamma``) weighs the KL inside TRADES, β (``beta``)
+    the whole TRADES term.
     """
     beta = _weight(params, "beta", DEFAULT_BETA)
-    pred, logits_nat, logits_rev, ce, kl, trades = _abstain_terms(model, x, y, params)
+    _, pred, logits_nat, logits_rev, ce, kl, trades = _abstain_terms(model, x, y, params)
     qualifier = 1.0 - F.softmax(logits_nat, dim=1).gather(1, y[:, None]).squeeze(1)
     target = top_other_class(logits_rev, pred)
     revadv = F.cross_entropy(logits_rev, target, reduction="none")
@@ -271,16 +313,29 @@ def dga_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
 
     x' is the adversarial point of ERA's inner attack (``era_inner`` as in
     :func:`era_loss`: the eq. 8 point that pushes towards the top class ≠ F(x), or the
-    shared untargeted point). The two probabilities come from two softmaxes, exactly as
-    eq. 20 writes it (their sum lies in [0, 2]); the authors' code instead renormalised
-    [logits(x), logit(x')_c] jointly — a different function, not used here.
+    shared untargeted point).
+
+    ``variant = "paper"`` (default): the two probabilities come from two softmaxes,
+    exactly as eq. 20 writes it (their sum lies in [0, 2]).
+
+    ``variant = "authors"`` (``loss/revadv.py::revadv_gambler_loss`` with ``conf = 1``):
+    ONE joint softmax over the K + 1 logits [f(x)_1..K, z(x')_t] (t the top class ≠ F(x)
+    at x'), so p_y + p_abstain ≤ 1; plus the authors' ERA differences (shared untargeted
+    point, eval-mode logits, KL/K; see :func:`era_loss`).
     """
     beta = _weight(params, "beta", DEFAULT_BETA)
-    pred, logits_nat, logits_rev, ce, kl, trades = _abstain_terms(model, x, y, params)
-    p_y = F.softmax(logits_nat, dim=1).gather(1, y[:, None]).squeeze(1)
+    variant, pred, logits_nat, logits_rev, ce, kl, trades = _abstain_terms(model, x, y, params)
     target = top_other_class(logits_rev, pred)
-    q = F.softmax(logits_rev, dim=1).gather(1, target[:, None]).squeeze(1)
-    gambler = -torch.log((p_y + q).clamp_min(1e-12)).mean()
+    if variant == "authors":
+        joint = torch.cat([logits_nat, logits_rev.gather(1, target[:, None])], dim=1)
+        log_p = F.log_softmax(joint, dim=1)
+        # log(p_y + p_abstain) as a logsumexp of the two log-probabilities (no underflow)
+        pair = torch.stack([log_p.gather(1, y[:, None]).squeeze(1), log_p[:, -1]], dim=1)
+        gambler = -torch.logsumexp(pair, dim=1).mean()
+    else:
+        p_y = F.softmax(logits_nat, dim=1).gather(1, y[:, None]).squeeze(1)
+        q = F.softmax(logits_rev, dim=1).gather(1, target[:, None]).squeeze(1)
+        gambler = -torch.log((p_y + q).clamp_min(1e-12)).mean()
     loss = beta * trades + gambler
     return loss, {"ce": ce.detach(), "kl": kl.detach(), "trades": trades.detach(),
                   "gambler": gambler.detach()}
