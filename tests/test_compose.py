@@ -11,7 +11,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from abstain.compose import (Candidate, Cascade, Composition, choose_cascade, composition_columns,
+from abstain.composition import (Candidate, Cascade, Composition, choose_cascade, composition_columns,
                              crossfit_cascade, pareto_front)
 from abstain.errors import InputError
 from abstain.metrics import cascade_metrics, cascade_outcome, composition_metrics, paper_robust_accurate

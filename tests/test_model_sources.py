@@ -100,3 +100,30 @@ def test_resolve_errors_name_the_problem(run_dir, tmp_path):
     rc = main(["evaluate", "--run", str(run_dir), "--eps", "0.1", "--normalize", "0.5",
                "--out", str(tmp_path / "n")])
     assert rc == 2 and not (tmp_path / "n").exists()
+
+
+def test_python_api_mirrors_the_commands(run_dir, tmp_path):
+    """abstain.certify / abstain.compose take an nn.Module and a Dataset and give the records
+    of the commands."""
+    import abstain
+    from abstain.data import balanced_subset
+
+    src = from_run(run_dir)
+    test = src.load_data("test")
+    sub = test.subset(balanced_subset(test.y, 20, test.num_classes, seed=0))
+    cols = abstain.certify(src.model, sub, sigma=0.25, eps=[0.1], n0=20, n=200, batch_size=100, device="cpu")
+    assert main(["certify", "--run", str(run_dir), "--out", str(tmp_path / "c"), "--sigma", "0.25",
+                 "--eps", "0.1", "--n0", "20", "--n", "200", "--samples", "20", "--batch-size", "100",
+                 "--device", "cpu"]) == 0
+    cli = read_records(tmp_path / "c" / "records" / "certify.csv")
+    for k in ("pred", "count", "certified@0.1", "certified@0.2"):
+        assert np.array_equal(np.asarray(cols[k]), cli[k]), k
+    res = abstain.compose(src.model, src.model, sub, selector="eri", eps=0.1, steps=5, device="cpu")
+    assert main(["abstain", "--robust", str(run_dir), "--core", str(run_dir), "--selector", "eri",
+                 "--eps", "0.1", "--steps", "5", "--samples", "20", "--device", "cpu",
+                 "--out", str(tmp_path / "a")]) == 0
+    cli = read_records(tmp_path / "a" / "records" / "abstain-eri-eps0.1.csv")
+    for k in ("pred", "robust@0.1", "robust@0.2", "h.pred", "h.rob_acc", "core.robust@0.1"):
+        assert np.array_equal(np.asarray(res["records"][k]).astype(cli[k].dtype), cli[k]), k
+    comp = res["metrics"]["composition"]
+    assert comp["rob_acc"] == pytest.approx(float(np.mean(cli["h.rob_acc"])))

@@ -51,14 +51,32 @@ class AbstainSettings:
         return eps_list
 
 
-def compose(robust: nn.Module, core: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
-            s: AbstainSettings, index: Any = None,
-            train: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, Any]:
+def compose(robust: nn.Module, core: nn.Module, data: Any, *, selector: str, eps: float,
+            norm: str = "linf", steps: int = 40, tau: float | None = None, seed: int = 0,
+            train: Any = None, device: Any = "auto") -> dict[str, Any]:
+    """The abstain model (``robust``, S_``selector``) and its 2-compositional model with
+    ``core`` (eq. 15) on the Dataset ``data`` at radius ``eps``: ``{"records": per-sample
+    columns, "metrics": {...}}`` (see :func:`compose_at`). ``train``: the training Dataset,
+    needed by S_SN."""
+    from .utils import resolve_device
+
+    s = AbstainSettings(selector=selector, eps=[eps], norm=norm, steps=steps, tau=tau, seed=seed)
+    s.check()
+    dev = resolve_device(device)
+    for m in (robust, core):
+        m.to(dev)
+    tr = (train.x.to(dev), train.y.to(dev)) if train is not None else None
+    return compose_at(robust, core, data.x.to(dev), data.y.to(dev), eps=eps, s=s, train=tr)
+
+
+def compose_at(robust: nn.Module, core: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
+               s: AbstainSettings, index: Any = None,
+               train: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, Any]:
     """The abstain model (``robust``, S_selector) and its composition with ``core`` at ``eps``
     (eq. 15): per-sample columns (``records``) and metrics (``metrics``: the abstain metrics,
     the core alone, F alone, the composition with the sound ``rob_acc`` and the authors'
     ``rob_acc_paper``). ``train``: the training split, for S_SN."""
-    from .compose import composition_columns
+    from .composition import composition_columns
     from .metrics import partition
     from .selectors.evaluate import abstain_records, build_selector, candidate, core_records, summarize
 
@@ -178,7 +196,7 @@ def abstain_job(robust: ModelSource, core: ModelSource, out: Path, s: AbstainSet
     section: dict[str, Any] = {}
     figs = _Plots()
     for eps in eps_list:
-        res = compose(robust.model, core.model, x, y, eps=eps, s=s, index=idx.numpy(), train=train)
+        res = compose_at(robust.model, core.model, x, y, eps=eps, s=s, index=idx.numpy(), train=train)
         write_records(out / "records" / f"abstain-{s.selector}-eps{records.eps_text(eps)}.csv", res["records"])
         entry = res["metrics"]
         figs.add(s, eps, res["records"], entry)
@@ -191,4 +209,4 @@ def abstain_job(robust: ModelSource, core: ModelSource, out: Path, s: AbstainSet
     return section
 
 
-__all__ = ["AbstainSettings", "compose", "abstain_job", "SELECTORS"]
+__all__ = ["AbstainSettings", "compose", "compose_at", "abstain_job", "SELECTORS"]

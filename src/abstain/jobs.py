@@ -145,18 +145,26 @@ class CertifySettings:
         self.eps = [check_eps(e) for e in self.eps]
 
 
-def certify(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, num_classes: int,
-            s: CertifySettings, index: Any = None, device: Any = "cpu",
-            on_progress: Any = None) -> dict[str, Any]:
-    """Per-input randomized-smoothing records of ``model`` on ``(x, y)`` (Cohen et al.'s
-    CERTIFY, or the sequential test): :func:`abstain.smoothing.records.certify_records`."""
+def certify(model: torch.nn.Module, data: Any, *, sigma: float, eps: Sequence[float],
+            num_classes: int | None = None, n0: int = 100, n: int = 100_000, alpha: float = 0.001,
+            sequential: bool = False, batch_size: int = 1000, chunk: int | None = None, seed: int = 0,
+            device: Any = "auto", on_progress: Any = None) -> dict[str, Any]:
+    """Per-input randomized-smoothing records of ``model`` (inputs in [0, 1] -> logits) on a
+    Dataset ``data`` (``.x``, ``.y``): Cohen et al.'s CERTIFY at level ``alpha``, or the
+    sequential test, deciding every ℓ2 radius of ``eps`` and its double
+    (:func:`abstain.smoothing.records.certify_records`, whose columns it returns)."""
     from .smoothing.records import certify_records
+    from .utils import resolve_device
 
-    index = torch.arange(len(y)) if index is None else index
-    return certify_records(model, x, y, index, num_classes=num_classes, sigma=s.sigma, eps=list(s.eps),
-                           n0=s.n0, n=s.n, alpha=s.alpha, batch_size=s.batch_size,
-                           sequential=s.sequential, seed=s.seed, chunk=s.chunk, device=device,
-                           on_progress=on_progress)
+    s = CertifySettings(sigma=sigma, eps=eps, n0=n0, n=n, alpha=alpha, samples=max(len(data), 1),
+                        sequential=sequential, batch_size=batch_size, chunk=chunk, seed=seed)
+    s.check()
+    k = num_classes if num_classes is not None else int(data.num_classes)
+    dev = distributed.local_device(resolve_device(device))
+    return certify_records(model.to(dev), data.x, data.y, torch.arange(len(data.y)), num_classes=k,
+                           sigma=s.sigma, eps=list(s.eps), n0=s.n0, n=s.n, alpha=s.alpha,
+                           batch_size=s.batch_size, sequential=s.sequential, seed=s.seed, chunk=s.chunk,
+                           device=dev, on_progress=on_progress)
 
 
 def certify_job(source: ModelSource, out: Path, s: CertifySettings, device: Any,
@@ -164,7 +172,7 @@ def certify_job(source: ModelSource, out: Path, s: CertifySettings, device: Any,
     """Certify ``source`` on a class-balanced subset into ``out/records/certify.csv`` and
     ``out/results.json["certify"]``; returns that section."""
     from .data import balanced_subset
-    from .smoothing.records import certify_metrics, decision_radii
+    from .smoothing.records import certify_metrics, certify_records, decision_radii
     from .utils import progress
 
     s.check()
@@ -177,8 +185,10 @@ def certify_job(source: ModelSource, out: Path, s: CertifySettings, device: Any,
     t0 = time.perf_counter()
     bar = progress(total=len(idx), desc="certify", disable=None if distributed.is_main() else True)
     try:
-        cols = certify(source.model.to(device), data.x[idx], data.y[idx], num_classes=source.num_classes,
-                       s=s, index=idx, device=device, on_progress=bar.update)
+        cols = certify_records(source.model.to(device), data.x[idx], data.y[idx], idx,
+                               num_classes=source.num_classes, sigma=s.sigma, eps=list(s.eps), n0=s.n0,
+                               n=s.n, alpha=s.alpha, batch_size=s.batch_size, sequential=s.sequential,
+                               seed=s.seed, chunk=s.chunk, device=device, on_progress=bar.update)
     finally:
         bar.close()
     seconds = time.perf_counter() - t0

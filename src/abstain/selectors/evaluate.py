@@ -152,8 +152,8 @@ def tau_curve(kind: str, records: Mapping[str, Any], eps: float, attacks: Sequen
 
 
 def candidate(name: str, kind: str, records: Mapping[str, Any], eps: float, tau: float | None = None):
-    """A :class:`abstain.compose.Candidate` (composition stage) from abstain records."""
-    from ..compose import Candidate
+    """A :class:`abstain.composition.Candidate` (composition stage) from abstain records."""
+    from ..composition import Candidate
 
     return Candidate(name, np.asarray(records["pred"], dtype=np.int64), robust_pred(kind, records, eps),
                      decisions(kind, records, eps, tau), {"kind": kind, "tau": tau})

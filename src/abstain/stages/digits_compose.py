@@ -16,8 +16,8 @@ core model of ``digits-partition`` (``work/std-s<seed>``) and the abstain models
 Robust accuracy is the sound one of :func:`abstain.metrics.cascade_outcome`: a sample counts
 only if neither a selector's decision nor the chosen model's prediction can change in B_ε.
 Choices that depend on data (τ of SR/SN, the cascade) are made by 2-fold cross-fitting on
-the test subset (:func:`abstain.compose.crossfit_cascade`), never on the sample they score.
-The :class:`abstain.compose.Composition` module (ERA + core + S_ERI) is run on the test
+the test subset (:func:`abstain.composition.crossfit_cascade`), never on the sample they score.
+The :class:`abstain.composition.Composition` module (ERA + core + S_ERI) is run on the test
 subset and its predictions are compared with the records (``module_agreement``).
 Records: ``records/compose-s<seed>.csv`` with ``<variant>.pred`` and ``<variant>.rob_acc``
 per variant, and ``records/core-s<seed>.csv``. Figure: ``fig4_compositions.png``.
@@ -59,7 +59,7 @@ def run(ctx: Any, cfg: dict) -> dict:
     import torch
 
     from .. import data as data_mod
-    from ..compose import Composition, composition_columns, crossfit_cascade
+    from ..composition import Composition, composition_columns, crossfit_cascade
     from ..errors import DataError
     from ..io import read_json
     from ..metrics import mean_std
