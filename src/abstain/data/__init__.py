@@ -1,7 +1,7 @@
 """Datasets: ``abstain.data.load(name, split, root=None, seed=0)``.
 
 Every dataset yields ``(x, y)`` with ``x`` float in [0, 1] of shape (C, H, W) for
-images or (D,) for vectors.
+images, (1, L) for 1-D signals (``mnist1d``) or (D,) for vectors.
 """
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from .base import TensorDataset, balanced_subset, train_val_split
 _LOADERS: dict[str, tuple[str, str]] = {
     "gauss3": ("synthetic", "gauss3"),
     "digits": ("digits", "digits"),
+    "mnist1d": ("mnist1d", "mnist1d"),
     "cifar10": ("cifar", "cifar10"),
     "cifar100": ("cifar", "cifar100"),
     "folder": ("folder", "folder"),

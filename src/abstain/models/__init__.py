@@ -16,6 +16,7 @@ from .normalize import Normalize, NormalizedModel
 _MODELS: dict[str, tuple[str, str]] = {
     "mlp": ("small", "mlp"),
     "cnn": ("small", "cnn"),
+    "cnn1d": ("small", "cnn1d"),
     "resnet18": ("resnet", "resnet18"),
     "resnet50": ("resnet", "resnet50"),
     "resnet110": ("resnet", "resnet110"),
