@@ -186,8 +186,7 @@ def test_paper_scale_without_data_names_every_missing_path(tmp_path, capsys, mon
     tail = '[train]\nloss = "era"\nschedule = "finetune"\n[loss]\neps = 0.00392156862745098\n'
     (configs / "cifar10-table4-era-carmon-eps1.toml").write_text(
         head + 'init = "models/Carmon2019Unlabeled.pt"\n' + tail)
-    (configs / "pre.toml").write_text("# abstain train --config configs/pre.toml \\\n"
-                                      "#     --out <data-root>/models/pre --set data.root=<data-root>\n" + head)
+    (configs / "pre.toml").write_text('[experiment]\nrole = "pretrain"\noutput = "models/pre"\n' + head)
     (configs / "cifar10-table5-era-eps1.toml").write_text(head + 'init = "models/pre"\n' + tail)
     monkeypatch.setenv("ABSTAIN_CONFIGS", str(configs))
     root = tmp_path / "data"

@@ -140,12 +140,12 @@ def test_chained_configs_core_model_and_compositions(tmp_path, monkeypatch):
     (tmp_path / "configs").mkdir()
     base = '[data]\nname = "digits"\n[model]\narch = "cnn"\n'
     (tmp_path / "configs" / "t-era-eps1.toml").write_text(
-        "# abstain train --config configs/t-era-eps1.toml --out runs/t-era-1\n" + base
+        '[experiment]\ninit_from = "t-trades-eps1"\n' + base
         + 'init = "../runs/t-trades-1"\n[train]\nloss = "era"\n[loss]\neps = 0.00392156862745098\n')
     (tmp_path / "configs" / "t-trades-eps1.toml").write_text(
-        "# abstain train --config configs/t-trades-eps1.toml --out runs/t-trades-1\n" + base
-        + '[train]\nloss = "trades"\n[loss]\neps = 0.00392156862745098\n')
-    (tmp_path / "configs" / "t-core.toml").write_text(base + '[train]\nloss = "standard"\n')
+        base + '[train]\nloss = "trades"\n[loss]\neps = 0.00392156862745098\n')
+    (tmp_path / "configs" / "t-core.toml").write_text('[experiment]\nrole = "core"\n' + base
+                                                      + '[train]\nloss = "standard"\n')
     st = paper.PaperStage("t", "t", ("t-*.toml",), paper_compose=lambda t: {"nat_acc": 0.941})
     cfg = st.config("paper", False)
     assert list(cfg["variants"]) == ["t-core", "t-trades-eps1", "t-era-eps1"]

@@ -17,6 +17,12 @@ sections/keys, wrong types and bad values raise :class:`ConfigError` naming the 
              ``weight_decay``, ``seed``, ``amp`` ("off" | "bf16" | "fp16", CUDA only),
              ``channels_last``, ``compile``, ``sync_bn``, ``select`` (model-selection score on
              the validation split), ``val_steps`` (PGD steps of the validation attack).
+``[experiment]`` how a stage of ``abstain reproduce`` uses the config (``abstain train``
+             ignores it): ``role`` = "model" | "core" (the accurate core model F_core of
+             eq. 15, evaluated at every ε of its stage) | "pretrain"; ``init_from`` = the name
+             (file stem) of another config of the same stage whose trained model initialises
+             this one; ``output`` = where other configs expect this config's trained model,
+             relative to ``--data-root`` (named in the error when it is missing).
 ``[loss]``   ``eps``, ``norm``, ``steps``, ``step_size``, ``beta`` (β of eq. 5/9/20; default
              1, or 0.75 for cra with variant "authors"), ``gamma`` (γ of eq. 7 = β_TRADES for
              trades/era/dga, default 6; Γ of eq. 11 for cra), ``variant`` ("paper" | "authors":
@@ -100,7 +106,13 @@ def _finite(check: Callable[[Any], str | None]) -> Callable[[Any], str | None]:
 
 
 NUM = (int, float)
+ROLES = ("model", "core", "pretrain")
 SCHEMA: dict[str, dict[str, _Key]] = {
+    "experiment": {
+        "role": _Key((str,), "model", choices=ROLES),
+        "init_from": _Key((str,), None, nullable=True),
+        "output": _Key((str,), None, nullable=True),
+    },
     "data": {
         "name": _Key((str,), doc="dataset name"),
         "root": _Key((str,), None, nullable=True),
@@ -273,6 +285,36 @@ def load(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()) -
     if root and not Path(root).is_absolute():
         cfg["data"]["root"] = str((p.parent / root).resolve())
     return cfg
+
+
+def configs_dir() -> Path:
+    """Where the experiment configs of ``abstain reproduce`` live: ``$ABSTAIN_CONFIGS``, else
+    the ``configs/`` beside the package's ``src/`` (a source checkout or editable install),
+    else ``./configs``."""
+    env = os.environ.get("ABSTAIN_CONFIGS")
+    if env:
+        return Path(env)
+    checkout = Path(__file__).resolve().parents[2] / "configs"
+    return checkout if checkout.is_dir() else Path("configs")
+
+
+def load_named(name: str, overrides: Mapping[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+    """The validated config ``configs_dir()/<name>.toml`` with ``{"section.key": value}``
+    overrides (how stages vary one setting of a config, e.g. the ε of a sweep)."""
+    path = configs_dir() / f"{name}.toml"
+    if not path.is_file():
+        raise ConfigError(f"experiment config {path} not found (configs/ of the abstain checkout, "
+                          "or set ABSTAIN_CONFIGS to the directory holding it)")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path} is not valid TOML: {e}") from None
+    for dotted, value in (overrides or {}).items():
+        section, _, key = dotted.partition(".")
+        if not isinstance(raw.setdefault(section, {}), dict) or not key:
+            raise ConfigError(f"bad override {dotted!r} of {path}")
+        raw[section][key] = value
+    return validate(raw)
 
 
 def loads(text: str) -> dict[str, dict[str, Any]]:

@@ -22,7 +22,6 @@ relative to the data root).
 from __future__ import annotations
 
 import os
-import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from .. import records
+from ..config import configs_dir
 from .base import Stage
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -51,36 +51,23 @@ DATASETS: dict[str, tuple[str, tuple[str, ...], str]] = {
 _DATASET_DIRS = {sub for sub, _, _ in DATASETS.values()}
 
 
-def configs_dir() -> Path:
-    """The repository's ``configs/`` (editable install), else ``./configs``; ``ABSTAIN_CONFIGS``
-    overrides both."""
-    env = os.environ.get("ABSTAIN_CONFIGS")
-    if env:
-        return Path(env)
-    repo = Path(__file__).resolve().parents[3] / "configs"
-    return repo if repo.is_dir() else Path("configs")
-
-
-_OUT_COMMENT = re.compile(r"--config\s+configs/([\w.-]+\.toml)[\s\\#]*--out\s+<data-root>/(\S+)")
-
-
 def _checkpoint_hint(init: str, dataset: str | None = None) -> str:
     """What to do about a missing ``[model] init``: train it with the config that documents
     ``--out <data-root>/<init>``, else get the published checkpoint from RobustBench."""
     for f in sorted(configs_dir().glob("*.toml")):
-        for cfg, out in _OUT_COMMENT.findall(f.read_text()):
-            if _strip_up(out) == _strip_up(init):
-                return (f"checkpoint directory of the pre-trained model: train it first with "
-                        f"`abstain train --config configs/{cfg} --out <data-root>/{out} "
-                        "--set data.root=<data-root>`")
+        try:
+            out = tomllib.loads(f.read_text()).get("experiment", {}).get("output")
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError, AttributeError):
+            continue
+        if isinstance(out, str) and _strip_up(out) == _strip_up(init):
+            return (f"checkpoint directory of the pre-trained model: train it first with "
+                    f"`abstain train --config configs/{f.name} --out <data-root>/{out} "
+                    "--set data.root=<data-root>`")
     name = Path(init).stem
     return (f"published checkpoint {Path(init).name}: from the RobustBench model zoo "
             f"({ROBUSTBENCH_URL}), e.g. `robustbench.utils.load_model(model_name='{name}', "
             f"dataset='{dataset or '...'}', threat_model='Linf')` saves it as "
             f"models/{dataset or '<dataset>'}/Linf/{name}.pt; copy that file to this path")
-
-
-_RUN_COMMENT = re.compile(r"--config\s+\S*?([\w.-]+)\.toml\s+--out\s+\S*?runs/([\w.-]+)")
 
 
 def _strip_up(p: str) -> Path:
@@ -91,36 +78,9 @@ def _strip_up(p: str) -> Path:
     return Path(*parts) if parts else Path(".")
 
 
-def _run_map(variants: Mapping[str, Any]) -> dict[str, str]:
-    """Run-directory name -> variant, from the ``--config configs/X.toml --out runs/Y`` lines
-    the configs document themselves with."""
-    out: dict[str, str] = {}
-    for v in variants.values():
-        for cfg_stem, run in _RUN_COMMENT.findall(v.get("text", "")):
-            if cfg_stem in variants:
-                out[run] = cfg_stem
-    return out
-
-
-def _init_variant(init: str | None, variants: Mapping[str, Any]) -> str | None:
-    """The variant of this stage whose trained model ``init`` names (e.g. ``../runs/X``), if any."""
-    if not init or "runs" not in Path(init).parts:
-        return None
-    run = Path(init).name
-    if run in variants:
-        return run
-    mapped = _run_map(variants).get(run)
-    if mapped:
-        return mapped
-    tokens = set(run.split("-"))     # e.g. paper-mtsd-trades-eps1 within paper-mtsd-trades-resnet50-eps1
-    hits = [v for v in variants if tokens <= set(v.split("-"))]
-    return hits[0] if len(hits) == 1 else None
-
-
 def _is_core(toml: Mapping[str, Any]) -> bool:
-    """A standard-trained model without a threat model: the core model F_core of eq. 15."""
-    return toml.get("train", {}).get("loss", "standard") == "standard" and \
-        not toml.get("loss", {}).get("eps")
+    """The config of the core model F_core of eq. 15 (``[experiment] role = "core"``)."""
+    return toml.get("experiment", {}).get("role") == "core"
 
 
 @dataclass
@@ -157,7 +117,10 @@ class PaperStage:
             text = p.read_text()
             variants[p.stem] = {"file": str(p), "toml": tomllib.loads(text), "text": text}
         for name, v in variants.items():
-            v["after"] = _init_variant(v["toml"].get("model", {}).get("init"), variants)
+            v["after"] = v["toml"].get("experiment", {}).get("init_from")
+            if v["after"] is not None and v["after"] not in variants:
+                raise ValueError(f"{v['file']}: [experiment] init_from = {v['after']!r} is not a config "
+                                 f"of stage {self.NAME} ({', '.join(variants)})")
         ordered: dict[str, Any] = {}
 
         def visit(name: str, chain: tuple[str, ...]) -> None:
@@ -500,4 +463,4 @@ def required_paths(data_root: str | os.PathLike | None, demo: bool = False) -> l
     return out
 
 
-__all__ = ["PaperStage", "PAPER_STAGES", "STAGES", "required_paths", "configs_dir", "DATASETS"]
+__all__ = ["PaperStage", "PAPER_STAGES", "STAGES", "required_paths", "DATASETS"]
