@@ -12,7 +12,8 @@ plus ``"partition"``: for every ε the four-way partition of
 non-robust-accurate, non-robust-inaccurate, and natural accuracy).
 
 Robustness is that of the prediction (``∀x' ∈ B^p_ε(x): F(x') = F(x)``), checked with
-:func:`abstain.attacks.is_robust`. Radii are processed in increasing order and a sample
+:func:`abstain.attacks.is_robust` (default attack :data:`abstain.attacks.DEFAULT_ATTACK`;
+``attack="apgd-ce"`` is the paper's protocol). Radii are processed in increasing order and a sample
 that is non-robust at ε is non-robust at every larger radius with the same adversarial
 input as evidence (the balls are nested), so only the survivors are attacked again and
 the flags are monotone in ε.
@@ -31,7 +32,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from . import distributed
-from .attacks import is_robust
+from .attacks import is_robust, resolve_attack
 from .errors import InputError
 from .metrics import partition
 from .utils import progress, resolve_device
@@ -99,14 +100,17 @@ def evaluate(model: nn.Module, data: Dataset | DataLoader, *, eps: float | Seque
              norm: str = "linf", steps: int = 40, double_eps: bool = True, ensemble: bool = False,
              batch_size: int = 256, device: str | torch.device = "auto", seed: int = 0,
              normalize: tuple[Sequence[float], Sequence[float]] | None = None,
-             save_adversarial: str | None = None, show_progress: bool = True) -> dict[str, Any]:
+             save_adversarial: str | None = None, show_progress: bool = True,
+             attack: str | None = None) -> dict[str, Any]:
     """Evaluate natural predictions and empirical robustness per sample.
 
     ``model``: inputs in [0, 1] -> logits (pass ``normalize=(mean, std)`` if it expects
     normalised inputs; it is then wrapped in :class:`abstain.models.NormalizedModel`).
     ``data``: a Dataset or DataLoader yielding ``(x, y)``. The model is moved to ``device``
-    and attacked in eval mode (its mode is restored). ``steps``-step APGD-CE aimed at the
-    prediction, or the ensemble of :func:`abstain.attacks.is_robust` (``ensemble=True``).
+    and attacked in eval mode (its mode is restored) by :func:`abstain.attacks.is_robust`
+    with ``attack`` (default :data:`abstain.attacks.DEFAULT_ATTACK`, ``"strong"``; the
+    paper's protocol is ``attack="apgd-ce"``, ``steps``-step APGD-CE aimed at the
+    prediction; ``ensemble=True`` is ``attack="ensemble"``).
 
     Returns a dict: per-sample columns ``index`` (position in ``data``), ``label``,
     ``pred`` and ``robust@<ε:g>`` for each radius of :func:`radii` (numpy arrays sorted by
@@ -123,6 +127,7 @@ def evaluate(model: nn.Module, data: Dataset | DataLoader, *, eps: float | Seque
         raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
     if not isinstance(model, nn.Module):
         raise InputError(f"model must be an nn.Module, got {type(model).__name__}")
+    attack = resolve_attack(attack, ensemble)
     eps_list = radii(eps, double_eps)
     dev = distributed.local_device(resolve_device(device))
     modes = [(mod, mod.training) for mod in model.modules()]   # restored at the end
@@ -166,7 +171,7 @@ def evaluate(model: nn.Module, data: Dataset | DataLoader, *, eps: float | Seque
             for e in eps_list:
                 alive = torch.nonzero(robust).flatten()
                 if alive.numel():
-                    r, a = is_robust(model, x[alive], eps=e, norm=norm, steps=steps, ensemble=ensemble,
+                    r, a = is_robust(model, x[alive], eps=e, norm=norm, steps=steps, attack=attack,
                                      generator=torch.Generator().manual_seed(seed), return_adv=True,
                                      sample_ids=ids[alive])
                     robust[alive] = r

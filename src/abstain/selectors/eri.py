@@ -16,14 +16,19 @@ from .base import Decisions, Selector, _np_bool, col, predict, require
 
 
 class RobustnessIndicator(Selector):
-    """S_ERI for classifier ``model`` at radius ``eps`` (empirical, APGD with ``steps``)."""
+    """S_ERI for classifier ``model`` at radius ``eps``, empirical: :func:`abstain.attacks.is_robust`
+    with ``attack`` (default :data:`abstain.attacks.DEFAULT_ATTACK`; ``"apgd-ce"`` is the
+    paper's protocol) and ``steps``."""
 
     name = "eri"
 
     def __init__(self, model: torch.nn.Module, *, eps: float, norm: str = "linf", steps: int = 40,
-                 seed: int = 0, ensemble: bool = False) -> None:
+                 seed: int = 0, ensemble: bool = False, attack: str | None = None) -> None:
+        from ..attacks import resolve_attack
+
         super().__init__(model, eps=eps, norm=norm, steps=steps, seed=seed)
-        self.ensemble = bool(ensemble)
+        self.attack = resolve_attack(attack, ensemble)
+        self.ensemble = self.attack == "ensemble"
 
     def _is_robust(self, x: torch.Tensor, radius: float,
                    sample_ids: torch.Tensor | None = None) -> torch.Tensor:
@@ -35,7 +40,7 @@ class RobustnessIndicator(Selector):
             return torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
         with torch.enable_grad():
             rob = is_robust(self.model, x, eps=radius, norm=self.norm, steps=self.steps,
-                            ensemble=self.ensemble, generator=self._generator(),
+                            attack=self.attack, generator=self._generator(),
                             sample_ids=sample_ids)
         return rob.to(torch.bool)
 

@@ -1,0 +1,166 @@
+"""The default robustness attack: a margin attack aimed at the class that is easiest to reach.
+
+Robust inaccuracy (paper eq. 3) counts wrong predictions on which the attack found no flip,
+so every flip it misses makes a non-robust error look robust. APGD-CE (the paper's
+protocol, Section 7) misses many flips that exist just past the exact flip radius; the
+ensemble of :func:`abstain.attacks.is_robust` finds them but runs 1 + 1 + (K - 1) attacks
+to the end on every robust point. This attack finds them at about the cost of two
+APGD-CE runs on robust points (fewer where bounds or early flips end it):
+
+1. **Proof** (:mod:`abstain.attacks.bounds`): points whose margin is provably positive
+   on ``B^p_ε(x) ∩ [0, 1]^d`` are robust and not attacked (nothing is skipped otherwise).
+2. **Ranking**: for the ``T`` classes with the highest clean logits (``T = min(K-1, 9)``)
+   one gradient of the targeted margin ``m_t = z_t - z_y`` at x (T forward-backward
+   passes) gives its linearisation; its maximiser over the ball ∩ box is the corner
+   ``c_t = x + argmax_δ ∇m_t·δ`` (ℓ∞: every coordinate at the end of
+   ``[max(0, x_i-ε), min(1, x_i+ε)]`` its gradient points to; ℓ2: ``x + ε·∇/||∇||``
+   projected). The corners are evaluated (T forward passes): a corner that flips ends the
+   attack for that point (on affine models the best corner is the exact optimum of the
+   ℓ∞ problem), the others rank the targets by the margin reached there.
+3. **Main run**: APGD (step 2ε, momentum 0.75, the checkpoints of Croce & Hein 2020)
+   on the untargeted DLR loss (Croce & Hein 2020, eq. 6: the logit margin to the
+   strongest other class, which re-targets at every step, over a scale), started at the
+   best corner, ``steps`` steps, early stop on flipped points. (On small ReLU networks
+   the plain margin stalls on points where DLR flips; see ``tests/test_attacks_oracle.py``.)
+4. **Follow-ups** on the survivors only, ``steps // 4`` steps each: APGD on the targeted
+   margin towards the 2nd-ranked class from its corner, then APGD-DLR from a random point
+   of the ball (seeded per sample id), which reaches flip regions the corners miss.
+
+Cost on a point that stays robust and is not proven: ``T`` forward-backward + ``T``
+forward passes, then ``steps + 2·(steps // 4)`` steps: ≈ 1.8× APGD-CE with the same
+``steps`` for K = 10 (``bench/attacks.py``: ``strong_vs_apgd_ce``). Every step of
+:mod:`abstain.attacks.core` is deterministic and per sample: nothing depends on the
+batch. The caller (:func:`abstain.attacks.is_robust`) re-checks every candidate with a
+fresh forward pass after projecting it onto the ball ∩ box.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .apgd import MOMENTUM, RHO
+from .bounds import certified
+from .core import Checkpoints, _bview, attack, project, random_start
+from .objectives import TargetedMargin
+
+
+MAX_TARGETS = 9          # ranked classes (as AutoAttack's APGD-T)
+FOLLOW_UP_FRACTION = 4   # each follow-up runs steps // 4 steps
+RESTART_SALT = 0x5EED    # mixed into the seed of the follow-up's random start
+
+
+def _targeted_grad(model: nn.Module, x: torch.Tensor, pred: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
+    """∇_x (z_t - z_y) at x (one forward-backward pass)."""
+    z = x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        logits = model(z)
+        m = logits.gather(1, tgt.view(-1, 1)) - logits.gather(1, pred.view(-1, 1))
+        g, = torch.autograd.grad(m.sum(), z)
+    return g.detach()
+
+
+def linear_corner(x: torch.Tensor, grad: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
+    """The maximiser of ``grad·(x' - x)`` over ``B^p_ε(x) ∩ [0, 1]^d``: exact for ℓ∞
+    (per coordinate, the end of the feasible interval the gradient points to; 0-gradient
+    coordinates stay); for ℓ2 the ball's maximiser ``x + ε·g/||g||_2`` clipped to the box."""
+    if norm == "linf":
+        hi = (x + eps).clamp(max=1.0)
+        lo = (x - eps).clamp(min=0.0)
+        return torch.where(grad > 0, hi, torch.where(grad < 0, lo, x))
+    n = grad.flatten(1).norm(dim=1).clamp_min(1e-30)
+    return project(x + eps * grad / _bview(n, grad), x, eps, norm)
+
+
+def rank_targets(model: nn.Module, x: torch.Tensor, pred: torch.Tensor, logits: torch.Tensor, *,
+                 eps: float, norm: str, targets: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Targets of each sample, best first, with their linearised corners.
+
+    Returns ``(order (N, T) class indices, corners (T, N, ...) ordered alike, flipped (N,)
+    bool: some corner already changes the prediction, and the corner that does is first)``.
+    The best target is the one whose corner reaches the largest value of ``z_t - z_y``.
+    Targets are tried in the order of the clean logits and a sample whose corner flips is
+    not linearised further (its later corners stay x and rank last), so non-robust
+    points cost little; each sample's result depends on that sample alone.
+    """
+    cand = logits.scatter(1, pred.view(-1, 1), float("-inf")).topk(targets, dim=1).indices
+    corners = x.detach().unsqueeze(0).repeat((targets,) + (1,) * x.dim())
+    score = torch.full((x.shape[0], targets), float("-inf"), dtype=logits.dtype, device=x.device)
+    flips = torch.zeros((x.shape[0], targets), dtype=torch.bool, device=x.device)
+    todo = torch.arange(x.shape[0], device=x.device)
+    for j in range(targets):
+        # a sample with a flipping corner needs no further targets (its attack is over)
+        if j > 0:
+            todo = todo[~flips[todo, j - 1]]
+            if todo.numel() == 0:
+                break
+        xs, ps, t = x[todo], pred[todo], cand[todo, j]
+        c = linear_corner(xs, _targeted_grad(model, xs, ps, t), eps, norm)
+        corners[j, todo] = c
+        with torch.no_grad():
+            z = model(c)
+        score[todo, j] = (z.gather(1, t.view(-1, 1)) - z.gather(1, ps.view(-1, 1))).squeeze(1)
+        flips[todo, j] = z.argmax(dim=1) != ps
+    # a corner that flips first (whatever its target), then by the margin reached
+    key = torch.where(flips, torch.full_like(score, float("inf")), score)
+    key = torch.nan_to_num(key, nan=float("-inf"))
+    perm = key.argsort(dim=1, descending=True, stable=True)
+    order = cand.gather(1, perm)
+    n_idx = torch.arange(x.shape[0], device=x.device)
+    corners = corners[perm.t(), n_idx.view(1, -1)]
+    return order, corners, flips.any(dim=1)
+
+
+def strong_candidates(model: nn.Module, x: torch.Tensor, pred: torch.Tensor, logits: torch.Tensor, *,
+                      eps: float, norm: str, steps: int, ids: torch.Tensor,
+                      targets: int | None = None, use_bounds: bool = True, seed: int = 0
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Candidate adversarial inputs for the prediction ``pred`` at ``x`` (see module doc).
+
+    Returns ``(x_cand, proven)``: ``x_cand`` (N, ...) in ball ∩ box, the attack's best
+    point per sample; ``proven`` (N,) bool, the points the bounds prove robust (their
+    candidate is x). ``seed`` and the sample ids ``ids`` fix the one random start.
+    The caller re-checks the candidates with a fresh forward pass.
+    The model is in eval mode with frozen parameters (the caller's :func:`frozen_eval`).
+    """
+    n, k = x.shape[0], logits.shape[1]
+    x_cand = x.detach().clone()
+    proven = torch.zeros(n, dtype=torch.bool, device=x.device)
+    if use_bounds:
+        cert = certified(model, x, pred, logits, eps, norm)
+        if cert is not None:
+            proven = cert
+    todo = torch.nonzero(~proven).flatten()
+    n_t = min(k - 1, MAX_TARGETS if targets is None else targets)
+    if todo.numel() == 0 or n_t < 1:
+        return x_cand, proven
+    xs, ps, zs, ids_s = x[todo], pred[todo], logits[todo], ids[todo]
+    order, corners, flipped = rank_targets(model, xs, ps, zs, eps=eps, norm=norm, targets=n_t)
+    cand = corners[0].clone()
+    alive = ~flipped
+
+    def run(sel: torch.Tensor, loss: object, y: torch.Tensor, start: torch.Tensor, n_steps: int) -> None:
+        if sel.numel() == 0 or n_steps < 1:
+            return
+        res = attack(model, xs[sel], y, eps=eps, norm=norm, steps=n_steps, loss=loss, step_size=None,
+                     momentum=MOMENTUM, checkpoints=Checkpoints(n_steps, RHO), random_init=False,
+                     x_init=start, early_stop=True, sample_ids=ids_s[sel], return_result=True)
+        ok = res.success
+        cand[sel[ok]] = res.x_adv[ok]
+        alive[sel[ok]] = False
+
+    # main run: untargeted DLR (re-targets to the strongest other class) from the best corner
+    sel = torch.nonzero(alive).flatten()
+    run(sel, "dlr", ps[sel], corners[0][sel], steps)
+    short = steps // FOLLOW_UP_FRACTION
+    if n_t > 1:   # follow-up 1: the targeted margin towards the 2nd-ranked class, from its corner
+        sel = torch.nonzero(alive).flatten()
+        run(sel, TargetedMargin(), torch.stack([ps[sel], order[sel, 1]], dim=1), corners[1][sel], short)
+    # follow-up 2: DLR from a random point of the ball (another basin than the corners')
+    sel = torch.nonzero(alive).flatten()
+    if sel.numel():
+        run(sel, "dlr", ps[sel], random_start(xs[sel], eps, norm, (seed ^ RESTART_SALT) & 0xFFFFFFFF, ids_s[sel]), short)
+    x_cand[todo] = cand
+    return x_cand, proven
+
+
+__all__ = ["strong_candidates", "rank_targets", "linear_corner", "MAX_TARGETS"]
