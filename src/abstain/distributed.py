@@ -2,8 +2,10 @@
 
 Nothing here invents its own engine: training uses DistributedDataParallel, and
 evaluation/certification shard the sample indices across ranks and gather the
-per-sample records so that every rank (and the written files) see exactly the
-records of a single-process run. Backends: NCCL on GPUs, gloo on CPUs.
+per-sample records so that every rank (and the written files) see the records of a
+single-process run (exactly on CPU; on CUDA see docs/scale.md). Backends: NCCL on GPUs
+(one GPU per rank), gloo on CPUs, or gloo on GPUs shared between ranks with
+``ABSTAIN_DIST_BACKEND=gloo``.
 """
 from __future__ import annotations
 
@@ -14,33 +16,95 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from .errors import ConfigError
+
+
+BACKEND_ENV = "ABSTAIN_DIST_BACKEND"
+_HOST_GROUP: Any = None
+
 
 def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
+def backend_for(device: torch.device | str | None) -> str:
+    """The process-group backend: ``$ABSTAIN_DIST_BACKEND`` (``nccl`` or ``gloo``) when set,
+    else NCCL on CUDA and gloo on CPU."""
+    chosen = os.environ.get(BACKEND_ENV, "").strip().lower()
+    cuda = device is not None and torch.device(device).type == "cuda"
+    if not chosen:
+        return "nccl" if cuda else "gloo"
+    if chosen not in ("nccl", "gloo") or (chosen == "nccl" and not cuda):
+        raise ConfigError(f"{BACKEND_ENV}={chosen!r}: use gloo, or nccl with a CUDA device")
+    return chosen
+
+
+def cuda_index(backend: str) -> int:
+    """The GPU of this rank on its machine: ``LOCAL_RANK`` (one GPU per rank, as NCCL needs),
+    or ``LOCAL_RANK mod #GPUs`` when gloo shares the GPUs between ranks.
+
+    Refuses with a clear message, before any CUDA call that would fail with "invalid device
+    ordinal" (more ranks than GPUs) or hang in NCCL (two ranks on one GPU)."""
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
+    n_gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if n_gpus == 0:
+        raise ConfigError("--device cuda under torchrun, but this machine shows no GPU "
+                          "(torch.cuda.device_count() == 0); use --device cpu")
+    if backend == "gloo":
+        return local_rank % n_gpus
+    if local_world > n_gpus or local_rank >= n_gpus:
+        raise ConfigError(
+            f"torchrun started {local_world} processes on this machine but it has {n_gpus} "
+            f"GPU(s): NCCL needs one GPU per process. Use --nproc-per-node {n_gpus} (or set "
+            f"CUDA_VISIBLE_DEVICES to more GPUs), or share the GPU(s) between the processes "
+            f"through gloo with {BACKEND_ENV}=gloo (slower), or --device cpu.")
+    return local_rank
+
+
 def init_from_env(device: torch.device | None = None) -> bool:
     """Initialise the process group when launched by torchrun (WORLD_SIZE > 1).
 
-    Returns True when running distributed. On CUDA each rank uses ``LOCAL_RANK``.
-    """
+    Returns True when running distributed. On CUDA each rank uses the GPU of
+    :func:`cuda_index` (``LOCAL_RANK``; checked against the number of GPUs first)."""
     if is_distributed():
         return True
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1 or "RANK" not in os.environ:
         return False
-    use_cuda = device is not None and torch.device(device).type == "cuda"
-    if use_cuda:
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    backend = backend_for(device)
+    if device is not None and torch.device(device).type == "cuda":
+        torch.cuda.set_device(cuda_index(backend))
+    dist.init_process_group(backend=backend)
     return True
 
 
 def local_device(device: torch.device) -> torch.device:
-    """The device of this rank: ``cuda:LOCAL_RANK`` under torchrun on GPUs."""
+    """The device of this rank: its GPU (:func:`cuda_index`) under torchrun on GPUs."""
     if device.type == "cuda" and is_distributed():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        return torch.device("cuda", cuda_index(dist.get_backend()))
     return device
+
+
+def host_group() -> Any:
+    """A gloo process group over all ranks for small host-side flags (None: the default
+    group, already gloo). A flag all-reduced through NCCL is a GPU tensor whose value the
+    host must wait for: a device sync per training step just to ask "stop now?"."""
+    global _HOST_GROUP
+    if dist.get_backend() == "gloo":
+        return None
+    if _HOST_GROUP is None:   # every rank reaches its first call at the same batch
+        _HOST_GROUP = dist.new_group(backend="gloo")
+    return _HOST_GROUP
+
+
+def any_rank(flag: bool) -> bool:
+    """Whether ``flag`` is true on any rank (a CPU all-reduce; no GPU sync)."""
+    if not is_distributed():
+        return flag
+    t = torch.tensor([1 if flag else 0], dtype=torch.int32)
+    dist.all_reduce(t, group=host_group())
+    return bool(t.item() > 0)
 
 
 def rank() -> int:
@@ -97,8 +161,10 @@ def shutdown(synchronise: bool = True) -> None:
     the work is done. ``synchronise`` waits for every rank first (success path only: after an
     error another rank may never arrive).
     """
+    global _HOST_GROUP
     if not is_distributed():
         return
     if synchronise:
         dist.barrier()
+    _HOST_GROUP = None
     dist.destroy_process_group()

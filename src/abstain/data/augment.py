@@ -74,6 +74,19 @@ class BatchAugment:
             return self.fn(x).clamp_(0.0, 1.0)
 
 
+def _kornia_augmentation(name: str):
+    """``kornia.augmentation``, or a ConfigError saying that augmentation ``name`` needs kornia."""
+    try:
+        import kornia.augmentation as K
+    except ImportError as e:
+        raise ConfigError(
+            f"augment = {name!r} needs kornia, which this Python cannot import ({e}). kornia is a "
+            "dependency of abstain: `pip install 'kornia>=0.7'` (it brings kornia-rs); on a machine "
+            "without a package registry install its wheels (tools/gpu_check.sh --wheels DIR shows "
+            "how), or train with augment = \"none\"") from None
+    return K
+
+
 def _crop_flip(h: int, w: int, flip: bool) -> nn.Module:
     import kornia.augmentation as K
 
@@ -92,11 +105,20 @@ class _PerImagePolicy:
         self.subpolicies = list(AutoAugment(policy).children())
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        # Group the images by sub-policy on the host and move ONE permutation to the device
+        # (an index copy per sub-policy was up to 25 blocking copies per batch); the groups are
+        # processed in the same order with the same members as before, so the random draws
+        # and the result are unchanged.
         choice = torch.randint(len(self.subpolicies), (x.shape[0],))
-        out = x.clone()
-        for i in torch.unique(choice).tolist():
-            idx = torch.nonzero(choice == i).flatten().to(x.device)
-            out[idx] = self.subpolicies[i](x[idx]).to(x.dtype)
+        perm = torch.argsort(choice, stable=True)
+        counts = torch.bincount(choice, minlength=len(self.subpolicies)).tolist()
+        perm_dev = perm.to(x.device)
+        parts = []
+        for i, group in zip(range(len(counts)), x.index_select(0, perm_dev).split(counts)):
+            if counts[i]:
+                parts.append(self.subpolicies[i](group).to(x.dtype))
+        out = torch.empty_like(x)
+        out[perm_dev] = torch.cat(parts)
         return out
 
 
@@ -107,6 +129,7 @@ def build(name: str, input_shape: Sequence[int]) -> BatchAugment:
     shape = tuple(int(s) for s in input_shape)
     if name == "none":
         return BatchAugment(name, shape, lambda x: x)
+    _kornia_augmentation(name)   # a clear error where kornia is missing, before any use
     if len(shape) != 3:
         raise ConfigError(f"augmentation {name!r} needs images (C, H, W), got inputs of shape {shape}")
     c, h, w = shape

@@ -78,11 +78,23 @@ def _eval_mode(model: nn.Module) -> Iterator[None]:
 
 
 def attack_view(model: nn.Module) -> nn.Module:
-    """The module the inner attacks run on: the wrapped module of DistributedDataParallel
-    (attack forwards/backwards must not go through DDP's gradient reducer)."""
+    """The module the inner attacks and the clean targets run on: the plain module under
+    ``torch.compile`` and DistributedDataParallel (in either order).
+
+    Attack forwards/backwards must not go through DDP's gradient reducer, and they must not
+    go through the compiled module either: they call it in eval mode, without parameter
+    gradients and outside autocast, and every such change of state is a recompile (past
+    dynamo's cache limit it falls back to eager without a word). The compiled module then
+    only sees the training forward passes, one graph."""
     from torch.nn.parallel import DistributedDataParallel
 
-    return model.module if isinstance(model, DistributedDataParallel) else model
+    while True:
+        if isinstance(model, DistributedDataParallel):
+            model = model.module
+        elif hasattr(model, "_orig_mod") and isinstance(model._orig_mod, nn.Module):  # torch.compile
+            model = model._orig_mod
+        else:
+            return model
 
 
 def _attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, s: Mapping[str, Any], *,
@@ -92,7 +104,7 @@ def _attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, s: Mapping[str, 
     from ..attacks import pgd
 
     with torch.autocast(device_type=x.device.type, enabled=False):
-        x_adv = pgd(attack_view(model), x, y, eps=s["eps"], norm=s["norm"], steps=s["steps"],
+        x_adv = pgd(attack_view(model), x.float(), y, eps=s["eps"], norm=s["norm"], steps=s["steps"],
                     step_size=s["step_size"], loss=loss, random_start=random_start,
                     generator=s["generator"], x_init=x_init, early_stop=False,
                     keep_best=False)
@@ -155,10 +167,15 @@ def trades_point(model: nn.Module, x: torch.Tensor, p_nat: torch.Tensor,
 
 
 def _clean_eval(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Softmax and prediction at x in eval mode (the attacks' view of the model)."""
+    """Softmax and prediction at x in eval mode and in fp32 (the attacks' view of the model):
+    TRADES' target p(x) and ERA/DGA's F(x).
+
+    Autocast is switched off here because the trainer calls the loss inside its autocast:
+    without it p(x) and F(x) would come from a bf16/fp16 pass (casting the logits to fp32
+    afterwards does not undo that), while the attacks they steer run in fp32."""
     inner = attack_view(model)
-    with torch.no_grad(), _eval_mode(inner):
-        logits = inner(x).float()
+    with torch.no_grad(), _eval_mode(inner), torch.autocast(device_type=x.device.type, enabled=False):
+        logits = inner(x.float()).float()
     return F.softmax(logits, dim=1), logits.argmax(dim=1)
 
 

@@ -34,7 +34,8 @@ The qualifier is the same in both. Their noisy inputs are not clamped either.
 Defaults (Appendix A.2): k = 16, Γ = 4, β = 1 (``variant = "paper"``, the default: see
 :mod:`abstain.losses.variants`) or 0.75 (``"authors"``). ``params``: ``sigma``
 (required), ``k``, ``gamma``, ``beta``, ``cr_class`` ("pred" | "label"), ``variant``,
-``epoch`` (0-based, set by the trainer; used by the authors' β schedule only).
+``epoch`` (0-based, set by the trainer; used by the authors' β schedule only), ``generator``
+(the noise's ``torch.Generator``, set by the trainer; torch's global RNG without it).
 """
 from __future__ import annotations
 
@@ -101,7 +102,9 @@ def cra_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
             raise ConfigError("cra: variant = \"authors\" decays beta by epoch and needs "
                               "params[\"epoch\"] (0-based; the trainer sets it)")
         beta = authors_beta(beta, int(params["epoch"]))
-    logits = noisy_logits(model, x, sigma, k)                          # (N, k, C), fresh noise
+    # fresh noise from the trainer's per-(seed, epoch, batch, rank) generator when given: the
+    # global CUDA RNG is seeded alike on every rank, which would give every rank the same noise
+    logits = noisy_logits(model, x, sigma, k, (params or {}).get("generator"))   # (N, k, C)
     n, _, c = logits.shape
     if authors:   # CE of the logits averaged over the k copies
         noise_ce = F.cross_entropy(logits.mean(1), y, reduction="none")

@@ -15,8 +15,9 @@
 
 Every model takes inputs in [0, 1]: :class:`~abstain.models.normalize.Normalize` is its
 first layer (its mean/std are non-persistent buffers, so the state dict holds exactly
-the publisher's keys). The final pooling is adaptive, which equals the publishers'
-fixed ``avg_pool2d`` on 32x32 inputs and also accepts 64x64 MTSD crops.
+the publisher's keys). The final pooling is a global mean over H and W
+(:func:`global_avg_pool`), which equals the publishers' fixed ``avg_pool2d`` on 32x32 inputs
+and also accepts 64x64 MTSD crops.
 """
 from __future__ import annotations
 
@@ -31,6 +32,17 @@ from .normalize import CIFAR10_MEAN, CIFAR10_STD, Normalize
 # Cohen et al.'s NormalizeLayer statistics (locuslab/smoothing code/datasets.py).
 COHEN_CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 COHEN_CIFAR10_STD = (0.2023, 0.1994, 0.2010)
+
+
+def global_avg_pool(x: torch.Tensor) -> torch.Tensor:
+    """The mean of (N, C, H, W) features over H and W: (N, C).
+
+    Equal to ``F.adaptive_avg_pool2d(x, 1).flatten(1)`` (bitwise on CPU, both memory
+    layouts; tested), but written as a mean because the CUDA backward of
+    ``adaptive_avg_pool2d`` has no deterministic kernel: under
+    ``torch.use_deterministic_algorithms(True)`` it raises, and every training step and
+    attack would stop. The mean's backward is a broadcast, deterministic everywhere."""
+    return x.mean(dim=(2, 3))
 
 
 def _conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
@@ -108,7 +120,7 @@ class ResNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(self.normalize(x))))
         out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
-        out = F.adaptive_avg_pool2d(out, 1).flatten(1)
+        out = global_avg_pool(out)
         return self.linear(out)
 
 
@@ -172,7 +184,7 @@ class CohenResNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(self.normalize(x))))
         out = self.layer3(self.layer2(self.layer1(out)))
-        out = F.adaptive_avg_pool2d(out, 1).flatten(1)
+        out = global_avg_pool(out)
         return self.fc(out)
 
 

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .normalize import Normalize
+from .resnet import global_avg_pool
 
 
 class WideBasicBlock(nn.Module):
@@ -91,7 +92,7 @@ class WideResNet(nn.Module):
         out = self.conv1(self.normalize(x))
         out = self.block3(self.block2(self.block1(out)))
         out = F.relu(self.bn1(out))
-        out = F.adaptive_avg_pool2d(out, 1).flatten(1)
+        out = global_avg_pool(out)
         return self.fc(out)
 
 
@@ -180,7 +181,7 @@ class DMWideResNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.layer(self.init_conv(self.normalize(x)))
         out = self.act(self.batchnorm(out))
-        return self.logits(F.adaptive_avg_pool2d(out, 1).flatten(1))
+        return self.logits(global_avg_pool(out))
 
 
 def dm_wrn_28_10(num_classes: int, mean: Sequence[float] = (0.4914, 0.4822, 0.4465),

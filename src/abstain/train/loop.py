@@ -45,12 +45,14 @@ from .. import distributed as dist_utils
 from ..checkpoint import STATE_FILE, load_state_into, load_train_state, save_checkpoint
 from ..errors import CheckpointError, ConfigError
 from ..utils import progress, resolve_device
+from .feed import BatchFeed
 from .schedule import check_schedule, epoch_order, lr_at, mix
 from .select import selection_score, validation_metrics
 from .state import (LOG_FILE, STATE_VERSION, StopFlag, TrainingInterrupted, append_log, cpu_state,
                     merge_sums, optimizer_state_to, rng_state, set_rng_state, truncate_log)
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+COMPILE_BACKEND_ENV = "ABSTAIN_COMPILE_BACKEND"   # torch.compile backend (default inductor)
 ShouldStop = Callable[[int, int], bool]
 
 
@@ -124,6 +126,10 @@ class Trainer:
             warnings.warn(f"amp = {s.amp!r} is only used on CUDA; training in fp32 on {self.device.type}")
         self.amp_on = s.amp != "off" and self.cuda
         self.channels_last = s.channels_last and self.cuda
+        if self.cuda and not torch.are_deterministic_algorithms_enabled():
+            # fixed batch shapes: let cuDNN time its convolution algorithms once and keep the
+            # fastest (it then may pick another algorithm in another run: docs/scale.md)
+            torch.backends.cudnn.benchmark = True
         self._build_model(model)
         self.signature = {
             "loss": s.loss, "loss_params": {k: v for k, v in self.params.items()
@@ -216,61 +222,68 @@ class Trainer:
 
     # ---------------------------------------------------------------- one epoch
     def wrap(self) -> None:
-        """The module the batches run through (compiled, DDP) and the training data."""
+        """The module the batches run through (DDP, then compiled) and the training data."""
         model: nn.Module = self.raw
-        if self.s.compile and self.cuda:
-            model = torch.compile(model)
         if self.distributed:
             from torch.nn.parallel import DistributedDataParallel
 
             model = DistributedDataParallel(model, device_ids=[self.device.index] if self.cuda else None)
+        if self.s.compile:
+            # DDP inside the compiled module: dynamo's DDP optimizer splits the graph at the
+            # gradient buckets and keeps the all-reduce overlapping the backward (a compiled
+            # module inside DDP loses that overlap). Attacks and clean targets bypass the
+            # compiled module (losses.adversarial.attack_view): one graph, no recompiles.
+            model = torch.compile(model, backend=os.environ.get(COMPILE_BACKEND_ENV, "inductor"))
         self.train_model = model
         self.augment_fn = _build_augment(self.s.augment, tuple(self.train_data.x.shape[1:]))
-        self.x_all, self.y_all = self.train_data.x, self.train_data.y
-        if self.cuda:
-            self.x_all, self.y_all = self.x_all.pin_memory(), self.y_all.pin_memory()
+        self.feed = BatchFeed(self.train_data.x, self.train_data.y, self.device,
+                              math.ceil(self.s.batch_size / self.world))
         self.n_batches = math.ceil(len(self.train_data) / self.s.batch_size)
         self.gen = torch.Generator(device=self.device)
+        # augmentation seeds come from a CPU generator on CUDA: a seed drawn from a CUDA
+        # generator must be read back by the host, a device sync per batch (on CPU the loss's
+        # generator serves, as it always did: bitwise the same runs)
+        self.aug_gen = torch.Generator() if self.cuda else self.gen
 
     def step(self, epoch: int, b: int, order: torch.Tensor, sums_t: dict[str, torch.Tensor]) -> Any:
         """One optimizer step on batch ``b`` of ``epoch``; adds each loss term to ``sums_t``.
         Returns the loss, or None for a final batch too small to give every rank a sample."""
         s, device = self.s, self.device
-        idx = order[b * s.batch_size:(b + 1) * s.batch_size]
-        if idx.numel() < self.world:
+        n_batch = min(len(order), (b + 1) * s.batch_size) - b * s.batch_size
+        if n_batch < self.world:
             return None
-        local = idx[self.rank::self.world]
-        x = self.x_all[local].to(device, non_blocking=True)
-        y = self.y_all[local].to(device, non_blocking=True)
+        n_local = len(range(self.rank, n_batch, self.world))
+        x, y = self.feed(b * s.batch_size, b * s.batch_size + n_batch, self.rank, self.world)
         self.gen.manual_seed(mix(s.seed, epoch, b, self.rank))
         if self.augment_fn is not None:
-            x = self.augment_fn(x, self.gen)
+            if self.aug_gen is not self.gen:
+                self.aug_gen.manual_seed(mix(s.seed, epoch, b, self.rank, 0xA06))
+            x = self.augment_fn(x, self.aug_gen)
         if self.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
+        # the loss draws its attack starts and noise from this per-(seed, epoch, batch, rank)
+        # generator, never from the global RNG (seeded alike on every rank)
         self.params["generator"] = self.gen
+        self.params["epoch"] = epoch
         with torch.autocast(device_type=device.type, dtype=AMP_DTYPES.get(s.amp, torch.float32),
                             enabled=self.amp_on):
             loss_value, parts = self.loss_fn(self.train_model, x, y, self.params)
-        scale = local.numel() * self.world / idx.numel()
+        scale = n_local * self.world / n_batch
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss_value * scale).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        k = float(local.numel())
+        k = float(n_local)
         for name, v in {"loss": loss_value, **parts}.items():
             v = torch.as_tensor(v, device=device).detach().float() * k
             sums_t[name] = sums_t[name] + v if name in sums_t else v
-        self.acc_n += local.numel()
+        self.acc_n += n_local
         return loss_value
 
     def stop_requested(self, flag: StopFlag, should_stop: ShouldStop | None, epoch: int, b: int) -> bool:
         """Whether any rank was asked to stop after batch ``b`` (SIGINT or ``should_stop``)."""
         stop_now = flag.set or (should_stop is not None and bool(should_stop(epoch, b)))
-        if self.distributed:
-            t = torch.tensor([1.0 if stop_now else 0.0], device=self.device)
-            torch.distributed.all_reduce(t)
-            stop_now = bool(t.item() > 0)
-        return stop_now
+        return dist_utils.any_rank(stop_now) if self.distributed else stop_now   # host-side, no GPU sync
 
     def interrupt(self, epoch: int, b: int, sums_t: Mapping[str, torch.Tensor]) -> TrainingInterrupted:
         """Save the position after batch ``b`` and return the exception that stops the run."""
@@ -290,6 +303,7 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr_now
         order = epoch_order(len(self.train_data), s.seed, epoch)
+        self.feed.start_epoch(order)
         self.train_model.train()
         sums_t: dict[str, torch.Tensor] = {}
         first = self.start_batch if epoch == self.start_epoch else 0
@@ -301,7 +315,7 @@ class Trainer:
             loss_value = self.step(epoch, b, order, sums_t)
             if loss_value is None:
                 continue
-            if b % 10 == 0 and self.main:
+            if b % (200 if self.cuda else 10) == 0 and self.main:   # float(): a GPU sync
                 bar.set_postfix(loss=f"{float(loss_value.detach()):.4f}")
             if self.stop_requested(flag, should_stop, epoch, b):
                 bar.close()
@@ -310,12 +324,12 @@ class Trainer:
         return self._epoch_means(merge_sums(self.acc_sums, sums_t), lr_now)
 
     def _epoch_means(self, sums: Mapping[str, float], lr_now: float) -> dict[str, float]:
-        counts = torch.tensor([float(self.acc_n)], dtype=torch.float64, device=self.device)
+        counts = torch.tensor([float(self.acc_n)], dtype=torch.float64)
         names = sorted(sums)
-        vec = torch.tensor([sums[k] for k in names], dtype=torch.float64, device=self.device)
-        if self.distributed:
-            torch.distributed.all_reduce(counts)
-            torch.distributed.all_reduce(vec)
+        vec = torch.tensor([sums[k] for k in names], dtype=torch.float64)
+        if self.distributed:   # host floats: reduced over the host (gloo) group
+            torch.distributed.all_reduce(counts, group=dist_utils.host_group())
+            torch.distributed.all_reduce(vec, group=dist_utils.host_group())
         total = max(float(counts.item()), 1.0)
         return {"lr": lr_now, **{k: float(v) / total for k, v in zip(names, vec.tolist())}}
 
@@ -384,8 +398,10 @@ def fit(model: nn.Module, train_data: Any, *, loss: str, loss_params: Mapping[st
     loaded and returned). ``meta`` must then hold ``arch`` and ``num_classes`` (plus
     whatever rebuilds the model: ``model_kwargs``, ``dataset``…). ``augment``: None, a name
     for ``abstain.data.augment.build`` or a callable ``(x, generator) -> x``. ``amp``
-    ("off"/"bf16"/"fp16"), ``channels_last``, ``compile`` act on CUDA (AMP only wraps the
-    training forward passes; inner attacks run in fp32). ``should_stop(epoch, batch)`` is
+    ("off"/"bf16"/"fp16") and ``channels_last`` act on CUDA (AMP only wraps the training
+    forward passes; the inner attacks and the clean targets p(x), F(x) run in fp32);
+    ``compile`` compiles the training forward passes (``$ABSTAIN_COMPILE_BACKEND``, default
+    inductor), the attacks run on the plain module. ``should_stop(epoch, batch)`` is
     asked after every batch; True stops the run like a SIGINT (checkpoint, then
     :class:`TrainingInterrupted`).
     """

@@ -1,0 +1,296 @@
+"""The paper-scale GPU path, checked on CPU where a CPU can show it (issue 17).
+
+* clean targets (TRADES p(x), ERA/DGA F(x)) are fp32 inside the trainer's autocast (CPU bf16);
+* noise and CRA losses draw distinct noise on 2 gloo ranks (the global RNG is seeded alike);
+* more torchrun ranks than GPUs: a clear message (mocked device count), gloo shares a GPU;
+* torch.compile: the attacks bypass the compiled module, one graph per run (a counting backend);
+* the models pool without ``adaptive_avg_pool2d`` (no deterministic CUDA backward) and give the
+  same outputs; a missing kornia is named; AutoAugment per image gives the same images with
+  one index copy;
+* ``tools/gpu_check.sh --device cpu --tiny`` passes (the dry run of the GPU check).
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+from torch import nn
+
+from abstain import distributed, models
+from abstain.data.base import TensorDataset
+from abstain.errors import ConfigError
+from abstain.losses import adversarial, get
+from abstain.train import fit
+
+ROOT = Path(__file__).resolve().parents[1]
+torch.set_num_threads(1)
+
+
+# --------------------------------------------------------------------------- item 4: fp32 targets
+class Spy(nn.Module):
+    """A small CNN that records (training, grad enabled, output dtype) of every call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(),
+                                 nn.Linear(4 * 6 * 6, 3))
+        self.calls: list[tuple[bool, bool, torch.dtype]] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.net(x)
+        self.calls.append((self.training, torch.is_grad_enabled(), out.dtype))
+        return out
+
+
+def _batch(n: int = 6):
+    g = torch.Generator().manual_seed(1)
+    return torch.rand(n, 1, 6, 6, generator=g), torch.randint(0, 3, (n,), generator=g)
+
+
+def test_clean_target_is_fp32_and_equal_under_bf16_autocast():
+    model, (x, y) = Spy().train(), _batch()
+    p_ref, pred_ref = adversarial._clean_eval(model, x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        p_amp, pred_amp = adversarial._clean_eval(model, x)
+        assert model(x).dtype == torch.bfloat16           # autocast is really on
+    assert p_amp.dtype == torch.float32
+    assert torch.equal(p_amp, p_ref) and torch.equal(pred_amp, pred_ref)
+    assert model.training                                 # the mode is restored
+
+
+@pytest.mark.parametrize("loss,extra", [("trades", {}), ("era", {}), ("dga", {}),
+                                        ("era", {"variant": "authors"})])
+def test_losses_take_clean_targets_and_attacks_in_fp32_under_autocast(loss, extra):
+    model, (x, y) = Spy().train(), _batch()
+    params = {"eps": 0.1, "steps": 2, "generator": torch.Generator().manual_seed(0), **extra}
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        value, _ = get(loss)(model, x, y, params)
+    no_grad = [c for c in model.calls if not c[1]]        # the clean target p(x) / F(x)
+    attack = [c for c in model.calls if c[1] and not c[0] and c[2] == torch.float32]
+    assert no_grad and all(c[2] == torch.float32 for c in no_grad)
+    assert len(attack) >= 2                               # the inner attack's steps, fp32
+    assert any(c[2] == torch.bfloat16 for c in model.calls)   # the training passes use bf16
+    assert torch.isfinite(value)
+
+
+# --------------------------------------------------------------------------- item 5: noise per rank
+class InputRecorder(nn.Module):
+    """Linear model on flattened inputs; keeps every training input it sees."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(16, 3)
+        self.seen: list[torch.Tensor] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            self.seen.append(x.detach().clone())
+        return self.lin(x.flatten(1))
+
+
+def _zeros_data() -> TensorDataset:
+    # every input is 0, so what the model sees is the noise itself
+    return TensorDataset(torch.zeros(8, 1, 4, 4), torch.arange(8) % 3, 3, "zeros")
+
+
+def _noise_worker(rank: int, world: int, port: int, tmp: str) -> None:
+    os.environ.update({"RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank),
+                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+    torch.set_num_threads(1)
+    try:
+        for loss, params in (("noise", {"sigma": 0.5}), ("cra", {"sigma": 0.5, "k": 2})):
+            torch.manual_seed(0)                  # what `abstain train` does on every rank
+            model = InputRecorder()
+            fit(model, _zeros_data(), loss=loss, loss_params=params, epochs=1, batch_size=8,
+                lr=0.01, seed=5)
+            torch.save(torch.cat(model.seen), os.path.join(tmp, f"{loss}-rank{rank}.pt"))
+    finally:
+        distributed.shutdown(synchronise=False)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_gloo_ranks_draw_distinct_noise(tmp_path):
+    mp.start_processes(_noise_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True,
+                       start_method="spawn")
+    for loss, n_seen in (("noise", 4), ("cra", 8)):
+        a = torch.load(tmp_path / f"{loss}-rank0.pt", weights_only=True)
+        b = torch.load(tmp_path / f"{loss}-rank1.pt", weights_only=True)
+        assert a.shape == b.shape == (n_seen, 1, 4, 4)
+        assert a.std() > 0.3 and b.std() > 0.3            # σ = 0.5 noise was added
+        assert not torch.allclose(a, b, atol=0.1)         # each rank its own noise
+        assert not torch.allclose(a[: n_seen // 2], a[n_seen // 2:], atol=0.1)
+
+
+def test_noise_losses_use_the_given_generator():
+    model, (x, y) = Spy(), _batch()
+    for loss, params in (("noise", {"sigma": 0.3}), ("cra", {"sigma": 0.3, "k": 2})):
+        v1, _ = get(loss)(model, x, y, {**params, "generator": torch.Generator().manual_seed(3)})
+        torch.manual_seed(99)                             # the global RNG does not matter
+        v2, _ = get(loss)(model, x, y, {**params, "generator": torch.Generator().manual_seed(3)})
+        v3, _ = get(loss)(model, x, y, {**params, "generator": torch.Generator().manual_seed(4)})
+        assert torch.equal(v1, v2) and not torch.equal(v1, v3)
+
+
+# --------------------------------------------------------------------------- item 2: ranks vs GPUs
+@pytest.fixture
+def two_ranks_one_gpu(monkeypatch):
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    monkeypatch.delenv(distributed.BACKEND_ENV, raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    calls: dict[str, object] = {}
+    monkeypatch.setattr(torch.cuda, "set_device", lambda i: calls.setdefault("set_device", i))
+    monkeypatch.setattr(torch.distributed, "init_process_group",
+                        lambda backend: calls.setdefault("backend", backend))
+    return calls
+
+
+def test_more_ranks_than_gpus_is_a_clear_error(two_ranks_one_gpu):
+    with pytest.raises(ConfigError) as e:
+        distributed.init_from_env(torch.device("cuda"))
+    msg = str(e.value)
+    assert "2 processes" in msg and "1 GPU" in msg and "--nproc-per-node 1" in msg
+    assert "ABSTAIN_DIST_BACKEND=gloo" in msg
+    assert two_ranks_one_gpu == {}                        # nothing was started
+
+
+def test_gloo_shares_one_gpu_between_ranks(two_ranks_one_gpu, monkeypatch):
+    monkeypatch.setenv(distributed.BACKEND_ENV, "gloo")
+    assert distributed.init_from_env(torch.device("cuda"))
+    assert two_ranks_one_gpu == {"set_device": 0, "backend": "gloo"}
+
+
+def test_no_gpu_under_torchrun_is_a_clear_error(two_ranks_one_gpu, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    with pytest.raises(ConfigError, match="no GPU"):
+        distributed.init_from_env(torch.device("cuda"))
+
+
+# --------------------------------------------------------------------------- item 7: compile
+def test_compile_sees_only_the_training_passes(monkeypatch):
+    from torch._dynamo import register_backend, reset
+
+    graphs: list[int] = []
+
+    @register_backend(name="abstain_test_count")
+    def _count(gm, example_inputs):                       # noqa: ANN001 - dynamo's signature
+        graphs.append(len(example_inputs))
+        return gm.forward
+
+    reset()
+    monkeypatch.setenv("ABSTAIN_COMPILE_BACKEND", "abstain_test_count")
+    data = TensorDataset(torch.rand(32, 1, 6, 6), torch.arange(32) % 3, 3, "rand")
+    for loss in ("trades", "era"):
+        graphs.clear()
+        reset()
+        torch.manual_seed(0)   # a model without side effects (a list append is a guard)
+        plain = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(),
+                              nn.Linear(4 * 6 * 6, 3))
+        fit(plain, data, loss=loss, loss_params={"eps": 0.1, "steps": 2}, epochs=1, batch_size=16,
+            lr=0.01, compile=True)
+        # train mode, grad on, fixed shapes: one graph for all training passes; the attacks
+        # (eval mode, no parameter grads) and the clean target (no grad) would each add one
+        assert len(graphs) == 1, (loss, graphs)
+    reset()
+
+
+def test_attack_view_unwraps_compile_and_ddp():
+    inner = Spy()
+    compiled = torch.compile(inner, backend="eager")
+    assert adversarial.attack_view(compiled) is inner
+    assert adversarial.attack_view(inner) is inner
+
+
+# --------------------------------------------------------------------------- item 1: pooling
+def _ops(model: nn.Module, x: torch.Tensor) -> set[str]:
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    seen: set[str] = set()
+
+    class Log(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+            seen.add(str(func.overloadpacket))
+            return func(*args, **(kwargs or {}))
+
+    with Log():
+        model(x).sum().backward()
+    return seen
+
+
+@pytest.mark.parametrize("name,kw", [("resnet18", {}), ("resnet110", {}),
+                                     ("wrn-28-10", {}), ("dm-wrn-28-10", {})])
+def test_models_pool_without_adaptive_avg_pool(name, kw):
+    from abstain.models import resnet, wideresnet
+
+    model = models.create(name, 10, **kw).eval()
+    # a narrow stand-in of the same class where the real one is large (same forward code)
+    if name == "wrn-28-10":
+        model = wideresnet.WideResNet(10, 1, 10).eval()
+    elif name == "dm-wrn-28-10":
+        model = wideresnet.DMWideResNet(10, 1, 10, (0.5,), (0.25,)).eval()
+    elif name == "resnet110":
+        model = resnet.CohenResNet(8, 10, (0.5,), (0.25,)).eval()
+    x = torch.rand(2, 3, 32, 32)
+    ops = _ops(model, x)
+    assert "aten.mean" in ops and not any("adaptive_avg_pool" in o for o in ops)
+
+
+def test_global_avg_pool_equals_adaptive_pooling_bitwise():
+    from abstain.models.resnet import global_avg_pool
+
+    g = torch.Generator().manual_seed(0)
+    for shape in [(3, 640, 8, 8), (2, 2048, 4, 4), (2, 16, 7, 5)]:
+        x = torch.randn(*shape, generator=g)
+        for xx in (x, x.contiguous(memory_format=torch.channels_last)):
+            assert torch.equal(global_avg_pool(xx), F.adaptive_avg_pool2d(xx, 1).flatten(1))
+
+
+# --------------------------------------------------------------------------- items 3, 9: augment
+def test_missing_kornia_is_named(monkeypatch):
+    from abstain.data import augment
+
+    for mod in [m for m in sys.modules if m == "kornia" or m.startswith("kornia.")]:
+        monkeypatch.delitem(sys.modules, mod)
+    monkeypatch.setitem(sys.modules, "kornia", None)      # import kornia -> ImportError
+    with pytest.raises(ConfigError) as e:
+        augment.build("standard", (3, 32, 32))
+    assert "kornia" in str(e.value) and "pip install" in str(e.value)
+    assert augment.build("none", (3, 32, 32))(torch.ones(1, 3, 32, 32)).sum() == 3 * 32 * 32
+
+
+def test_autoaugment_per_image_is_unchanged_with_one_index_copy():
+    from abstain.data.augment import _PerImagePolicy
+
+    policy = _PerImagePolicy("cifar10")
+    x = torch.rand(24, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+
+    def per_group(xx: torch.Tensor) -> torch.Tensor:      # the former implementation
+        choice = torch.randint(len(policy.subpolicies), (xx.shape[0],))
+        out = xx.clone()
+        for i in torch.unique(choice).tolist():
+            idx = torch.nonzero(choice == i).flatten()
+            out[idx] = policy.subpolicies[i](xx[idx]).to(xx.dtype)
+        return out
+
+    torch.manual_seed(7)
+    new = policy(x)
+    torch.manual_seed(7)
+    old = per_group(x)
+    assert torch.equal(new, old) and not torch.equal(new, x)
