@@ -28,8 +28,10 @@ def root(tmp_path_factory) -> Path:
     _save(core, r / "digits-partition/work/std-s0")
     _save(robust, r / "digits-finetune/work/era-s0")
     _save(robust, r / "digits-finetune/work/trades-s0")
-    atomic_write_json(r / "digits-finetune/results.json", {"meta": {"eps": [EPS], "norm": "linf", "seeds": [0]}})
     return r
+
+
+UPSTREAM = {"eps": EPS, "norm": "linf", "seeds": [0]}   # what digits-finetune's config passes on
 
 
 def _ctx(root: Path, name: str) -> StageContext:
@@ -40,7 +42,8 @@ def test_stages_and_report_recompute_from_records(root: Path) -> None:
     from abstain.stages import digits_abstain, digits_compose
 
     cfg = digits_abstain.config("mini", True)
-    cfg.update({"samples": 60, "steps": 5, "sn": {"epochs": 3, "hidden": 32, "samples": 300}, "tau_points": 11})
+    cfg.update({"samples": 60, "steps": 5, "sn": {"epochs": 3, "hidden": 32, "samples": 300}, "tau_points": 11,
+                "upstream": UPSTREAM})
     res = digits_abstain.run(_ctx(root, "digits-abstain"), cfg)
     atomic_write_json(root / "digits-abstain/results.json", res)
     assert {"trades-eri", "era-eri", "trades-sr", "trades-sn"} <= set(res)   # dga is optional
@@ -55,7 +58,7 @@ def test_stages_and_report_recompute_from_records(root: Path) -> None:
     assert row["trades-sr"][5] == round(100 * res["trades-sr"]["sel_rob_acc"], 2)
 
     ccfg = digits_compose.config("mini", True)
-    ccfg["steps"] = 5
+    ccfg.update({"steps": 5, "abstain_steps": 5, "upstream": UPSTREAM})
     cres = digits_compose.run(_ctx(root, "digits-compose"), ccfg)
     assert {"core", "robust", "compose-eri", "compose-sr", "compose-sn", "cascade"} <= set(cres)
     assert cres["meta"]["module_agreement"] == [1.0]  # the nn.Module reproduces the records

@@ -36,6 +36,17 @@ def _figure():
     return plt, *plt.subplots(figsize=(5.6, 4.2), dpi=120)
 
 
+def _finish(plt, fig, ax, path: str | os.PathLike, xlabel: str, ylabel: str, title: str,
+            legend_loc: str) -> Path:
+    """Label, grid, legend and write the figure."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc=legend_loc)
+    return _save(plt, fig, path)
+
+
 def _save(plt, fig, path: str | os.PathLike) -> Path:
     from ..io import atomic_write_bytes
     import io
@@ -63,12 +74,7 @@ def abstain_pareto(points: Mapping[str, Point], curves: Mapping[str, Sequence[Po
             ax.plot(_pct(arr[order, 0]), _pct(arr[order, 1]), "-", lw=1.4, label=name, alpha=0.85)
     for i, (name, (s, a)) in enumerate(points.items()):
         ax.plot([100 * s], [100 * a], _MARKERS[i % len(_MARKERS)], ms=8, label=name, ls="none")
-    ax.set_xlabel(SEL_LABEL)
-    ax.set_ylabel(ACC_LABEL)
-    ax.set_title(title or "Abstain models (Fig. 3)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower left")
-    return _save(plt, fig, path)
+    return _finish(plt, fig, ax, path, SEL_LABEL, ACC_LABEL, title or "Abstain models (Fig. 3)", "lower left")
 
 
 def composition_plot(points: Mapping[str, Point], core: Point, path: str | os.PathLike, *,
@@ -81,12 +87,8 @@ def composition_plot(points: Mapping[str, Point], core: Point, path: str | os.Pa
     ax.plot([100 * core[0]], [100 * core[1]], "*", color="black", ms=13, label="core alone", ls="none")
     for i, (name, (n, r)) in enumerate(points.items()):
         ax.plot([100 * n], [100 * r], _MARKERS[i % len(_MARKERS)], ms=8, label=name, ls="none")
-    ax.set_xlabel(NAT_LABEL)
-    ax.set_ylabel(ROB_LABEL)
-    ax.set_title(title or "2-compositional models vs the core (Fig. 4)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
-    return _save(plt, fig, path)
+    return _finish(plt, fig, ax, path, NAT_LABEL, ROB_LABEL,
+                   title or "2-compositional models vs the core (Fig. 4)", "best")
 
 
 def sr_ablation(curves: Mapping[str, Sequence[Point]], path: str | os.PathLike, *,
@@ -105,12 +107,8 @@ def sr_ablation(curves: Mapping[str, Sequence[Point]], path: str | os.PathLike, 
         color = colors.setdefault(group, palette[len(colors) % len(palette)])
         ax.plot(_pct(arr[order, 0]), _pct(arr[order, 1]), "--" if conf else "-", lw=1.5, color=color,
                 label=name)
-    ax.set_xlabel(SEL_LABEL)
-    ax.set_ylabel(ACC_LABEL)
-    ax.set_title(title or "Softmax response: APGD vs APGDconf (Fig. 6)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower left")
-    return _save(plt, fig, path)
+    return _finish(plt, fig, ax, path, SEL_LABEL, ACC_LABEL,
+                   title or "Softmax response: APGD vs APGDconf (Fig. 6)", "lower left")
 
 
 __all__ = ["abstain_pareto", "composition_plot", "sr_ablation", "SEL_LABEL", "ACC_LABEL",

@@ -72,15 +72,64 @@ def per_seed(records: Mapping[int, Mapping[str, Any]],
     return vals
 
 
-def train_variant(ctx: Any, name: str, seed: int, model: Any, train: Any, val: Any, *, loss: str,
-                  loss_params: Mapping[str, Any], meta: Mapping[str, Any], **fit_kw: Any):
-    """Fit (or resume, or load when finished) the model of one variant and seed into
-    ``ctx.work/<name>-s<seed>``."""
-    from ..train import fit
+def experiments(specs: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Variant -> validated config, from ``{variant: {"config": NAME, "set": {"section.key": v}}}``:
+    each experiment of a stage is a TOML file of ``configs/`` (:func:`abstain.config.load_named`),
+    optionally with a few keys overridden (a sweep's ε, β or γ)."""
+    from ..config import load_named
 
-    return fit(model, train, loss=loss, loss_params=dict(loss_params), val_data=val,
-               out=ctx.work / f"{name}-s{seed}", seed=seed, device=ctx.device, meta=dict(meta),
-               desc=f"{name}-s{seed}", **fit_kw)
+    return {v: load_named(spec["config"], spec.get("set")) for v, spec in specs.items()}
+
+
+def with_overrides(cfg: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """A validated config with ``{"section.key": value}`` replaced (and validated again)."""
+    from ..config import validate
+
+    raw = {sec: dict(vals) for sec, vals in cfg.items()}
+    for dotted, value in overrides.items():
+        section, _, key = dotted.partition(".")
+        raw[section][key] = value
+    return validate(raw)
+
+
+def splits(cfg: Mapping[str, Any], seed: int) -> tuple[Any, Any, Any]:
+    """(train, validation, test) of the config's dataset: the validation split is carved from
+    the training split (``val_fraction``, seeded), never from the test set."""
+    from .. import data as data_mod
+    from ..data import train_val_split
+
+    d = cfg["data"]
+    full = data_mod.load(d["name"], "train", root=d["root"], seed=seed)
+    tr, va = train_val_split(len(full), d["val_fraction"], seed=seed)
+    return full.subset(tr), full.subset(va), data_mod.load(d["name"], "test", root=d["root"], seed=seed)
+
+
+def train_experiment(ctx: Any, name: str, seed: int, cfg: Mapping[str, Any], init_from: Any = None):
+    """Train (or resume / load) the experiment ``cfg`` (a validated config) for ``seed`` into
+    ``ctx.work/<name>-s<seed>``: the model of ``[model]`` initialised under
+    ``torch.manual_seed(seed)`` (or with the weights of ``init_from``), fitted with the loss and
+    settings of ``[train]``/``[loss]``; ``seed`` replaces ``[train] seed``."""
+    from .. import models
+    from ..config import loss_params
+    from ..train import fit
+    from ..train.build import model_kwargs
+
+    train, val, _ = splits(cfg, seed)
+    arch, tr = cfg["model"]["arch"], cfg["train"]
+    kw = model_kwargs(arch, tuple(train.input_shape), cfg["model"]["kwargs"])
+    torch.manual_seed(seed)
+    model = models.create(arch, train.num_classes, **kw)
+    if init_from is not None:
+        model.load_state_dict(init_from.state_dict())
+    meta = {"arch": arch, "num_classes": train.num_classes, "dataset": cfg["data"]["name"],
+            "data_root": cfg["data"]["root"], "model_kwargs": kw, "stage": ctx.name, "variant": name,
+            "data_seed": seed, "loss_params": {k: v for k, v in loss_params(cfg).items()
+                                               if isinstance(v, (int, float, str, bool))}}
+    return fit(model, train, loss=tr["loss"], loss_params=loss_params(cfg), val_data=val,
+               out=ctx.work / f"{name}-s{seed}", seed=seed, device=ctx.device, meta=meta,
+               desc=f"{name}-s{seed}", epochs=tr["epochs"], batch_size=tr["batch_size"], lr=tr["lr"],
+               schedule=tr["schedule"], momentum=tr["momentum"], weight_decay=tr["weight_decay"],
+               select=tr["select"], val_steps=tr["val_steps"])
 
 
 def progress_iter(ctx: Any, items: list, desc: str):
@@ -104,3 +153,12 @@ def small_model_threads(device: Any, n: int = 1):
         yield
     finally:
         torch.set_num_threads(old)
+
+
+def one_thread(run_fn: Callable[[Any, dict], dict]) -> Callable[[Any, dict], dict]:
+    """``run_fn`` of a stage of tiny models, run under :func:`small_model_threads`."""
+    def run(ctx: Any, config: dict) -> dict:
+        with small_model_threads(ctx.device):
+            return run_fn(ctx, config)
+    run.__doc__ = run_fn.__doc__
+    return run

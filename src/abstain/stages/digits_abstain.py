@@ -1,7 +1,7 @@
 """Stage ``digits-abstain``: Fig. 3 and Fig. 6 of the paper in miniature on sklearn digits.
 
 Abstain models (F, S) built from the fine-tuned digits models of ``digits-finetune``
-(``work/{trades,era,dga}-s<seed>/``; ε, norm and seeds from its ``results.json["meta"]``):
+(``work/{trades,era,dga}-s<seed>/``; ε, norm and seeds from its configuration):
 
 * robustness indicators S_ERI (eq. 12) of the TRADES-, ERA- (and DGA-) fine-tuned models
   (TRADES_RI, ERA_RI): selection = robustness in B_ε, robust selection = robustness in B_2ε
@@ -43,26 +43,17 @@ def config(scale: str, demo: bool) -> dict:
     }
     if demo:
         cfg.update({"samples": 200, "steps": 20, "sn": {"epochs": 40, "hidden": 64, "samples": 600}})
+    cfg["upstream"] = upstream(scale, demo)
     return cfg
 
 
-def upstream(ctx_or_root: Any) -> dict[str, Any]:
-    """ε, norm and seeds of ``digits-finetune`` (its ``results.json["meta"]``)."""
-    from ..errors import DataError
-    from ..io import read_json
+def upstream(scale: str, demo: bool) -> dict[str, Any]:
+    """ε, norm and seeds of the models of ``digits-finetune``, from its configuration (the
+    settings a stage passes on, never read back from its results)."""
+    from . import digits_finetune
 
-    root = Path(getattr(ctx_or_root, "root", ctx_or_root))
-    path = root / "digits-finetune" / "results.json"
-    if not path.is_file():
-        raise DataError(f"{path} is missing: run the digits-finetune stage first")
-    meta = read_json(path).get("meta", {})
-    eps = meta.get("eps")
-    if isinstance(eps, (list, tuple)):
-        eps = eps[0] if eps else None
-    if eps is None:
-        raise DataError(f"{path} has no meta.eps")
-    return {"eps": float(eps), "norm": meta.get("norm", "linf") or "linf",
-            "seeds": [int(s) for s in meta.get("seeds", [0])]}
+    ft = digits_finetune.config(scale, demo)
+    return {"eps": float(ft["eps"]), "norm": ft["norm"], "seeds": list(ft["seeds"])}
 
 
 def model_dir(root: Path, stage: str, variant: str, seed: int) -> Path:
@@ -96,7 +87,7 @@ def run(ctx: Any, cfg: dict) -> dict:
     from ..selectors.evaluate import abstain_records, build_selector
 
     t0 = time.perf_counter()
-    up = upstream(ctx)
+    up = cfg["upstream"]
     eps, norm = up["eps"], up["norm"]
     x, y, index, _ = test_subset(cfg, ctx.device)
     train = data_mod.load(cfg["dataset"], "train")

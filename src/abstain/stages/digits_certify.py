@@ -22,7 +22,6 @@ as written by :func:`abstain.smoothing.records.certify_records`. Models are trai
 """
 from __future__ import annotations
 
-import copy
 import re
 import time
 from pathlib import Path
@@ -31,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from .. import records
+from . import _robust as R
 from .base import Stage
 
 NAME = "digits-certify"
@@ -38,23 +38,25 @@ NAME = "digits-certify"
 _REC = re.compile(r"^certify-(?P<variant>.+)-s(?P<seed>\d+)\.csv$")
 
 
+EXPERIMENTS = {"noise": {"config": "digits-noise"}, "cra": {"config": "digits-cra-finetune"}}
+
+
 def config(scale: str, demo: bool) -> dict:
-    """The stage configuration. ``demo``: a minute on two CPU cores; otherwise the miniature
-    study (about ten minutes on two free CPU cores)."""
+    """The stage configuration; the models come from ``configs/digits-noise.toml`` and
+    ``configs/digits-cra-finetune.toml`` (one per σ of ``sigmas``). ``demo``: a minute on two
+    CPU cores; otherwise the miniature study (about ten minutes on two free CPU cores)."""
+    short = {"noise": {"train.epochs": 3}, "cra": {"train.epochs": 1}} if demo else {}
+    exps = R.experiments({k: {**spec, "set": short.get(k, {})} for k, spec in EXPERIMENTS.items()})
+    if exps["cra"]["experiment"]["init_from"] != EXPERIMENTS["noise"]["config"]:
+        raise ValueError("the CRA fine-tune must start from the noise model ([experiment] init_from)")
     base: dict[str, Any] = {
-        "dataset": "digits", "arch": "cnn", "sigmas": [0.25, 0.5], "eps": [0.12, 0.25],
-        "norm": "l2", "seeds": [0], "val_fraction": 0.1,
-        "noise": {"epochs": 15, "batch_size": 64, "lr": 0.05, "schedule": "scratch"},
-        # Appendix A.2: fine-tune with L_CRA, batch 50, k = 16, Γ = 4, β = 1, lr ×0.1 at 75 %
-        "cra": {"epochs": 6, "batch_size": 50, "lr": 0.01, "schedule": "finetune",
-                "k": 16, "gamma": 4.0, "beta": 1.0},
+        "sigmas": [0.25, 0.5], "eps": [0.12, 0.25], "norm": "l2", "seeds": [0],
+        "experiments": exps,
         "n0": 100, "n": 100_000, "alpha": 0.001, "samples": 200, "batch_size": 1000,
         "compare": {"variant": "noise-sigma0.25", "samples": 100, "n": 100_000},
     }
     if demo:
-        base.update({"noise": {**base["noise"], "epochs": 3},
-                     "cra": {**base["cra"], "epochs": 1},
-                     "n": 2_000, "samples": 30,
+        base.update({"n": 2_000, "samples": 30,
                      "compare": {"variant": "noise-sigma0.25", "samples": 10, "n": 2_000}})
     return base
 
@@ -65,17 +67,14 @@ def _variants(cfg: dict) -> list[tuple[str, str, float]]:
 
 def run(ctx: Any, cfg: dict) -> dict:
     from .. import data as data_mod
-    from .. import models
     from ..metrics import mean_std
     from ..smoothing.records import certify_metrics, certify_records, sequential_comparison, decision_radii
-    from ..train import fit
 
     t_start = time.perf_counter()
-    full = data_mod.load(cfg["dataset"], "train")
-    test = data_mod.load(cfg["dataset"], "test")
+    exps = cfg["experiments"]
+    _, _, test = R.splits(exps["noise"], 0)
     idx = data_mod.balanced_subset(test.y, cfg["samples"], test.num_classes, seed=0)
     cmp_idx = data_mod.balanced_subset(test.y, cfg["compare"]["samples"], test.num_classes, seed=0)
-    kw = {"in_channels": int(test.input_shape[0]), "input_size": int(test.input_shape[1])}
     eps = [float(e) for e in cfg["eps"]]
     per_variant: dict[str, list[dict[str, float]]] = {}
     comparisons: list[dict[str, float]] = []
@@ -84,26 +83,13 @@ def run(ctx: Any, cfg: dict) -> dict:
         return (ctx.progress or _null_progress)(total=total, desc=desc)
 
     for seed in cfg["seeds"]:
-        tr_idx, va_idx = data_mod.train_val_split(len(full), cfg["val_fraction"], seed=seed)
-        train_ds, val_ds = full.subset(tr_idx), full.subset(va_idx)
         for sigma in cfg["sigmas"]:
             trained = {}
             for kind in ("noise", "cra"):
                 variant = f"{kind}-sigma{sigma:g}"
-                tc = cfg[kind]
-                params: dict[str, Any] = {"sigma": float(sigma)}
-                if kind == "cra":
-                    params.update({k: tc[k] for k in ("k", "gamma", "beta")})
-                    model = copy.deepcopy(trained["noise"])          # fine-tune the noise model
-                else:
-                    model = models.create(cfg["arch"], test.num_classes, **kw)
-                meta = {"arch": cfg["arch"], "num_classes": test.num_classes, "dataset": cfg["dataset"],
-                        "data_root": None, "model_kwargs": kw, "input_shape": list(test.input_shape),
-                        "loss": kind, "loss_params": params, "stage": NAME}
-                trained[kind] = fit(model, train_ds, loss=kind, loss_params=params, epochs=tc["epochs"],
-                                    batch_size=tc["batch_size"], lr=tc["lr"], schedule=tc["schedule"],
-                                    val_data=val_ds, out=ctx.work / f"{variant}-s{seed}", seed=seed,
-                                    device=ctx.device, meta=meta, desc=f"{variant} s{seed}")
+                exp = R.with_overrides(exps[kind], {"loss.sigma": float(sigma)})
+                trained[kind] = R.train_experiment(ctx, variant, seed, exp,
+                                                   init_from=trained.get("noise") if kind == "cra" else None)
                 common = dict(num_classes=test.num_classes, sigma=float(sigma), eps=eps, n0=cfg["n0"],
                               alpha=cfg["alpha"], batch_size=cfg["batch_size"], seed=seed, device=ctx.device)
                 with bar(len(idx), f"certify {variant}") as b:

@@ -52,6 +52,10 @@ def config(scale: str, demo: bool) -> dict:
     }
     if demo:
         cfg.update({"steps": 20})
+    from .digits_abstain import config as abstain_config
+
+    up = abstain_config(scale, demo)
+    cfg.update({"upstream": up["upstream"], "abstain_steps": up["steps"]})
     return cfg
 
 
@@ -61,21 +65,19 @@ def run(ctx: Any, cfg: dict) -> dict:
     from .. import data as data_mod
     from ..composition import Composition, composition_columns, crossfit_cascade
     from ..errors import DataError
-    from ..io import read_json
     from ..metrics import mean_std
     from ..selectors import RobustnessIndicator
     from ..selectors.evaluate import candidate, core_records
-    from .digits_abstain import load_model, read_all, upstream
+    from .digits_abstain import load_model, read_all
 
     t0 = time.perf_counter()
-    up = upstream(ctx)
+    up = cfg["upstream"]
     eps, norm = up["eps"], up["norm"]
     abstain_dir = ctx.stage_dir("digits-abstain")
     abstain = read_all(abstain_dir)
     if not abstain:
         raise DataError(f"no abstain records under {abstain_dir}/records: run digits-abstain first")
-    abstain_meta = read_json(abstain_dir / "results.json").get("meta", {}) if (abstain_dir / "results.json").is_file() else {}
-    abstain_steps = int(abstain_meta.get("steps", cfg["steps"]))
+    abstain_steps = int(cfg["abstain_steps"])
     test = data_mod.load(cfg["dataset"], "test")
     per_variant: dict[str, list[dict[str, float]]] = {}
     chosen: dict[str, Any] = {}

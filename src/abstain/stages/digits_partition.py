@@ -4,7 +4,9 @@ chooses the study's ε.
 
 Models: the digits CNN (width 16) trained with CE (``std``) and with TRADES (eq. 7,
 γ = 6) from scratch at every ε of the sweep (``trades-eps<ε>``); ``trades`` is the TRADES
-model at the study ε (:data:`STUDY_EPS`, the ε of ``digits-finetune``). Every model is
+model at the study ε (``[loss] eps`` of ``configs/digits-trades.toml``, the ε of
+``digits-finetune``). The models and their training come from ``configs/digits-std.toml``
+and ``configs/digits-trades.toml`` (the sweep overrides its ε). Every model is
 evaluated on the 450 test images with 40-step APGD aimed at the prediction: the standard
 model at every ε, each TRADES model at its own ε.
 
@@ -22,96 +24,59 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from .base import Stage
 from . import _robust as R
+from .base import Stage
 
 NAME = "digits-partition"
-STUDY_EPS = 0.1          # the ε of digits-finetune, chosen by this stage's sweep
 MIN_NAT_ACC = 0.85
 MIN_GAP = 0.05
 MIN_ROB_AT_2EPS = 0.5
+EXPERIMENTS = {"std": {"config": "digits-std"}, "trades": {"config": "digits-trades"}}
 
 
-def model_kwargs() -> dict[str, Any]:
-    return {"in_channels": 1, "input_size": 8, "width": 16}
+def study_eps() -> float:
+    """The study ε: that of ``configs/digits-trades.toml`` (and of digits-finetune's fine-tunes)."""
+    return float(R.experiments({"trades": EXPERIMENTS["trades"]})["trades"]["loss"]["eps"])
 
 
 def config(scale: str, demo: bool) -> dict:
-    return {"seeds": [0], "norm": "linf", "study_eps": STUDY_EPS,
+    exps = R.experiments(EXPERIMENTS)
+    return {"seeds": [0], "norm": exps["trades"]["loss"]["norm"], "study_eps": exps["trades"]["loss"]["eps"],
             "sweep": [0.1, 0.2] if demo else [0.05, 0.1, 0.15, 0.2, 0.3],
             # the demo trains as long as the full run (one seed, fewer ε): its models are the
             # core and the pre-training of the later stages, whose results need them converged
-            "std": {"epochs": 30, "lr": 0.05, "batch_size": 64},
-            "trades": {"epochs": 15, "lr": 0.05, "batch_size": 64, "gamma": 6.0,
-                       "steps": 10},
-            "val_fraction": 0.1, "eval_steps": 40, "model": model_kwargs()}
+            "experiments": exps, "eval_steps": 40}
 
 
-def _digits(seed: int, val_fraction: float):
-    from .. import data as data_mod
-    from ..data import train_val_split
+def _evaluate(ctx: Any, model: Any, test: Any, eps: list[float], config: dict, name: str, seed: int) -> dict:
+    from ..evaluation import evaluate
 
-    full = data_mod.load("digits", "train", seed=seed)
-    tr, va = train_val_split(len(full), val_fraction, seed=seed)
-    return full.subset(tr), full.subset(va), data_mod.load("digits", "test", seed=seed)
-
-
-def train_digits(ctx: Any, name: str, seed: int, *, loss: str, params: dict, epochs: int, lr: float,
-                 batch_size: int, schedule: str, init_from: Any = None, val_fraction: float = 0.1,
-                 kwargs: dict | None = None):
-    """Train (or resume / load) the digits CNN of one variant into ``ctx.work/<name>-s<seed>``."""
-    from .. import models
-
-    kw = kwargs or model_kwargs()
-    train, val, _ = _digits(seed, val_fraction)
-    torch.manual_seed(seed)
-    model = models.create("cnn", 10, **kw)
-    if init_from is not None:
-        model.load_state_dict(init_from.state_dict())
-    meta = {"arch": "cnn", "num_classes": 10, "dataset": "digits", "data_root": None,
-            "model_kwargs": kw, "stage": ctx.name, "variant": name}
-    return R.train_variant(ctx, name, seed, model, train, val, loss=loss, loss_params=params,
-                           meta=meta, epochs=epochs, batch_size=batch_size, lr=lr, schedule=schedule)
-
-
-def run(ctx: Any, config: dict) -> dict:
-    with R.small_model_threads(ctx.device):
-        return _run(ctx, config)
+    res = evaluate(model, test, eps=eps, norm=config["norm"], steps=config["eval_steps"], double_eps=False,
+                   device=ctx.device, seed=seed, show_progress=False)
+    cols = {k: v for k, v in res.items() if k != "partition"}
+    ctx.write_records(f"{name}-s{seed}", cols)
+    return cols
 
 
 def _run(ctx: Any, config: dict) -> dict:
-    from ..evaluation import evaluate
     from ..metrics import mean_std
 
     t0 = time.perf_counter()
     norm, sweep, study = config["norm"], list(config["sweep"]), config["study_eps"]
+    exps = config["experiments"]
     eps_all = sorted(set(sweep) | {study})
     per: dict[str, list[dict[str, float]]] = {}
     for seed in config["seeds"]:
-        _, _, test = _digits(seed, config["val_fraction"])
-        s = config["std"]
-        std = train_digits(ctx, "std", seed, loss="standard", params={}, epochs=s["epochs"], lr=s["lr"],
-                           batch_size=s["batch_size"], schedule="scratch")
-        res = evaluate(std, test, eps=eps_all, norm=norm, steps=config["eval_steps"], double_eps=False,
-                       device=ctx.device, seed=seed, show_progress=False)
-        cols = {k: v for k, v in res.items() if k != "partition"}
-        ctx.write_records(f"std-s{seed}", cols)
+        _, _, test = R.splits(exps["std"], seed)
+        std = R.train_experiment(ctx, "std", seed, exps["std"])
+        cols = _evaluate(ctx, std, test, eps_all, config, "std", seed)
         for e in eps_all:
             per.setdefault(f"std@{e:g}", []).append(R.partition_at(cols, e))
         per.setdefault("std", []).append(R.partition_at(cols, study))
-        t = config["trades"]
         for e in R.progress_iter(ctx, eps_all, f"TRADES sweep s{seed}"):
             name = "trades" if e == study else f"trades-eps{e:g}"
-            model = train_digits(ctx, name, seed, loss="trades",
-                                 params={"eps": e, "norm": norm, "steps": t["steps"], "gamma": t["gamma"]},
-                                 epochs=t["epochs"], lr=t["lr"], batch_size=t["batch_size"],
-                                 schedule="scratch")
-            res = evaluate(model, test, eps=[e], norm=norm, steps=config["eval_steps"], double_eps=False,
-                           device=ctx.device, seed=seed, show_progress=False)
-            cols = {k: v for k, v in res.items() if k != "partition"}
-            ctx.write_records(f"{name}-s{seed}", cols)
+            cfg = R.with_overrides(exps["trades"], {"loss.eps": e})
+            cols = _evaluate(ctx, R.train_experiment(ctx, name, seed, cfg), test, [e], config, name, seed)
             per.setdefault(f"trades@{e:g}", []).append(R.partition_at(cols, e))
             if e == study:
                 per.setdefault("trades", []).append(R.partition_at(cols, e))
@@ -167,16 +132,16 @@ def report(stage_dir: Path) -> list[dict]:
                    "R_nat − R_rob^acc >= 5 points, and TRADES at 2ε keeps >= 50% robust accuracy",
                    "columns": ["ε∞", "model", "nat_acc %", "rob_acc %", "rob_inacc %", "nonrob_acc %",
                                "nonrob_inacc %", "rule"], "rows": rows, "paper": None})
-    chosen = choose_eps(trades_by_eps)
+    chosen, study = choose_eps(trades_by_eps), study_eps()
     blocks.append({"kind": "text", "text": (
         f"ε chosen by the rule (largest ε of the sweep that satisfies it): "
-        f"{'none' if chosen is None else f'{chosen:g}'}; the study ε of digits-finetune is {STUDY_EPS:g}"
-        + (" (satisfies the rule)." if rule_ok(trades_by_eps, STUDY_EPS) else " (does NOT satisfy the rule).")
+        f"{'none' if chosen is None else f'{chosen:g}'}; the study ε of digits-finetune is {study:g}"
+        + (" (satisfies the rule)." if rule_ok(trades_by_eps, study) else " (does NOT satisfy the rule).")
         + " Models: digits CNN (width 16); std = CE, 30 epochs; TRADES (γ = 6, 10-step PGD; 15 epochs) from scratch "
           "at each ε.")})
     return blocks
 
 
 STAGE = Stage(name=NAME, title="digits-partition — four-way partition of standard and TRADES models over ε (paper Tables 1, 8)",
-              depends=(), config=config, run=run, report=report,
+              depends=(), config=config, run=R.one_thread(_run), report=report,
               expected_seconds=(40.0, 300.0))

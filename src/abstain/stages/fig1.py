@@ -39,34 +39,35 @@ PAPER = {  # Fig. 1 text (Section 1): nat_acc, rob_acc, rob_inacc in %
     "trades": ("—", "98.4", "1.6"),
     "era": ("—", "98.4", "0.0"),
 }
+THREAT = {"loss.eps": 0.1, "loss.norm": "linf", "loss.steps": 10}   # ε∞ = 0.1, 10-step PGD
 VARIANTS: dict[str, dict[str, Any]] = {
-    "std": {"loss": "standard", "params": {}},
-    "trades": {"loss": "trades", "params": {"gamma": 6.0}},
-    "era": {"loss": "era", "params": {"gamma": 6.0, "beta": 0.2, "era_inner": "targeted"}},
-    "era-b6": {"loss": "era", "params": {"gamma": 6.0, "beta": 6.0, "era_inner": "targeted"}},
-    "era-shared": {"loss": "era", "params": {"gamma": 6.0, "beta": 0.2, "era_inner": "untargeted-shared"}},
+    "std": {"config": "gauss3-std", "set": THREAT},
+    "trades": {"config": "gauss3-trades"},
+    "era": {"config": "gauss3-era"},
+    "era-b6": {"config": "gauss3-era", "set": {"loss.beta": 6.0}},
+    "era-shared": {"config": "gauss3-era", "set": {"loss.era_inner": "untargeted-shared"}},
 }
 LABELS = {"std": "L_std", "trades": "L_TRADES", "era": "L_ERA (β=0.2)", "era-b6": "L_ERA (β=6)",
           "era-shared": "L_ERA shared (β=0.2)"}
 
 
 def config(scale: str, demo: bool) -> dict:
-    variants = ["std", "trades", "era"] if demo else list(VARIANTS)
-    return {"seeds": [0] if demo else [0, 1, 2, 3, 4], "eps": 0.1, "norm": "linf",
-            "epochs": 10 if demo else 20, "batch_size": 10, "lr": 0.1, "momentum": 0.0,
-            "weight_decay": 5e-4, "steps": 10, "val_fraction": 0.1, "eval_steps": 40,
-            "variants": {v: VARIANTS[v] for v in variants}, "grid": 200}
-
-
-def run(ctx: Any, config: dict) -> dict:
-    with R.small_model_threads(ctx.device):
-        return _run(ctx, config)
+    """The experiments are ``configs/gauss3-*.toml`` (the demo trains 10 epochs instead of 20)."""
+    names = ["std", "trades", "era"] if demo else list(VARIANTS)
+    specs = {v: {"config": VARIANTS[v]["config"],
+                 "set": {**VARIANTS[v].get("set", {}), **({"train.epochs": 10} if demo else {})}}
+             for v in names}
+    variants = R.experiments(specs)
+    threat = {(c["loss"]["eps"], c["loss"]["norm"]) for c in variants.values()}
+    if len(threat) != 1:
+        raise ValueError(f"the fig1 experiments disagree on the threat model: {sorted(threat)}")
+    (eps, norm), = threat
+    return {"seeds": [0] if demo else [0, 1, 2, 3, 4], "eps": eps, "norm": norm, "eval_steps": 40,
+            "variants": variants, "grid": 200}
 
 
 def _run(ctx: Any, config: dict) -> dict:
     from .. import data as data_mod
-    from .. import models
-    from ..data import train_val_split
     from ..evaluation import evaluate
     from ..metrics import mean_std
 
@@ -76,19 +77,10 @@ def _run(ctx: Any, config: dict) -> dict:
     trained: dict[str, Any] = {}
     jobs = [(seed, v) for seed in config["seeds"] for v in config["variants"]]
     for seed, variant in R.progress_iter(ctx, jobs, "fig1"):
-        spec = config["variants"][variant]
-        full = data_mod.load("gauss3", "train", seed=seed)
-        test = data_mod.load("gauss3", "test", seed=seed)
-        tr, va = train_val_split(len(full), config["val_fraction"], seed=seed)
-        torch.manual_seed(seed)
-        model = models.create("mlp", 3, in_features=2)
-        meta = {"arch": "mlp", "num_classes": 3, "dataset": "gauss3", "data_root": None,
-                "model_kwargs": {"in_features": 2}, "stage": NAME, "variant": variant}
-        model = R.train_variant(
-            ctx, variant, seed, model, full.subset(tr), full.subset(va), loss=spec["loss"],
-            loss_params={"eps": eps, "norm": norm, "steps": config["steps"], **spec["params"]},
-            meta=meta, epochs=config["epochs"], batch_size=config["batch_size"], lr=config["lr"],
-            momentum=config["momentum"], weight_decay=config["weight_decay"], schedule="synthetic")
+        cfg = config["variants"][variant]
+        _, _, test = R.splits(cfg, seed)
+        full = data_mod.load(cfg["data"]["name"], "train", seed=seed)   # the training set, as the authors report
+        model = R.train_experiment(ctx, variant, seed, cfg)
         for split, data, prefix in (("test", test, ""), ("train", full, "train--")):
             res = evaluate(model, data, eps=[eps], norm=norm, steps=config["eval_steps"],
                            double_eps=False, device=ctx.device, seed=seed, show_progress=False)
@@ -100,8 +92,10 @@ def _run(ctx: Any, config: dict) -> dict:
             trained[variant] = (model.cpu(), test)
     figures = _figures(ctx.out, trained, eps, config["grid"])
     results: dict[str, Any] = {v: mean_std(vals) for v, vals in per_variant.items()}
-    results["meta"] = {"eps": eps, "norm": norm, "seeds": config["seeds"], "epochs": config["epochs"],
-                       "batch_size": config["batch_size"], "lr": config["lr"], "steps": config["steps"],
+    tr = next(iter(config["variants"].values()))["train"]
+    results["meta"] = {"eps": eps, "norm": norm, "seeds": config["seeds"], "epochs": tr["epochs"],
+                       "batch_size": tr["batch_size"], "lr": tr["lr"],
+                       "steps": next(iter(config["variants"].values()))["loss"]["steps"],
                        "eval": f"APGD-CE {config['eval_steps']} steps aimed at the prediction",
                        "n_test": 1000, "figures": figures,
                        "seconds": time.perf_counter() - t0}
@@ -196,5 +190,5 @@ def report(stage_dir: Path) -> list[dict]:
 
 
 STAGE = Stage(name=NAME, title="fig1 — standard / TRADES / ERA on gauss3, decision regions (paper Fig. 1)",
-              depends=(), config=config, run=run, report=report,
+              depends=(), config=config, run=R.one_thread(_run), report=report,
               expected_seconds=(60.0, 900.0))

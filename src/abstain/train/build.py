@@ -19,7 +19,7 @@ from .loop import fit
 from .schedule import mix
 
 
-def _model_kwargs(arch: str, input_shape: tuple[int, ...], kwargs: Mapping[str, Any]) -> dict[str, Any]:
+def model_kwargs(arch: str, input_shape: tuple[int, ...], kwargs: Mapping[str, Any]) -> dict[str, Any]:
     """Fill the input geometry of the small models from the data (recorded in meta.json)."""
     kw = dict(kwargs)
     if arch == "mlp" and "in_features" not in kw:
@@ -48,7 +48,7 @@ def build_model(cfg: Mapping[str, Mapping[str, Any]], num_classes: int,
         if init and Path(init).is_dir():
             raise ConfigError(f"[model] init {init}: a factory model takes a weights file, not a run directory")
         return build_factory_model(arch, num_classes, init or None, flag="[model] arch"), {}
-    kw = _model_kwargs(arch, input_shape, cfg["model"]["kwargs"])
+    kw = model_kwargs(arch, input_shape, cfg["model"]["kwargs"])
     if init:
         path = Path(init)
         if path.is_dir():
