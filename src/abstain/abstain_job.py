@@ -35,6 +35,7 @@ class AbstainSettings:
     samples: int | None = None
     seed: int = 0
     eval_batch_size: int = 512
+    attack: str | None = None          # None: abstain.attacks.DEFAULT_ATTACK ("apgd-ce": the paper's)
     sn: dict[str, Any] = field(default_factory=lambda: {"epochs": 60, "samples": None})
     cri: dict[str, Any] | None = None      # sigma, n0, n, alpha, batch_size
 
@@ -53,14 +54,14 @@ class AbstainSettings:
 
 def compose(robust: nn.Module, core: nn.Module, data: Any, *, selector: str, eps: float,
             norm: str = "linf", steps: int = 40, tau: float | None = None, seed: int = 0,
-            train: Any = None, device: Any = "auto") -> dict[str, Any]:
+            train: Any = None, device: Any = "auto", attack: str | None = None) -> dict[str, Any]:
     """The abstain model (``robust``, S_``selector``) and its 2-compositional model with
     ``core`` (eq. 15) on the Dataset ``data`` at radius ``eps``: ``{"records": per-sample
     columns, "metrics": {...}}`` (see :func:`compose_at`). ``train``: the training Dataset,
     needed by S_SN."""
     from .utils import resolve_device
 
-    s = AbstainSettings(selector=selector, eps=[eps], norm=norm, steps=steps, tau=tau, seed=seed)
+    s = AbstainSettings(selector=selector, eps=[eps], norm=norm, steps=steps, tau=tau, seed=seed, attack=attack)
     s.check()
     dev = resolve_device(device)
     for m in (robust, core):
@@ -82,10 +83,10 @@ def compose_at(robust: nn.Module, core: nn.Module, x: torch.Tensor, y: torch.Ten
 
     index = np.arange(len(y)) if index is None else np.asarray(index)
     sel = build_selector(s.selector, robust, eps=eps, norm=s.norm, steps=s.steps, seed=s.seed,
-                         tau=s.tau, train=train, sn=s.sn, cri=s.cri)
+                         tau=s.tau, train=train, sn=s.sn, cri=s.cri, attack=s.attack)
     rec = abstain_records(sel, x, y, index, batch_size=s.eval_batch_size)
     crec = core_records(core, x, y, index, eps=eps, norm=s.norm, steps=s.steps, seed=s.seed,
-                        batch_size=s.eval_batch_size)
+                        batch_size=s.eval_batch_size, attack=s.attack)
     tau = getattr(sel, "tau", None)
     cand = candidate(s.selector, s.selector, rec, eps, tau)
     cpred, crob = crec["pred"], records.flag(crec, records.ROBUST, eps)
@@ -204,6 +205,7 @@ def abstain_job(robust: ModelSource, core: ModelSource, out: Path, s: AbstainSet
     figs.write(out, robust.dataset, s)
     section["meta"] = {"robust": robust.describe, "core": core.describe, "selector": s.selector,
                        "norm": s.norm, "steps": s.steps, "seed": s.seed, "samples": int(len(idx)),
+                       "attack": s.attack,
                        "seconds": time.perf_counter() - t0}
     update_json(out / "results.json", "abstain", section)
     return section

@@ -44,6 +44,7 @@ class EvaluateSettings:
     steps: int = 40
     double_eps: bool = True
     ensemble: bool = False
+    attack: str | None = None          # None: abstain.attacks.DEFAULT_ATTACK
     batch_size: int = 256
     seed: int = 0
     samples: int | None = None
@@ -67,6 +68,7 @@ def evaluate_job(source: ModelSource, out: Path, s: EvaluateSettings, device: An
                  overwrite: bool = False) -> dict[str, Any]:
     """Evaluate ``source`` (:func:`abstain.evaluation.evaluate`) into ``out/records/evaluate.csv``
     and ``out/results.json["evaluate"]``; returns that section (``records``: the file)."""
+    from .attacks import resolve_attack
     from .evaluation import evaluate, record_columns
 
     eps_list = s.check()
@@ -76,7 +78,7 @@ def evaluate_job(source: ModelSource, out: Path, s: EvaluateSettings, device: An
     distributed.init_from_env(device)
     t0 = time.time()
     res = evaluate(source.model, ds, eps=s.eps, norm=s.norm, steps=s.steps, double_eps=s.double_eps,
-                   ensemble=s.ensemble, batch_size=s.batch_size, device=device, seed=s.seed,
+                   ensemble=s.ensemble, attack=s.attack, batch_size=s.batch_size, device=device, seed=s.seed,
                    save_adversarial=s.save_adversarial)
     cols = record_columns(res)
     if subset is not None:
@@ -87,7 +89,7 @@ def evaluate_job(source: ModelSource, out: Path, s: EvaluateSettings, device: An
         "nat_acc": res["partition"][f"{eps_list[0]:g}"]["nat_acc"],
         "eps": res["partition"],
         "meta": {"eps": [float(e) for e in s.eps], "radii": eps_list, "norm": s.norm,
-                 "steps": s.steps, "ensemble": bool(s.ensemble), "seed": s.seed,
+                 "steps": s.steps, "attack": resolve_attack(s.attack, s.ensemble), "seed": s.seed,
                  "dataset": source.dataset, "split": "test", "n": int(len(cols["index"])),
                  "data_seed": source.data_seed, "samples": s.samples,
                  "subset": "class-balanced, seeded" if subset is not None else "all",

@@ -29,6 +29,7 @@ import argparse
 from pathlib import Path
 
 from ..abstain_job import SELECTORS
+from ..attacks import ATTACKS, DEFAULT_ATTACK
 
 HELP = "abstain models (robustness indicator, softmax response, selection network) and compositions"
 DESCRIPTION = __doc__
@@ -47,6 +48,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eps", type=float, nargs="+", required=True, metavar="E", help="radii (pixel space)")
     p.add_argument("--norm", default="linf", choices=("linf", "l2"))
     p.add_argument("--steps", type=int, default=40, help="APGD steps")
+    p.add_argument("--attack", choices=ATTACKS, default=None,
+                   help=f"how F's and the core's robustness is checked (default {DEFAULT_ATTACK}; apgd-ce: "
+                        "the paper's protocol)")
     p.add_argument("--tau", type=float, help="threshold τ of S_SR / S_SN for the composition "
                                              "(default 0.9 for SR, 0.5 for SN)")
     p.add_argument("--tau-grid", type=int, default=101, metavar="N",
@@ -76,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
 
     s = AbstainSettings(selector=args.selector, eps=args.eps, norm=args.norm, steps=args.steps,
                         tau=args.tau, tau_grid=args.tau_grid, samples=args.samples, seed=args.seed,
-                        eval_batch_size=args.eval_batch_size,
+                        eval_batch_size=args.eval_batch_size, attack=args.attack,
                         sn={"epochs": args.sn_epochs, "samples": args.sn_samples},
                         cri={"sigma": args.sigma, "n0": args.n0, "n": args.n, "alpha": args.alpha,
                              "batch_size": args.batch_size})

@@ -82,12 +82,17 @@ class Selector(ABC):
     name: ClassVar[str] = "selector"
 
     def __init__(self, model: nn.Module, *, eps: float, norm: str = "linf", steps: int = 40,
-                 seed: int = 0) -> None:
+                 seed: int = 0, attack: str | None = None) -> None:
+        from ..attacks import resolve_attack
+
         self.model = model
         self.eps = check_eps(eps)
         self.norm = check_norm(norm)
         self.steps = int(steps)
         self.seed = int(seed)
+        # how F's robustness is checked (abstain.attacks.is_robust): the default attack, or
+        # "apgd-ce" for the paper's protocol
+        self.attack = resolve_attack(attack, False)
 
     def _generator(self, salt: int = 0) -> torch.Generator:
         """A fresh seeded generator per call, so repeated calls give the same answer."""
@@ -141,8 +146,8 @@ class ThresholdSelector(Selector):
     """S(x) = 1{score(x) ≥ τ} (softmax response eq. 16, selection network eq. 18)."""
 
     def __init__(self, model: nn.Module, *, tau: float, eps: float, norm: str = "linf",
-                 steps: int = 40, seed: int = 0) -> None:
-        super().__init__(model, eps=eps, norm=norm, steps=steps, seed=seed)
+                 steps: int = 40, seed: int = 0, attack: str | None = None) -> None:
+        super().__init__(model, eps=eps, norm=norm, steps=steps, seed=seed, attack=attack)
         tau = float(tau)
         if not 0.0 <= tau <= 1.0:
             raise InputError(f"threshold tau must lie in [0, 1], got {tau}")

@@ -26,8 +26,8 @@ class RobustnessIndicator(Selector):
                  seed: int = 0, ensemble: bool = False, attack: str | None = None) -> None:
         from ..attacks import resolve_attack
 
-        super().__init__(model, eps=eps, norm=norm, steps=steps, seed=seed)
-        self.attack = resolve_attack(attack, ensemble)
+        super().__init__(model, eps=eps, norm=norm, steps=steps, seed=seed,
+                         attack=resolve_attack(attack, ensemble))
         self.ensemble = self.attack == "ensemble"
 
     def _is_robust(self, x: torch.Tensor, radius: float,

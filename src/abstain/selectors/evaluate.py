@@ -34,17 +34,18 @@ def selector_class(kind: str) -> type[Selector]:
 
 def build_selector(kind: str, model: nn.Module, *, eps: float, norm: str = "linf", steps: int = 40,
                    seed: int = 0, tau: float | None = None, train: tuple[torch.Tensor, torch.Tensor] | None = None,
-                   sn: Mapping[str, Any] | None = None, cri: Mapping[str, Any] | None = None) -> Selector:
+                   sn: Mapping[str, Any] | None = None, cri: Mapping[str, Any] | None = None,
+                   attack: str | None = None) -> Selector:
     """The selector ``kind`` for ``model``. S_SN is trained here on ``train = (x, y)``
     (targets from F's robustness and accuracy, :func:`selection_targets`) with the options
     ``sn`` (``epochs``, ``hidden``, ``samples``); S_CRI takes ``cri`` (``num_classes``,
     ``sigma``, ``n0``, ``n``, ``alpha``, ``batch_size``)."""
     selector_class(kind)
     if kind == "eri":
-        return RobustnessIndicator(model, eps=eps, norm=norm, steps=steps, seed=seed)
+        return RobustnessIndicator(model, eps=eps, norm=norm, steps=steps, seed=seed, attack=attack)
     if kind == "sr":
         return SoftmaxResponse(model, tau=DEFAULT_TAU["sr"] if tau is None else tau, eps=eps, norm=norm,
-                               steps=steps, seed=seed)
+                               steps=steps, seed=seed, attack=attack)
     if kind == "cri":
         if not cri:
             raise InputError("S_CRI needs the smoothing options (num_classes, sigma, n0, n, alpha)")
@@ -57,11 +58,11 @@ def build_selector(kind: str, model: nn.Module, *, eps: float, norm: str = "linf
     if n < x_tr.shape[0]:
         idx = torch.randperm(x_tr.shape[0], generator=torch.Generator().manual_seed(seed))[:n]
         x_tr, y_tr = x_tr[idx], y_tr[idx]
-    t = selection_targets(model, x_tr, y_tr, eps=eps, norm=norm, steps=steps, seed=seed)
+    t = selection_targets(model, x_tr, y_tr, eps=eps, norm=norm, steps=steps, seed=seed, attack=attack)
     net = selection_net(tuple(x_tr.shape[1:]), hidden=int(opts.get("hidden", 128))).to(x_tr.device)
     train_selection_network(net, x_tr, t, eps=eps, norm=norm, epochs=int(opts.get("epochs", 60)), seed=seed)
     return SelectionNetwork(model, net, tau=DEFAULT_TAU["sn"] if tau is None else tau, eps=eps,
-                            norm=norm, steps=steps, seed=seed)
+                            norm=norm, steps=steps, seed=seed, attack=attack)
 
 
 def _cols(index: Any, y: torch.Tensor, rec: Mapping[str, torch.Tensor]) -> dict[str, Any]:
@@ -89,13 +90,13 @@ def abstain_records(selector: Selector, x: torch.Tensor, y: torch.Tensor, index:
 
 def core_records(model: nn.Module, x: torch.Tensor, y: torch.Tensor, index: Any, *, eps: float,
                  norm: str = "linf", steps: int = 40, seed: int = 0,
-                 batch_size: int | None = None) -> dict[str, Any]:
+                 batch_size: int | None = None, attack: str | None = None) -> dict[str, Any]:
     """``index``, ``label``, ``pred`` and ``robust@ε`` (:func:`abstain.attacks.is_robust`)."""
     from ..attacks import is_robust
 
     def one(xb: torch.Tensor) -> dict[str, torch.Tensor]:
         with torch.enable_grad():
-            rob = is_robust(model, xb, eps=eps, norm=norm, steps=steps,
+            rob = is_robust(model, xb, eps=eps, norm=norm, steps=steps, attack=attack,
                             generator=torch.Generator().manual_seed(seed * 1000003 + 7))
         return {"pred": predict(model, xb), col("robust", eps): rob.to(torch.bool)}
 

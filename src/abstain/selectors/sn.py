@@ -43,7 +43,7 @@ def selection_net(input_shape: Sequence[int], hidden: int = 128, depth: int = 2,
 
 def selection_targets(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
                       norm: str = "linf", steps: int = 40, seed: int = 0,
-                      batch_size: int = 1024) -> torch.Tensor:
+                      batch_size: int = 1024, attack: str | None = None) -> torch.Tensor:
     """t(x) = 1{F(x) = y ∧ F robust in B_ε(x)}: where F is robust and accurate
     (APGD in chunks of ``batch_size``; random starts seeded per sample index)."""
     from ..attacks import is_robust
@@ -54,6 +54,7 @@ def selection_targets(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps
         ids = torch.arange(i, min(i + batch_size, x.shape[0]), device=x.device)
         with torch.enable_grad():
             rob[ids] = is_robust(model, x[ids], eps=eps, norm=norm, steps=steps, sample_ids=ids,
+                                 attack=attack,
                                  generator=torch.Generator().manual_seed(seed)).to(torch.bool)
     return (pred == y) & rob
 
@@ -104,8 +105,8 @@ class SelectionNetwork(ThresholdSelector):
     name = "sn"
 
     def __init__(self, model: nn.Module, net: nn.Module, *, tau: float = 0.5, eps: float,
-                 norm: str = "linf", steps: int = 40, seed: int = 0) -> None:
-        super().__init__(model, tau=tau, eps=eps, norm=norm, steps=steps, seed=seed)
+                 norm: str = "linf", steps: int = 40, seed: int = 0, attack: str | None = None) -> None:
+        super().__init__(model, tau=tau, eps=eps, norm=norm, steps=steps, seed=seed, attack=attack)
         self.net = net
 
     @torch.no_grad()
@@ -137,7 +138,7 @@ class SelectionNetwork(ThresholdSelector):
         pred = predict(self.model, x)
         with torch.enable_grad():
             rob = is_robust(self.model, x, eps=self.eps, norm=self.norm, steps=self.steps,
-                            generator=self._generator()).to(torch.bool)
+                            attack=self.attack, generator=self._generator()).to(torch.bool)
         score, lo, hi = self._score_bounds(x, self.eps)
         return {"pred": pred, col("robust", self.eps): rob, "score": score,
                 col("score_lo", self.eps): lo, col("score_hi", self.eps): hi}

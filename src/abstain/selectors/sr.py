@@ -41,6 +41,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError
+from ..utils import eval_mode
 from .base import Decisions, ThresholdSelector, _np_bool, _np_float, col, require
 
 ATTACKS = ("apgd", "conf")
@@ -67,8 +68,8 @@ class SoftmaxResponse(ThresholdSelector):
 
     def __init__(self, model: nn.Module, *, tau: float = 0.5, eps: float, norm: str = "linf",
                  steps: int = 40, seed: int = 0, attacks: Sequence[str] = ATTACKS,
-                 ball: bool = True, rule: str = "paper") -> None:
-        super().__init__(model, tau=tau, eps=eps, norm=norm, steps=steps, seed=seed)
+                 ball: bool = True, rule: str = "paper", attack: str | None = None) -> None:
+        super().__init__(model, tau=tau, eps=eps, norm=norm, steps=steps, seed=seed, attack=attack)
         bad = [a for a in attacks if a not in ATTACKS]
         if bad or not attacks:
             raise InputError(f"unknown SR attack(s) {bad or attacks}; known: {', '.join(ATTACKS)}")
@@ -79,12 +80,8 @@ class SoftmaxResponse(ThresholdSelector):
     # -- attacks -------------------------------------------------------------------------
     @torch.no_grad()
     def _conf_pred(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        was = self.model.training
-        self.model.eval()
-        try:
+        with eval_mode(self.model):
             p = self.model(x).softmax(dim=1)
-        finally:
-            self.model.train(was)
         c, k = p.max(dim=1)
         return c, k
 
@@ -150,7 +147,7 @@ class SoftmaxResponse(ThresholdSelector):
         conf, pred = self._conf_pred(x)
         with torch.enable_grad():
             rob = is_robust(self.model, x, eps=self.eps, norm=self.norm, steps=self.steps,
-                            generator=self._generator(99)).to(torch.bool)
+                            attack=self.attack, generator=self._generator(99)).to(torch.bool)
         out: dict[str, torch.Tensor] = {"pred": pred, "conf": conf, col("robust", self.eps): rob}
         radii = sorted({r for r in self._radii(self.eps) if r > 0})
         for r in radii:

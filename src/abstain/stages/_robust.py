@@ -62,6 +62,20 @@ def read_stage_records(stage_dir: Path, prefix: str = "") -> dict[str, dict[int,
     return out
 
 
+def strong_rob_inacc(strong: Mapping[str, Mapping[int, Mapping[str, Any]]], variant: str,
+                     eps: float) -> str:
+    """The robust inaccuracy of ``variant`` at ``eps`` under the strong attack (records
+    ``strong--<variant>-s<seed>.csv``, read with ``read_stage_records(dir, STRONG_PREFIX)``),
+    formatted like :func:`pct`; "–" when the stage did not run it."""
+    seeds = strong.get(variant)
+    if not seeds:
+        return "–"
+    try:
+        return pct(per_seed(seeds, lambda c: partition_at(c, eps))["rob_inacc"])
+    except KeyError:
+        return "–"
+
+
 def per_seed(records: Mapping[int, Mapping[str, Any]],
              fn: Callable[[Mapping[str, Any]], dict[str, float]]) -> dict[str, list[float]]:
     """Apply a metric function to each seed's records: {metric: [value per seed]}."""
@@ -70,6 +84,33 @@ def per_seed(records: Mapping[int, Mapping[str, Any]],
         for k, v in fn(records[seed]).items():
             vals.setdefault(k, []).append(v)
     return vals
+
+
+PAPER_ATTACK = "apgd-ce"      # the paper's protocol: every number compared with the paper
+STRONG_ATTACK = "strong"      # the default attack, reported beside it where it is cheap
+STRONG_PREFIX = "strong--"    # records of the strong attack: records/strong--<variant>-s<seed>.csv
+
+
+def evaluate_records(ctx: Any, model: Any, data: Any, *, eps: list[float], config: Mapping[str, Any],
+                     name: str, seed: int, double_eps: bool, prefix: str = "") -> dict[str, np.ndarray]:
+    """Evaluate ``model`` on ``data`` with the stage's attack (``config["attack"]``, the paper's
+    APGD-CE by default) and write ``records/<prefix><name>-s<seed>.csv``; with
+    ``config["compare_attack"]`` also with that attack into ``records/strong--<prefix>…``.
+    Returns the columns of the first."""
+    from ..evaluation import evaluate
+
+    out = None
+    runs = [(config.get("attack", PAPER_ATTACK), "")]
+    if config.get("compare_attack"):
+        runs.append((config["compare_attack"], STRONG_PREFIX))
+    for attack, tag in runs:
+        res = evaluate(model, data, eps=eps, norm=config["norm"], steps=config["eval_steps"],
+                       double_eps=double_eps, device=ctx.device, seed=seed, show_progress=False,
+                       attack=attack)
+        cols = {k: v for k, v in res.items() if k != "partition"}
+        ctx.write_records(f"{tag}{prefix}{name}-s{seed}", cols)
+        out = cols if out is None else out
+    return out
 
 
 def experiments(specs: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:

@@ -44,6 +44,7 @@ def config(scale: str, demo: bool) -> dict:
     if demo:
         cfg.update({"samples": 200, "steps": 20, "sn": {"epochs": 40, "hidden": 64, "samples": 600}})
     cfg["upstream"] = upstream(scale, demo)
+    cfg["attack"] = "apgd-ce"       # the paper's protocol (abstain.attacks; docs/attacks.md)
     return cfg
 
 
@@ -103,6 +104,7 @@ def run(ctx: Any, cfg: dict) -> dict:
                 raise DataError(f"missing model {model_dir(ctx.root, 'digits-finetune', variant, seed)}")
             tau = cfg["sr_tau"] if kind == "sr" else cfg["sn_tau"] if kind == "sn" else None
             sel = build_selector(kind, model, eps=eps, norm=norm, steps=cfg["steps"], seed=seed, tau=tau,
+                                 attack=cfg["attack"],
                                  train=(train.x.to(ctx.device), train.y.to(ctx.device)), sn=cfg["sn"])
             ctx.write_records(f"abstain-{variant}-{kind}-s{seed}", abstain_records(sel, x, y, index))
             done += 1

@@ -55,7 +55,7 @@ def config(scale: str, demo: bool) -> dict:
     from .digits_abstain import config as abstain_config
 
     up = abstain_config(scale, demo)
-    cfg.update({"upstream": up["upstream"], "abstain_steps": up["steps"]})
+    cfg.update({"upstream": up["upstream"], "abstain_steps": up["steps"], "attack": up["attack"]})
     return cfg
 
 
@@ -95,7 +95,8 @@ def run(ctx: Any, cfg: dict) -> dict:
         y = test.y[torch.as_tensor(index)].to(ctx.device)
         core, core_seed = load_core(ctx.root, cfg["core"], seed, ctx.device)
         core_used[seed] = core_seed
-        crec = core_records(core, x, y, index, eps=eps, norm=norm, steps=cfg["steps"], seed=seed)
+        crec = core_records(core, x, y, index, eps=eps, norm=norm, steps=cfg["steps"], seed=seed,
+                            attack=cfg["attack"])
         ctx.write_records(f"core-s{seed}", crec)
         yn = crec["label"]
         cpred, crob = crec["pred"], records.flag(crec, records.ROBUST, eps)
@@ -131,7 +132,8 @@ def run(ctx: Any, cfg: dict) -> dict:
         ctx.write_records(f"compose-s{seed}", cols)
         if cfg.get("verify_module", True):
             robust = load_model(ctx.root, "digits-finetune", cfg["robust"], seed, ctx.device)
-            sel = RobustnessIndicator(robust, eps=eps, norm=norm, steps=abstain_steps, seed=seed)
+            sel = RobustnessIndicator(robust, eps=eps, norm=norm, steps=abstain_steps, seed=seed,
+                                      attack=cfg["attack"])
             live = Composition(robust, core, sel).predict(x).cpu().numpy()
             agreement.append(float(np.mean(live == cols["compose-eri.pred"])))
         for v in variants_of(cols):

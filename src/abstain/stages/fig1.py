@@ -63,12 +63,11 @@ def config(scale: str, demo: bool) -> dict:
         raise ValueError(f"the fig1 experiments disagree on the threat model: {sorted(threat)}")
     (eps, norm), = threat
     return {"seeds": [0] if demo else [0, 1, 2, 3, 4], "eps": eps, "norm": norm, "eval_steps": 40,
-            "variants": variants, "grid": 200}
+            "variants": variants, "grid": 200, "attack": R.PAPER_ATTACK}
 
 
 def _run(ctx: Any, config: dict) -> dict:
     from .. import data as data_mod
-    from ..evaluation import evaluate
     from ..metrics import mean_std
 
     t0 = time.perf_counter()
@@ -82,10 +81,8 @@ def _run(ctx: Any, config: dict) -> dict:
         full = data_mod.load(cfg["data"]["name"], "train", seed=seed)   # the training set, as the authors report
         model = R.train_experiment(ctx, variant, seed, cfg)
         for split, data, prefix in (("test", test, ""), ("train", full, "train--")):
-            res = evaluate(model, data, eps=[eps], norm=norm, steps=config["eval_steps"],
-                           double_eps=False, device=ctx.device, seed=seed, show_progress=False)
-            cols = {k: v for k, v in res.items() if k != "partition"}
-            ctx.write_records(f"{prefix}{variant}-s{seed}", cols)
+            cols = R.evaluate_records(ctx, model, data, eps=[eps], config=config, name=variant, seed=seed,
+                                      double_eps=False, prefix=prefix)
             if split == "test":
                 per_variant[variant].append(R.partition_at(cols, eps))
         if seed == config["seeds"][0]:
@@ -133,7 +130,7 @@ def _figures(out: Path, trained: dict[str, Any], eps: float, grid: int) -> list[
 
             pred = model(test.x).argmax(1).numpy()
             with torch.enable_grad():
-                robust = is_robust(model, test.x, eps=eps).numpy()
+                robust = is_robust(model, test.x, eps=eps, attack=R.PAPER_ATTACK).numpy()
             colors = np.array(["#08519c", "#d94801", "#238b45"])[y]
             ax.scatter(x[:, 0], x[:, 1], c=colors, s=4, linewidths=0)
             ri = robust & (pred != y)

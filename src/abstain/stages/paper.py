@@ -138,6 +138,7 @@ class PaperStage:
         eps = sorted({float(v["toml"].get("loss", {}).get("eps") or 0) for v in variants.values()} - {0.0})
         return {"variants": ordered, "seeds": list(self.seeds[:1] if demo else self.seeds),
                 "steps": self.steps, "n_test": self.demo_n_test if demo else self.n_test,
+                "attack": "apgd-ce",    # the paper's protocol: every number here is compared with it
                 "norm": "linf", "eps": eps}
 
     # ---------------------------------------------------------------- data check
@@ -216,6 +217,7 @@ class PaperStage:
                     test = test.subset(balanced_subset(test.y, config["n_test"], test.num_classes, seed))
                 res = evaluate(model.to(ctx.device), test, eps=eps, norm=cfg["loss"]["norm"],
                                steps=config["steps"], double_eps=True, device=ctx.device, seed=seed,
+                               attack=config.get("attack", "apgd-ce"),
                                show_progress=not ctx.quiet)
                 cols = {k: val for k, val in res.items() if k != "partition"}
                 ctx.write_records(f"{variant}-s{seed}", cols)
