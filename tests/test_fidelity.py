@@ -382,3 +382,21 @@ def test_authors_cra_radius_on_a_tie_is_their_negative_value():
     expected = SIGMA / 2 * (Normal(0.0, 1.0).icdf(torch.tensor(0.5 - 1e-6)) - Normal(0.0, 1.0).icdf(torch.tensor(0.5 + 1e-6)))
     assert float(pa["radius"]) == pytest.approx(float(expected), rel=0.05)
     assert float(expected) < -5e-7 and float(pp["radius"]) == 0.0
+
+
+@pytest.mark.parametrize("name", ["noise", "cra"])
+def test_noise_losses_draw_from_the_trainers_generator(name):
+    """The trainer passes a generator seeded per (seed, epoch, batch, rank); noise drawn from it
+    differs between ranks and repeats on resume, whatever the global RNG does (PITFALLS.md:
+    losses on the global RNG give every rank the same noise)."""
+    m = _mlp(bn=False)
+    x, y = _data()
+    params = {"sigma": SIGMA, "k": 3}
+
+    def value(seed: int, global_seed: int) -> float:
+        torch.manual_seed(global_seed)
+        loss, _ = losses.get(name)(m, x, y, {**params, "generator": torch.Generator().manual_seed(seed)})
+        return float(loss.detach())
+
+    assert value(1, 0) == value(1, 99)      # the global RNG does not matter
+    assert value(1, 0) != value(2, 0)       # another rank / batch seed draws other noise
