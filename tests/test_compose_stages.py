@@ -31,7 +31,7 @@ def root(tmp_path_factory) -> Path:
     return r
 
 
-UPSTREAM = {"eps": EPS, "norm": "linf", "seeds": [0]}   # what digits-finetune's config passes on
+UPSTREAM = {"eps": EPS, "norm": "linf", "seeds": [0], "stage": "digits-finetune", "core_stage": "digits-partition"}
 
 
 def _ctx(root: Path, name: str) -> StageContext:
@@ -39,27 +39,28 @@ def _ctx(root: Path, name: str) -> StageContext:
 
 
 def test_stages_and_report_recompute_from_records(root: Path) -> None:
-    from abstain.stages import digits_abstain, digits_compose
+    from abstain.stages import abstain_models, compose
+    from abstain.stages.study import DIGITS
 
-    cfg = digits_abstain.config("mini", True)
+    cfg = abstain_models.config("mini", True, DIGITS)
     cfg.update({"samples": 60, "steps": 5, "sn": {"epochs": 3, "hidden": 32, "samples": 300}, "tau_points": 11,
                 "upstream": UPSTREAM})
-    res = digits_abstain.run(_ctx(root, "digits-abstain"), cfg)
+    res = abstain_models.run(_ctx(root, "digits-abstain"), cfg)
     atomic_write_json(root / "digits-abstain/results.json", res)
     assert {"trades-eri", "era-eri", "trades-sr", "trades-sn"} <= set(res)   # dga is optional
     for v in ("trades-eri", "trades-sr", "trades-sn"):
         assert res[v]["rob_sel"] <= res[v]["coverage"] + 1e-12
     assert (root / "digits-abstain/fig3_abstain_pareto.png").stat().st_size > 10_000
     assert (root / "digits-abstain/fig6_sr_ablation.png").stat().st_size > 10_000
-    blocks = digits_abstain.report(root / "digits-abstain")
+    blocks = abstain_models.report(root / "digits-abstain", DIGITS)
     table = next(b for b in blocks if b["kind"] == "table")
     row = {r[0]: r for r in table["rows"]}
     assert row["era-eri"][4] == round(100 * res["era-eri"]["rob_sel"], 2)
     assert row["trades-sr"][5] == round(100 * res["trades-sr"]["sel_rob_acc"], 2)
 
-    ccfg = digits_compose.config("mini", True)
+    ccfg = compose.config("mini", True, DIGITS)
     ccfg.update({"steps": 5, "abstain_steps": 5, "upstream": UPSTREAM})
-    cres = digits_compose.run(_ctx(root, "digits-compose"), ccfg)
+    cres = compose.run(_ctx(root, "digits-compose"), ccfg)
     assert {"core", "robust", "compose-eri", "compose-sr", "compose-sn", "cascade"} <= set(cres)
     assert cres["meta"]["module_agreement"] == [1.0]  # the nn.Module reproduces the records
     rec = read_records(root / "digits-compose/records/compose-s0.csv")
@@ -70,7 +71,7 @@ def test_stages_and_report_recompute_from_records(root: Path) -> None:
     sel = era[f"robust@{EPS:g}"].astype(bool)
     assert np.array_equal(rec["compose-eri.pred"][sel], era["pred"][sel])
     assert np.array_equal(rec["compose-eri.pred"][~sel], rec["core.pred"][~sel])
-    cblocks = digits_compose.report(root / "digits-compose")
+    cblocks = compose.report(root / "digits-compose", DIGITS)
     ctab = next(b for b in cblocks if b["kind"] == "table")
     crow = {r[0]: r for r in ctab["rows"]}
     assert crow["cascade"][3] == round(100 * cres["cascade"]["rob_acc"], 2)
@@ -101,11 +102,11 @@ def test_abstain_command(root: Path, tmp_path: Path, capsys) -> None:
 
 def test_core_falls_back_to_the_smallest_trained_seed(root: Path) -> None:
     from abstain.errors import DataError
-    from abstain.stages.digits_compose import load_core
+    from abstain.stages.compose import load_core
 
-    model, seed = load_core(root, "std", 2, "cpu")      # only std-s0 exists
+    model, seed = load_core(root, "digits-partition", "std", 2, "cpu")      # only std-s0 exists
     assert seed == 0 and not model.training
-    model, seed = load_core(root, "std", 0, "cpu")
+    model, seed = load_core(root, "digits-partition", "std", 0, "cpu")
     assert seed == 0
     with pytest.raises(DataError, match="missing core model"):
-        load_core(root, "nonexistent", 0, "cpu")
+        load_core(root, "digits-partition", "nonexistent", 0, "cpu")

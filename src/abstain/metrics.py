@@ -234,3 +234,20 @@ def mean_std(values: list[dict[str, float]]) -> dict[str, float]:
         if len(values) > 1:
             out[f"{k}_std"] = float(arr.std())
     return out
+
+
+def paired_difference(a: Sequence[float], b: Sequence[float]) -> dict[str, float]:
+    """The mean of the paired differences ``a[i] - b[i]`` (one pair per seed: both models
+    fine-tuned from the same pre-trained weights on the same data order) and its two-sided
+    95% Student-t confidence interval (n - 1 degrees of freedom; NaN for n < 2)."""
+    from scipy.stats import t as student_t
+
+    d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    if d.ndim != 1 or d.size == 0 or len(a) != len(b):
+        raise InputError(f"paired differences need two equal-length, non-empty sequences, got {len(a)} and {len(b)}")
+    n = int(d.size)
+    mean = float(d.mean())
+    if n < 2:
+        return {"mean": mean, "ci95_low": float("nan"), "ci95_high": float("nan"), "n": n}
+    half = float(student_t.ppf(0.975, n - 1) * d.std(ddof=1) / np.sqrt(n))
+    return {"mean": mean, "ci95_low": mean - half, "ci95_high": mean + half, "n": n}

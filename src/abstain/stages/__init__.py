@@ -2,22 +2,30 @@
 
 :data:`STAGES` is the only table of stages: :class:`~abstain.stages.base.Stage` objects in
 pipeline order, the miniature ones (``scale="mini"``) first. A stage module exports
-``STAGE`` (or ``STAGES``, several stages built from one definition); adding a stage means
+``STAGE``, ``STAGES`` (several stages built from one definition) or ``make_stage(study)``
+(the four stages of a miniature study, :mod:`abstain.stages.study`); adding a stage means
 writing such a module and adding it here (docs/architecture.md, "Adding a stage").
 """
 from __future__ import annotations
 
+from . import abstain_models, compose, digits_certify, fig1, finetune, paper, paper_records, partition
 from .base import Block, Stage, StageContext
-from . import (digits_abstain, digits_certify, digits_compose, digits_finetune, digits_partition,
-               fig1, paper, paper_records)
+from .study import DIGITS, MNIST1D, Study
 
+
+def study_stages(study: Study) -> list[Stage]:
+    """The four stages of a miniature study, in pipeline order."""
+    return [partition.make_stage(study), finetune.make_stage(study), abstain_models.make_stage(study),
+            compose.make_stage(study)]
+
+
+_digits = study_stages(DIGITS)
 STAGES: list[Stage] = [
     fig1.STAGE,
-    digits_partition.STAGE,
-    digits_finetune.STAGE,
+    *_digits[:2],                 # digits-partition, digits-finetune
     digits_certify.STAGE,
-    digits_abstain.STAGE,
-    digits_compose.STAGE,
+    *_digits[2:],                 # digits-abstain, digits-compose
+    *study_stages(MNIST1D),
     *paper.STAGES,
     paper_records.STAGE,
 ]
@@ -33,4 +41,4 @@ def get(name: str) -> Stage | None:
     return next((s for s in STAGES if s.name == name), None)
 
 
-__all__ = ["STAGES", "Stage", "StageContext", "Block", "of_scale", "get"]
+__all__ = ["STAGES", "Stage", "StageContext", "Block", "Study", "of_scale", "get", "study_stages"]

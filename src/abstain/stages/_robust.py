@@ -134,15 +134,16 @@ def with_overrides(cfg: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict
 
 
 def splits(cfg: Mapping[str, Any], seed: int) -> tuple[Any, Any, Any]:
-    """(train, validation, test) of the config's dataset: the validation split is carved from
-    the training split (``val_fraction``, seeded), never from the test set."""
+    """(train, validation or None, test) of the config's dataset: the validation split is
+    carved from the training split (``val_fraction``, seeded), never from the test set."""
     from .. import data as data_mod
     from ..data import train_val_split
 
     d = cfg["data"]
     full = data_mod.load(d["name"], "train", root=d["root"], seed=seed)
     tr, va = train_val_split(len(full), d["val_fraction"], seed=seed)
-    return full.subset(tr), full.subset(va), data_mod.load(d["name"], "test", root=d["root"], seed=seed)
+    val = full.subset(va) if va.numel() else None       # val_fraction = 0: no model selection
+    return full.subset(tr), val, data_mod.load(d["name"], "test", root=d["root"], seed=seed)
 
 
 def train_experiment(ctx: Any, name: str, seed: int, cfg: Mapping[str, Any], init_from: Any = None):

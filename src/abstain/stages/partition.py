@@ -1,19 +1,18 @@
-"""Stage ``digits-partition``: the robustness–accuracy partition (paper Tables 1, 8) of a
-standard and of TRADES models on ``digits`` over several ℓ∞ radii, and the sweep that
-chooses the study's ε.
+"""Stages ``<study>-partition`` (``digits-partition``, ``mnist1d-partition``): the
+robustness–accuracy partition (paper Tables 1, 8) of a standard and of TRADES models over
+several ℓ∞ radii, and the sweep that chooses the study's ε (:mod:`abstain.stages.study`).
 
-Models: the digits CNN (width 16) trained with CE (``std``) and with TRADES (eq. 7,
-γ = 6) from scratch at every ε of the sweep (``trades-eps<ε>``); ``trades`` is the TRADES
-model at the study ε (``[loss] eps`` of ``configs/digits-trades.toml``, the ε of
-``digits-finetune``). The models and their training come from ``configs/digits-std.toml``
-and ``configs/digits-trades.toml`` (the sweep overrides its ε). Every model is
-evaluated on the 450 test images with 40-step APGD aimed at the prediction: the standard
-model at every ε, each TRADES model at its own ε.
+Models: the standard model (``std``, the study's std config) and TRADES (eq. 7) from scratch
+at every ε of the sweep (``trades-eps<ε>``; the study's trades config with its ε overridden);
+``trades`` is the TRADES model at the study ε (``[loss] eps`` of that config, the ε of
+``<study>-finetune``). Every model is evaluated on the test split with 40-step APGD-CE aimed
+at the prediction (the paper's protocol), and with the strong default attack beside it:
+the standard model at every ε, each TRADES model at its own ε.
 
 Choice of ε: the largest ε of the sweep at which the TRADES model keeps ≥ 85% natural
 accuracy while robustness clearly differs from accuracy (R_nat − R_rob^acc ≥ 5 points,
 i.e. a visible non-robust part), and whose double 2ε — the pre-training radius of
-digits-finetune — still gives a TRADES model with ≥ 50% robust accuracy (without that
+<study>-finetune — still gives a TRADES model with ≥ 50% robust accuracy (without that
 last condition the rule would pick the largest radius, where TRADES is hardly robust at
 all). The report recomputes the rule from the records and says whether the configured
 study ε satisfies it.
@@ -22,27 +21,31 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from functools import partial
 from typing import Any
 
 from . import _robust as R
 from .base import Stage
+from .study import Study
 
-NAME = "digits-partition"
 MIN_NAT_ACC = 0.85
 MIN_GAP = 0.05
 MIN_ROB_AT_2EPS = 0.5
-EXPERIMENTS = {"std": {"config": "digits-std"}, "trades": {"config": "digits-trades"}}
 
 
-def study_eps() -> float:
-    """The study ε: that of ``configs/digits-trades.toml`` (and of digits-finetune's fine-tunes)."""
-    return float(R.experiments({"trades": EXPERIMENTS["trades"]})["trades"]["loss"]["eps"])
+def _experiments(study: Study) -> dict[str, dict]:
+    return R.experiments({"std": {"config": study.std}, "trades": {"config": study.trades}})
 
 
-def config(scale: str, demo: bool) -> dict:
-    exps = R.experiments(EXPERIMENTS)
+def study_eps(study: Study) -> float:
+    """The study ε: that of the study's TRADES config (and of its fine-tunes)."""
+    return float(R.experiments({"trades": {"config": study.trades}})["trades"]["loss"]["eps"])
+
+
+def config(scale: str, demo: bool, study: Study) -> dict:
+    exps = _experiments(study)
     return {"seeds": [0], "norm": exps["trades"]["loss"]["norm"], "study_eps": exps["trades"]["loss"]["eps"],
-            "sweep": [0.1, 0.2] if demo else [0.05, 0.1, 0.15, 0.2, 0.3],
+            "sweep": list(study.demo_partition_sweep if demo else study.partition_sweep),
             # the demo trains as long as the full run (one seed, fewer ε): its models are the
             # core and the pre-training of the later stages, whose results need them converged
             "experiments": exps, "eval_steps": 40,
@@ -79,7 +82,7 @@ def _run(ctx: Any, config: dict) -> dict:
     results: dict[str, Any] = {k: mean_std(v) for k, v in per.items()}
     chosen = choose_eps({e: results[f"trades@{e:g}"] for e in eps_all})
     results["meta"] = {"eps": study, "norm": norm, "seeds": config["seeds"], "sweep": eps_all,
-                       "chosen_eps": chosen, "rule": RULE, "n_test": 450,
+                       "chosen_eps": chosen, "rule": RULE, "n_test": len(test),
                        "eval": f"APGD-CE {config['eval_steps']} steps aimed at the prediction",
                        "seconds": time.perf_counter() - t0}
     return results
@@ -100,11 +103,12 @@ def choose_eps(trades_by_eps: dict[float, dict[str, float]]) -> float | None:
     return max(ok) if ok else None
 
 
-def report(stage_dir: Path) -> list[dict]:
+def report(stage_dir: Path, study: Study) -> list[dict]:
     stage_dir = Path(stage_dir)
     recs = R.read_stage_records(stage_dir)
     strong = R.read_stage_records(stage_dir, R.STRONG_PREFIX)
-    blocks: list[dict] = [{"kind": "heading", "text": "Digits: robustness–accuracy partition over ε (Tables 1, 8 in miniature)"}]
+    blocks: list[dict] = [{"kind": "heading", "text": f"{study.label}: robustness–accuracy partition over ε "
+                                                      "(Tables 1, 8 in miniature)"}]
     keys = ("nat_acc", "rob_acc", "rob_inacc", "nonrob_acc", "nonrob_inacc")
     rows, trades_by_eps = [], {}
     std = recs.get("std", {})
@@ -126,22 +130,26 @@ def report(stage_dir: Path) -> list[dict]:
     for r in rows:
         if r[1] == "trades":
             r[-1] = "yes" if rule_ok(trades_by_eps, r[-1]) else "no"
-    blocks.append({"kind": "table", "caption": "Four-way partition on the digits test set (450 images), "
+    n_test = len(next(iter(next(iter(recs.values())).values()))["label"]) if recs else 0
+    blocks.append({"kind": "table", "caption": f"Four-way partition on the {study.label} test set ({n_test} samples), "
                    "APGD-CE 40 steps aimed at the prediction (the paper's protocol; 'strong': robust inaccuracy under "
                    "the strong default attack, docs/attacks.md); 'rule': TRADES keeps >= 85% natural accuracy, "
                    "R_nat − R_rob^acc >= 5 points, and TRADES at 2ε keeps >= 50% robust accuracy",
                    "columns": ["ε∞", "model", "nat_acc %", "rob_acc %", "rob_inacc %", "nonrob_acc %",
                                "nonrob_inacc %", "rob_inacc % (strong)", "rule"], "rows": rows, "paper": None})
-    chosen, study = choose_eps(trades_by_eps), study_eps()
+    chosen, eps_study = choose_eps(trades_by_eps), study_eps(study)
     blocks.append({"kind": "text", "text": (
         f"ε chosen by the rule (largest ε of the sweep that satisfies it): "
-        f"{'none' if chosen is None else f'{chosen:g}'}; the study ε of digits-finetune is {study:g}"
-        + (" (satisfies the rule)." if rule_ok(trades_by_eps, study) else " (does NOT satisfy the rule).")
-        + " Models: digits CNN (width 16); std = CE, 30 epochs; TRADES (γ = 6, 10-step PGD; 15 epochs) from scratch "
-          "at each ε.")})
+        f"{'none' if chosen is None else f'{chosen:g}'}; the study ε of {study.name('finetune')} is {eps_study:g}"
+        + (" (satisfies the rule)." if rule_ok(trades_by_eps, eps_study) else " (does NOT satisfy the rule).")
+        + f" Models: configs/{study.std}.toml (std) and configs/{study.trades}.toml (TRADES from scratch, its ε "
+          "set to each ε of the sweep).")})
     return blocks
 
 
-STAGE = Stage(name=NAME, title="digits-partition — four-way partition of standard and TRADES models over ε (paper Tables 1, 8)",
-              depends=(), config=config, run=R.one_thread(_run), report=report,
-              expected_seconds=(40.0, 300.0))
+def make_stage(study: Study) -> Stage:
+    return Stage(name=study.name("partition"),
+                 title=f"{study.name('partition')} — four-way partition of standard and TRADES models over ε "
+                       "(paper Tables 1, 8)",
+                 depends=(), config=partial(config, study=study), run=R.one_thread(_run),
+                 report=partial(report, study=study), expected_seconds=study.expected["partition"])

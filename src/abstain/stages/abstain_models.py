@@ -1,6 +1,7 @@
-"""Stage ``digits-abstain``: Fig. 3 and Fig. 6 of the paper in miniature on sklearn digits.
+"""Stages ``<study>-abstain`` (``digits-abstain``, ``mnist1d-abstain``): Fig. 3 and Fig. 6 of
+the paper in miniature (:mod:`abstain.stages.study`).
 
-Abstain models (F, S) built from the fine-tuned digits models of ``digits-finetune``
+Abstain models (F, S) built from the fine-tuned models of ``<study>-finetune``
 (``work/{trades,era,dga}-s<seed>/``; ε, norm and seeds from its configuration):
 
 * robustness indicators S_ERI (eq. 12) of the TRADES-, ERA- (and DGA-) fine-tuned models
@@ -20,41 +21,47 @@ from __future__ import annotations
 
 import re
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from . import _robust as R
 from .base import Stage
+from .study import Study
 
-NAME = "digits-abstain"
 
 _REC = re.compile(r"^abstain-(?P<model>.+)-(?P<kind>eri|sr|sn|cri)-s(?P<seed>\d+)\.csv$")
 SR_LABELS = {"apgd": "APGD", "conf": "APGDconf"}
 
 
-def config(scale: str, demo: bool) -> dict:
+def config(scale: str, demo: bool, study: Study) -> dict:
     """``demo``: 20-step attacks, 200 test samples, a short S_SN training (≤ 90 s on two free
     CPU cores); otherwise 40-step APGD (the paper's evaluation) on the whole test split."""
     cfg: dict[str, Any] = {
-        "dataset": "digits", "samples": 450, "steps": 40, "models": ["trades", "era", "dga"],
-        "sr_model": "trades", "sn_model": "trades", "sr_tau": 0.9, "sn_tau": 0.5,
-        "sn": {"epochs": 60, "hidden": 128, "samples": None}, "tau_points": 101,
+        "dataset": R.experiments({"std": {"config": study.std}})["std"]["data"]["name"],
+        "label": study.label, "samples": study.abstain_samples, "steps": 40,
+        "models": list(study.abstain_models), "sr_model": study.selector_model,
+        "sn_model": study.selector_model, "sr_tau": 0.9, "sn_tau": 0.5,
+        "sn": {"epochs": 60, "hidden": 128, "samples": study.sn_samples}, "tau_points": 101,
     }
     if demo:
-        cfg.update({"samples": 200, "steps": 20, "sn": {"epochs": 40, "hidden": 64, "samples": 600}})
-    cfg["upstream"] = upstream(scale, demo)
+        cfg.update({"samples": study.demo_abstain_samples, "steps": 20,
+                    "sn": {"epochs": 40, "hidden": 64, "samples": 600}})
+    cfg["upstream"] = upstream(scale, demo, study)
     cfg["attack"] = "apgd-ce"       # the paper's protocol (abstain.attacks; docs/attacks.md)
     return cfg
 
 
-def upstream(scale: str, demo: bool) -> dict[str, Any]:
-    """ε, norm and seeds of the models of ``digits-finetune``, from its configuration (the
+def upstream(scale: str, demo: bool, study: Study) -> dict[str, Any]:
+    """ε, norm and seeds of the models of ``<study>-finetune``, from its configuration (the
     settings a stage passes on, never read back from its results)."""
-    from . import digits_finetune
+    from . import finetune
 
-    ft = digits_finetune.config(scale, demo)
-    return {"eps": float(ft["eps"]), "norm": ft["norm"], "seeds": list(ft["seeds"])}
+    ft = finetune.config(scale, demo, study)
+    return {"eps": float(ft["eps"]), "norm": ft["norm"], "seeds": list(ft["seeds"]),
+            "stage": study.name("finetune"), "core_stage": study.name("partition")}
 
 
 def model_dir(root: Path, stage: str, variant: str, seed: int) -> Path:
@@ -78,7 +85,8 @@ def test_subset(cfg: dict, device: Any):
     from .. import data as data_mod
 
     test = data_mod.load(cfg["dataset"], "test")
-    idx = data_mod.balanced_subset(test.y, int(cfg["samples"]), test.num_classes, seed=0)
+    n = len(test) if cfg["samples"] is None else int(cfg["samples"])
+    idx = data_mod.balanced_subset(test.y, n, test.num_classes, seed=0)
     return test.x[idx].to(device), test.y[idx].to(device), idx.numpy(), test
 
 
@@ -97,11 +105,11 @@ def run(ctx: Any, cfg: dict) -> dict:
     done = 0
     for seed in up["seeds"]:
         for variant, kind in jobs:
-            model = load_model(ctx.root, "digits-finetune", variant, seed, ctx.device)
+            model = load_model(ctx.root, up["stage"], variant, seed, ctx.device)
             if model is None:
                 if variant == "dga":
                     continue  # optional
-                raise DataError(f"missing model {model_dir(ctx.root, 'digits-finetune', variant, seed)}")
+                raise DataError(f"missing model {model_dir(ctx.root, up['stage'], variant, seed)}")
             tau = cfg["sr_tau"] if kind == "sr" else cfg["sn_tau"] if kind == "sn" else None
             sel = build_selector(kind, model, eps=eps, norm=norm, steps=cfg["steps"], seed=seed, tau=tau,
                                  attack=cfg["attack"],
@@ -109,9 +117,9 @@ def run(ctx: Any, cfg: dict) -> dict:
             ctx.write_records(f"abstain-{variant}-{kind}-s{seed}", abstain_records(sel, x, y, index))
             done += 1
     if not done:
-        raise DataError("no fine-tuned models found under digits-finetune/work")
+        raise DataError(f"no fine-tuned models found under {up['stage']}/work")
     results, curves = summarize_dir(ctx.out, cfg)
-    figures(ctx.out, results, curves, eps)
+    figures(ctx.out, results, curves, eps, cfg["label"])
     results["curves"] = curves
     results["meta"] = {"eps": eps, "norm": norm, "seeds": up["seeds"], "steps": cfg["steps"],
                        "samples": int(len(index)), "subset": "class-balanced test subset, seed 0",
@@ -179,7 +187,8 @@ def _xy(curve: list[dict[str, float]]) -> list[tuple[float, float]]:
     return [(c["rob_sel"], c["sel_rob_acc"]) for c in curve if c["rob_sel"] > 0]
 
 
-def figures(stage_dir: Path, results: dict[str, Any], curves: dict[str, Any], eps: float) -> list[Path]:
+def figures(stage_dir: Path, results: dict[str, Any], curves: dict[str, Any], eps: float,
+            label: str) -> list[Path]:
     """Fig. 3 and Fig. 6 PNGs under ``stage_dir``."""
     from ..selectors.plots import abstain_pareto, sr_ablation
 
@@ -195,7 +204,7 @@ def figures(stage_dir: Path, results: dict[str, Any], curves: dict[str, Any], ep
             model, kind = key.rsplit("-", 1)
             lines[f"{model.upper()}$_{{{names[kind]}}}$ (τ sweep)"] = _xy(c)
     out = [abstain_pareto(points, lines, Path(stage_dir) / "fig3_abstain_pareto.png",
-                          title=f"digits, $\\ell_\\infty$ ε={eps:g}: abstain models (Fig. 3)")]
+                          title=f"{label}, $\\ell_\\infty$ ε={eps:g}: abstain models (Fig. 3)")]
     abl = {}
     for key, c in curves.items():
         m = re.match(r"^(?P<model>.+)-sr-(?P<attack>apgd|conf)-(?P<r>B_eps|B_2eps)$", key)
@@ -204,7 +213,7 @@ def figures(stage_dir: Path, results: dict[str, Any], curves: dict[str, Any], ep
             abl[f"{SR_LABELS[m['attack']]} ({where})"] = _xy(c)
     if abl:
         out.append(sr_ablation(abl, Path(stage_dir) / "fig6_sr_ablation.png",
-                               title=f"digits ε={eps:g}: SR under APGD vs APGDconf (Fig. 6)"))
+                               title=f"{label} ε={eps:g}: SR under APGD vs APGDconf (Fig. 6)"))
     return out
 
 
@@ -212,7 +221,7 @@ def _fmt(v: float) -> float:
     return round(100.0 * float(v), 2)
 
 
-def report(stage_dir: Path) -> list[dict]:
+def report(stage_dir: Path, study: Study) -> list[dict]:
     """Tables recomputed from ``records/abstain-*.csv`` (never from results.json)."""
     from ..metrics import mean_std
     from ..selectors.sr import SoftmaxResponse
@@ -232,7 +241,7 @@ def report(stage_dir: Path) -> list[dict]:
     blocks: list[dict] = [
         {"kind": "heading", "text": "Abstain models (Fig. 3)"},
         {"kind": "text", "text": (
-            f"digits, ℓ∞ ε = {eps:g}, seeds {seeds}. Robust selection R_rob^sel (eq. 14): for S_ERI and "
+            f"{study.label}, ℓ∞ ε = {eps:g}, seeds {seeds}. Robust selection R_rob^sel (eq. 14): for S_ERI and "
             "S_SR the 2ε ball is attacked (Section 5, 7.2); for S_SN it is certified by IBP. "
             "R_rob^acc: robustly selected samples that are accurate and robust at ε, over robustly "
             "selected samples. Percentages, mean over seeds.")},
@@ -268,6 +277,8 @@ def report(stage_dir: Path) -> list[dict]:
     return blocks
 
 
-STAGE = Stage(name=NAME, title="digits-abstain — ERI / SR / SN selectors, Pareto fronts (paper Fig. 3, 6)",
-              depends=("digits-partition", "digits-finetune"), config=config, run=run, report=report,
-              expected_seconds=(100.0, 500.0))
+def make_stage(study: Study) -> Stage:
+    return Stage(name=study.name("abstain"),
+                 title=f"{study.name('abstain')} — ERI / SR / SN selectors, Pareto fronts (paper Fig. 3, 6)",
+                 depends=(study.name("partition"), study.name("finetune")), config=partial(config, study=study),
+                 run=run, report=partial(report, study=study), expected_seconds=study.expected["abstain"])

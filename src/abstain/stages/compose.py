@@ -1,8 +1,9 @@
-"""Stage ``digits-compose``: Tables 4/6 and Fig. 4 of the paper in miniature on digits.
+"""Stages ``<study>-compose`` (``digits-compose``, ``mnist1d-compose``): Tables 4/6 and Fig. 4
+of the paper in miniature (:mod:`abstain.stages.study`).
 
 2-compositional models H = S·F_robust + (1 − S)·F_core (eq. 15) with the standard-trained
-core model of ``digits-partition`` (``work/std-s<seed>``) and the abstain models of
-``digits-abstain`` (whose per-sample records are reused), against the core alone:
+core model of ``<study>-partition`` (``work/std-s<seed>``) and the abstain models of
+``<study>-abstain`` (whose per-sample records are reused), against the core alone:
 
 ``core``                 F_core alone (R_nat, R_rob^acc at ε);
 ``robust``               the ERA-fine-tuned model alone;
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import re
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +35,8 @@ import numpy as np
 
 from .. import records
 from .base import Stage
+from .study import Study
 
-NAME = "digits-compose"
 
 _REC = re.compile(r"^compose-s(?P<seed>\d+)\.csv$")
 LABELS = {"core": "core alone", "robust": "ERA alone", "compose-eri": "ERA$_{RI}$ + core",
@@ -43,18 +45,20 @@ LABELS = {"core": "core alone", "robust": "ERA alone", "compose-eri": "ERA$_{RI}
           "cascade": "cascade"}
 
 
-def config(scale: str, demo: bool) -> dict:
+def config(scale: str, demo: bool, study: Study) -> dict:
     """``budget``: the natural-accuracy loss allowed w.r.t. the core (1 point)."""
     cfg: dict[str, Any] = {
-        "dataset": "digits", "steps": 40, "core": "std", "robust": "era", "budget": 0.01, "max_len": 3,
+        "label": study.label, "steps": 40, "core": "std", "robust": study.compose_robust, "budget": 0.01,
+        "max_len": 3, "abstain_stage": study.name("abstain"),
         "sr_taus": [0.5, 0.7, 0.8, 0.9, 0.95, 0.99], "sn_taus": [0.3, 0.5, 0.7, 0.9],
         "verify_module": True,
     }
     if demo:
         cfg.update({"steps": 20})
-    from .digits_abstain import config as abstain_config
+    from .abstain_models import config as abstain_config
 
-    up = abstain_config(scale, demo)
+    up = abstain_config(scale, demo, study)
+    cfg["dataset"] = up["dataset"]
     cfg.update({"upstream": up["upstream"], "abstain_steps": up["steps"], "attack": up["attack"]})
     return cfg
 
@@ -68,15 +72,15 @@ def run(ctx: Any, cfg: dict) -> dict:
     from ..metrics import mean_std
     from ..selectors import RobustnessIndicator
     from ..selectors.evaluate import candidate, core_records
-    from .digits_abstain import load_model, read_all
+    from .abstain_models import load_model, read_all
 
     t0 = time.perf_counter()
     up = cfg["upstream"]
     eps, norm = up["eps"], up["norm"]
-    abstain_dir = ctx.stage_dir("digits-abstain")
+    abstain_dir = ctx.stage_dir(cfg["abstain_stage"])
     abstain = read_all(abstain_dir)
     if not abstain:
-        raise DataError(f"no abstain records under {abstain_dir}/records: run digits-abstain first")
+        raise DataError(f"no abstain records under {abstain_dir}/records: run {cfg['abstain_stage']} first")
     abstain_steps = int(cfg["abstain_steps"])
     test = data_mod.load(cfg["dataset"], "test")
     per_variant: dict[str, list[dict[str, float]]] = {}
@@ -86,14 +90,14 @@ def run(ctx: Any, cfg: dict) -> dict:
     for seed in up["seeds"]:
         recs = {f"{m}-{k}": per[seed] for (m, k), per in abstain.items() if seed in per}
         if f"{cfg['robust']}-eri" not in recs:
-            raise DataError(f"digits-abstain has no records for {cfg['robust']}-eri seed {seed}")
+            raise DataError(f"{cfg['abstain_stage']} has no records for {cfg['robust']}-eri seed {seed}")
         index = recs[f"{cfg['robust']}-eri"]["index"].astype(np.int64)
         for name, r in recs.items():
             if not np.array_equal(r["index"], index):
-                raise DataError(f"digits-abstain records {name} s{seed} cover another test subset")
+                raise DataError(f"{cfg['abstain_stage']} records {name} s{seed} cover another test subset")
         x = test.x[torch.as_tensor(index)].to(ctx.device)
         y = test.y[torch.as_tensor(index)].to(ctx.device)
-        core, core_seed = load_core(ctx.root, cfg["core"], seed, ctx.device)
+        core, core_seed = load_core(ctx.root, up["core_stage"], cfg["core"], seed, ctx.device)
         core_used[seed] = core_seed
         crec = core_records(core, x, y, index, eps=eps, norm=norm, steps=cfg["steps"], seed=seed,
                             attack=cfg["attack"])
@@ -131,7 +135,7 @@ def run(ctx: Any, cfg: dict) -> dict:
         chosen[f"cascade-s{seed}"] = out["chosen"]
         ctx.write_records(f"compose-s{seed}", cols)
         if cfg.get("verify_module", True):
-            robust = load_model(ctx.root, "digits-finetune", cfg["robust"], seed, ctx.device)
+            robust = load_model(ctx.root, up["stage"], cfg["robust"], seed, ctx.device)
             sel = RobustnessIndicator(robust, eps=eps, norm=norm, steps=abstain_steps, seed=seed,
                                       attack=cfg["attack"])
             live = Composition(robust, core, sel).predict(x).cpu().numpy()
@@ -139,10 +143,10 @@ def run(ctx: Any, cfg: dict) -> dict:
         for v in variants_of(cols):
             per_variant.setdefault(v, []).append(metrics_of(cols, v))
     results: dict[str, Any] = {v: mean_std(ms) for v, ms in per_variant.items()}
-    figure(ctx.out, results, eps)
+    figure(ctx.out, results, eps, cfg["label"])
     results["meta"] = {"eps": eps, "norm": norm, "seeds": up["seeds"], "budget": cfg["budget"],
                        "steps": cfg["steps"], "samples": int(len(index)),
-                       "subset": "the test subset of digits-abstain (class-balanced, seed 0)",
+                       "subset": f"the test subset of {cfg['abstain_stage']} (class-balanced, seed 0)",
                        "cascade_chosen": chosen, "module_agreement": agreement,
                        "core_seed": {str(k): v for k, v in core_used.items()},
                        "robust_accuracy": "sound: selector decision and chosen prediction fixed in B_eps",
@@ -151,22 +155,22 @@ def run(ctx: Any, cfg: dict) -> dict:
     return results
 
 
-def load_core(root: Path, variant: str, seed: int, device: Any):
-    """The core model ``digits-partition/work/<variant>-s<seed>``; digits-partition may train
-    fewer seeds than digits-finetune, and then every composition uses the core of its
+def load_core(root: Path, stage: str, variant: str, seed: int, device: Any):
+    """The core model ``<stage>/work/<variant>-s<seed>`` (``<study>-partition``), which may
+    train fewer seeds than ``<study>-finetune``: then every composition uses the core of its
     smallest seed (the core is a fixed, given accurate model). Returns (model, its seed)."""
     from ..errors import DataError
-    from .digits_abstain import load_model, model_dir
+    from .abstain_models import load_model, model_dir
 
-    model = load_model(root, "digits-partition", variant, seed, device)
+    model = load_model(root, stage, variant, seed, device)
     if model is not None:
         return model, seed
-    work = Path(root) / "digits-partition" / "work"
+    work = Path(root) / stage / "work"
     seeds = sorted(int(d.name.rsplit("-s", 1)[1]) for d in work.glob(f"{variant}-s*")
                    if d.name.rsplit("-s", 1)[1].isdigit() and (d / "meta.json").is_file()) if work.is_dir() else []
     if not seeds:
-        raise DataError(f"missing core model {model_dir(root, 'digits-partition', variant, seed)}")
-    return load_model(root, "digits-partition", variant, seeds[0], device), seeds[0]
+        raise DataError(f"missing core model {model_dir(root, stage, variant, seed)}")
+    return load_model(root, stage, variant, seeds[0], device), seeds[0]
 
 
 def variants_of(cols: dict[str, Any]) -> list[str]:
@@ -183,17 +187,17 @@ def metrics_of(cols: dict[str, Any], variant: str) -> dict[str, float]:
     return out
 
 
-def figure(stage_dir: Path, results: dict[str, Any], eps: float) -> Path:
+def figure(stage_dir: Path, results: dict[str, Any], eps: float, label: str) -> Path:
     from ..selectors.plots import composition_plot
 
     pts = {LABELS.get(v, v): (m["nat_acc"], m["rob_acc"]) for v, m in results.items()
            if v not in ("core", "meta") and isinstance(m, dict) and "nat_acc" in m}
     core = results["core"]
     return composition_plot(pts, (core["nat_acc"], core["rob_acc"]), Path(stage_dir) / "fig4_compositions.png",
-                            title=f"digits, $\\ell_\\infty$ ε={eps:g}: compositions vs core (Fig. 4)")
+                            title=f"{label}, $\\ell_\\infty$ ε={eps:g}: compositions vs core (Fig. 4)")
 
 
-def report(stage_dir: Path) -> list[dict]:
+def report(stage_dir: Path, study: Study) -> list[dict]:
     """Table recomputed from ``records/compose-s<seed>.csv``."""
     from ..metrics import mean_std
     from ..records import read_records
@@ -218,7 +222,7 @@ def report(stage_dir: Path) -> list[dict]:
     blocks: list[dict] = [
         {"kind": "heading", "text": "Boosting robustness without accuracy loss (Tables 4/6, Fig. 4)"},
         {"kind": "text", "text": (
-            f"digits, seeds {sorted(per_seed)}, {len(next(iter(per_seed.values()))['label'])} test samples. "
+            f"{study.label}, seeds {sorted(per_seed)}, {len(next(iter(per_seed.values()))['label'])} test samples. "
             "Sound robust accuracy: a sample counts only if neither the selector's decision nor the chosen "
             "model's prediction can change in the ε-ball (S_ERI robust selection attacked at 2ε). τ of SR/SN "
             "and the cascade are chosen by 2-fold cross-fitting under a 1-point natural-accuracy budget. "
@@ -237,6 +241,10 @@ def report(stage_dir: Path) -> list[dict]:
     return blocks
 
 
-STAGE = Stage(name=NAME, title="digits-compose — 2-compositional models and cascades vs the core (paper Tables 4, 6)",
-              depends=("digits-partition", "digits-finetune", "digits-abstain"), config=config, run=run, report=report,
-              expected_seconds=(5.0, 20.0))
+def make_stage(study: Study) -> Stage:
+    return Stage(name=study.name("compose"),
+                 title=f"{study.name('compose')} — 2-compositional models and cascades vs the core "
+                       "(paper Tables 4, 6)",
+                 depends=(study.name("partition"), study.name("finetune"), study.name("abstain")),
+                 config=partial(config, study=study), run=run, report=partial(report, study=study),
+                 expected_seconds=study.expected["compose"])

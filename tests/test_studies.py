@@ -1,0 +1,53 @@
+"""The miniature studies (digits, MNIST-1D): their stages read the study's configs, and the
+paired ERA − TRADES difference with its 95% interval."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from abstain.metrics import paired_difference
+from abstain.stages import get as get_stage
+from abstain.stages.finetune import paired_vs_trades
+from abstain.stages.study import DIGITS, MNIST1D
+
+
+def test_paired_difference_is_the_t_interval_of_the_differences():
+    a, b = [0.02, 0.031, 0.015, 0.04, 0.022], [0.025, 0.03, 0.02, 0.05, 0.03]
+    d = np.subtract(a, b)
+    lo, hi = stats.t.interval(0.95, len(d) - 1, loc=d.mean(), scale=stats.sem(d))
+    out = paired_difference(a, b)
+    assert out["mean"] == pytest.approx(d.mean()) and out["n"] == 5
+    assert out["ci95_low"] == pytest.approx(lo) and out["ci95_high"] == pytest.approx(hi)
+    assert np.isnan(paired_difference([0.1], [0.2])["ci95_low"])
+
+
+def test_paired_vs_trades_pairs_seed_by_seed():
+    per = {"trades": [{"rob_inacc": 0.03, "rob_acc": 0.5}, {"rob_inacc": 0.02, "rob_acc": 0.6}],
+           "era": [{"rob_inacc": 0.01, "rob_acc": 0.52}, {"rob_inacc": 0.02, "rob_acc": 0.58}],
+           "era-authors": [{"rob_inacc": 0.0, "rob_acc": 0.5}]}          # a seed missing: no pair
+    out = paired_vs_trades(per, [0, 1])
+    assert set(out) == {"era_minus_trades_rob_inacc", "era_minus_trades_rob_acc"}
+    assert out["era_minus_trades_rob_inacc"]["mean"] == pytest.approx(-0.01)
+
+
+@pytest.mark.parametrize("study", [DIGITS, MNIST1D], ids=lambda s: s.prefix)
+def test_study_stages_read_the_study_configs(study):
+    ft = get_stage(study.name("finetune")).config("mini", False)
+    assert ft["seeds"] == list(study.seeds) and set(ft["variants"]) == set(study.finetunes)
+    part = get_stage(study.name("partition")).config("mini", False)
+    assert part["study_eps"] == ft["eps"]                       # one threat model per study
+    assert ft["pretrain"]["loss"]["eps"] == pytest.approx(2 * ft["eps"])
+    ab = get_stage(study.name("abstain")).config("mini", False)
+    assert ab["upstream"]["seeds"] == ft["seeds"] and ab["upstream"]["eps"] == ft["eps"]
+    assert ab["dataset"] == part["experiments"]["std"]["data"]["name"]
+    co = get_stage(study.name("compose")).config("mini", True)
+    assert co["abstain_stage"] == study.name("abstain") and co["attack"] == "apgd-ce"
+
+
+def test_mnist1d_study_compares_both_era_variants_with_trades():
+    ft = get_stage("mnist1d-finetune").config("mini", False)
+    assert len(ft["seeds"]) >= 5
+    assert ft["variants"]["era"]["loss"]["variant"] == "paper"
+    assert ft["variants"]["era-authors"]["loss"]["variant"] == "authors"
+    assert {c["train"]["weight_decay"] for c in ft["variants"].values()} == {1e-4}
