@@ -294,3 +294,36 @@ def test_autoaugment_per_image_is_unchanged_with_one_index_copy():
     torch.manual_seed(7)
     old = per_group(x)
     assert torch.equal(new, old) and not torch.equal(new, x)
+
+
+# --------------------------------------------------------------------------- tools/gpu_check.sh
+def _gpu_check(tmp_path: Path, *args: str, **extra: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", **extra}
+    env.pop("OUT", None)
+    return subprocess.run(["bash", str(ROOT / "tools" / "gpu_check.sh"), "--out", str(tmp_path), *args],
+                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+
+
+def test_gpu_check_dry_run_on_cpu(tmp_path):
+    r = _gpu_check(tmp_path, "--device", "cpu", "--tiny")
+    assert r.returncode == 0, r.stderr[-3000:]
+    report = json.loads((tmp_path / "gpu_check.json").read_text())
+    steps = report["steps"]
+    assert report["ok"] and set(steps) == {"train_era_bf16", "train_trades_fp16", "evaluate", "train_noise",
+                                           "certify", "ddp", "cpu_vs_cuda", "compile", "bench"}
+    assert all(s["ok"] for s in steps.values())
+    assert steps["train_era_bf16"]["finite"] and steps["train_era_bf16"]["loss"] == "era"
+    assert steps["evaluate"]["samples"] == 20
+    assert steps["certify"]["fixed"]["samples"] == steps["certify"]["sequential"]["samples"] == 3
+    assert steps["ddp"]["evaluate_2ranks_vs_1proc"] == {"rows": [20, 20], "differing_rows": 0, "equal": True}
+    assert steps["cpu_vs_cuda"]["records"]["equal"]
+    assert steps["compile"]["compiled_frames"] >= 1 and steps["compile"]["recompiles"] == 0
+    for key in ("trades_step_vs_floor", "era_step_vs_floor", "amp_speedup"):
+        assert steps["bench"]["train"][key] > 0
+    assert all(v > 0 for v in steps["bench"]["certify"]["certify_vs_floor"].values())
+
+
+def test_gpu_check_refuses_cuda_without_a_gpu(tmp_path):
+    r = _gpu_check(tmp_path, "--device", "cuda", CUDA_VISIBLE_DEVICES="")   # no GPU seen
+    assert r.returncode == 2 and "sees no GPU" in r.stderr
+    assert not (tmp_path / "gpu_check.json").exists()

@@ -66,11 +66,13 @@ def init_from_env(device: torch.device | None = None) -> bool:
     """Initialise the process group when launched by torchrun (WORLD_SIZE > 1).
 
     Returns True when running distributed. On CUDA each rank uses the GPU of
-    :func:`cuda_index` (``LOCAL_RANK``; checked against the number of GPUs first)."""
+    :func:`cuda_index` (``LOCAL_RANK``; checked against the number of GPUs first). One
+    process under torchrun runs plainly, unless ``$ABSTAIN_DIST_BACKEND`` asks for a backend
+    (then a process group of one, e.g. to check NCCL and DDP on a one-GPU machine)."""
     if is_distributed():
         return True
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1 or "RANK" not in os.environ:
+    if "RANK" not in os.environ or (world <= 1 and not os.environ.get(BACKEND_ENV)):
         return False
     backend = backend_for(device)
     if device is not None and torch.device(device).type == "cuda":
