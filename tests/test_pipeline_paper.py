@@ -192,3 +192,21 @@ def test_chained_configs_core_model_and_compositions(tmp_path, monkeypatch):
         assert cell["coverage"] == pytest.approx(np.mean(rob))
         assert cell["Δ rob_acc"] == pytest.approx(np.mean(ok) - np.mean((cp == y) & cr))
     assert comp["paper"][0][comp["columns"].index("nat_acc")] == 0.941
+
+
+def test_cifar100_table9_stage_names_its_data_and_checkpoint(tmp_path):
+    """Table 9: the Rebuffi et al. model fine-tuned with TRADES at 1, 2, 4/255, evaluated as
+    published at 8/255, and a standard core; missing CIFAR-100 data and checkpoint are named."""
+    from abstain.stages import get as get_stage
+
+    st = get_stage("cifar100-table9")
+    cfg = st.config("paper", False)
+    v = cfg["variants"]
+    assert round(255 * cfg["eps"][-1]) == 8 and [round(255 * e) for e in cfg["eps"]] == [1, 2, 4, 8]
+    assert v["cifar100-table9-rebuffi-eps8"]["toml"]["train"]["epochs"] == 0
+    assert v["cifar100-table9-std-wrn28"]["toml"]["experiment"]["role"] == "core"
+    lines = st.missing_data(cfg, tmp_path)
+    assert any(l.startswith(f"{tmp_path / 'cifar-100-python'}: ") for l in lines)
+    assert any("Rebuffi2021Fixing_28_10_cutmix_ddpm.pt" in l and "dataset='cifar100'" in l for l in lines)
+    assert st.trains_large_models
+    assert not get_stage("paper-records").trains_large_models

@@ -126,7 +126,7 @@ SCHEMA: dict[str, dict[str, _Key]] = {
     },
     "train": {
         "loss": _Key((str,), "standard"),
-        "epochs": _Key((int,), None, nullable=True, check=_pos),
+        "epochs": _Key((int,), None, nullable=True, check=_nonneg),   # 0: evaluate as loaded (paper stages)
         "batch_size": _Key((int,), None, nullable=True, check=_pos),
         "lr": _Key(NUM, None, nullable=True, check=_finite(_pos)),
         "schedule": _Key((str,), "constant", choices=SCHEDULES),

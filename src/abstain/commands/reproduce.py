@@ -61,9 +61,12 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     previous_term = signal.signal(signal.SIGTERM, _raise_interrupt)
     if args.scale == "paper":
+        from ..pipeline import resolve, stage_table
         from ..utils import resolve_device
 
-        if resolve_device(args.device).type == "cpu":
+        table = stage_table("paper")
+        heavy = any(table[n].trains_large_models for n in resolve("paper", args.only))
+        if heavy and resolve_device(args.device).type == "cpu":
             print("abstain reproduce: warning: --scale paper on a CPU fine-tunes ResNet-50 / "
                   "WideResNet-28-10 models on CIFAR and MTSD, which takes days; use a GPU "
                   "(--device cuda)", file=sys.stderr)

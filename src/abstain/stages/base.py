@@ -53,6 +53,7 @@ class Stage:
     scale: str = "mini"
     expected_seconds: tuple[float, float] = (60.0, 600.0)
     missing_data: MissingDataFn | None = None
+    trains_large_models: bool = False     # paper-scale training: warn when run on a CPU
 
 
 @dataclass
