@@ -19,7 +19,10 @@ Parameters (``params`` mapping; the ``[loss]`` section of a config):
                ``"untargeted-shared"`` (one attack, the default and only choice of
                ``variant = "authors"``); see :func:`era_loss`;
 ``generator``  optional ``torch.Generator`` for the attacks' random starts (the trainer
-               passes a seeded one so training is reproducible).
+               passes a seeded one so training is reproducible);
+``seed_generator`` optional CPU ``torch.Generator`` that the attack core draws its start
+               seeds from instead (default ``generator``): the trainer passes one on CUDA,
+               where a seed drawn from a CUDA generator is a device sync per attack.
 
 Each loss returns ``(loss, parts)``; ``parts`` maps each term's name to a detached 0-dim
 tensor (the trainer converts to floats once per epoch to avoid a host sync per step).
@@ -56,7 +59,8 @@ def _settings(params: Mapping[str, Any]) -> dict[str, Any]:
     step_size = params.get("step_size")
     step_size = 2.5 * eps / steps if step_size is None else float(step_size)
     return {"eps": eps, "norm": norm, "steps": steps, "step_size": step_size,
-            "generator": params.get("generator")}
+            "generator": params.get("generator"),
+            "seed_generator": params.get("seed_generator") or params.get("generator")}
 
 
 def _weight(params: Mapping[str, Any], key: str, default: float) -> float:
@@ -106,7 +110,7 @@ def _attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, s: Mapping[str, 
     with torch.autocast(device_type=x.device.type, enabled=False):
         x_adv = pgd(attack_view(model), x.float(), y, eps=s["eps"], norm=s["norm"], steps=s["steps"],
                     step_size=s["step_size"], loss=loss, random_start=random_start,
-                    generator=s["generator"], x_init=x_init, early_stop=False,
+                    generator=s["seed_generator"], x_init=x_init, early_stop=False,
                     keep_best=False)
     return x_adv.detach()
 

@@ -244,6 +244,7 @@ class Trainer:
         # generator must be read back by the host, a device sync per batch (on CPU the loss's
         # generator serves, as it always did: bitwise the same runs)
         self.aug_gen = torch.Generator() if self.cuda else self.gen
+        self.seed_gen = torch.Generator() if self.cuda else None   # the attacks' start seeds, ditto
 
     def step(self, epoch: int, b: int, order: torch.Tensor, sums_t: dict[str, torch.Tensor]) -> Any:
         """One optimizer step on batch ``b`` of ``epoch``; adds each loss term to ``sums_t``.
@@ -264,6 +265,9 @@ class Trainer:
         # the loss draws its attack starts and noise from this per-(seed, epoch, batch, rank)
         # generator, never from the global RNG (seeded alike on every rank)
         self.params["generator"] = self.gen
+        if self.seed_gen is not None:
+            self.seed_gen.manual_seed(mix(s.seed, epoch, b, self.rank, 0x5EED))
+            self.params["seed_generator"] = self.seed_gen
         self.params["epoch"] = epoch
         with torch.autocast(device_type=device.type, dtype=AMP_DTYPES.get(s.amp, torch.float32),
                             enabled=self.amp_on):
