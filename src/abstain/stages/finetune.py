@@ -167,6 +167,8 @@ def report(stage_dir: Path, study: Study) -> list[dict]:
     strong = R.read_stage_records(stage_dir, R.STRONG_PREFIX)
     blocks: list[dict] = [{"kind": "heading", "text": f"{study.label}: TRADES vs ERA vs DGA fine-tuning "
                                                       "(Tables 4, 5, 8 and Fig. 2 in miniature)"}]
+    if study.note:
+        blocks.append({"kind": "text", "text": study.note})
     order = ["pretrain", *study.finetunes]
     rows = []
     eps = None

@@ -109,6 +109,8 @@ def report(stage_dir: Path, study: Study) -> list[dict]:
     strong = R.read_stage_records(stage_dir, R.STRONG_PREFIX)
     blocks: list[dict] = [{"kind": "heading", "text": f"{study.label}: robustness–accuracy partition over ε "
                                                       "(Tables 1, 8 in miniature)"}]
+    if study.note:
+        blocks.append({"kind": "text", "text": study.note})
     keys = ("nat_acc", "rob_acc", "rob_inacc", "nonrob_acc", "nonrob_inacc")
     rows, trades_by_eps = [], {}
     std = recs.get("std", {})
