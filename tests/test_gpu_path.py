@@ -313,7 +313,7 @@ def test_gpu_check_dry_run_on_cpu(tmp_path):
                                            "certify", "ddp", "cpu_vs_cuda", "compile", "bench"}
     assert all(s["ok"] for s in steps.values())
     assert steps["train_era_bf16"]["finite"] and steps["train_era_bf16"]["loss"] == "era"
-    assert steps["evaluate"]["samples"] == 20
+    assert steps["evaluate"]["apgd-ce"]["samples"] == steps["evaluate"]["strong"]["samples"] == 20
     assert steps["certify"]["fixed"]["samples"] == steps["certify"]["sequential"]["samples"] == 3
     assert steps["ddp"]["evaluate_2ranks_vs_1proc"] == {"rows": [20, 20], "differing_rows": 0, "equal": True}
     assert steps["cpu_vs_cuda"]["records"]["equal"]

@@ -84,12 +84,14 @@ class Sizes:
     cert_n: int
     digits_epochs: int
     bench: bool             # bench/attacks.py and bench/scale.py too
+    eval_batch: int         # evaluate --batch-size (GPU: the whole 500 at once)
+    cert_batch: int         # certify --batch-size (noise samples per forward pass)
 
 
 FULL = Sizes(5000, 1000, 140, 0.02, "wrn-28-10", "gpu_check:wrn_16_4", "resnet110", 10, 500, 40,
-             10, 100_000, 3, True)
+             10, 100_000, 3, True, 500, 10_000)
 TINY = Sizes(200, 100, 49, 0.02, "gpu_check:wrn_10_1", "gpu_check:wrn_10_1", "gpu_check:resnet_8",
-             2, 20, 5, 3, 200, 1, False)
+             2, 20, 5, 3, 200, 1, False, 20, 100)
 
 
 # --------------------------------------------------------------------------- plumbing
@@ -269,16 +271,18 @@ def step_train_fp16(ctx: Ctx, rec: dict[str, Any]) -> None:
 
 
 def step_evaluate(ctx: Ctx, rec: dict[str, Any], run: Path) -> None:
+    """APGD-CE (the paper's protocol, the floor's attack) and the default strong attack."""
     sz = ctx.sz
-    out = ctx.work / "evaluate"
-    cli(["evaluate", "--run", run, "--out", out, "--eps", EPS, "--steps", sz.eval_steps,
-         "--samples", sz.eval_samples, "--device", ctx.device, "--overwrite"])
-    meta = json.loads((out / "results.json").read_text())["evaluate"]["meta"]
-    rows = read_records(out / "records" / "evaluate.csv")
-    rec.update(samples=len(rows), steps=sz.eval_steps, seconds_eval=meta["seconds"],
-               seconds_per_10k_images=round(meta["seconds"] / len(rows) * 10_000, 2),
-               note="APGD at eps and 2 eps (two attacks per image)")
-    rec["ok"] = len(rows) == sz.eval_samples
+    for attack in ("apgd-ce", "strong"):
+        out = ctx.work / f"evaluate-{attack}"
+        cli(["evaluate", "--run", run, "--out", out, "--eps", EPS, "--steps", sz.eval_steps, "--attack", attack,
+             "--samples", sz.eval_samples, "--batch-size", sz.eval_batch, "--device", ctx.device, "--overwrite"])
+        meta = json.loads((out / "results.json").read_text())["evaluate"]["meta"]
+        rows = read_records(out / "records" / "evaluate.csv")
+        rec[attack] = {"samples": len(rows), "steps": sz.eval_steps, "seconds": meta["seconds"],
+                       "seconds_per_10k_images": round(meta["seconds"] / len(rows) * 10_000, 2)}
+        rec["ok"] = rec.get("ok", True) and len(rows) == sz.eval_samples
+    rec["note"] = f"each at eps and 2 eps (two attacks per image), --batch-size {sz.eval_batch}"
 
 
 def train_noise_model(ctx: Ctx) -> Path:
@@ -296,10 +300,12 @@ def step_certify(ctx: Ctx, rec: dict[str, Any], run: Path) -> None:
     for mode, extra in (("fixed", []), ("sequential", ["--sequential"])):
         out = ctx.work / f"certify-{mode}"
         cli(["certify", "--run", run, "--out", out, "--sigma", 0.25, "--eps", 0.25, 0.5, "--n0", 100,
-             "--n", sz.cert_n, "--samples", sz.cert_samples, "--device", ctx.device, *extra])
+             "--n", sz.cert_n, "--samples", sz.cert_samples, "--batch-size", sz.cert_batch,
+             "--device", ctx.device, *extra])
         sec = json.loads((out / "results.json").read_text())["certify"]
         rows = read_records(out / "records" / "certify.csv")
-        rec[mode] = {"samples": len(rows), "n": sz.cert_n, "seconds": round(sec["seconds"], 2),
+        rec[mode] = {"samples": len(rows), "n": sz.cert_n, "batch_size": sz.cert_batch,
+                     "seconds": round(sec["seconds"], 2),
                      "seconds_per_image": round(sec["seconds"] / len(rows), 3),
                      "metrics": sec.get("metrics")}
         rec["ok"] = rec.get("ok", True) and len(rows) == sz.cert_samples
@@ -437,7 +443,7 @@ def step_bench(ctx: Ctx, rec: dict[str, Any]) -> None:
 NEEDED = ("torch", "numpy", "scipy", "sklearn", "safetensors", "tqdm", "kornia")
 
 
-def preflight(device: str) -> str | None:
+def preflight(device: str, tiny: bool) -> str | None:
     """Why the check cannot run here (a missing package, no GPU), or None."""
     import importlib
 
@@ -446,14 +452,14 @@ def preflight(device: str) -> str | None:
     if device.startswith("cuda") and not torch.cuda.is_available():
         return f"--device {device} but torch {torch.__version__} sees no GPU"
     missing = []
-    for name in NEEDED:
+    for name in NEEDED + (() if tiny else ("torchattacks",)):   # bench/attacks.py's reference
         try:
             importlib.import_module(name)
         except Exception as e:  # noqa: BLE001 - report every missing dependency at once
             missing.append(f"{name} ({type(e).__name__}: {e})")
     if missing:
         return ("missing Python packages: " + "; ".join(missing) + ". Bring kornia and kornia-rs "
-                "with tools/gpu_check.sh --wheels DIR (see --prepare-wheels); the others come with "
+                "(and torchattacks) with tools/gpu_check.sh --wheels DIR (see --prepare-wheels); the others come with "
                 "GPU images of PyTorch, or pip")
     return None
 
@@ -465,7 +471,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=os.environ.get("OUT") or str(ROOT / "out" / "gpu-check"))
     ap.add_argument("--only", nargs="+", default=None, help="run only these steps")
     args = ap.parse_args(argv)
-    why_not = preflight(args.device)
+    why_not = preflight(args.device, args.tiny)
     if why_not:
         print(f"gpu_check: {why_not}", file=sys.stderr)
         return 2

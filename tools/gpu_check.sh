@@ -8,9 +8,11 @@
 #
 # What it needs on the GPU machine: python3 with a CUDA build of torch (>= 2.1) and numpy,
 # scipy, scikit-learn (the digits data), safetensors, tqdm; and kornia + kornia-rs, which GPU
-# images usually lack. The GPU machine has no package registry, so bring those as wheels:
+# images usually lack (plus torchattacks, bench/attacks.py's reference, installed without its
+# dependencies as in the Makefile; it needs torchvision, which GPU images of PyTorch have).
+# The GPU machine has no package registry, so bring those as wheels:
 # on a machine with PyPI run `tools/gpu_check.sh --prepare-wheels .whl` (kornia, kornia-rs
-# for CPython 3.12 on x86-64 Linux, 7 MiB; pass --python-version to match the GPU
+# for CPython 3.12 on x86-64 Linux and torchattacks, 7 MiB; pass --python-version to match the GPU
 # machine's python3), carry the folder beside the working tree, and run
 # `tools/gpu_check.sh --wheels .whl` there: the wheels are installed with
 # `pip --no-index --target` into a temporary folder put on PYTHONPATH (nothing else is
@@ -21,7 +23,7 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PY="${PYTHON:-python3}"
-WHEEL_PKGS=("kornia==0.9.0" "kornia-rs==0.2.0")
+WHEEL_PKGS=("kornia==0.9.0" "kornia-rs==0.2.0" "torchattacks==3.5.1")
 
 device=cuda; tiny=(); wheels=""; out="${OUT:-$ROOT/out/gpu-check}"; only=(); prepare=""; pyver=3.12
 while [ $# -gt 0 ]; do
