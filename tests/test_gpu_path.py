@@ -327,3 +327,38 @@ def test_gpu_check_refuses_cuda_without_a_gpu(tmp_path):
     r = _gpu_check(tmp_path, "--device", "cuda", CUDA_VISIBLE_DEVICES="")   # no GPU seen
     assert r.returncode == 2 and "sees no GPU" in r.stderr
     assert not (tmp_path / "gpu_check.json").exists()
+
+
+# --------------------------------------------------------------------------- item 8: batch feed
+class _Event:
+    """Stands in for torch.cuda.Event on a CPU: records and waits at once."""
+
+    def record(self) -> None:
+        pass
+
+    def synchronize(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("mode", ["cpu", "resident", "pinned"])
+def test_batch_feed_gives_the_batches_of_the_order(mode, monkeypatch):
+    """Every path of the feed (CPU indexing, GPU-resident gather, pinned double buffers; the
+    last two with their CUDA calls stood in for on a CPU) gives x[order[a:b][rank::world]]."""
+    from abstain.train import feed as feed_mod
+
+    x, y = torch.rand(23, 2, 3, 3), torch.arange(23)
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda t: t.clone())
+    monkeypatch.setattr(torch.cuda, "Event", _Event)
+    f = feed_mod.BatchFeed(x, y, torch.device("cpu"), batch=5)
+    if mode != "cpu":   # the CUDA paths' logic, run on CPU tensors
+        f.cuda, f.resident = True, mode == "resident"
+        f.buffers = [(torch.empty(5, 2, 3, 3), torch.empty(5, dtype=y.dtype), None) for _ in range(2)]
+    order = torch.randperm(23, generator=torch.Generator().manual_seed(0))
+    f.start_epoch(order)
+    for world in (1, 2):
+        for rank in range(world):
+            for start in range(0, 23, 5 * world):
+                stop = min(23, start + 5 * world)
+                xb, yb = f(start, stop, rank, world)
+                idx = order[start:stop][rank::world]
+                assert torch.equal(xb, x[idx]) and torch.equal(yb, y[idx])
