@@ -362,3 +362,53 @@ def test_batch_feed_gives_the_batches_of_the_order(mode, monkeypatch):
                 xb, yb = f(start, stop, rank, world)
                 idx = order[start:stop][rank::world]
                 assert torch.equal(xb, x[idx]) and torch.equal(yb, y[idx])
+
+
+# --------------------------------------------------------------------------- item 9: host reads
+HOST_READS = {"aten._local_scalar_dense", "aten.nonzero", "aten.masked_select", "aten.is_nonzero",
+              "aten.equal", "aten._unique2", "aten.unique_dim"}
+
+
+def _host_reads_of_a_step(loss: str) -> list[str]:
+    """Where a training step reads tensor values on the host (a device sync on CUDA): the
+    innermost abstain source file of each read, counted on CPU with a dispatch mode."""
+    import traceback
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from abstain.train import loop
+
+    origins: list[str] = []
+
+    class Reads(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+            if str(func.overloadpacket) in HOST_READS:
+                frames = [f.filename for f in traceback.extract_stack() if "/abstain/" in f.filename]
+                origins.append(frames[-1].split("/abstain/")[-1] if frames else "torch")
+            return func(*args, **(kwargs or {}))
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 8 * 8, 10))
+    data = TensorDataset(torch.rand(64, 3, 8, 8), torch.arange(64) % 10, 10, "rand")
+    s = loop.Settings(loss=loss, loss_params={"eps": 0.03, "steps": 3, "sigma": 0.25, "k": 2},
+                      epochs=1, batch_size=16, lr=0.01)
+    trainer = loop.Trainer(model, data, None, s, None, None, "cpu")
+    trainer.wrap()
+    order = torch.randperm(64, generator=torch.Generator().manual_seed(0))
+    trainer.feed.start_epoch(order)
+    sums: dict[str, torch.Tensor] = {}
+    trainer.step(0, 0, order, sums)
+    with Reads():
+        trainer.step(0, 1, order, sums)
+    return origins
+
+
+@pytest.mark.parametrize("loss", ["trades", "era", "dga", "noise", "cra"])
+def test_training_step_reads_the_host_only_in_the_attack_checks(loss):
+    # the attack core's input checks (attacks/core.py, validate.py) and, on CPU, its seed draw
+    # are the only reads left; the trainer, the feed and the losses read nothing (on CUDA the
+    # seed comes from a CPU generator)
+    origins = _host_reads_of_a_step(loss)
+    assert set(origins) <= {"validate.py", "attacks/core.py"}, origins
+    if loss in ("noise", "cra"):
+        assert origins == []

@@ -150,8 +150,8 @@ def kl_objective(logits_adv: torch.Tensor, p_nat: torch.Tensor) -> torch.Tensor:
 
 def top_other_class(logits: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
     """argmax_{c ≠ pred} logits_c per sample (the most likely adversarial class of eq. 5/8/20)."""
-    mask = F.one_hot(pred, logits.shape[1]).bool()
-    return logits.detach().masked_fill(mask, float("-inf")).argmax(dim=1)
+    # scatter rather than a one-hot mask: F.one_hot range-checks pred with host reads
+    return logits.detach().scatter(1, pred[:, None], float("-inf")).argmax(dim=1)
 
 
 def toward_top_other(logits_adv: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
