@@ -62,6 +62,17 @@ def read_stage_records(stage_dir: Path, prefix: str = "") -> dict[str, dict[int,
     return out
 
 
+def study_report_start(stage_dir: Path, label: str, title: str, note: str) -> tuple[dict, dict, list[dict]]:
+    """The records of a study stage (``{variant: {seed: columns}}``, and those of the strong
+    attack) and the first blocks of its report: the heading and the study's note."""
+    recs = read_stage_records(stage_dir)
+    strong = read_stage_records(stage_dir, STRONG_PREFIX)
+    blocks: list[dict] = [{"kind": "heading", "text": f"{label}: {title}"}]
+    if note:
+        blocks.append({"kind": "text", "text": note})
+    return recs, strong, blocks
+
+
 def strong_rob_inacc(strong: Mapping[str, Mapping[int, Mapping[str, Any]]], variant: str,
                      eps: float) -> str:
     """The robust inaccuracy of ``variant`` at ``eps`` under the strong attack (records

@@ -163,12 +163,8 @@ def _fig2(out: Path, label: str) -> str | None:
 
 def report(stage_dir: Path, study: Study) -> list[dict]:
     stage_dir = Path(stage_dir)
-    recs = R.read_stage_records(stage_dir)
-    strong = R.read_stage_records(stage_dir, R.STRONG_PREFIX)
-    blocks: list[dict] = [{"kind": "heading", "text": f"{study.label}: TRADES vs ERA vs DGA fine-tuning "
-                                                      "(Tables 4, 5, 8 and Fig. 2 in miniature)"}]
-    if study.note:
-        blocks.append({"kind": "text", "text": study.note})
+    recs, strong, blocks = R.study_report_start(stage_dir, study.label, "TRADES vs ERA vs DGA fine-tuning "
+                                                "(Tables 4, 5, 8 and Fig. 2 in miniature)", study.note)
     order = ["pretrain", *study.finetunes]
     rows = []
     eps = None

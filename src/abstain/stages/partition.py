@@ -105,12 +105,8 @@ def choose_eps(trades_by_eps: dict[float, dict[str, float]]) -> float | None:
 
 def report(stage_dir: Path, study: Study) -> list[dict]:
     stage_dir = Path(stage_dir)
-    recs = R.read_stage_records(stage_dir)
-    strong = R.read_stage_records(stage_dir, R.STRONG_PREFIX)
-    blocks: list[dict] = [{"kind": "heading", "text": f"{study.label}: robustness–accuracy partition over ε "
-                                                      "(Tables 1, 8 in miniature)"}]
-    if study.note:
-        blocks.append({"kind": "text", "text": study.note})
+    recs, strong, blocks = R.study_report_start(stage_dir, study.label, "robustness–accuracy partition over ε "
+                                                "(Tables 1, 8 in miniature)", study.note)
     keys = ("nat_acc", "rob_acc", "rob_inacc", "nonrob_acc", "nonrob_inacc")
     rows, trades_by_eps = [], {}
     std = recs.get("std", {})
