@@ -57,7 +57,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
 # protocol -> (split of the primary numbers, APGD-CE steps)
 EVAL = {AUTHORS: ("train", 100), TEXT: ("test", 40)}
 LABELS = {"std": "L_std", "trades": "L_TRADES", "era": "L_ERA (authors)", "text-std": "L_std (text)",
-          "text-trades": "L_TRADES (text)", "text-era": "L_ERA β=0.2 (text)", "text-era-b6": "L_ERA β=6 (text)",
+          "text-trades": "L_TRADES (text)", "text-era": "L_ERA β=0.2 (text)", "text-era-b6": "L_ERA β=6 (misread γ)",
           "text-era-shared": "L_ERA shared (text)"}
 
 
