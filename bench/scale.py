@@ -100,8 +100,8 @@ def _train(work: Path, nproc: int, device: str, epochs: int, amp: str = "off") -
 def _evaluate(run: Path, nproc: int, device: str, steps: int, samples: int | None = None) -> dict:
     shutil.rmtree(run / "records", ignore_errors=True)
     extra = ["--samples", str(samples)] if samples else []
-    _abstain(["evaluate", "--run", run, "--eps", "0.1", "--steps", str(steps), "--batch-size", "150",
-              "--device", device, "--overwrite", *extra], nproc)
+    _abstain(["evaluate", "--run", run, "--eps", "0.1", "--steps", str(steps), "--attack", "apgd-ce",
+              "--batch-size", "150", "--device", device, "--overwrite", *extra], nproc)
     sec = json.loads((run / "results.json").read_text())["evaluate"]["meta"]
     return {"samples_per_s": sec["n"] / sec["seconds"], "seconds": sec["seconds"], "n": sec["n"],
             "steps": steps}
@@ -204,8 +204,8 @@ def main() -> None:
                              "note": "no CUDA device on this machine: GPU/AMP figures not measured"}
 
         rss_run = base_run
-        ev_args = ["evaluate", "--run", rss_run, "--eps", "0.1", "--steps", "5", "--batch-size", "45",
-                   "--device", "cpu", "--overwrite"]
+        ev_args = ["evaluate", "--run", rss_run, "--eps", "0.1", "--steps", "5", "--attack", "apgd-ce",
+                   "--batch-size", "45", "--device", "cpu", "--overwrite"]
         ce_args = ["certify", "--run", rss_run, "--sigma", "0.25", "--eps", "0.25", "--n0", "64",
                    "--batch-size", "500", "--device", "cpu"]
         result["peak_rss_mib"] = {

@@ -32,6 +32,26 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+def _setup(args: argparse.Namespace, device: torch.device):
+    """The model (train mode) and a random batch ``x``, ``y``; whether both are NHWC."""
+    from abstain import models
+
+    torch.manual_seed(0)
+    if args.model == "cnn":
+        model, shape, k = models.create("cnn", 10, width=16), (1, 8, 8), 10
+    elif args.model == "mlp":
+        model, shape, k = models.create("mlp", 3, in_features=2), (2,), 3
+    else:
+        model, shape, k = models.create(args.model, 10), (3, 32, 32), 10
+    model = model.to(device).train()
+    cl = args.channels_last and device.type == "cuda" and len(shape) == 3
+    x = torch.rand(args.batch, *shape, device=device)
+    if cl:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    return model, x, torch.randint(0, k, (args.batch,), device=device), cl
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="cnn", choices=["cnn", "mlp", "resnet18", "wrn-28-10"])
@@ -45,28 +65,14 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
-    from abstain import losses, models
+    from abstain import losses
     from abstain.utils import resolve_device
 
     device = resolve_device(args.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True   # as the trainer: fixed shapes
-    torch.manual_seed(0)
-    if args.model == "cnn":
-        model, shape, k = models.create("cnn", 10, width=16), (1, 8, 8), 10
-    elif args.model == "mlp":
-        model, shape, k = models.create("mlp", 3, in_features=2), (2,), 3
-    else:
-        model, shape, k = models.create(args.model, 10), (3, 32, 32), 10
-    model = model.to(device).train()
-    cl = args.channels_last and device.type == "cuda" and len(shape) == 3
-    if cl:
-        model = model.to(memory_format=torch.channels_last)
+    model, x, y, cl = _setup(args, device)
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-    x = torch.rand(args.batch, *shape, device=device)
-    if cl:
-        x = x.contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, k, (args.batch,), device=device)
     gen = torch.Generator(device=device)
     eps = 0.1 if args.model in ("cnn", "mlp") else 2 / 255
     K = args.steps

@@ -275,8 +275,9 @@ def step_evaluate(ctx: Ctx, rec: dict[str, Any], run: Path) -> None:
     sz = ctx.sz
     for attack in ("apgd-ce", "strong"):
         out = ctx.work / f"evaluate-{attack}"
-        cli(["evaluate", "--run", run, "--out", out, "--eps", EPS, "--steps", sz.eval_steps, "--attack", attack,
-             "--samples", sz.eval_samples, "--batch-size", sz.eval_batch, "--device", ctx.device, "--overwrite"])
+        cli(["evaluate", "--run", run, "--out", out, "--eps", EPS, "--steps", sz.eval_steps,
+             "--attack", attack, "--samples", sz.eval_samples, "--batch-size", sz.eval_batch,
+             "--device", ctx.device, "--overwrite"])
         meta = json.loads((out / "results.json").read_text())["evaluate"]["meta"]
         rows = read_records(out / "records" / "evaluate.csv")
         rec[attack] = {"samples": len(rows), "steps": sz.eval_steps, "seconds": meta["seconds"],
@@ -332,7 +333,8 @@ def step_ddp(ctx: Ctx, rec: dict[str, Any], noise_run: Path) -> None:
         rec[name] = {"epoch_seconds": log["seconds"], "loss": log.get("loss"), "finite": finite_weights(run)}
     ev = ["--eps", EPS, "--steps", sz.eval_steps, "--samples", sz.eval_samples, "--device", ctx.device]
     cli(["evaluate", "--run", noise_run, "--out", ctx.work / "ev-1proc", *ev])
-    abstain(["evaluate", "--run", noise_run, "--out", ctx.work / "ev-2ranks", *ev], 2, ABSTAIN_DIST_BACKEND="gloo")
+    abstain(["evaluate", "--run", noise_run, "--out", ctx.work / "ev-2ranks", *ev], 2,
+            ABSTAIN_DIST_BACKEND="gloo")
     rec["evaluate_2ranks_vs_1proc"] = compare_records(ctx.work / "ev-1proc/records/evaluate.csv",
                                                       ctx.work / "ev-2ranks/records/evaluate.csv")
     if sz.bench:
@@ -459,8 +461,8 @@ def preflight(device: str, tiny: bool) -> str | None:
             missing.append(f"{name} ({type(e).__name__}: {e})")
     if missing:
         return ("missing Python packages: " + "; ".join(missing) + ". Bring kornia and kornia-rs "
-                "(and torchattacks) with tools/gpu_check.sh --wheels DIR (see --prepare-wheels); the others come with "
-                "GPU images of PyTorch, or pip")
+                "(and torchattacks) with tools/gpu_check.sh --wheels DIR (see --prepare-wheels); "
+                "the others come with GPU images of PyTorch, or pip")
     return None
 
 
