@@ -51,3 +51,22 @@ def test_mnist1d_study_compares_both_era_variants_with_trades():
     assert ft["variants"]["era"]["loss"]["variant"] == "paper"
     assert ft["variants"]["era-authors"]["loss"]["variant"] == "authors"
     assert {c["train"]["weight_decay"] for c in ft["variants"].values()} == {1e-4}
+
+
+def test_selection_network_does_not_depend_on_the_global_rng():
+    """S_SN's initial weights come from its seed, not from what ran before in the process
+    (the stages share one process: a resumed or --only run must give the same records)."""
+    import torch
+
+    from abstain.selectors.evaluate import build_selector
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(120, 1, 8, 8, generator=g), torch.randint(0, 3, (120,), generator=g)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3)).eval()
+    nets = []
+    for global_seed in (1, 2):
+        torch.manual_seed(global_seed)
+        sel = build_selector("sn", model, eps=0.05, steps=2, seed=3, train=(x, y),
+                             sn={"epochs": 1, "hidden": 8, "samples": 60})
+        nets.append(sel.net.state_dict())
+    assert all(torch.equal(nets[0][k], nets[1][k]) for k in nets[0])

@@ -59,7 +59,10 @@ def build_selector(kind: str, model: nn.Module, *, eps: float, norm: str = "linf
         idx = torch.randperm(x_tr.shape[0], generator=torch.Generator().manual_seed(seed))[:n]
         x_tr, y_tr = x_tr[idx], y_tr[idx]
     t = selection_targets(model, x_tr, y_tr, eps=eps, norm=norm, steps=steps, seed=seed, attack=attack)
-    net = selection_net(tuple(x_tr.shape[1:]), hidden=int(opts.get("hidden", 128))).to(x_tr.device)
+    # the initial weights depend on the seed only, not on what ran before in the process
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = selection_net(tuple(x_tr.shape[1:]), hidden=int(opts.get("hidden", 128))).to(x_tr.device)
     train_selection_network(net, x_tr, t, eps=eps, norm=norm, epochs=int(opts.get("epochs", 60)), seed=seed)
     return SelectionNetwork(model, net, tau=DEFAULT_TAU["sn"] if tau is None else tau, eps=eps,
                             norm=norm, steps=steps, seed=seed, attack=attack)

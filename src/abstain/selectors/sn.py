@@ -69,7 +69,6 @@ def train_selection_network(net: nn.Module, x: torch.Tensor, t: torch.Tensor, *,
     if x.shape[0] != t.shape[0] or x.shape[0] == 0:
         raise InputError("selection network training needs matching, non-empty x and targets")
     g = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
     tf = t.float().to(x.device)
     pos = float(tf.mean())
     pos_weight = torch.tensor((1 - pos) / pos if 0 < pos < 1 else 1.0, device=x.device)
