@@ -17,7 +17,7 @@ from torch import nn
 
 from . import records
 from .errors import ConfigError
-from .sources import ModelSource
+from .sources import ModelSource, check_output
 
 SELECTORS = ("eri", "cri", "sr", "sn")
 
@@ -186,6 +186,7 @@ def abstain_job(robust: ModelSource, core: ModelSource, out: Path, s: AbstainSet
         for prm in m.parameters():
             prm.requires_grad_(False)
     test = robust.load_data("test")
+    check_output(core.model, test, core.num_classes, "the --core model")
     idx = torch.arange(len(test))
     if s.samples:
         idx = data_mod.balanced_subset(test.y, s.samples, test.num_classes, seed=s.seed)

@@ -165,6 +165,11 @@ def evaluate(model: nn.Module, data: Dataset | DataLoader, *, eps: float | Seque
                 logits = model(x)
             if logits.dim() != 2 or logits.shape[0] != x.shape[0]:
                 raise InputError(f"the model must return logits of shape (N, classes), got {tuple(logits.shape)}")
+            if not bool(torch.isfinite(logits).all()):
+                # argmax of NaN logits is an arbitrary class that no attack can change: every
+                # such sample would count as robust
+                raise InputError(f"the model returns NaN or infinite logits on samples "
+                                 f"{int(idx[0])}..{int(idx[-1])}; refusing to evaluate it")
             pred = logits.argmax(dim=1)
             robust = torch.ones(x.shape[0], dtype=torch.bool, device=dev)
             x_adv = x.clone()

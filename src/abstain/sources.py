@@ -20,15 +20,17 @@ from __future__ import annotations
 import argparse
 import importlib
 import inspect
+import math
 import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import torch
 from torch import nn
 
-from .errors import ConfigError
+from .errors import CheckpointError, ConfigError
 
 DATA_HELP = "gauss3, digits, mnist1d, cifar10, cifar100, folder, mtsd"
 
@@ -47,10 +49,14 @@ class ModelSource:
     describe: dict[str, Any] = field(default_factory=dict)
 
     def load_data(self, split: str = "test"):
-        """The ``split`` of the model's dataset (seeded as the model was trained)."""
+        """The ``split`` of the model's dataset (seeded as the model was trained), after a
+        check that the model gives finite logits, one per class of it (:func:`check_output`)."""
         from . import data as data_mod
 
-        return data_mod.load(self.dataset, split, root=self.data_root, seed=self.data_seed)
+        ds = data_mod.load(self.dataset, split, root=self.data_root, seed=self.data_seed)
+        what = f"the model {self.describe.get('run') or self.describe.get('model') or ''}".rstrip()
+        check_output(self.model, ds, self.num_classes, what)
+        return ds
 
 
 def import_factory(spec: str, flag: str = "--model") -> Callable[..., Any]:
@@ -97,12 +103,53 @@ def parse_normalize(values: Sequence[float] | None) -> tuple[list[float], list[f
         raise ConfigError(f"--normalize takes MEAN... STD... (as many of each), got {len(values)} values")
     half = len(values) // 2
     mean, std = list(values[:half]), list(values[half:])
+    if not all(math.isfinite(v) for v in values):
+        raise ConfigError(f"--normalize: values must be finite numbers, got {list(values)}")
     if any(not s > 0 for s in std):
         raise ConfigError(f"--normalize: std values must be positive, got {std}")
     return mean, std
 
 
+def check_finite_weights(model: nn.Module, what: str) -> None:
+    """Refuse a model with a NaN or infinite parameter or buffer: its logits (and so every
+    robustness verdict computed from them) would be meaningless."""
+    for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+        if torch.is_floating_point(t) and not bool(torch.isfinite(t).all()):
+            raise CheckpointError(f"{what}: the weight {name!r} holds NaN or infinite values; "
+                                  "such a model cannot be evaluated (a diverged training?)")
+
+
+def check_output(model: nn.Module, data: Any, num_classes: int, what: str) -> None:
+    """One forward pass on the first inputs of ``data``: the model must return finite logits
+    with one column per class of the dataset (a 3-logit model on a 10-class dataset is
+    refused here, not evaluated into nonsense)."""
+    import torch as _t
+
+    k_data = int(getattr(data, "num_classes", num_classes))
+    if num_classes != k_data:
+        raise ConfigError(f"{what} has {num_classes} classes but the dataset has {k_data}")
+    x = data.x[:2]
+    dev = next((p.device for p in model.parameters()), _t.device("cpu"))
+    try:
+        with _t.no_grad():
+            logits = model(x.to(dev))
+    except (RuntimeError, TypeError, ValueError, IndexError) as e:
+        raise ConfigError(f"{what} fails on inputs of shape {tuple(x.shape[1:])} of the dataset: "
+                          f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}") from None
+    if not isinstance(logits, _t.Tensor) or logits.dim() != 2 or logits.shape[0] != x.shape[0]:
+        shape = tuple(logits.shape) if isinstance(logits, _t.Tensor) else type(logits).__name__
+        raise ConfigError(f"{what} must return logits of shape (N, {k_data}), got {shape}")
+    if logits.shape[1] != k_data:
+        raise ConfigError(f"{what} returns {logits.shape[1]} logits but the dataset has {k_data} classes")
+    if logits.dtype != _t.float32 and logits.dtype != _t.float64:
+        raise ConfigError(f"{what} returns {logits.dtype} logits; use a float32 model "
+                          "(inputs are float32 in [0, 1])")
+    if not bool(_t.isfinite(logits).all()):
+        raise ConfigError(f"{what} returns NaN or infinite logits on the dataset's first inputs")
+
+
 def _normalized(model: nn.Module, normalize: tuple[list[float], list[float]] | None) -> nn.Module:
+    check_finite_weights(model, "the model")
     if normalize is None:
         return model
     from .models import NormalizedModel

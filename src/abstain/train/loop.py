@@ -48,8 +48,8 @@ from ..utils import progress, resolve_device
 from .feed import BatchFeed
 from .schedule import check_schedule, epoch_order, lr_at, mix
 from .select import selection_score, validation_metrics
-from .state import (LOG_FILE, STATE_VERSION, StopFlag, TrainingInterrupted, append_log, cpu_state,
-                    merge_sums, optimizer_state_to, rng_state, set_rng_state, truncate_log)
+from .state import (LOG_FILE, STATE_VERSION, StopFlag, TrainingDiverged, TrainingInterrupted, append_log,
+                    cpu_state, merge_sums, optimizer_state_to, rng_state, set_rng_state, truncate_log)
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 COMPILE_BACKEND_ENV = "ABSTAIN_COMPILE_BACKEND"   # torch.compile backend (default inductor)
@@ -289,6 +289,28 @@ class Trainer:
         stop_now = flag.set or (should_stop is not None and bool(should_stop(epoch, b)))
         return dist_utils.any_rank(stop_now) if self.distributed else stop_now   # host-side, no GPU sync
 
+    def check_finite(self, loss_value: torch.Tensor, first_bad: torch.Tensor, epoch: int, b: int,
+                     read: bool) -> torch.Tensor:
+        """Track the first batch of the epoch whose loss is NaN/inf on the device (no sync) and,
+        when ``read`` (every batch on CPU; every 200th, before a stop and at the epoch's end on
+        CUDA), raise :class:`TrainingDiverged` naming it. It is raised before any checkpoint
+        of the bad weights is written, so the one on disk is the last good one."""
+        bad = ~torch.isfinite(loss_value.detach().float())
+        first_bad = torch.where(bad & (first_bad > b), torch.full_like(first_bad, b), first_bad)
+        if not read:
+            return first_bad
+        diverged = int(first_bad) < self.n_batches        # a host read: a GPU sync
+        if self.distributed:
+            diverged = dist_utils.any_rank(diverged)
+        if diverged:
+            where = f"epoch {epoch + 1}, batch {min(int(first_bad), b) + 1}/{self.n_batches}"
+            kept = (f"the last checkpoint, written before that step, is kept in {self.out_dir}"
+                    if self.out_dir is not None and (self.out_dir / STATE_FILE).exists()
+                    else "no checkpoint was written")
+            raise TrainingDiverged(f"training diverged: the loss is NaN or infinite at {where}; {kept}; "
+                                   "lower train.lr (or check the data and the loss settings)")
+        return first_bad
+
     def interrupt(self, epoch: int, b: int, sums_t: Mapping[str, torch.Tensor]) -> TrainingInterrupted:
         """Save the position after batch ``b`` and return the exception that stops the run."""
         self.save(epoch, b + 1, merge_sums(self.acc_sums, sums_t), self.acc_n, finished=False)
@@ -315,13 +337,17 @@ class Trainer:
             self.acc_sums, self.acc_n = {}, 0
         bar = progress(range(first, self.n_batches), total=self.n_batches, initial=first,
                        desc=f"epoch {epoch + 1}/{s.epochs}", leave=False, disable=None if self.main else True)
+        first_bad = torch.full((), self.n_batches, device=self.device)   # first non-finite loss
         for b in bar:
             loss_value = self.step(epoch, b, order, sums_t)
             if loss_value is None:
                 continue
             if b % (200 if self.cuda else 10) == 0 and self.main:   # float(): a GPU sync
                 bar.set_postfix(loss=f"{float(loss_value.detach()):.4f}")
-            if self.stop_requested(flag, should_stop, epoch, b):
+            stop = self.stop_requested(flag, should_stop, epoch, b)
+            first_bad = self.check_finite(loss_value, first_bad, epoch, b,
+                                          stop or b == self.n_batches - 1 or not self.cuda or b % 200 == 0)
+            if stop:
                 bar.close()
                 raise self.interrupt(epoch, b, sums_t)
         bar.close()

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ..checkpoint import META_FILE, load_train_state
+from ..errors import AbstainError
 from ..io import atomic_write_text
 
 LOG_FILE = "log.jsonl"
@@ -25,6 +26,11 @@ STATE_VERSION = 1
 class TrainingInterrupted(KeyboardInterrupt):
     """Raised after a clean stop (SIGINT, or ``should_stop``); the checkpoint in ``out`` is
     complete."""
+
+
+class TrainingDiverged(AbstainError):
+    """The loss became NaN or infinite: the run stops before the next checkpoint, so the one
+    on disk (if any) is the last good one."""
 
 
 # --------------------------------------------------------------------------- rng states
@@ -76,30 +82,35 @@ def merge_sums(base: Mapping[str, float], sums_t: Mapping[str, torch.Tensor]) ->
 
 
 # --------------------------------------------------------------------------- SIGINT
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
 class StopFlag:
-    """SIGINT sets a flag; the loop stops at the next batch boundary. A second SIGINT
-    raises KeyboardInterrupt at once."""
+    """SIGINT or SIGTERM (a scheduler's stop, ``kill``) sets a flag; the loop stops at the
+    next batch boundary with a checkpoint. A second signal raises KeyboardInterrupt at once."""
 
     def __init__(self) -> None:
         self.set = False
-        self._old: Any = None
+        self._old: dict[int, Any] = {}
 
     def __enter__(self) -> "StopFlag":
         if threading.current_thread() is threading.main_thread():
-            self._old = signal.getsignal(signal.SIGINT)
-            signal.signal(signal.SIGINT, self._handle)
+            for sig in STOP_SIGNALS:
+                self._old[sig] = signal.getsignal(sig)
+                signal.signal(sig, self._handle)
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
         if self.set:
             raise KeyboardInterrupt
         self.set = True
-        print("\nabstain train: SIGINT received; stopping after this batch (Ctrl-C again to "
-              "abort without a checkpoint)", file=sys.stderr)
+        print(f"\nabstain train: {signal.Signals(signum).name} received; stopping after this batch "
+              "(Ctrl-C again to abort without a checkpoint)", file=sys.stderr)
 
     def __exit__(self, *exc: Any) -> None:
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
+        for sig, old in self._old.items():
+            if old is not None:
+                signal.signal(sig, old)
 
 
 # --------------------------------------------------------------------------- log
