@@ -69,6 +69,11 @@ def is_robust(model: nn.Module, x: torch.Tensor, *, eps: float, norm: str = "lin
     if targets is not None and (isinstance(targets, bool) or not isinstance(targets, int) or targets < 0):
         raise InputError(f"targets must be a non-negative integer, got {targets!r}")
     attack = resolve_attack(attack, ensemble)
+    # validated here for every attack: the strong one may prove all points and run none
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise InputError(f"steps must be a non-negative integer, got {steps!r}")
+    if isinstance(restarts, bool) or not isinstance(restarts, int) or restarts < 1:
+        raise InputError(f"restarts must be a positive integer, got {restarts!r}")
     n = x.shape[0]
     ids = torch.arange(n, device=x.device) if sample_ids is None else sample_ids.to(x.device)
     x = x.detach()
