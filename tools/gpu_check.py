@@ -44,6 +44,10 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 EPS = 8 / 255
+# the H100 floors (bare loops): WRN-28-10 TRADES epoch of CIFAR-10 in minutes (10-step
+# attack: 12 forward/backward passes per image), APGD-40 seconds per 10,000 images (one radius),
+# ResNet-110 certification seconds per image at N = 100,000; goal: within 1.2x of each
+FLOORS = {"trades_epoch_min": {"fp32": 1.7, "bf16": 1.0}, "apgd40_10k_s": 60.0, "certify_100k_s": 2.5}
 
 
 # --------------------------------------------------------------------------- models (MODULE:FACTORY)
@@ -255,6 +259,10 @@ def step_train(ctx: Ctx, rec: dict[str, Any], name: str, loss: str, amp: str) ->
                epoch_seconds=train_s, loss_value=log.get("loss"),
                cifar10_epoch_minutes=ctx.per_epoch_minutes(train_s, n_train),
                finite=bool(finite_weights(run) and np.isfinite(log.get("loss", np.nan))))
+    # the floor scaled by the passes per image: ERA's two attacks need 2K + 3, TRADES K + 2
+    passes = 2 * sz.pgd_steps + 3 if loss == "era" else sz.pgd_steps + 2
+    floor = FLOORS["trades_epoch_min"]["fp32" if amp == "off" else "bf16"] * passes / 12
+    rec["vs_h100_floor"] = round(rec["cifar10_epoch_minutes"] / floor, 2)
     rec["ok"] = rec["finite"]
     return run
 
@@ -280,8 +288,11 @@ def step_evaluate(ctx: Ctx, rec: dict[str, Any], run: Path) -> None:
              "--device", ctx.device, "--overwrite"])
         meta = json.loads((out / "results.json").read_text())["evaluate"]["meta"]
         rows = read_records(out / "records" / "evaluate.csv")
+        per_10k = meta["seconds"] / len(rows) * 10_000
         rec[attack] = {"samples": len(rows), "steps": sz.eval_steps, "seconds": meta["seconds"],
-                       "seconds_per_10k_images": round(meta["seconds"] / len(rows) * 10_000, 2)}
+                       "seconds_per_10k_images": round(per_10k, 2),
+                       # two radii per image; the floor is one APGD-40 run, scaled by the steps
+                       "vs_h100_floor": round(per_10k / (2 * FLOORS["apgd40_10k_s"] * sz.eval_steps / 40), 2)}
         rec["ok"] = rec.get("ok", True) and len(rows) == sz.eval_samples
     rec["note"] = f"each at eps and 2 eps (two attacks per image), --batch-size {sz.eval_batch}"
 
@@ -308,6 +319,8 @@ def step_certify(ctx: Ctx, rec: dict[str, Any], run: Path) -> None:
         rec[mode] = {"samples": len(rows), "n": sz.cert_n, "batch_size": sz.cert_batch,
                      "seconds": round(sec["seconds"], 2),
                      "seconds_per_image": round(sec["seconds"] / len(rows), 3),
+                     "vs_h100_floor": round(sec["seconds"] / len(rows)
+                                            / (FLOORS["certify_100k_s"] * sz.cert_n / 100_000), 2),
                      "metrics": sec.get("metrics")}
         rec["ok"] = rec.get("ok", True) and len(rows) == sz.cert_samples
     rec["model"] = sz.certify_arch
@@ -489,8 +502,9 @@ def main(argv: list[str] | None = None) -> int:
         "device": torch.cuda.get_device_name(0) if cuda else f"cpu ({platform.machine()})",
         "torch": torch.__version__, "python": platform.python_version(), "tiny": args.tiny,
         "sizes": sz.__dict__, "data": f"random CIFAR-10 pickles, {sz.n_train} train / {sz.n_test} test",
-        "floors_h100": {"wrn28_10_trades_epoch_min": {"fp32": 1.7, "bf16": 1.0},
-                        "apgd40_10k_images_s": 60, "resnet110_certify_n100k_s_per_image": 2.5}})
+        "floors_h100": FLOORS, "floors_note": "vs_h100_floor = measured / floor (goal <= 1.2); "
+        "the floors are H100 figures and scale with the passes, steps and N of each step; "
+        "in the tiny dry run the models are not those of the floors, so the ratios mean nothing"})
     steps = {"train_era_bf16": None, "train_trades_fp16": None, "evaluate": None, "certify": None,
              "ddp": None, "cpu_vs_cuda": None, "compile": None, "bench": None}
     wanted = set(args.only or steps)
