@@ -412,3 +412,22 @@ def test_training_step_reads_the_host_only_in_the_attack_checks(loss):
     assert set(origins) <= {"validate.py", "attacks/core.py"}, origins
     if loss in ("noise", "cra"):
         assert origins == []
+
+
+def test_cudnn_benchmark_only_while_training_on_cuda():
+    from abstain.train.loop import _cudnn_benchmark
+
+    before = torch.backends.cudnn.benchmark
+    try:
+        torch.backends.cudnn.benchmark = False
+        with _cudnn_benchmark(True):
+            assert torch.backends.cudnn.benchmark
+        assert torch.backends.cudnn.benchmark is False     # restored for evaluation after it
+        with _cudnn_benchmark(False):
+            assert torch.backends.cudnn.benchmark is False
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        with _cudnn_benchmark(True):
+            assert torch.backends.cudnn.benchmark is False
+    finally:
+        torch.use_deterministic_algorithms(False)
+        torch.backends.cudnn.benchmark = before

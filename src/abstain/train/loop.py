@@ -34,9 +34,10 @@ import os
 import sys
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import torch
 from torch import nn
@@ -102,6 +103,23 @@ def _build_augment(augment: Any, input_shape: tuple[int, ...]) -> Callable | Non
     return aug_mod.build(augment, input_shape)
 
 
+@contextmanager
+def _cudnn_benchmark(cuda: bool) -> Iterator[None]:
+    """cuDNN's benchmark mode while training on CUDA, restored afterwards.
+
+    Training's batch shapes are fixed, so timing the convolution algorithms once pays off;
+    but another run may then pick another algorithm (last-bit differences), so it is not
+    left on for the evaluation or certification that may follow in the same process, nor
+    turned on when the user asked for deterministic algorithms."""
+    before = torch.backends.cudnn.benchmark
+    if cuda and not torch.are_deterministic_algorithms_enabled():
+        torch.backends.cudnn.benchmark = True
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = before
+
+
 class Trainer:
     """One call of :func:`fit`: the model, optimizer and position, and the best epoch so far."""
 
@@ -126,10 +144,6 @@ class Trainer:
             warnings.warn(f"amp = {s.amp!r} is only used on CUDA; training in fp32 on {self.device.type}")
         self.amp_on = s.amp != "off" and self.cuda
         self.channels_last = s.channels_last and self.cuda
-        if self.cuda and not torch.are_deterministic_algorithms_enabled():
-            # fixed batch shapes: let cuDNN time its convolution algorithms once and keep the
-            # fastest (it then may pick another algorithm in another run: docs/scale.md)
-            torch.backends.cudnn.benchmark = True
         self._build_model(model)
         self.signature = {
             "loss": s.loss, "loss_params": {k: v for k, v in self.params.items()
@@ -394,7 +408,7 @@ class Trainer:
         self.wrap()
         if self.out_dir is not None and self.main:
             truncate_log(self.out_dir / LOG_FILE, self.start_epoch)
-        with StopFlag() as flag:
+        with StopFlag() as flag, _cudnn_benchmark(self.cuda):
             epoch_bar = progress(range(self.start_epoch, s.epochs), total=s.epochs, initial=self.start_epoch,
                                  desc=s.desc, leave=False, disable=None if self.main else True)
             for epoch in epoch_bar:
