@@ -31,6 +31,7 @@ import json
 import os
 import pickle
 import platform
+import signal
 import subprocess
 import sys
 import time
@@ -43,6 +44,7 @@ from typing import Any, Iterator
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+CHILD_TIMEOUT_S = 300   # a child process (torchrun, the compile run, a bench script) past this fails its step
 EPS = 8 / 255
 # the issue's H100 floors (bare loops): WRN-28-10 TRADES epoch of CIFAR-10 in minutes (10-step
 # attack: 12 forward/backward passes per image), APGD-40 seconds per 10,000 images (one radius),
@@ -135,6 +137,21 @@ def env(**extra: str) -> dict[str, str]:
     return e
 
 
+def run_child(cmd: list[str], child_env: dict[str, str]) -> subprocess.CompletedProcess:
+    """Run ``cmd`` in its own process group; past :data:`CHILD_TIMEOUT_S` the whole group
+    (torchrun and its ranks, say a hung NCCL rank) is killed and the step fails."""
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env,
+                         cwd=ROOT, start_new_session=True)
+    try:
+        out, err = p.communicate(timeout=CHILD_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        out, err = p.communicate()
+        raise RuntimeError(f"{' '.join(cmd[1:])} ran past {CHILD_TIMEOUT_S} s and was killed:\n"
+                           f"{err[-2000:]}") from None
+    return subprocess.CompletedProcess(cmd, p.returncode, out, err)
+
+
 def abstain(args: list[Any], nproc: int = 0, **extra_env: str) -> subprocess.CompletedProcess:
     """``abstain ARGS`` in a fresh process (``nproc`` > 0: under torchrun with that many ranks)."""
     args = [str(a) for a in args]
@@ -143,8 +160,7 @@ def abstain(args: list[Any], nproc: int = 0, **extra_env: str) -> subprocess.Com
                "-m", "abstain", "--", *args]
     else:
         cmd = [sys.executable, "-m", "abstain", *args]
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env(ABSTAIN_QUIET="1", **extra_env),
-                       cwd=ROOT)
+    r = run_child(cmd, env(ABSTAIN_QUIET="1", **extra_env))
     if r.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd[2:])} exited {r.returncode}:\n{r.stderr[-2500:]}")
     return r
@@ -426,7 +442,7 @@ def run_json(script: str, args: list[Any], in_process: bool = False) -> dict[str
         text = buf.getvalue()
         return json.loads(text[text.index("{"):])
     cmd = [sys.executable, str(ROOT / "bench" / script), *map(str, args)]
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env(), cwd=ROOT)
+    r = run_child(cmd, env())
     if r.returncode != 0:
         raise RuntimeError(f"bench/{script} exited {r.returncode}:\n{r.stderr[-2500:]}")
     return json.loads(r.stdout[r.stdout.index("{"):])
@@ -448,7 +464,7 @@ def step_bench(ctx: Ctx, rec: dict[str, Any]) -> None:
                                                 "era_step_s")}
     rec["certify"] = {k: cert.get(k) for k in ("device", "certify_vs_floor", "throughput")}
     if ctx.sz.bench:
-        rec["attacks"] = run_json("attacks.py", [*dev, "--repeats", 2])
+        rec["attacks"] = run_json("attacks.py", [*dev, "--repeats", 1])
         rec["scale"] = run_json("scale.py", ["--gpu-only", "--quick", *dev])
     else:
         rec["skipped"] = "bench/attacks.py and bench/scale.py (tiny dry run)"
