@@ -24,10 +24,10 @@ test: venv
 	$(BIN)/python -m pytest -q tests
 
 demo: venv
-	$(BIN)/abstain reproduce --scale mini --demo --out runs/demo
+	$(BIN)/abstain reproduce --scale mini --demo --jobs 2 --out runs/demo
 
 reproduce: venv
-	$(BIN)/abstain reproduce --scale mini --out runs/mini
+	$(BIN)/abstain reproduce --scale mini --jobs 2 --out runs/mini
 
 bench: venv
 	$(BIN)/python bench/attacks.py

@@ -266,3 +266,20 @@ def test_killed_run_continues_to_the_same_results(fakes, tmp_path, sig):
     for n in "abcd":
         assert (out / n / DONE).read_text() == (ref / n / DONE).read_text()
     assert (out / "report.html").is_file() and (out / "report.md").is_file()
+
+
+def test_parallel_jobs_give_the_records_of_one_job(fakes, tmp_path, monkeypatch):
+    """--jobs 2: independent stages run in worker processes, dependents wait for their
+    dependencies, records equal those of one job; a failure skips its dependents only."""
+    r1 = _run(tmp_path / "one")
+    r2 = _run(tmp_path / "two", jobs=2)
+    assert r1.status == r2.status == {n: "done" for n in "abcd"}
+    assert _records(tmp_path / "one") == _records(tmp_path / "two")
+    second = [l for l in fakes() if l.startswith("run")][4:]          # the order of the --jobs 2 run
+    assert sorted(second) == ["run a", "run b", "run c", "run d"]
+    assert second.index("run b") > second.index("run a") and second.index("run d") > second.index("run b")
+    assert _run(tmp_path / "two", jobs=2).status == {n: "cached" for n in "abcd"}
+    monkeypatch.setenv("FAKE_FAIL", "b")
+    r3 = _run(tmp_path / "three", jobs=2)
+    assert r3.status == {"a": "done", "b": "failed", "c": "done", "d": "skipped"}
+    assert "fake failure in b" in r3.errors["b"]

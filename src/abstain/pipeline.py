@@ -330,6 +330,14 @@ class Progress:
         else:
             print(msg, flush=True)
 
+    @staticmethod
+    def quiet_bar(*a: Any, **kw: Any):
+        """A disabled bar (stages running in worker processes)."""
+        from .utils import progress
+
+        kw.update({"disable": True, "leave": False})
+        return progress(*a, **kw)
+
     def stage_bar(self, *a: Any, **kw: Any):
         """A progress bar for a stage's own loops (``StageContext.progress``)."""
         from .utils import progress
@@ -398,14 +406,16 @@ def run_pipeline(out: str | os.PathLike, *, scale: str = "mini", demo: bool = Fa
                  only: Sequence[str] | None = None, device: str | torch.device = "auto",
                  data_root: str | os.PathLike | None = None, quiet: bool = False,
                  force: bool = False, raise_errors: bool = False,
-                 log: Callable[[str], None] | None = None) -> PipelineResult:
+                 log: Callable[[str], None] | None = None, jobs: int = 1) -> PipelineResult:
     """Run the stages of ``scale`` (or ``only`` those and their dependencies) into ``out``.
 
     Finished stages whose hash matches are skipped; ``force`` reruns the selected stages from
     scratch (dependencies stay cached). A stage that raises is recorded as failed (its
     dependents are skipped) and the others go on, unless ``raise_errors``. KeyboardInterrupt
     propagates after the interrupted stage's ``.done`` was left unwritten, so rerunning the
-    same command continues.
+    same command continues. ``jobs > 1`` runs up to that many independent stages at once, each
+    in its own process (:func:`_run_parallel`); the records are the same as with one job,
+    since every stage seeds its own work.
     """
     from .utils import resolve_device
 
@@ -441,6 +451,10 @@ def run_pipeline(out: str | os.PathLike, *, scale: str = "mini", demo: bool = Fa
 
     try:
         with _lock(out):
+            if jobs > 1 and not raise_errors:
+                _run_parallel(plans, todo, out, scale, demo, dev, root, env, forced, prog, settle, jobs,
+                              result)
+                return result
             for i, p in enumerate(plans, 1):
                 tag = f"[{i}/{len(plans)}] {p.name}"
                 bad = [d for d in p.depends if result.status.get(d) in ("failed", "skipped")]
@@ -492,6 +506,91 @@ def _run_one(p: StagePlan, tag: str, out: Path, scale: str, demo: bool, dev: tor
     settle(p, "done", None, entry={"status": "done", "hash": p.hash, "seconds": secs}, seconds=secs)
     prog.emit(f"{tag}: done in {fmt_seconds(secs)}" + (f" — {line}" if line else "")
               + (f" (~{prog.eta()} left)" if prog.remaining_expected > 0 else ""))
+
+
+def _stage_worker(stage: Stage, config: dict, h: str, out: str, scale: str, demo: bool, device: str,
+                  data_root: str | None, env: Mapping[str, Any], resume: bool) -> dict[str, Any]:
+    """One stage in a worker process of :func:`_run_parallel` (the Stage arrives pickled: its
+    functions by reference)."""
+    os.environ["ABSTAIN_QUIET"] = "1"        # one overall bar, in the parent
+    name = stage.name
+    ctx = StageContext(name=name, out=Path(out) / name, root=Path(out), scale=scale, demo=demo,
+                       device=torch.device(device), data_root=Path(data_root) if data_root else None,
+                       quiet=True, progress=lambda *a, **kw: Progress.quiet_bar(*a, **kw))
+    return run_stage(StagePlan(stage, config, h), ctx, env, resume)
+
+
+def _run_parallel(plans: Sequence[StagePlan], todo: Sequence[StagePlan], out: Path, scale: str,
+                  demo: bool, dev: torch.device, root: Path | None, env: Mapping[str, Any],
+                  forced: Callable[[StagePlan], bool], prog: Progress, settle: Callable[..., None],
+                  jobs: int, result: PipelineResult) -> None:
+    """Run the plan with up to ``jobs`` stages at once: a stage starts when every stage it
+    depends on is done or cached. Workers are spawned processes (no fork of a process that
+    holds torch threads). On Ctrl-C the workers are stopped; their stages stay resumable."""
+    import concurrent.futures as cf
+    import multiprocessing
+
+    pending = list(plans)
+    running: dict[cf.Future, tuple[StagePlan, str, float]] = {}
+    n = len(plans)
+    tags = {p.name: f"[{i}/{n}] {p.name}" for i, p in enumerate(plans, 1)}
+    status = result.status.get        # set by settle()
+
+    def settle_now(p: StagePlan) -> bool:
+        """Settle a stage that does not run; False when it must run (or wait)."""
+        bad = [d for d in p.depends if status(d) in ("failed", "skipped")]
+        if p.error:
+            settle(p, "failed", f"{tags[p.name]}: FAILED: {p.error}", p.error, {"status": "failed", "error": p.error})
+        elif bad:
+            why = f"skipped: {', '.join(bad)} failed"
+            settle(p, "skipped", f"{tags[p.name]}: skipped because {', '.join(bad)} failed", why,
+                   {"status": "skipped", "hash": p.hash, "reason": why})
+        elif p not in todo:
+            settle(p, "cached", f"{tags[p.name]}: cached ({out / p.name}), skipped")
+        else:
+            return False
+        return True
+
+    pool = cf.ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"))
+    try:
+        while pending or running:
+            for p in list(pending):
+                if any(status(d) is None for d in p.depends):
+                    continue            # a dependency has not finished yet
+                if settle_now(p):
+                    pending.remove(p)
+                elif len(running) < jobs:
+                    resume = not forced(p) and _read_text(out / p.name / STARTED) == p.hash
+                    _prepare(out, p, resume)
+                    _update_manifest(out, scale, demo, {p.name: {"status": "running", "hash": p.hash}})
+                    fut = pool.submit(_stage_worker, p.stage, p.config, p.hash, str(out), scale, demo,
+                                      str(dev), str(root) if root else None, dict(env), resume)
+                    running[fut] = (p, tags[p.name], time.perf_counter())
+                    pending.remove(p)
+            if not running:
+                continue
+            done, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
+            for fut in done:
+                p, tag, t0 = running.pop(fut)
+                try:
+                    res = fut.result()
+                except Exception as e:  # noqa: BLE001 - a failing stage must not lose the others
+                    secs, msg = time.perf_counter() - t0, _error_text(e)
+                    settle(p, "failed", f"{tag}: FAILED after {fmt_seconds(secs)}: {msg}", msg,
+                           {"status": "failed", "hash": p.hash, "error": msg, "seconds": secs}, secs)
+                    continue
+                secs = float(res["meta"]["seconds"])
+                line = summarize(res)
+                settle(p, "done", f"{tag}: done in {fmt_seconds(secs)}" + (f" — {line}" if line else ""),
+                       entry={"status": "done", "hash": p.hash, "seconds": secs}, seconds=secs)
+    except KeyboardInterrupt:
+        for p, _, _ in running.values():
+            _update_manifest(out, scale, demo, {p.name: {"status": "interrupted", "hash": p.hash}})
+        for proc in list(getattr(pool, "_processes", {}).values()):
+            proc.terminate()
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
 
 
 __all__ = ["run_pipeline", "plan", "resolve", "stage_hash", "is_done", "StagePlan", "Progress",

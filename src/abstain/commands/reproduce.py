@@ -40,6 +40,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true",
                    help="recompute the selected stages from scratch, ignoring cached results")
     p.add_argument("--no-report", action="store_true", help="do not write the report at the end")
+    p.add_argument("--jobs", type=int, default=1, metavar="N",
+                   help="run up to N independent stages at once, each in its own process (the mini "
+                        "stages use one core each: --jobs 2 on two cores; the records do not change)")
 
 
 def _command_line() -> str:
@@ -70,11 +73,16 @@ def run(args: argparse.Namespace) -> int:
             print("abstain reproduce: warning: --scale paper on a CPU fine-tunes ResNet-50 / "
                   "WideResNet-28-10 models on CIFAR and MTSD, which takes days; use a GPU "
                   "(--device cuda)", file=sys.stderr)
+    if args.jobs < 1:
+        from ..errors import ConfigError
+
+        raise ConfigError(f"--jobs must be >= 1, got {args.jobs}")
     t0 = time.perf_counter()
     try:
         result = run_pipeline(args.out, scale=args.scale, demo=args.demo, only=args.only,
                               device=args.device, data_root=args.data_root, quiet=args.quiet,
-                              force=args.force, raise_errors=getattr(args, "debug", False))
+                              force=args.force, raise_errors=getattr(args, "debug", False),
+                              jobs=args.jobs)
     except KeyboardInterrupt:
         cmd = _command_line().replace(" --force", "")
         print(f"\nabstain reproduce: interrupted. Finished stages are kept in {args.out}; run the "

@@ -208,10 +208,14 @@ def small_model_threads(device: Any, n: int = 1):
         torch.set_num_threads(old)
 
 
-def one_thread(run_fn: Callable[[Any, dict], dict]) -> Callable[[Any, dict], dict]:
-    """``run_fn`` of a stage of tiny models, run under :func:`small_model_threads`."""
-    def run(ctx: Any, config: dict) -> dict:
+class one_thread:  # noqa: N801 - used like a decorator
+    """``run_fn`` of a stage of tiny models, run under :func:`small_model_threads` (a class,
+    not a closure, so that a Stage can be sent to a worker process)."""
+
+    def __init__(self, run_fn: Callable[[Any, dict], dict]) -> None:
+        self.run_fn = run_fn
+        self.__doc__ = run_fn.__doc__
+
+    def __call__(self, ctx: Any, config: dict) -> dict:
         with small_model_threads(ctx.device):
-            return run_fn(ctx, config)
-    run.__doc__ = run_fn.__doc__
-    return run
+            return self.run_fn(ctx, config)

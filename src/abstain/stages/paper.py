@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import tomllib
+from functools import partial
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -391,18 +392,22 @@ _TABLE9 = {"rebuffi": {1: (15.20, 15.24, 7.75, 61.81), 2: (32.75, 8.71, 5.11, 53
 
 
 def _partition_paper(table: Mapping[str, Mapping[int, tuple[float, ...]]]):
-    def lookup(toml: Mapping[str, Any]) -> dict[str, float] | None:
-        init = str(toml.get("model", {}).get("init") or "").lower()
-        eps = toml.get("loss", {}).get("eps")
-        if toml.get("train", {}).get("loss") not in (None, "trades", "standard") or eps is None:
-            return None
-        for key, by_eps in table.items():
-            if key in init and round(float(eps) * 255) in by_eps:
-                nn_, ri, nra, ra = by_eps[round(float(eps) * 255)]
-                return {"nonrob_inacc": nn_ / 100, "rob_inacc": ri / 100, "nonrob_acc": nra / 100,
-                        "rob_acc": ra / 100, "nat_acc": (nra + ra) / 100}
+    """The paper's partition of a config's model from ``table`` (a picklable function)."""
+    return partial(_partition_lookup, table)
+
+
+def _partition_lookup(table: Mapping[str, Mapping[int, tuple[float, ...]]],
+                      toml: Mapping[str, Any]) -> dict[str, float] | None:
+    init = str(toml.get("model", {}).get("init") or "").lower()
+    eps = toml.get("loss", {}).get("eps")
+    if toml.get("train", {}).get("loss") not in (None, "trades", "standard") or eps is None:
         return None
-    return lookup
+    for key, by_eps in table.items():
+        if key in init and round(float(eps) * 255) in by_eps:
+            nn_, ri, nra, ra = by_eps[round(float(eps) * 255)]
+            return {"nonrob_inacc": nn_ / 100, "rob_inacc": ri / 100, "nonrob_acc": nra / 100,
+                    "rob_acc": ra / 100, "nat_acc": (nra + ra) / 100}
+    return None
 
 
 def _mtsd_paper(toml: Mapping[str, Any]) -> dict[str, float] | None:
