@@ -520,6 +520,12 @@ def _stage_worker(stage: Stage, config: dict, h: str, out: str, scale: str, demo
     return run_stage(StagePlan(stage, config, h), ctx, env, resume)
 
 
+def _critical_path(p: StagePlan, plans: Sequence[StagePlan], prog: Progress) -> float:
+    """The expected seconds of ``p`` plus those of its longest chain of dependents."""
+    after = [q for q in plans if p.name in q.depends]
+    return prog.expected(p) + max((_critical_path(q, plans, prog) for q in after), default=0.0)
+
+
 def _run_parallel(plans: Sequence[StagePlan], todo: Sequence[StagePlan], out: Path, scale: str,
                   demo: bool, dev: torch.device, root: Path | None, env: Mapping[str, Any],
                   forced: Callable[[StagePlan], bool], prog: Progress, settle: Callable[..., None],
@@ -530,7 +536,7 @@ def _run_parallel(plans: Sequence[StagePlan], todo: Sequence[StagePlan], out: Pa
     import concurrent.futures as cf
     import multiprocessing
 
-    pending = list(plans)
+    pending = sorted(plans, key=lambda p: -_critical_path(p, plans, prog))   # longest chains first
     running: dict[cf.Future, tuple[StagePlan, str, float]] = {}
     n = len(plans)
     tags = {p.name: f"[{i}/{n}] {p.name}" for i, p in enumerate(plans, 1)}

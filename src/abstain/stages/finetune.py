@@ -13,7 +13,8 @@ fine-tuned at ε for the same number of epochs with the study's fine-tune config
 * ``dga``          DGA (eq. 20, β = 1),
 
 all from the same pre-trained weights, with the same schedule (finetune preset: ×0.1 at
-75%), over several seeds. Each model is evaluated on the test split with 40-step APGD-CE at
+75%), over several seeds (a pre-training per seed, or with ``shared_pretrain`` one
+pre-trained model fine-tuned with every seed, as the paper fine-tunes one published model). Each model is evaluated on the test split with 40-step APGD-CE at
 ε and 2ε (and with the strong default attack beside it): the four-way partition at ε
 (eq. 2, 3), and the robustness-indicator abstain model (F, S_ERI) (Section 5): coverage,
 robust selection ``rob_sel`` (eq. 14, robustness at 2ε) and ``sel_rob_acc``. Every variant
@@ -54,7 +55,8 @@ def config(scale: str, demo: bool, study: Study) -> dict:
             raise ValueError(f"fine-tune {name} must start from {study.pretrain} "
                              f"([experiment] init_from), not {c['experiment']['init_from']!r}")
     return {"seeds": list(study.demo_seeds if demo else study.seeds), "eps": eps, "norm": norm,
-            "pretrain": pretrain, "variants": variants, "sweep": sweep, "sweep_seeds": [0],
+            "pretrain": pretrain, "shared_pretrain": study.shared_pretrain,
+            "variants": variants, "sweep": sweep, "sweep_seeds": [0],
             "eval_steps": 40, "label": study.label,
             # the paper's APGD-CE for every number; the strong default attack beside it
             "attack": R.PAPER_ATTACK, "compare_attack": R.STRONG_ATTACK}
@@ -94,10 +96,11 @@ def _run(ctx: Any, config: dict) -> dict:
                                          "rob_inacc_2eps": R.partition_at(cols, 2 * eps)["rob_inacc"]})
 
     for seed, variant, cfg in R.progress_iter(ctx, jobs, f"{config['label']} fine-tunes"):
-        if seed not in pretrained:
-            pretrained[seed] = R.train_experiment(ctx, "pretrain", seed, config["pretrain"]).cpu()
-            record("pretrain", seed, pretrained[seed], config["pretrain"])
-        model = R.train_experiment(ctx, variant, seed, cfg, init_from=pretrained[seed])
+        pseed = config["seeds"][0] if config.get("shared_pretrain") else seed
+        if pseed not in pretrained:
+            pretrained[pseed] = R.train_experiment(ctx, "pretrain", pseed, config["pretrain"]).cpu()
+            record("pretrain", pseed, pretrained[pseed], config["pretrain"])
+        model = R.train_experiment(ctx, variant, seed, cfg, init_from=pretrained[pseed])
         record(variant, seed, model, cfg)
     results: dict[str, Any] = {v: mean_std(vals) for v, vals in per.items()}
     main = {v: vals for v, vals in per.items() if v in config["variants"]}
