@@ -307,6 +307,9 @@ def _gpu_check(tmp_path: Path, *args: str, **extra: str) -> subprocess.Completed
 def test_gpu_check_dry_run_on_cpu(tmp_path):
     r = _gpu_check(tmp_path, "--device", "cpu", "--tiny")
     assert r.returncode == 0, r.stderr[-3000:]
+    # only the summary and the log under --out ($OUT on a device machine brings back few files)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gpu_check.json", "gpu_check.log"]
+    assert "[gpu_check] bench: ok" in (tmp_path / "gpu_check.log").read_text()
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     steps = report["steps"]
     assert report["ok"] and set(steps) == {"train_era_bf16", "train_trades_fp16", "evaluate", "train_noise",

@@ -31,9 +31,11 @@ import json
 import os
 import pickle
 import platform
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import traceback
 from contextlib import contextmanager
@@ -501,16 +503,28 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tiny", action="store_true", help="tiny sizes (the CPU dry run)")
     ap.add_argument("--out", default=os.environ.get("OUT") or str(ROOT / "out" / "gpu-check"))
     ap.add_argument("--only", nargs="+", default=None, help="run only these steps")
+    ap.add_argument("--work", default=None,
+                    help="folder for the data and runs (default: a temporary one, deleted at the end; "
+                         "never under --out, which should hold only the summary)")
     args = ap.parse_args(argv)
     why_not = preflight(args.device, args.tiny)
     if why_not:
         print(f"gpu_check: {why_not}", file=sys.stderr)
         return 2
-    import torch
-
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    work = out / "work"
+    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="abstain-gpu-check-"))
+    try:
+        return run_steps(args, out, work)
+    finally:
+        if not args.work:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def run_steps(args: argparse.Namespace, out: Path, work: Path) -> int:
+    """Every step of the check in order; 0 when all passed."""
+    import torch
+
     sz = TINY if args.tiny else FULL
     ctx = Ctx(sz, args.device, work, write_fake_cifar10(work / "data", sz.n_train, sz.n_test))
     cuda = ctx.cuda and torch.cuda.is_available()

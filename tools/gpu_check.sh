@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The paper-scale path on one GPU, proven in one run (issue 17): writes $OUT/gpu_check.json
-# (OUT defaults to out/gpu-check) and exits non-zero when any step fails. Steps and sizes:
+# and $OUT/gpu_check.log (OUT defaults to out/gpu-check; data and runs go to a temporary
+# folder, deleted at the end) and exits non-zero when any step fails. Steps and sizes:
 # tools/gpu_check.py. About 5-8 minutes on one H100/H200.
 #
 #   tools/gpu_check.sh [--device cuda|cpu] [--tiny] [--wheels DIR] [--out DIR] [--only STEP...]
@@ -61,4 +62,6 @@ export PYTHONUNBUFFERED=1
 
 mkdir -p "$out"
 cd "$ROOT"
+# the progress lines also go to $out/gpu_check.log (the data and runs stay in a temporary folder)
+exec 2> >(tee "$out/gpu_check.log" >&2)
 exec "$PY" tools/gpu_check.py --device "$device" --out "$out" ${tiny[@]+"${tiny[@]}"} ${only[@]+--only "${only[@]}"}
