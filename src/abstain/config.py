@@ -47,6 +47,8 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from .errors import ConfigError
+from .losses.adversarial import ERA_INNER   # each option list is defined where it is used
+from .losses.variants import VARIANTS
 from .train.schedule import SCHEDULES
 
 try:  # the names abstain.data.augment.build knows
@@ -55,8 +57,6 @@ except ImportError:  # pragma: no cover - augmentations not installed
     AUGMENTS = ("none",)
 AMP = ("off", "bf16", "fp16")
 NORMS = ("linf", "l2")
-ERA_INNER = ("targeted", "untargeted-shared")
-VARIANTS = ("paper", "authors")
 SELECT = ("auto", "last", "nat_acc", "rob_acc", "rob_acc-rob_inacc")
 
 # Appendix A.2 presets: default epochs / lr / batch size, and the lr shape.

@@ -29,14 +29,14 @@ tensor (the trainer converts to floats once per epoch to avoid a host sync per s
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
-from typing import Any, Iterator, Mapping
+from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
+from ..utils import eval_mode
 from ..validate import check_eps, check_norm
 from .variants import variant_param
 
@@ -69,16 +69,6 @@ def _weight(params: Mapping[str, Any], key: str, default: float) -> float:
     if v < 0:
         raise ConfigError(f"[loss] {key} must be >= 0, got {v}")
     return v
-
-
-@contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    was = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was)
 
 
 def attack_view(model: nn.Module) -> nn.Module:
@@ -178,7 +168,7 @@ def _clean_eval(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.
     without it p(x) and F(x) would come from a bf16/fp16 pass (casting the logits to fp32
     afterwards does not undo that), while the attacks they steer run in fp32."""
     inner = attack_view(model)
-    with torch.no_grad(), _eval_mode(inner), torch.autocast(device_type=x.device.type, enabled=False):
+    with torch.no_grad(), eval_mode(inner), torch.autocast(device_type=x.device.type, enabled=False):
         logits = inner(x.float()).float()
     return F.softmax(logits, dim=1), logits.argmax(dim=1)
 
@@ -273,7 +263,7 @@ def _abstain_terms(model: nn.Module, x: torch.Tensor, y: torch.Tensor, params: M
     _, pred, x_kl, x_rev = _abstain_inner(model, x, params, variant)
     authors = variant == "authors"
     if authors:
-        with _eval_mode(model):
+        with eval_mode(model):
             logits_nat, logits_kl, logits_rev = _forward_points(model, x, x_kl, x_rev)
     else:
         logits_nat, logits_kl, logits_rev = _forward_points(model, x, x_kl, x_rev)
