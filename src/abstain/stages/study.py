@@ -79,7 +79,7 @@ MNIST1D = Study(
     },
     sweep={},
     # the full sweep the study's ε was chosen from is in configs/mnist1d-trades-pretrain.toml
-    partition_sweep=(0.01, 0.02, 0.04), demo_partition_sweep=(0.02, 0.04),
+    partition_sweep=(0.01, 0.02, 0.04), demo_partition_sweep=(0.02,),
     seeds=(0, 1, 2, 3, 4), abstain_samples=1000, demo_abstain_samples=300, sn_samples=3000,
     shared_pretrain=True,
     expected={"partition": (60.0, 300.0), "finetune": (120.0, 900.0), "abstain": (120.0, 400.0),
