@@ -167,6 +167,18 @@ class _Plots:
             plots.sr_ablation(self.ablation, out / "sr_ablation.png")
 
 
+def abstain_outputs(out: Path, s: AbstainSettings) -> list:
+    """What ``abstain abstain`` writes (checked and locked before any model is loaded): the
+    records per ε, the plots and the ``abstain`` section of ``results.json``."""
+    from .outputs import Output
+
+    outs = [Output(out / "records" / f"abstain-{s.selector}-eps{records.eps_text(e)}.csv", "abstain")
+            for e in s.check()]
+    plots = ["abstain_pareto.png", "composition.png"] + (["sr_ablation.png"] if s.selector == "sr" else [])
+    outs += [Output(out / name, "abstain") for name in plots]
+    return outs + [Output(out / "results.json", "results", section="abstain")]
+
+
 def abstain_job(robust: ModelSource, core: ModelSource, out: Path, s: AbstainSettings,
                 device: Any) -> dict[str, Any]:
     """Every ε of ``s``: records ``out/records/abstain-<selector>-eps<ε>.csv``, the section
@@ -212,4 +224,4 @@ def abstain_job(robust: ModelSource, core: ModelSource, out: Path, s: AbstainSet
     return section
 
 
-__all__ = ["AbstainSettings", "compose", "compose_at", "abstain_job", "SELECTORS"]
+__all__ = ["AbstainSettings", "compose", "compose_at", "abstain_job", "abstain_outputs", "SELECTORS"]

@@ -3,12 +3,14 @@
 Each sub-command lives in ``abstain.commands.<module>`` with ``HELP`` (one line),
 ``add_arguments(parser)`` and ``run(args) -> int``. User errors
 (:class:`abstain.errors.AbstainError`) print one line and exit 2; ``--debug`` shows
-the traceback. SIGINT exits 130 after the command had its chance to stop cleanly.
+the traceback. SIGINT and SIGTERM exit 130 after the command had its chance to stop cleanly.
 """
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
 from types import ModuleType
 from typing import Sequence
 
@@ -49,6 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     debug = getattr(args, "debug", False)
+    previous_term = _term_as_interrupt()
     try:
         code = int(args._run(args) or 0)
         _shutdown_distributed(synchronise=True)
@@ -72,6 +75,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"\nabstain {args.command}: interrupted; rerun the same command (with --resume "
               "where it applies) to continue", file=sys.stderr)
         return 130
+    finally:
+        if previous_term is not None:
+            signal.signal(signal.SIGTERM, previous_term)
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _term_as_interrupt() -> object:
+    """SIGTERM (a scheduler's stop, ``kill``) stops every command like Ctrl-C: finished chunks
+    and checkpoints are kept and the same command continues. Returns the previous handler."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _raise_interrupt)
 
 
 def _shutdown_distributed(synchronise: bool) -> None:

@@ -101,7 +101,7 @@ def evaluate(model: nn.Module, data: Dataset | DataLoader, *, eps: float | Seque
              batch_size: int = 256, device: str | torch.device = "auto", seed: int = 0,
              normalize: tuple[Sequence[float], Sequence[float]] | None = None,
              save_adversarial: str | None = None, show_progress: bool = True,
-             attack: str | None = None) -> dict[str, Any]:
+             attack: str | None = None, index_offset: int = 0) -> dict[str, Any]:
     """Evaluate natural predictions and empirical robustness per sample.
 
     ``model``: inputs in [0, 1] -> logits (pass ``normalize=(mean, std)`` if it expects
@@ -118,7 +118,9 @@ def evaluate(model: nn.Module, data: Dataset | DataLoader, *, eps: float | Seque
     the dataset; inputs are streamed. ``save_adversarial``: a ``.safetensors`` path where
     rank 0 writes, per radius, the verified adversarial inputs of the non-robust samples
     (``adv@<ε>``, shape (M, ...)) and their indices (``index@<ε>``); kept in memory until
-    written, so use it on the subsets you want to inspect.
+    written, so use it on the subsets you want to inspect. ``index_offset``: added to every
+    position, for a chunk of a larger dataset (the random starts follow the index, so a
+    chunked evaluation gives the records of the whole one).
     """
     check_norm(norm)
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
@@ -153,6 +155,7 @@ def evaluate(model: nn.Module, data: Dataset | DataLoader, *, eps: float | Seque
                                   disable=None if show_progress else True):
             if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
                 raise InputError("data must yield (x, y) tensors")
+            idx = idx + index_offset
             x = x.to(dev, non_blocking=True)
             if not torch.is_floating_point(x):
                 raise InputError(f"inputs must be floating point in [0, 1], got {x.dtype}")

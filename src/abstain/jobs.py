@@ -1,9 +1,11 @@
 """The jobs behind ``abstain evaluate`` and ``abstain certify``: a model source, a test
-(sub)set, the computation, and the files (``results.json`` section first, the records file
-LAST: its presence marks a finished job, so a kill in between leaves nothing to
-``--overwrite``)."""
+(sub)set, the computation in resumable chunks (:mod:`abstain.chunks`: each finished chunk's
+records are kept under the output's work area, so a rerun after a kill skips them), and the
+files: the ``results.json`` section first, the records file LAST (its presence marks a
+finished job), then the work area is removed."""
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,15 +14,34 @@ from typing import Any, Sequence
 import torch
 
 from . import distributed
+from .chunks import ChunkStore, index_digest, job_key, model_digest
 from .errors import ConfigError
+from .evaluation import record_columns
 from .io import update_json
+from .outputs import Output, work_dir
 from .records import write_records
 from .sources import ModelSource
+from .utils import progress
 
 
 def _refuse_existing(path: Path, overwrite: bool) -> None:
     if path.exists() and not overwrite:
         raise ConfigError(f"{path} exists; pass --overwrite to replace it")
+
+
+def evaluate_outputs(out: Path, s: "EvaluateSettings") -> list[Output]:
+    """What ``abstain evaluate`` writes: checked (and locked) before the model is loaded."""
+    outs = [Output(out / "records" / "evaluate.csv", "evaluate"),
+            Output(out / "results.json", "results", section="evaluate", exclusive=False)]
+    if s.save_adversarial:
+        outs.append(Output(Path(s.save_adversarial), "evaluate --save-adversarial"))
+    return outs
+
+
+def certify_outputs(out: Path) -> list[Output]:
+    """What ``abstain certify`` writes."""
+    return [Output(out / "records" / "certify.csv", "certify"),
+            Output(out / "results.json", "results", section="certify", exclusive=False)]
 
 
 def test_subset(source: ModelSource, samples: int | None, seed: int, split: str = "test"):
@@ -49,6 +70,7 @@ class EvaluateSettings:
     seed: int = 0
     samples: int | None = None
     save_adversarial: str | None = None
+    chunk: int | None = None           # inputs per resumable chunk (None: batch_size)
 
     def check(self) -> list[float]:
         """Refuse bad settings before any model is loaded; the radii to evaluate."""
@@ -61,15 +83,21 @@ class EvaluateSettings:
             raise ConfigError(f"--batch-size must be positive, got {self.batch_size}")
         if self.samples is not None and self.samples < 1:
             raise ConfigError(f"--samples must be positive, got {self.samples}")
+        if self.chunk is not None and self.chunk < 1:
+            raise ConfigError(f"--chunk must be >= 1, got {self.chunk}")
         return eps_list
 
 
 def evaluate_job(source: ModelSource, out: Path, s: EvaluateSettings, device: Any,
                  overwrite: bool = False) -> dict[str, Any]:
     """Evaluate ``source`` (:func:`abstain.evaluation.evaluate`) into ``out/records/evaluate.csv``
-    and ``out/results.json["evaluate"]``; returns that section (``records``: the file)."""
-    from .attacks import resolve_attack
-    from .evaluation import evaluate, record_columns
+    and ``out/results.json["evaluate"]``; returns that section (``records``: the file).
+
+    Resumable: the inputs are evaluated in chunks of ``s.chunk`` (default ``s.batch_size``)
+    whose records are kept under ``out``'s work area (:mod:`abstain.chunks`); a rerun of the
+    same command skips the finished chunks. The records do not depend on the chunking (the
+    random starts follow the sample index)."""
+    from .evaluation import evaluate
 
     eps_list = s.check()
     records_path = out / "records" / "evaluate.csv"
@@ -77,42 +105,82 @@ def evaluate_job(source: ModelSource, out: Path, s: EvaluateSettings, device: An
     ds, subset = test_subset(source, s.samples, s.seed)
     distributed.init_from_env(device)
     t0 = time.time()
-    res = evaluate(source.model, ds, eps=s.eps, norm=s.norm, steps=s.steps, double_eps=s.double_eps,
-                   ensemble=s.ensemble, attack=s.attack, batch_size=s.batch_size, device=device, seed=s.seed,
-                   save_adversarial=s.save_adversarial)
-    cols = record_columns(res)
+    chunk = s.chunk or s.batch_size
+    n_chunks = math.ceil(len(ds) / chunk)
+    store = ChunkStore(work_dir(out, "evaluate-" + _key(source, subset, s, chunk=chunk)))
+    done = store.finished(n_chunks)
+    bar = progress(total=len(ds), initial=sum(min(chunk, len(ds) - k * chunk) for k in done),
+                   desc="evaluate", disable=None if distributed.is_main() else True)
+    try:
+        for k in sorted(set(range(n_chunks)) - done):
+            part = ds.subset(torch.arange(k * chunk, min((k + 1) * chunk, len(ds))))
+            adv = str(store.path(k, "safetensors")) if s.save_adversarial else None
+            res = evaluate(source.model, part, eps=s.eps, norm=s.norm, steps=s.steps, double_eps=s.double_eps,
+                           ensemble=s.ensemble, attack=s.attack, batch_size=s.batch_size, device=device,
+                           seed=s.seed, save_adversarial=adv, show_progress=False, index_offset=k * chunk)
+            if distributed.is_main():
+                store.save(k, record_columns(res))     # after the adversarial file: it marks the chunk
+            distributed.barrier()
+            bar.update(len(part))
+    finally:
+        bar.close()
+    cols = store.merge(range(n_chunks))
+    section = _evaluate_section(cols, s, eps_list, source, subset, time.time() - t0)
     if subset is not None:
         cols["index"] = subset.numpy()[cols["index"]]
-        if s.save_adversarial and distributed.is_main():
-            _remap_saved_indices(s.save_adversarial, subset, eps_list)
-    section = {
-        "nat_acc": res["partition"][f"{eps_list[0]:g}"]["nat_acc"],
-        "eps": res["partition"],
+    if distributed.is_main():
+        if s.save_adversarial:
+            _merge_adversarial(store, n_chunks, s.save_adversarial, subset, eps_list)
+        update_json(out / "results.json", "evaluate", section)
+        write_records(records_path, cols)
+        store.remove()
+    distributed.barrier()
+    return {**section, "records": records_path, "radii": eps_list}
+
+
+def _key(source: ModelSource, subset: Any, settings: Any, **extra: Any) -> str:
+    """What a job's records depend on: the settings, the model's weights, the data, the subset."""
+    from dataclasses import asdict
+
+    return job_key(settings=asdict(settings), model=model_digest(source.model), dataset=source.dataset,
+                   data_root=source.data_root, data_seed=source.data_seed, subset=index_digest(subset),
+                   **extra)
+
+
+def _evaluate_section(cols: dict[str, Any], s: EvaluateSettings, eps_list: list[float],
+                      source: ModelSource, subset: Any, seconds: float) -> dict[str, Any]:
+    from .attacks import resolve_attack
+    from .evaluation import robust_key
+    from .metrics import partition
+
+    parts = {f"{e:g}": partition(cols["label"], cols["pred"], cols[robust_key(e)]) for e in eps_list}
+    return {
+        "nat_acc": parts[f"{eps_list[0]:g}"]["nat_acc"],
+        "eps": parts,
         "meta": {"eps": [float(e) for e in s.eps], "radii": eps_list, "norm": s.norm,
                  "steps": s.steps, "attack": resolve_attack(s.attack, s.ensemble), "seed": s.seed,
                  "dataset": source.dataset, "split": "test", "n": int(len(cols["index"])),
                  "data_seed": source.data_seed, "samples": s.samples,
                  "subset": "class-balanced, seeded" if subset is not None else "all",
-                 "seconds": round(time.time() - t0, 3), **source.describe},
+                 "seconds": round(seconds, 3), **source.describe},
     }
-    if distributed.is_main():
-        update_json(out / "results.json", "evaluate", section)
-        write_records(records_path, cols)
-    distributed.barrier()
-    return {**section, "records": records_path, "radii": eps_list}
 
 
-def _remap_saved_indices(path: str, subset: torch.Tensor, eps_list: list[float]) -> None:
-    """Saved ``index@<ε>`` are positions in the subset; store dataset indices instead."""
+def _merge_adversarial(store: ChunkStore, n_chunks: int, path: str, subset: torch.Tensor | None,
+                       eps_list: list[float]) -> None:
+    """One ``--save-adversarial`` file from the chunks' files; saved ``index@<ε>`` are dataset
+    indices (positions in the subset mapped through it)."""
     from safetensors.torch import load_file, save
 
     from .io import atomic_write_bytes
 
-    tensors = load_file(path)
+    parts = [load_file(str(store.path(k, "safetensors"))) for k in range(n_chunks)]
+    tensors: dict[str, torch.Tensor] = {}
     for e in eps_list:
-        key = f"index@{e:g}"
-        if key in tensors and tensors[key].numel():
-            tensors[key] = subset[tensors[key]].contiguous()
+        idx = torch.cat([p[f"index@{e:g}"] for p in parts])
+        advs = [p[f"adv@{e:g}"] for p in parts if p[f"index@{e:g}"].numel()]
+        tensors[f"adv@{e:g}"] = torch.cat(advs).contiguous() if advs else torch.zeros(0)
+        tensors[f"index@{e:g}"] = (subset[idx] if subset is not None and idx.numel() else idx).contiguous()
     atomic_write_bytes(path, save(tensors))
 
 
@@ -172,10 +240,14 @@ def certify(model: torch.nn.Module, data: Any, *, sigma: float, eps: Sequence[fl
 def certify_job(source: ModelSource, out: Path, s: CertifySettings, device: Any,
                 overwrite: bool = False) -> dict[str, Any]:
     """Certify ``source`` on a class-balanced subset into ``out/records/certify.csv`` and
-    ``out/results.json["certify"]``; returns that section."""
+    ``out/results.json["certify"]``; returns that section.
+
+    Resumable like :func:`evaluate_job`: each chunk of inputs (chunk k certified with the
+    generator of ``(seed, k)``) is kept under ``out``'s work area; a rerun skips finished
+    chunks. Only one chunk's inputs are on the device at a time and the finished records
+    live on disk, so memory does not grow with ``--samples``."""
     from .data import balanced_subset
-    from .smoothing.records import certify_metrics, certify_records, decision_radii
-    from .utils import progress
+    from .smoothing.records import certify_chunk, certify_metrics, decision_radii, plan_chunks
 
     s.check()
     records_path = out / "records" / "certify.csv"
@@ -184,18 +256,28 @@ def certify_job(source: ModelSource, out: Path, s: CertifySettings, device: Any,
     device = distributed.local_device(device)
     data = source.load_data(s.split)
     idx = balanced_subset(data.y, s.samples, data.num_classes, seed=s.seed)
+    plan = plan_chunks(source.model.to(device), num_classes=source.num_classes, sigma=s.sigma, eps=list(s.eps),
+                       n0=s.n0, n=s.n, alpha=s.alpha, batch_size=s.batch_size, sequential=s.sequential,
+                       seed=s.seed, chunk=s.chunk, device=device)
+    n_chunks = math.ceil(len(idx) / plan.chunk)
+    store = ChunkStore(work_dir(out, "certify-" + _key(source, idx, s, chunk=plan.chunk, device=device.type)))
+    done = store.finished(n_chunks)
+    todo = [k for k in distributed.shard_indices(n_chunks).tolist() if k not in done]
     t0 = time.perf_counter()
-    bar = progress(total=len(idx), desc="certify", disable=None if distributed.is_main() else True)
+    bar = progress(total=len(idx), initial=sum(min(plan.chunk, len(idx) - k * plan.chunk) for k in done),
+                   desc="certify", disable=None if distributed.is_main() else True)
     try:
-        cols = certify_records(source.model.to(device), data.x[idx], data.y[idx], idx,
-                               num_classes=source.num_classes, sigma=s.sigma, eps=list(s.eps), n0=s.n0,
-                               n=s.n, alpha=s.alpha, batch_size=s.batch_size, sequential=s.sequential,
-                               seed=s.seed, chunk=s.chunk, device=device, on_progress=bar.update)
+        for k in todo:
+            sel = idx[k * plan.chunk:(k + 1) * plan.chunk]
+            store.save(k, certify_chunk(plan, k, data.x[sel], data.y[sel], sel))   # each rank its own chunks
+            bar.update(len(sel))
     finally:
         bar.close()
+    distributed.barrier()
     seconds = time.perf_counter() - t0
     section: dict[str, Any] = {}
     if distributed.is_main():
+        cols = store.merge(range(n_chunks))
         section = {
             "sigma": s.sigma, "eps": s.eps, "radii": decision_radii(s.eps), "n0": s.n0, "n": s.n,
             "alpha": s.alpha, "samples": len(idx), "split": s.split, "subset": "class-balanced, seeded",
@@ -205,7 +287,8 @@ def certify_job(source: ModelSource, out: Path, s: CertifySettings, device: Any,
         }
         update_json(out / "results.json", "certify", section)
         write_records(records_path, cols)
+        store.remove()
     return {**section, "records": records_path}
 
 
-__all__ = ["evaluate_job", "certify_job", "certify", "test_subset", "EvaluateSettings", "CertifySettings"]
+__all__ = ["evaluate_job", "certify_job", "evaluate_outputs", "certify_outputs", "certify", "test_subset", "EvaluateSettings", "CertifySettings"]

@@ -235,6 +235,20 @@ def add_data_arguments(g: Any) -> None:
                    help="MEAN... STD... (one value per channel each) when the model expects normalised inputs")
 
 
+def out_of(args: argparse.Namespace) -> Path:
+    """The output directory of ``--run DIR [--out DIR]`` or ``--model … --out DIR``, before
+    any model is loaded (its outputs are checked first)."""
+    if bool(args.run) == bool(args.model):
+        raise ConfigError("give either --run DIR or --model MODULE:FACTORY (with --data and --out)")
+    if args.run:
+        if not is_run_dir(args.run):
+            raise ConfigError(f"--run {args.run}: not a run directory (no meta.json)")
+        return Path(args.out or args.run)
+    if args.out is None:
+        raise ConfigError("--model needs --out")
+    return Path(args.out)
+
+
 def from_args(args: argparse.Namespace, device: Any = "cpu") -> tuple[ModelSource, Path]:
     """The source and output directory of ``--run DIR`` or ``--model … --data … --out DIR``."""
     if bool(args.run) == bool(args.model):
@@ -255,5 +269,5 @@ def from_args(args: argparse.Namespace, device: Any = "cpu") -> tuple[ModelSourc
     return src, Path(args.out)
 
 
-__all__ = ["ModelSource", "from_run", "from_factory", "resolve", "from_args", "add_arguments",
+__all__ = ["ModelSource", "out_of", "check_output", "check_finite_weights", "from_run", "from_factory", "resolve", "from_args", "add_arguments",
            "add_data_arguments", "import_factory", "build_factory_model", "parse_normalize", "is_run_dir"]

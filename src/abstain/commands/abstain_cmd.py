@@ -56,6 +56,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tau-grid", type=int, default=101, metavar="N",
                    help="number of thresholds τ in [0, 1) of the SR/SN sweep")
     p.add_argument("--out", metavar="DIR", help="output directory (default: the --robust run)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the records, plots and results.json section of an earlier `abstain abstain`")
     p.add_argument("--samples", type=int, metavar="N", help="seeded, class-balanced test subset of N samples")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
@@ -73,9 +75,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..abstain_job import AbstainSettings, abstain_job
+    from ..abstain_job import AbstainSettings, abstain_job, abstain_outputs
+    from ..outputs import claim
     from ..errors import ConfigError
-    from ..sources import parse_normalize, resolve
+    from ..sources import is_run_dir, parse_normalize, resolve
     from ..utils import resolve_device
 
     s = AbstainSettings(selector=args.selector, eps=args.eps, norm=args.norm, steps=args.steps,
@@ -89,12 +92,14 @@ def run(args: argparse.Namespace) -> int:
     normalize = parse_normalize(args.normalize)
     common = {"data": args.data, "data_root": args.data_root, "num_classes": args.num_classes,
               "normalize": normalize, "device": device}
-    robust = resolve(args.robust, args.robust_weights, flag="--robust", **common)
-    core = resolve(args.core, args.core_weights, flag="--core", **common)
-    if args.out is None and robust.run_dir is None:
-        raise ConfigError("--robust MODULE:FACTORY needs --out DIR")
-    out = Path(args.out) if args.out else robust.run_dir
-    section = abstain_job(robust, core, out, s, device)
+    if args.out is None and not is_run_dir(args.robust):
+        raise ConfigError("--robust MODULE:FACTORY needs --out DIR" if ":" in args.robust else
+                          f"--robust {args.robust}: no run directory there (no meta.json)")
+    out = Path(args.out or args.robust)
+    with claim(out, abstain_outputs(out, s), args.overwrite):
+        robust = resolve(args.robust, args.robust_weights, flag="--robust", **common)
+        core = resolve(args.core, args.core_weights, flag="--core", **common)
+        section = abstain_job(robust, core, out, s, device)
     for key, entry in section.items():
         if key == "meta":
             continue

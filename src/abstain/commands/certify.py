@@ -42,8 +42,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from .. import distributed
-    from ..jobs import CertifySettings, certify_job
-    from ..sources import from_args
+    from ..jobs import CertifySettings, certify_job, certify_outputs
+    from ..outputs import claim
+    from ..sources import from_args, out_of
     from ..utils import resolve_device
 
     s = CertifySettings(sigma=args.sigma, eps=args.eps, n0=args.n0, n=args.n, alpha=args.alpha,
@@ -51,8 +52,10 @@ def run(args: argparse.Namespace) -> int:
                         batch_size=args.batch_size, chunk=args.chunk, seed=args.seed)
     s.check()
     device = resolve_device(args.device)
-    source, out = from_args(args)
-    res = certify_job(source, out, s, device, overwrite=args.overwrite)
+    out = out_of(args)
+    with claim(out, certify_outputs(out), args.overwrite):
+        source, out = from_args(args)
+        res = certify_job(source, out, s, device, overwrite=args.overwrite)
     if distributed.is_main():
         m = res["metrics"]
         lines = [f"abstain certify: {res['samples']} inputs, sigma {res['sigma']:g}, alpha {res['alpha']:g}, "

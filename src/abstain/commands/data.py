@@ -32,7 +32,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     m.add_argument("--slack", type=float, default=1.0, help="slack parameter lambda of eq. 19")
     m.add_argument("--test-fraction", type=float, default=0.2,
                    help="fraction of images in the test split when there are no split files")
-    m.add_argument("--workers", type=int, default=1, help="processes decoding and cropping images")
+    m.add_argument("--workers", type=int, default=1,
+                   help="processes decoding and cropping images (at most the number of CPU cores)")
     m.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
 
 
@@ -50,14 +51,16 @@ def _format(summary: dict) -> str:
 def run(args: argparse.Namespace) -> int:
     from ..data.mtsd import convert_mtsd
     from ..errors import DataError
+    from ..outputs import locked_target
 
     if args.dataset != "mtsd":  # pragma: no cover - argparse restricts the choices
         raise DataError(f"unknown dataset {args.dataset!r}")
     if args.workers < 1:
         raise DataError(f"--workers must be >= 1, got {args.workers}")
-    summary = convert_mtsd(args.annotations, args.images, args.out, seed=args.seed, size=args.size,
-                           slack=args.slack, splits_dir=args.splits, test_fraction=args.test_fraction,
-                           workers=args.workers, overwrite=args.overwrite, progress=True)
+    with locked_target(args.out):
+        summary = convert_mtsd(args.annotations, args.images, args.out, seed=args.seed, size=args.size,
+                               slack=args.slack, splits_dir=args.splits, test_fraction=args.test_fraction,
+                               workers=args.workers, overwrite=args.overwrite, progress=True)
     print(_format(summary))
     print(f"wrote {args.out} (ImageFolder train/ test/, manifest.csv, summary.json)")
     return 0

@@ -52,24 +52,30 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="evaluate a seeded, class-balanced subset of N test samples")
     r.add_argument("--save-adversarial", metavar="FILE.safetensors",
                    help="save the verified adversarial inputs of the non-robust samples")
+    r.add_argument("--chunk", type=int, default=None, metavar="N",
+                   help="inputs per resumable chunk (default: --batch-size); a rerun after an "
+                        "interruption skips the finished chunks")
     r.add_argument("--overwrite", action="store_true", help="replace an existing records/evaluate.csv")
 
 
 def run(args: argparse.Namespace) -> int:
     from .. import distributed
-    from ..jobs import EvaluateSettings, evaluate_job
+    from ..jobs import EvaluateSettings, evaluate_job, evaluate_outputs
     from ..records import ROBUST, column
-    from ..sources import from_args
+    from ..outputs import claim
+    from ..sources import from_args, out_of
     from ..utils import resolve_device
 
     settings = EvaluateSettings(eps=args.eps, norm=args.norm, steps=args.steps,
                                 double_eps=not args.no_double_eps, ensemble=args.ensemble, attack=args.attack,
                                 batch_size=args.batch_size, seed=args.seed, samples=args.samples,
-                                save_adversarial=args.save_adversarial)
+                                save_adversarial=args.save_adversarial, chunk=args.chunk)
     settings.check()
     device = resolve_device(args.device)
-    source, out = from_args(args)
-    res = evaluate_job(source, out, settings, device, overwrite=args.overwrite)
+    out = out_of(args)
+    with claim(out, evaluate_outputs(out, settings), args.overwrite):
+        source, out = from_args(args)
+        res = evaluate_job(source, out, settings, device, overwrite=args.overwrite)
     if distributed.is_main():
         print(f"evaluated {res['meta']['n']} samples of {source.dataset} (test) -> {res['records']}")
         for e in res["radii"]:

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import argparse
-import shutil
+import os
 from pathlib import Path
+
+from ..outputs import LOCK
 
 HELP = "train or fine-tune a model from a TOML config (resumable; torchrun for several processes)"
 DESCRIPTION = (
@@ -14,10 +16,9 @@ DESCRIPTION = (
     "checkpoint; --resume continues. Under `torchrun --nproc-per-node N -m abstain train ...` "
     "it trains with DistributedDataParallel.")
 
-# files a training run writes into its directory (removed by --overwrite)
+# files a training run writes into its directory (recorded in its manifest, abstain-files.json)
 RUN_FILES = ("model.safetensors", "meta.json", "train_state.pt", "config.toml", "log.jsonl",
              "results.json")
-RUN_DIRS = ("records",)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -39,8 +40,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from .. import config as config_mod
     from .. import distributed
-    from ..errors import AbstainError, ConfigError
+    from ..errors import AbstainError
     from ..io import atomic_write_text, update_json
+    from ..outputs import claim, record
     from ..train import train_from_config
     from ..utils import resolve_device
 
@@ -48,53 +50,108 @@ def run(args: argparse.Namespace) -> int:
     if args.init is not None or args.init_weights is not None:
         cfg = _with_init(cfg, args.init, args.init_weights)
     out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out} exists and is not a directory")
-    # leftover ".<name>.<random>.tmp" files are interrupted atomic writes, not a run
-    existing = out.is_dir() and any(not _is_stale_tmp(p) for p in out.iterdir())
-    created = not out.exists()
-    if args.resume:
-        saved = out / "config.toml"
-        if not saved.is_file():
-            raise ConfigError(f"--resume: {out} holds no run to resume (no config.toml)")
-        changed = config_mod.diff(config_mod.loads(saved.read_text()), cfg)
-        if changed:
-            raise ConfigError(f"--resume refused: the config differs from the run's config.toml in "
-                              f"{', '.join(changed)}; undo the change, or start a new run "
-                              "(another --out, or --overwrite)")
-    elif existing and not args.overwrite:
-        raise ConfigError(f"{out} already holds files; pass --resume to continue that run or "
-                          "--overwrite to replace it")
+    existing = _check_out(out, cfg, args.resume, args.overwrite)
     device = resolve_device(args.device)
     distributed.init_from_env(device)
+    with claim(out, [], overwrite=False):          # creates and locks --out
+        if distributed.is_main():
+            if args.overwrite and existing:
+                _remove_ours(out)
+            record({out / name: "train" for name in RUN_FILES})
+            if not args.resume:
+                atomic_write_text(out / "config.toml", config_mod.dumps(cfg))
+        distributed.barrier()
+        try:
+            _, summary = train_from_config(cfg, out, device)
+        except AbstainError:
+            # refused before any checkpoint (unknown arch/dataset, missing data, bad init file,
+            # a loss that diverged at once): leave no half-made run behind, so the corrected
+            # command can run as it is
+            if distributed.is_main() and not args.resume and not (out / "train_state.pt").exists():
+                _remove_ours(out)
+            raise
+        if distributed.is_main():
+            update_json(out / "results.json", "train", summary)
     if distributed.is_main():
-        if args.overwrite and existing:
-            for name in RUN_FILES:
-                (out / name).unlink(missing_ok=True)
-            for name in RUN_DIRS:
-                shutil.rmtree(out / name, ignore_errors=True)
-        out.mkdir(parents=True, exist_ok=True)
-        if not args.resume:
-            atomic_write_text(out / "config.toml", config_mod.dumps(cfg))
-    distributed.barrier()
-    try:
-        _, summary = train_from_config(cfg, out, device)
-    except AbstainError:
-        # refused before any checkpoint (unknown arch/dataset, missing data, bad init file):
-        # leave no half-made run behind, so the corrected command can run as it is
-        if distributed.is_main() and not args.resume and not (out / "train_state.pt").exists():
-            (out / "config.toml").unlink(missing_ok=True)
-            if created and out.is_dir() and not any(out.iterdir()):
-                out.rmdir()
-        raise
-    if distributed.is_main():
-        update_json(out / "results.json", "train", summary)
         best = summary.get("best_epoch")
         vals = ", ".join(f"{k[4:]} {v:.4f}" for k, v in summary.items()
                          if k.startswith("val_") and isinstance(v, float))
         print(f"abstain train: done; best epoch {best}" + (f" (validation: {vals})" if vals else "")
               + f"; model in {out}")
     return 0
+
+
+def _check_out(out: Path, cfg: dict, resume: bool, overwrite: bool) -> bool:
+    """Refuse an --out we may not write (read-only; before any lock or file); whether it
+    holds files."""
+    from .. import config as config_mod
+    from ..errors import ConfigError
+
+    for parent in [out, *out.parents]:
+        if parent.exists() and not parent.is_dir():
+            raise ConfigError(f"--out {out}: {parent} is a file, not a directory")
+    # leftover ".<name>.<random>.tmp" files are interrupted atomic writes, and the lock of a
+    # killed run is free: neither is a run
+    existing = out.is_dir() and any(not _is_stale_tmp(p) and p.name != LOCK for p in out.iterdir())
+    if resume:
+        saved = out / "config.toml"
+        if not saved.is_file():
+            raise ConfigError(f"--resume: {out} holds no run to resume (no config.toml)")
+        try:
+            changed = config_mod.diff(config_mod.loads(saved.read_text()), cfg)
+        except (UnicodeDecodeError, OSError) as e:
+            raise ConfigError(f"--resume: cannot read {saved}: {e}") from None
+        if changed:
+            raise ConfigError(f"--resume refused: the config differs from the run's config.toml in "
+                              f"{', '.join(changed)}; undo the change, or start a new run "
+                              "(another --out, or --overwrite)")
+    elif existing and not overwrite:
+        raise ConfigError(f"{out} already holds files; pass --resume to continue that run or "
+                          "--overwrite to replace it")
+    elif existing:
+        _ours(out)      # refuse before removing anything
+    return existing
+
+
+def _ours(out: Path) -> list[Path]:
+    """Every file under ``out`` that this project wrote (listed in the manifests, the
+    manifests themselves, the work area, interrupted temporary files); refuses when any
+    other file is there (not an abstain run, or a source directory)."""
+    from ..errors import ConfigError
+    from ..outputs import MANIFEST, WORK, read_manifest
+
+    ours, foreign = [], []
+    for d, dirs, files in os.walk(out):
+        dpath = Path(d)
+        if dpath.name == WORK or WORK in dpath.relative_to(out).parts:
+            ours += [dpath / f for f in files]
+            continue
+        listed = read_manifest(dpath)
+        for f in files:
+            p = dpath / f
+            (ours if f in listed or f in (MANIFEST, LOCK) or _is_stale_tmp(p) else foreign).append(p)
+    if foreign:
+        raise ConfigError(f"--overwrite refused: {out} holds files abstain did not write "
+                          f"({', '.join(str(p.relative_to(out)) for p in foreign[:3])}"
+                          f"{', ...' if len(foreign) > 3 else ''}); --overwrite removes only the "
+                          "files listed in abstain-files.json: choose another --out")
+    return ours
+
+
+def _remove_ours(out: Path) -> None:
+    """Remove this project's files under ``out`` (refusing if others are there), then the
+    directories left empty (not ``out`` itself)."""
+    from ..outputs import LOCK as lock
+
+    for p in _ours(out):
+        if p.name != lock:
+            p.unlink(missing_ok=True)
+    for d, _, _ in sorted(os.walk(out), key=lambda t: -len(Path(t[0]).parts)):
+        if Path(d) != out:
+            try:
+                Path(d).rmdir()
+            except OSError:
+                pass
 
 
 def _with_init(cfg: dict, init: str | None, weights: str | None) -> dict:

@@ -329,11 +329,11 @@ def convert_mtsd(annotations_dir: str | os.PathLike, images_dir: str | os.PathLi
         raise DataError(f"slack must be a finite number >= 0, got {slack}")
     if not 0.0 <= test_fraction < 1.0:
         raise DataError(f"test_fraction must be in [0, 1), got {test_fraction}")
-    if out.exists() and not overwrite:
-        raise DataError(f"output directory {out} exists; pass overwrite=True (--overwrite) to replace it")
     sdir = Path(splits_dir) if splits_dir is not None else ann_dir.parent / "splits"
     if splits_dir is not None and not sdir.is_dir():
         raise DataError(f"MTSD splits directory {sdir} does not exist")
+    check_output_dir(out, [ann_dir, img_dir] + ([sdir] if sdir.is_dir() else []), overwrite)
+    workers = max(1, min(int(workers), os.cpu_count() or 1))   # more processes than cores only cost memory
     splits = _split_lists(sdir)
     tasks, skipped, total, n_ann = _plan(ann_dir, img_dir, splits, seed, slack, test_fraction)
 
@@ -390,6 +390,47 @@ def convert_mtsd(annotations_dir: str | os.PathLike, images_dir: str | os.PathLi
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return summary
+
+
+def check_output_dir(out: Path, sources: list[Path], overwrite: bool) -> None:
+    """Refuse an output directory that is, contains or lies inside a source directory, an
+    existing one without ``overwrite``, and (with it) one that is not a whole earlier output
+    of this converter: ``--overwrite`` replaces only the files we wrote."""
+    out_r = out.resolve()
+    for src in sources:
+        s = src.resolve()
+        if out_r == s or out_r in s.parents or s in out_r.parents:
+            raise DataError(f"--out {out} overlaps the source directory {src}; write the crops elsewhere")
+    for parent in [out, *out.parents]:
+        if parent.exists() and not parent.is_dir():
+            raise DataError(f"--out {out}: {parent} is a file, not a directory")
+    if not out.exists():
+        return
+    if not overwrite:
+        raise DataError(f"output directory {out} exists; pass overwrite=True (--overwrite) to replace it")
+    foreign = sorted(set(_files_under(out)) - set(_our_files(out)))
+    if foreign:
+        raise DataError(f"--overwrite refused: {out} holds files that `abstain data mtsd` did not write "
+                        f"({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}); choose another --out")
+
+
+def _files_under(root: Path) -> list[str]:
+    return [str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() or p.is_symlink()]
+
+
+def _our_files(out: Path) -> list[str]:
+    """The files an earlier conversion wrote into ``out`` (by its summary and manifest)."""
+    try:
+        summary = json.loads((out / SUMMARY_FILE).read_text())
+        from ..records import read_records
+
+        files = [str(f) for f in read_records(out / MANIFEST_FILE).get("file", [])] \
+            if (out / MANIFEST_FILE).is_file() else []
+    except (OSError, ValueError, RecursionError, DataError):
+        return []
+    if not isinstance(summary, dict) or summary.get("dataset") != "mtsd":
+        return []
+    return [SUMMARY_FILE, MANIFEST_FILE, "train.safetensors", "test.safetensors", *files]
 
 
 def _run_tasks(tasks: list[_Task], staging: str, size: int, workers: int,

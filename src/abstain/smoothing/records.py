@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -21,6 +22,7 @@ from torch import nn
 from .. import distributed
 from ..records import CERTIFIED, column
 from ..metrics import abstain_metrics, partition
+from ..errors import InputError
 from ..validate import check_eps
 from .sequential import certify_sequential
 from .smooth import ABSTAIN, Smooth, check_alpha, check_count, warn_if_unreachable
@@ -48,6 +50,86 @@ def chunk_generator(seed: int, chunk: int, device: torch.device) -> torch.Genera
     return torch.Generator(device=device).manual_seed((int(seed) * 1_000_003 + int(chunk)) % (2**63))
 
 
+@dataclass
+class ChunkPlan:
+    """How :func:`certify_records` cuts its inputs: ``chunk`` consecutive inputs per call,
+    chunk k certified with the generator of ``(seed, k)``."""
+
+    smooth: Smooth
+    radii: list[float]
+    n0: int
+    n: int
+    alpha: float
+    batch_size: int
+    sequential: bool
+    seed: int
+    chunk: int
+    device: torch.device
+
+
+def plan_chunks(model: nn.Module, *, num_classes: int, sigma: float, eps: Sequence[float], n0: int, n: int,
+                alpha: float, batch_size: int, sequential: bool = False, seed: int = 0,
+                chunk: int | None = None, device: torch.device | None = None,
+                double: bool = True) -> ChunkPlan:
+    """Check the settings (warning when ``n`` cannot reach a radius) and fix the chunking."""
+    n0, n = check_count(n0, "n0"), check_count(n, "n")
+    alpha = check_alpha(alpha)
+    radii = decision_radii(eps) if double else sorted({check_eps(e) for e in eps})
+    smooth = Smooth(model, num_classes, sigma)
+    if not sequential:
+        for e in radii:
+            warn_if_unreachable(n, alpha, smooth.sigma, e)
+    dev = device if device is not None else next((p.device for p in model.parameters()), torch.device("cpu"))
+    return ChunkPlan(smooth, radii, n0, n, alpha, batch_size, sequential, seed,
+                     chunk or default_chunk(n, batch_size, sequential), torch.device(dev))
+
+
+def certify_chunk(plan: ChunkPlan, k: int, x: torch.Tensor, y: torch.Tensor,
+                  index: torch.Tensor) -> dict[str, np.ndarray]:
+    """The record columns of chunk ``k`` (its inputs ``x``, labels ``y``, dataset ``index``):
+    see :func:`certify_records`. Only this chunk's inputs are on the device, so memory does
+    not grow with the number of inputs."""
+    xb = x.to(plan.device)
+    with torch.no_grad():
+        clean = plan.smooth.base_classifier(xb)
+    if not bool(torch.isfinite(clean).all()):
+        raise InputError(f"the model returns NaN or infinite logits on inputs {int(index[0])}..{int(index[-1])}")
+    gen = chunk_generator(plan.seed, k, plan.device)
+    t0 = time.perf_counter()
+    if plan.sequential:
+        res = certify_sequential(plan.smooth, xb, plan.radii, n0=plan.n0, n_max=plan.n, alpha=plan.alpha,
+                                 batch_size=plan.batch_size, generator=gen)
+        bound = f"cp-union-{len(res.schedule)}"
+        decisions = res.decisions.numpy()
+    else:
+        res = plan.smooth.certify_batch(xb, plan.n0, plan.n, plan.alpha, plan.batch_size, gen, details=True)
+        bound = "clopper-pearson"
+        decisions = ((res.pred != ABSTAIN)[:, None]
+                     & (res.radius[:, None] >= torch.tensor(plan.radii, dtype=torch.float64))).numpy()
+    if plan.device.type == "cuda":
+        torch.cuda.synchronize(plan.device)
+    seconds = time.perf_counter() - t0
+    samples = res.samples.numpy()
+    labels = y.cpu().numpy()
+    pred = res.pred.numpy()
+    cols = {"index": index.cpu().numpy(), "label": labels, "pred": pred, "radius": res.radius.numpy(),
+            "correct": pred == labels, "n0": res.n0.numpy(), "n": res.n.numpy(), "count": res.count.numpy(),
+            "alpha": res.alpha.numpy(), "p_lower": res.p_lower.numpy(),
+            "bound": np.full(len(pred), bound, dtype=object), "samples": samples,
+            "seconds": seconds * samples / max(1, samples.sum())}
+    cols.update({cert_column(e): decisions[:, j] for j, e in enumerate(plan.radii)})
+    return {k_: np.asarray(v) for k_, v in cols.items()}
+
+
+def empty_columns(radii: Sequence[float]) -> dict[str, np.ndarray]:
+    """Record columns with no rows (a rank without chunks)."""
+    return {"index": np.zeros(0, np.int64), "label": np.zeros(0, np.int64), "pred": np.zeros(0, np.int64),
+            "radius": np.zeros(0), "correct": np.zeros(0, bool), "n0": np.zeros(0, np.int64),
+            "n": np.zeros(0, np.int64), "count": np.zeros(0, np.int64), "alpha": np.zeros(0),
+            "p_lower": np.zeros(0), "bound": np.zeros(0, object), "samples": np.zeros(0, np.int64),
+            "seconds": np.zeros(0), **{cert_column(e): np.zeros(0, bool) for e in radii}}
+
+
 def certify_records(model: nn.Module, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor, *,
                     num_classes: int, sigma: float, eps: Sequence[float], n0: int, n: int,
                     alpha: float, batch_size: int, sequential: bool = False, seed: int = 0,
@@ -65,67 +147,19 @@ def certify_records(model: nn.Module, x: torch.Tensor, y: torch.Tensor, index: t
     proportion to samples), ``certified@<ε>`` for every ε of :func:`decision_radii`.
     ``sequential``: :func:`certify_sequential` with ``n_max = n`` deciding those radii.
     """
-    n0, n = check_count(n0, "n0"), check_count(n, "n")
-    alpha = check_alpha(alpha)
-    radii = decision_radii(eps) if double else sorted({check_eps(e) for e in eps})
-    device = device if device is not None else x.device
-    smooth = Smooth(model, num_classes, sigma)
-    if not sequential:
-        for e in radii:
-            warn_if_unreachable(n, alpha, smooth.sigma, e)
-    chunk = chunk or default_chunk(n, batch_size, sequential)
-    n_chunks = math.ceil(x.shape[0] / chunk)
-    cols: dict[str, list[np.ndarray]] = {}
-
-    def add(name: str, value: Any) -> None:
-        cols.setdefault(name, []).append(np.asarray(value))
-
+    plan = plan_chunks(model, num_classes=num_classes, sigma=sigma, eps=eps, n0=n0, n=n, alpha=alpha,
+                       batch_size=batch_size, sequential=sequential, seed=seed, chunk=chunk,
+                       device=device if device is not None else x.device, double=double)
+    n_chunks = math.ceil(x.shape[0] / plan.chunk)
+    parts = []
     for k in distributed.shard_indices(n_chunks).tolist():
-        sl = slice(k * chunk, min((k + 1) * chunk, x.shape[0]))
-        xb = x[sl].to(device)
-        gen = chunk_generator(seed, k, device)
-        t0 = time.perf_counter()
-        if sequential:
-            res = certify_sequential(smooth, xb, radii, n0=n0, n_max=n, alpha=alpha,
-                                     batch_size=batch_size, generator=gen)
-            bound = f"cp-union-{len(res.schedule)}"
-            decisions = res.decisions.numpy()
-        else:
-            res = smooth.certify_batch(xb, n0, n, alpha, batch_size, gen, details=True)
-            bound = "clopper-pearson"
-            decisions = ((res.pred != ABSTAIN)[:, None]
-                         & (res.radius[:, None] >= torch.tensor(radii, dtype=torch.float64))).numpy()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        seconds = time.perf_counter() - t0
-        samples = res.samples.numpy()
-        labels = y[sl].cpu().numpy()
-        pred = res.pred.numpy()
-        add("index", index[sl].cpu().numpy())
-        add("label", labels)
-        add("pred", pred)
-        add("radius", res.radius.numpy())
-        add("correct", pred == labels)
-        add("n0", res.n0.numpy())
-        add("n", res.n.numpy())
-        add("count", res.count.numpy())
-        add("alpha", res.alpha.numpy())
-        add("p_lower", res.p_lower.numpy())
-        add("bound", np.full(len(pred), bound, dtype=object))
-        add("samples", samples)
-        add("seconds", seconds * samples / max(1, samples.sum()))
-        for j, e in enumerate(radii):
-            add(cert_column(e), decisions[:, j])
+        sl = slice(k * plan.chunk, min((k + 1) * plan.chunk, x.shape[0]))
+        parts.append(certify_chunk(plan, k, x[sl], y[sl], index[sl]))
         if on_progress is not None:
-            on_progress(len(pred))
-    if not cols:  # a rank without chunks
-        empty = {"index": np.zeros(0, np.int64), "label": np.zeros(0, np.int64), "pred": np.zeros(0, np.int64),
-                 "radius": np.zeros(0), "correct": np.zeros(0, bool), "n0": np.zeros(0, np.int64),
-                 "n": np.zeros(0, np.int64), "count": np.zeros(0, np.int64), "alpha": np.zeros(0),
-                 "p_lower": np.zeros(0), "bound": np.zeros(0, object), "samples": np.zeros(0, np.int64),
-                 "seconds": np.zeros(0), **{cert_column(e): np.zeros(0, bool) for e in radii}}
-        return distributed.gather_columns(empty)
-    return distributed.gather_columns({k: np.concatenate(v) for k, v in cols.items()})
+            on_progress(len(parts[-1]["index"]))
+    if not parts:
+        return distributed.gather_columns(empty_columns(plan.radii))
+    return distributed.gather_columns({c: np.concatenate([p[c] for p in parts]) for c in parts[0]})
 
 
 def certify_metrics(columns: Mapping[str, Any], eps: Sequence[float]) -> dict[str, Any]:

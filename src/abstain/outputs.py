@@ -1,0 +1,294 @@
+"""What a command may write, and what ``--overwrite`` may replace.
+
+Every command names its outputs before it computes anything (:class:`Output`: a file and
+the command that writes it, or a section of a shared JSON file such as ``results.json``).
+:func:`claim` then, in one place for every command:
+
+* refuses an output that exists, unless ``--overwrite``;
+* with ``--overwrite``, refuses to replace a file that this project did not write, or that
+  another command wrote (``evaluate --save-adversarial RUN/model.safetensors --overwrite``
+  must not replace the run's weights): each directory we write into holds a manifest,
+  ``abstain-files.json``, mapping the file names we wrote to the command that wrote them;
+* takes a lock on the output directory (``.abstain.lock``, ``flock``): a second writer
+  fails at once with a message, instead of two runs mixing their files;
+* records the outputs in the manifests BEFORE they are written (a kill between the write
+  and the record would otherwise leave a file that no ``--overwrite`` may replace), and on
+  a user error removes what it created (the directory, the manifest entries, the work area),
+  so the corrected command runs as it is.
+
+The manifest is visible (no leading dot) because it belongs to the run: copying a run
+directory copies the knowledge of which files in it are ours.
+"""
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import shutil
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+from .errors import AbstainError, ConfigError
+
+MANIFEST = "abstain-files.json"
+LOCK = ".abstain.lock"
+WORK = ".abstain-work"          # resumable jobs keep their finished chunks here
+
+
+@dataclass(frozen=True)
+class Output:
+    """A file a command writes (``section`` None), or the key ``section`` of a JSON object
+    file that several commands share (``results.json``)."""
+
+    path: Path
+    writer: str
+    section: str | None = None
+    exclusive: bool = True     # a section: refuse an existing one without --overwrite
+
+
+# --------------------------------------------------------------------------- manifest
+def _manifest_path(directory: Path) -> Path:
+    return directory / MANIFEST
+
+
+def read_manifest(directory: str | os.PathLike) -> dict[str, str]:
+    """File name -> writing command, for the files we wrote into ``directory``."""
+    path = _manifest_path(Path(directory))
+    try:
+        data = json.loads(path.read_text())
+    except (FileNotFoundError, NotADirectoryError):
+        return {}
+    except (OSError, ValueError, RecursionError):
+        return {}   # unreadable: nothing in the directory counts as ours
+    return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
+
+
+def _write_manifest(directory: Path, entries: dict[str, str]) -> None:
+    from .io import atomic_write_json
+
+    if entries:
+        atomic_write_json(_manifest_path(directory), entries)
+    else:
+        _manifest_path(directory).unlink(missing_ok=True)
+
+
+def written_by(path: str | os.PathLike) -> str | None:
+    """The command that wrote ``path`` (from its directory's manifest), or None."""
+    p = Path(path)
+    return read_manifest(p.parent).get(p.name)
+
+
+def record(paths: dict[Path, str]) -> list[Path]:
+    """Add ``path -> writer`` to the manifests of the paths' directories; the directories
+    created for them."""
+    by_dir: dict[Path, dict[str, str]] = {}
+    created: list[Path] = []
+    for p, w in paths.items():
+        by_dir.setdefault(p.parent, {})[p.name] = w
+    for d, new in by_dir.items():
+        created += _make_dirs(d)
+        entries = read_manifest(d)
+        if any(entries.get(k) != v for k, v in new.items()):
+            _write_manifest(d, {**entries, **new})
+    return created
+
+
+def forget_missing(paths: Sequence[Path]) -> None:
+    """Drop the manifest entries of ``paths`` that were never written (after an error)."""
+    for d in {p.parent for p in paths}:
+        entries = read_manifest(d)
+        keep = {k: v for k, v in entries.items() if (d / k).exists() or k not in {p.name for p in paths}}
+        if keep != entries and d.is_dir():
+            _write_manifest(d, keep)
+
+
+# --------------------------------------------------------------------------- checks
+def _refuse_not_ours(path: Path, writer: str) -> None:
+    owner = written_by(path)
+    if owner != writer:
+        by = f"`abstain {owner}`" if owner else "something other than abstain"
+        raise ConfigError(f"{path} was written by {by}; --overwrite replaces only files that "
+                          f"`abstain {writer}` wrote: choose another path")
+
+
+def _check_section(o: Output, overwrite: bool) -> None:
+    if not o.path.exists():
+        return
+    try:
+        data = json.loads(o.path.read_text())
+    except (OSError, ValueError, RecursionError) as e:
+        raise ConfigError(f"{o.path} is not a readable JSON file ({type(e).__name__}; truncated?): "
+                          "move it away and rerun") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{o.path} does not hold a JSON object: move it away and rerun")
+    if o.section in data and o.exclusive and not overwrite:
+        raise ConfigError(f"{o.path} already holds the section {o.section!r}; pass --overwrite to "
+                          "replace it (or choose another --out)")
+
+
+def check(outputs: Sequence[Output], overwrite: bool) -> None:
+    """Refuse outputs that exist (without ``overwrite``) or that we may not replace."""
+    for o in outputs:
+        for parent in o.path.parents:
+            if parent.exists() and not parent.is_dir():
+                raise ConfigError(f"cannot write {o.path}: {parent} is a file, not a directory")
+        if o.section is not None:
+            _check_section(o, overwrite)
+            continue
+        if o.path.is_dir() and not o.path.is_symlink():
+            raise ConfigError(f"{o.path} is a directory; give a file path")
+        if o.path.exists() or o.path.is_symlink():
+            if not overwrite:
+                raise ConfigError(f"{o.path} exists; pass --overwrite to replace it")
+            if o.path.is_symlink():
+                raise ConfigError(f"{o.path} is a symbolic link; --overwrite does not replace links")
+            _refuse_not_ours(o.path, o.writer)
+
+
+# --------------------------------------------------------------------------- lock
+class DirLock:
+    """An exclusive ``flock`` on ``path`` (created; removed on release). A second holder
+    fails at once. The lock is released by the kernel when the process dies, so a SIGKILL
+    leaves no stale lock."""
+
+    def __init__(self, path: Path, what: str) -> None:
+        self.path, self.what, self.fd = path, what, -1
+
+    def acquire(self) -> "DirLock":
+        for _ in range(10):
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as e:
+                os.close(fd)
+                if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    raise ConfigError(f"another abstain command is writing {self.what} (lock "
+                                      f"{self.path}); wait for it to finish or choose another output") from None
+                raise
+            # the previous holder may have removed the file between our open and flock:
+            # hold the lock only if the path is still this file
+            try:
+                same = os.path.samestat(os.fstat(fd), os.stat(self.path))
+            except FileNotFoundError:
+                same = False
+            if same:
+                self.fd = fd
+                return self
+            os.close(fd)
+        raise ConfigError(f"could not lock {self.path}")   # pragma: no cover - a storm of writers
+
+    def release(self) -> None:
+        if self.fd >= 0:
+            try:
+                self.path.unlink(missing_ok=True)   # while holding it: see acquire
+            finally:
+                os.close(self.fd)
+                self.fd = -1
+
+
+def _is_main() -> bool:
+    from . import distributed
+
+    if distributed.is_distributed():
+        return distributed.is_main()
+    return int(os.environ.get("RANK", "0") or 0) == 0
+
+
+def _make_dirs(path: Path) -> list[Path]:
+    """``mkdir -p path``; the directories created, deepest last."""
+    created = []
+    for d in reversed([path, *path.parents]):
+        if not d.exists():
+            try:
+                d.mkdir()
+            except FileExistsError:
+                continue
+            except OSError as e:
+                raise ConfigError(f"cannot create {d}: {e.strerror or e}") from None
+            created.append(d)
+    return created
+
+
+def _undo(out: Path, outputs: Sequence[Output], created: list[Path]) -> None:
+    """After a user error: forget outputs never written, remove what we created."""
+    forget_missing([o.path for o in outputs if o.section is None])
+    if out in created:
+        shutil.rmtree(out / WORK, ignore_errors=True)
+        (out / MANIFEST).unlink(missing_ok=True)
+    for d in sorted(set(created), key=lambda p: len(p.parts), reverse=True):
+        try:
+            d.rmdir()
+        except OSError:
+            pass   # not empty: something else lives there now
+
+
+@contextmanager
+def claim(out: str | os.PathLike, outputs: Sequence[Output], overwrite: bool, *,
+          lock: bool = True) -> Iterator[Path]:
+    """Check ``outputs`` (:func:`check`), create and lock the directory ``out``, record the
+    outputs in its manifests, and yield ``out``. On a user error (:class:`AbstainError`)
+    the manifest entries of outputs never written and the directories created here are
+    removed; the lock is released in any case. Only rank 0 of a torchrun job locks and
+    records (every rank checks)."""
+    out = Path(out)
+    for parent in [out, *out.parents]:
+        if parent.exists() and not parent.is_dir():
+            raise ConfigError(f"--out {out}: {parent} is a file, not a directory")
+    check(outputs, overwrite)
+    if not _is_main():
+        yield out
+        return
+    created = _make_dirs(out)
+    held = DirLock(out / LOCK, str(out)) if lock else None
+    try:
+        if held is not None:
+            held.acquire()
+        check(outputs, overwrite)       # again, under the lock: another writer may have finished
+        try:
+            created += record({o.path: o.writer for o in outputs if o.section is None})
+        except OSError as e:
+            raise ConfigError(f"cannot write into {out}: {e.strerror or e}") from None
+        yield out
+    except AbstainError:
+        _undo(out, outputs, created)
+        raise
+    finally:
+        if held is not None:
+            held.release()
+        if created and out.is_dir() and not any(out.iterdir()):
+            _undo(out, (), created)
+
+
+@contextmanager
+def locked_target(out: str | os.PathLike) -> Iterator[Path]:
+    """Lock a directory that a command replaces as a whole (``data mtsd --out``: written beside
+    it, renamed into place): the lock is a sibling file ``.<name>.abstain.lock``. Parent
+    directories created here are removed again when the command fails."""
+    out = Path(out)
+    created = _make_dirs(out.parent)
+    held = DirLock(out.parent / f".{out.name}.abstain.lock", str(out))
+    try:
+        held.acquire()
+        yield out
+    except BaseException:
+        held.release()
+        for d in reversed(created):
+            try:
+                d.rmdir()
+            except OSError:
+                break
+        raise
+    finally:
+        held.release()
+
+
+def work_dir(out: Path, name: str) -> Path:
+    """The work area of a resumable job ``name`` under the output directory ``out``."""
+    return out / WORK / name
+
+
+__all__ = ["Output", "claim", "check", "record", "read_manifest", "written_by", "DirLock", "work_dir", "locked_target",
+           "MANIFEST", "LOCK", "WORK", "forget_missing"]
