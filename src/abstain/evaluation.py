@@ -122,27 +122,12 @@ def evaluate(model: nn.Module, data: Dataset | DataLoader, *, eps: float | Seque
     position, for a chunk of a larger dataset (the random starts follow the index, so a
     chunked evaluation gives the records of the whole one).
     """
-    check_norm(norm)
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-        raise InputError(f"steps must be a non-negative integer, got {steps!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
-    if not isinstance(model, nn.Module):
-        raise InputError(f"model must be an nn.Module, got {type(model).__name__}")
+    _check_args(model, norm, steps, batch_size)
     attack = resolve_attack(attack, ensemble)
     eps_list = radii(eps, double_eps)
     dev = distributed.local_device(resolve_device(device))
     modes = [(mod, mod.training) for mod in model.modules()]   # restored at the end
-    if normalize is not None:
-        from .models import NormalizedModel
-
-        try:
-            mean, std = normalize
-            model = NormalizedModel(model, mean, std)
-        except (TypeError, ValueError) as e:
-            raise InputError(f"normalize must be (mean, std) with positive std: {e}") from None
-    model = model.to(dev)
-    model.eval()
+    model = _prepared_model(model, normalize, dev)
     cols: dict[str, list[torch.Tensor]] = {"index": [], "label": [], "pred": []}
     cols.update({robust_key(e): [] for e in eps_list})
     adv: dict[float, list[torch.Tensor]] = {e: [] for e in eps_list}
@@ -153,42 +138,15 @@ def evaluate(model: nn.Module, data: Dataset | DataLoader, *, eps: float | Seque
     try:
         for idx, x, y in progress(_batches(data, batch_size), total=total, desc="evaluate",
                                   disable=None if show_progress else True):
-            if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
-                raise InputError("data must yield (x, y) tensors")
             idx = idx + index_offset
-            x = x.to(dev, non_blocking=True)
-            if not torch.is_floating_point(x):
-                raise InputError(f"inputs must be floating point in [0, 1], got {x.dtype}")
-            check_inputs(x, name=f"inputs (samples {int(idx[0])}..{int(idx[-1])})")
-            y = y.reshape(-1).long()
-            if y.shape[0] != x.shape[0]:
-                raise InputError(f"a batch has {x.shape[0]} inputs but {y.shape[0]} labels")
-            ids = idx.to(dev)
-            with torch.no_grad():
-                logits = model(x)
-            if logits.dim() != 2 or logits.shape[0] != x.shape[0]:
-                raise InputError(f"the model must return logits of shape (N, classes), got {tuple(logits.shape)}")
-            if not bool(torch.isfinite(logits).all()):
-                # argmax of NaN logits is an arbitrary class that no attack can change: every
-                # such sample would count as robust
-                raise InputError(f"the model returns NaN or infinite logits on samples "
-                                 f"{int(idx[0])}..{int(idx[-1])}; refusing to evaluate it")
-            pred = logits.argmax(dim=1)
-            robust = torch.ones(x.shape[0], dtype=torch.bool, device=dev)
-            x_adv = x.clone()
-            for e in eps_list:
-                alive = torch.nonzero(robust).flatten()
-                if alive.numel():
-                    r, a = is_robust(model, x[alive], eps=e, norm=norm, steps=steps, attack=attack,
-                                     generator=torch.Generator().manual_seed(seed), return_adv=True,
-                                     sample_ids=ids[alive])
-                    robust[alive] = r
-                    x_adv[alive] = torch.where(r.view((-1,) + (1,) * (x.dim() - 1)), x_adv[alive], a)
+            x, y, pred = _checked_batch(model, idx, x, y, dev)
+            flags = _robust_flags(model, x, idx.to(dev), pred, eps_list, norm=norm, steps=steps,
+                                  attack=attack, seed=seed, keep_adv=save_adversarial is not None)
+            for e, (robust, x_bad) in flags.items():
                 cols[robust_key(e)].append(robust.cpu().clone())
                 if save_adversarial is not None:
-                    bad = ~robust
-                    adv[e].append(x_adv[bad].detach().float().cpu())
-                    adv_idx[e].append(idx[bad.cpu()])
+                    adv[e].append(x_bad.detach().float().cpu())
+                    adv_idx[e].append(idx[(~robust).cpu()])
             cols["index"].append(idx.cpu())
             cols["label"].append(y.cpu())
             cols["pred"].append(pred.cpu())
@@ -197,13 +155,90 @@ def evaluate(model: nn.Module, data: Dataset | DataLoader, *, eps: float | Seque
             mod.training = mode
     if not cols["index"]:
         raise InputError("data yielded no samples")
+    out = _gathered(cols, eps_list)
+    if save_adversarial is not None:
+        _save_adversarial(save_adversarial, eps_list, adv, adv_idx)
+    return out
+
+
+def _check_args(model: nn.Module, norm: str, steps: int, batch_size: int) -> None:
+    check_norm(norm)
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise InputError(f"steps must be a non-negative integer, got {steps!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise InputError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if not isinstance(model, nn.Module):
+        raise InputError(f"model must be an nn.Module, got {type(model).__name__}")
+
+
+def _prepared_model(model: nn.Module, normalize: tuple[Sequence[float], Sequence[float]] | None,
+                    dev: torch.device) -> nn.Module:
+    """``model`` (wrapped with ``normalize``) on ``dev`` in eval mode."""
+    if normalize is not None:
+        from .models import NormalizedModel
+
+        try:
+            mean, std = normalize
+            model = NormalizedModel(model, mean, std)
+        except (TypeError, ValueError) as e:
+            raise InputError(f"normalize must be (mean, std) with positive std: {e}") from None
+    model = model.to(dev)
+    model.eval()
+    return model
+
+
+def _checked_batch(model: nn.Module, idx: torch.Tensor, x: Any, y: Any, dev: torch.device
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One batch checked and on ``dev``: ``(x, y, clean prediction)``."""
+    if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
+        raise InputError("data must yield (x, y) tensors")
+    x = x.to(dev, non_blocking=True)
+    if not torch.is_floating_point(x):
+        raise InputError(f"inputs must be floating point in [0, 1], got {x.dtype}")
+    check_inputs(x, name=f"inputs (samples {int(idx[0])}..{int(idx[-1])})")
+    y = y.reshape(-1).long()
+    if y.shape[0] != x.shape[0]:
+        raise InputError(f"a batch has {x.shape[0]} inputs but {y.shape[0]} labels")
+    with torch.no_grad():
+        logits = model(x)
+    if logits.dim() != 2 or logits.shape[0] != x.shape[0]:
+        raise InputError(f"the model must return logits of shape (N, classes), got {tuple(logits.shape)}")
+    if not bool(torch.isfinite(logits).all()):
+        # argmax of NaN logits is an arbitrary class that no attack can change: every
+        # such sample would count as robust
+        raise InputError(f"the model returns NaN or infinite logits on samples "
+                         f"{int(idx[0])}..{int(idx[-1])}; refusing to evaluate it")
+    return x, y, logits.argmax(dim=1)
+
+
+def _robust_flags(model: nn.Module, x: torch.Tensor, ids: torch.Tensor, pred: torch.Tensor,
+                  eps_list: list[float], *, norm: str, steps: int, attack: str, seed: int,
+                  keep_adv: bool) -> dict[float, tuple[torch.Tensor, torch.Tensor | None]]:
+    """Per radius (increasing), the robustness flags of one batch and (``keep_adv``) the
+    verified adversarial inputs of its non-robust samples. Only the samples still robust
+    are attacked at the next radius (the balls are nested)."""
+    robust = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+    x_adv = x.clone()
+    flags: dict[float, tuple[torch.Tensor, torch.Tensor | None]] = {}
+    for e in eps_list:
+        alive = torch.nonzero(robust).flatten()
+        if alive.numel():
+            r, a = is_robust(model, x[alive], eps=e, norm=norm, steps=steps, attack=attack,
+                             generator=torch.Generator().manual_seed(seed), return_adv=True,
+                             sample_ids=ids[alive])
+            robust[alive] = r
+            x_adv[alive] = torch.where(r.view((-1,) + (1,) * (x.dim() - 1)), x_adv[alive], a)
+        flags[e] = (robust.clone(), x_adv[~robust] if keep_adv else None)
+    return flags
+
+
+def _gathered(cols: dict[str, list[torch.Tensor]], eps_list: list[float]) -> dict[str, Any]:
+    """The columns of every rank, sorted by index, and the partition per radius."""
     local = {k: torch.cat(v).numpy() for k, v in cols.items()}
     out: dict[str, Any] = dict(distributed.gather_columns(local))
     for e in eps_list:
         out[robust_key(e)] = out[robust_key(e)].astype(bool)
     out["partition"] = {f"{e:g}": partition(out["label"], out["pred"], out[robust_key(e)]) for e in eps_list}
-    if save_adversarial is not None:
-        _save_adversarial(save_adversarial, eps_list, adv, adv_idx)
     return out
 
 

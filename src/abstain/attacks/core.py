@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Iterator
 
 import torch
@@ -212,6 +212,145 @@ class AttackResult:
     best: torch.Tensor           # (N,) objective value at x_adv (+inf-free; NaN never)
 
 
+def _evaluate(model: nn.Module, objective: Objective, z: torch.Tensor, yy: torch.Tensor,
+              need_grad: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Logits, per-sample objective and (``need_grad``) its gradient w.r.t. the input at ``z``."""
+    if need_grad:
+        z = z.detach().requires_grad_(True)
+        with torch.enable_grad():
+            logits = model(z)
+            val = objective(logits, yy)
+            if val.shape != (z.shape[0],):
+                raise InputError(f"attack objective must return one value per sample, shape "
+                                 f"({z.shape[0]},), got {tuple(val.shape)}")
+            g, = torch.autograd.grad(val.sum(), z)
+        return logits.detach(), val.detach(), g.detach()
+    with torch.no_grad():
+        logits = model(z)
+        return logits, objective(logits, yy), None
+
+
+@dataclass
+class _State:
+    """Per-sample tensors of the samples still attacked, row ``j`` being sample ``ids[j]``.
+    The APGD checkpoint fields are ``None`` without checkpoints."""
+
+    ids: torch.Tensor            # positions in the batch given to :func:`run`
+    x_nat: torch.Tensor          # centres of the balls
+    yy: torch.Tensor             # the objective's second argument
+    cur: torch.Tensor            # current iterate
+    prev: torch.Tensor           # previous iterate (momentum)
+    grad: torch.Tensor | None    # objective gradient at ``cur``
+    best_val: torch.Tensor       # highest objective so far
+    x_best: torch.Tensor         # where it was reached
+    eta: torch.Tensor            # per-sample step size
+    grad_best: torch.Tensor | None = None      # gradient at ``x_best``
+    n_incr: torch.Tensor | None = None         # steps that increased the objective since the last checkpoint
+    reduced_last: torch.Tensor | None = None   # step size halved at the last checkpoint
+    best_last: torch.Tensor | None = None      # ``best_val`` at the last checkpoint
+    last_val: torch.Tensor | None = None       # objective at the previous iterate
+
+    def select(self, keep: torch.Tensor) -> None:
+        """Keep rows ``keep`` (in that order) of every per-sample tensor."""
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if v is not None:
+                setattr(self, f.name, v[keep])
+
+
+def _initial_state(x: torch.Tensor, y: torch.Tensor, cur: torch.Tensor, val: torch.Tensor,
+                   grad: torch.Tensor | None, step_size: float, with_checkpoints: bool) -> _State:
+    n = x.shape[0]
+    s = _State(ids=torch.arange(n, device=x.device), x_nat=x.detach(), yy=y.detach(), cur=cur,
+               prev=cur, grad=grad, best_val=val.clone(), x_best=cur.clone(),
+               eta=torch.full((n,), float(step_size), dtype=x.dtype, device=x.device))
+    if with_checkpoints:
+        s.grad_best = grad.clone() if grad is not None else None
+        s.n_incr = torch.zeros(n, dtype=x.dtype, device=x.device)
+        s.reduced_last = torch.ones(n, dtype=torch.bool, device=x.device)
+        s.best_last = s.best_val.clone()
+        s.last_val = val.clone()
+    return s
+
+
+@dataclass
+class _Outputs:
+    """The per-sample results of :func:`run`, indexed by position in its batch."""
+
+    x: torch.Tensor
+    success: torch.Tensor
+    best: torch.Tensor
+
+    def record_successes(self, s: _State, val: torch.Tensor, ok: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """Record the rows of ``s`` where ``ok`` holds (point ``s.cur``, value ``val``);
+        return the indices of the other rows (in order) and the number of successes.
+        ``nonzero`` is the one host synchronisation per step."""
+        where = torch.nonzero(ok).flatten()
+        n_succ = int(where.numel())
+        if n_succ:
+            idx = s.ids[where]
+            self.x[idx] = s.cur[where]
+            self.success[idx] = True
+            self.best[idx] = val[where]
+        # a stable sort puts the unsuccessful first, in order: no further synchronisation
+        rest = torch.argsort(ok.to(torch.int8), stable=True)[: ok.shape[0] - n_succ]
+        return rest, n_succ
+
+
+def _step(s: _State, i: int, eps: float, norm: str, momentum: float | None) -> None:
+    """One projected gradient step from ``s.cur`` (APGD's momentum from the second step)."""
+    with torch.no_grad():
+        z = project(s.cur + _bview(s.eta, s.cur) * _direction(s.grad, norm), s.x_nat, eps, norm)
+        if momentum is not None and i > 0:
+            z = project(s.cur + momentum * (z - s.cur) + (1.0 - momentum) * (s.cur - s.prev), s.x_nat, eps, norm)
+        s.prev, s.cur = s.cur, z
+
+
+def _update_best(s: _State, val: torch.Tensor, grad_too: bool) -> None:
+    """Keep, per sample, the point (and with ``grad_too`` its gradient) of highest objective."""
+    better = val > s.best_val
+    s.best_val = torch.where(better, val, s.best_val)
+    s.x_best = torch.where(_bview(better, s.cur), s.cur, s.x_best)
+    if grad_too:
+        s.grad_best = torch.where(_bview(better, s.grad), s.grad, s.grad_best)
+
+
+def _checkpoint_bookkeeping(s: _State, val: torch.Tensor, k: int | None, rho: float) -> None:
+    """Count the steps that increased the objective; at a checkpoint (interval length
+    ``k``) halve the step size of the stalled samples and restart them from their best
+    point without momentum (the two conditions of :class:`Checkpoints`)."""
+    s.n_incr += (val > s.last_val).to(s.n_incr.dtype)
+    s.last_val = val
+    if k is None:
+        return
+    cond1 = s.n_incr <= rho * k
+    cond2 = ~s.reduced_last & (s.best_last >= s.best_val)
+    red = cond1 | cond2
+    s.reduced_last, s.best_last = red, s.best_val.clone()
+    s.eta = torch.where(red, s.eta / 2.0, s.eta)
+    rb = _bview(red, s.cur)
+    s.cur = torch.where(rb, s.x_best, s.cur)
+    s.prev = torch.where(rb, s.x_best, s.prev)   # restart without momentum
+    s.grad = torch.where(rb, s.grad_best, s.grad)
+    s.n_incr.zero_()
+
+
+def _final_points(out: _Outputs, s: _State, keep: torch.Tensor | None, keep_best: bool,
+                  x: torch.Tensor, eps: float, norm: str) -> AttackResult:
+    """Write the samples not recorded as successes (rows ``keep`` of ``s`` when the last
+    evaluation recorded some): their best point (``keep_best``) or last iterate."""
+    with torch.no_grad():
+        ids, x_best, best_val, cur = s.ids, s.x_best, s.best_val, s.cur
+        if keep is not None:
+            # samples that succeeded at the last evaluation were recorded already
+            ids, x_best, best_val, cur = ids[keep], x_best[keep], best_val[keep], cur[keep]
+        final = x_best if keep_best else cur
+        out.x[ids] = final
+        out.best[ids] = best_val if keep_best else out.best[ids]
+        x_out = project(out.x, x.detach(), eps, norm)
+    return AttackResult(x_out, out.success, out.best)
+
+
 def run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str, steps: int,
         objective: Objective, success: Success | None, step_size: float,
         momentum: float | None = None, checkpoints: Checkpoints | None = None,
@@ -227,116 +366,40 @@ def run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm:
     among the evaluated iterates (``keep_best``) or the last iterate.
     The caller has put the model in eval mode with frozen parameters.
     """
-    n = x.shape[0]
-    dev = x.device
+    n, dev = x.shape[0], x.device
     track_success = early_stop and success is not None
     keep_best = keep_best or checkpoints is not None     # APGD restarts from the best point
-    x_out = x_start.detach().clone()
-    succ_out = torch.zeros(n, dtype=torch.bool, device=dev)
-    best_out = torch.full((n,), float("-inf"), dtype=x.dtype, device=dev)
-
-    def evaluate(z: torch.Tensor, yy: torch.Tensor, need_grad: bool):
-        if need_grad:
-            z = z.detach().requires_grad_(True)
-            with torch.enable_grad():
-                logits = model(z)
-                val = objective(logits, yy)
-                if val.shape != (z.shape[0],):
-                    raise InputError(f"attack objective must return one value per sample, shape "
-                                     f"({z.shape[0]},), got {tuple(val.shape)}")
-                g, = torch.autograd.grad(val.sum(), z)
-            return logits.detach(), val.detach(), g.detach()
-        with torch.no_grad():
-            logits = model(z)
-            return logits, objective(logits, yy), None
-
-    ids = torch.arange(n, device=dev)
-    x_nat, yy = x.detach(), y.detach()
+    out = _Outputs(x_start.detach().clone(), torch.zeros(n, dtype=torch.bool, device=dev),
+                   torch.full((n,), float("-inf"), dtype=x.dtype, device=dev))
     cur = x_start.detach()
-    logits, val, grad = evaluate(cur, yy, need_grad=steps > 0)
+    logits, val, grad = _evaluate(model, objective, cur, y.detach(), need_grad=steps > 0)
     if logits.dim() != 2:
         raise InputError(f"the model must return logits of shape (N, classes), got {tuple(logits.shape)}")
     val = torch.nan_to_num(val, nan=float("-inf"))
-    best_val, x_best = val.clone(), cur.clone()
-    grad_best = grad.clone() if (grad is not None and checkpoints is not None) else grad
-    eta = torch.full((n,), float(step_size), dtype=x.dtype, device=dev)
-    prev = cur
+    s = _initial_state(x, y, cur, val, grad, step_size, checkpoints is not None)
     sched = checkpoints.iterations() if checkpoints is not None else {}
-    if checkpoints is not None:
-        n_incr = torch.zeros(n, dtype=x.dtype, device=dev)
-        reduced_last = torch.ones(n, dtype=torch.bool, device=dev)
-        best_last = best_val.clone()
-        last_val = val.clone()
-
-    def drop(ok: torch.Tensor) -> tuple[torch.Tensor, int]:
-        """Record the successful samples; return the indices of the others (in order) and the
-        number of successes. ``nonzero`` is the one host synchronisation per step."""
-        where = torch.nonzero(ok).flatten()
-        n_succ = int(where.numel())
-        if n_succ:
-            idx = ids[where]
-            x_out[idx] = cur[where]
-            succ_out[idx] = True
-            best_out[idx] = val[where]
-        # a stable sort puts the unsuccessful first, in order: no further synchronisation
-        rest = torch.argsort(ok.to(torch.int8), stable=True)[: ok.shape[0] - n_succ]
-        return rest, n_succ
-
-    n_ok = 0
+    keep, n_ok = None, 0
     if track_success:
-        keep, n_ok = drop(success(logits, yy))
+        keep, n_ok = out.record_successes(s, val, success(logits, s.yy))
     for i in range(steps):
         if n_ok:
-            if n_ok == ids.shape[0]:
+            if n_ok == s.ids.shape[0]:
                 break
-            ids, x_nat, yy, cur, prev, grad = ids[keep], x_nat[keep], yy[keep], cur[keep], prev[keep], grad[keep]
-            best_val, x_best, eta = best_val[keep], x_best[keep], eta[keep]
-            if checkpoints is not None:
-                grad_best, n_incr, reduced_last = grad_best[keep], n_incr[keep], reduced_last[keep]
-                best_last, last_val = best_last[keep], last_val[keep]
-        with torch.no_grad():
-            z = project(cur + _bview(eta, cur) * _direction(grad, norm), x_nat, eps, norm)
-            if momentum is not None and i > 0:
-                z = project(cur + momentum * (z - cur) + (1.0 - momentum) * (cur - prev), x_nat, eps, norm)
-            prev, cur = cur, z
+            s.select(keep)
+        _step(s, i, eps, norm, momentum)
         last = i == steps - 1
         if last and not (keep_best or track_success):
             break
-        logits, val, grad = evaluate(cur, yy, need_grad=not last)
+        logits, val, s.grad = _evaluate(model, objective, s.cur, s.yy, need_grad=not last)
         with torch.no_grad():
             val = torch.nan_to_num(val, nan=float("-inf"))
             if track_success:   # record before a checkpoint may move ``cur``
-                keep, n_ok = drop(success(logits, yy))
+                keep, n_ok = out.record_successes(s, val, success(logits, s.yy))
             if keep_best:
-                better = val > best_val
-                best_val = torch.where(better, val, best_val)
-                x_best = torch.where(_bview(better, cur), cur, x_best)
-                if checkpoints is not None and not last:
-                    grad_best = torch.where(_bview(better, grad), grad, grad_best)
+                _update_best(s, val, grad_too=checkpoints is not None and not last)
             if checkpoints is not None and not last:
-                n_incr += (val > last_val).to(n_incr.dtype)
-                last_val = val
-                k = sched.get(i)
-                if k is not None:
-                    cond1 = n_incr <= checkpoints.rho * k
-                    cond2 = ~reduced_last & (best_last >= best_val)
-                    red = cond1 | cond2
-                    reduced_last, best_last = red, best_val.clone()
-                    eta = torch.where(red, eta / 2.0, eta)
-                    rb = _bview(red, cur)
-                    cur = torch.where(rb, x_best, cur)
-                    prev = torch.where(rb, x_best, prev)   # restart without momentum
-                    grad = torch.where(rb, grad_best, grad)
-                    n_incr.zero_()
-    with torch.no_grad():
-        if n_ok:
-            # samples that succeeded at the last evaluation were recorded by drop()
-            ids, x_best, best_val, cur = ids[keep], x_best[keep], best_val[keep], cur[keep]
-        final = x_best if keep_best else cur
-        x_out[ids] = final
-        best_out[ids] = best_val if keep_best else best_out[ids]
-        x_out = project(x_out, x.detach(), eps, norm)
-    return AttackResult(x_out, succ_out, best_out)
+                _checkpoint_bookkeeping(s, val, sched.get(i), checkpoints.rho)
+    return _final_points(out, s, keep if n_ok else None, keep_best, x, eps, norm)
 
 
 # ----------------------------------------------------------------------------- entry point
