@@ -225,6 +225,71 @@ def test_render_helpers():
         merge_paper({"columns": ["a"], "rows": [[1]], "paper": [[1], [2]]})
     h = markdown_to_html("**bold** and `x<y` <script>alert(1)</script>\n\n- one\n- *two*")
     assert "<strong>bold</strong>" in h and "<code>x&lt;y</code>" in h and "<script>" not in h
-    assert "<ul><li>one</li><li><em>two</em></li></ul>" in h
+    assert re.sub(r"\s", "", h).endswith("<ul><li>one</li><li><em>two</em></li></ul>")
     assert fmt_cell(0.123456) == "0.1235" and fmt_cell(None) == "–" and fmt_cell(3) == "3"
     assert fmt_cell(float("nan")) == "nan" and fmt_cell(np.float32(0.5)) == "0.5"
+
+
+# ----------------------------------------------------------------- a report cannot be turned against its reader
+
+BAD_LINKS = ["javascript:alert(1)", "JaVaScRiPt:alert(1)", "java&#115;cript:alert(1)", "java%73cript:alert(1)",
+             "  javascript:alert(1)", "<javascript:alert(1)>", "vbscript:msgbox(1)", "data:text/html,<b>x</b>",
+             "file:///etc/passwd", "//evil.example/x", "jav\tascript:alert(1)"]
+
+
+def _urls(page: str) -> list[str]:
+    import html
+
+    return [html.unescape(u) for u in re.findall(r'(?:href|src)\s*=\s*"([^"]*)"', page)]
+
+
+def _allowed(url: str) -> bool:
+    u = "".join(ch for ch in url if ch > " ").lower()
+    return u.startswith(("http://", "https://", "#", "data:image/")) or (
+        not re.match(r"^[a-z][a-z0-9+.-]*:", u) and not u.startswith("//"))
+
+
+@pytest.mark.parametrize("url", BAD_LINKS)
+def test_markdown_links_only_to_http_and_relative_paths(url):
+    for text in (f"[x]({url})", f"![x]({url})", f"<{url}>", f'<a href="{url}">x</a>', f"[x]: {url}\n\n[x]"):
+        page = markdown_to_html(text)
+        assert all(_allowed(u) for u in _urls(page)), (text, page)
+        assert "<a href" not in page or "javascript" not in page.lower(), page
+        assert "<script" not in page
+
+
+def test_allowed_links_stay_links():
+    page = markdown_to_html("[a](https://example.org/p) [b](stage/fig.png) [c](#stage-x) [d](http://x.org)")
+    assert _urls(page) == ["https://example.org/p", "stage/fig.png", "#stage-x", "http://x.org"]
+
+
+def test_a_hostile_pipeline_reason_is_inert(run_dir):
+    """A stage reason in pipeline.json (text from the run directory, which may come from
+    anyone) with a javascript: link and raw HTML: shown as text, never as a live link."""
+    manifest = json.loads((run_dir / "pipeline.json").read_text())
+    (run_dir / "b" / ".done").unlink()
+    manifest.setdefault("stages", {})["b"] = {
+        "status": "failed", "reason": "[click](javascript:alert(document.cookie)) "
+                                      "<img src=x onerror=alert(1)> <script>alert(2)</script>"}
+    (run_dir / "pipeline.json").write_text(json.dumps(manifest))
+    _, html_path = build_report(run_dir)
+    page = html_path.read_text()
+    assert "click" in page
+    assert "javascript:" not in " ".join(_urls(page)).lower()
+    assert "<img src=x" not in page and "<script>alert" not in page
+    assert all(_allowed(u) for u in _urls(page))
+
+
+def test_only_files_inside_the_run_directory_are_embedded(run_dir, tmp_path):
+    secret = tmp_path / "secret.png"
+    secret.write_bytes((run_dir / "a" / "figure.png").read_bytes() + b"SECRET-BYTES")
+    (run_dir / "a" / "figure.png").unlink()
+    (run_dir / "a" / "figure.png").symlink_to(secret)                  # a link leading outside
+    (run_dir / "c" / "figure.png").unlink()
+    (run_dir / "c" / "figure.png").symlink_to(run_dir / "d" / "figure.png")   # inside: fine
+    md_path, html_path = build_report(run_dir)
+    page = html_path.read_text()
+    imgs = [base64.b64decode(u.split(",", 1)[1]) for u in _urls(page) if u.startswith("data:")]
+    assert all(b"SECRET-BYTES" not in b for b in imgs) and len(imgs) == 3
+    assert "outside the run directory" in page and "outside the run directory" in md_path.read_text()
+    assert (run_dir / "d" / "figure.png").read_bytes() in imgs

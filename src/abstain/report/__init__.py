@@ -88,7 +88,7 @@ def collect(out_dir: str | os.PathLike) -> tuple[str, list[str], list[Section], 
         entry = status.get(name, {}) if isinstance(status.get(name), dict) else {}
         done = is_done(sdir)
         stage = get_stage(name)
-        sec = Section(name=name, title=stage.title if stage else name, base=sdir, link=name)
+        sec = Section(name=name, title=stage.title if stage else name, base=sdir, link=name, root=out)
         if done:
             st = "done"
             if stage is None:
@@ -127,7 +127,7 @@ def collect(out_dir: str | os.PathLike) -> tuple[str, list[str], list[Section], 
                                  ", ".join(cols[:8]) + (", …" if len(cols) > 8 else "")])
 
     total = sum(float(m.get("seconds", 0) or 0) for m in (_meta(out / n) for n in names if is_done(out / n)))
-    env = Section(name="environment", title="Environment", base=out, link="")
+    env = Section(name="environment", title="Environment", base=out, link="", root=out)
     env.blocks.append({"kind": "text", "text": "Versions: " + (", ".join(
         f"{k} {' / '.join(sorted(v))}" for k, v in sorted(versions.items())) or "–")
         + f". Total wall time of the finished stages: {_seconds(total)}."})

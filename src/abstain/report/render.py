@@ -31,6 +31,23 @@ class Section:
     link: str                           # ``base`` relative to the report's directory
     blocks: list[dict] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)   # warnings shown under the title
+    root: Path | None = None            # the run directory: only files inside it are shown
+
+    def image(self, path: Any) -> tuple[Path | None, str]:
+        """The image file of a block, or None and why not: it must be a regular file of a
+        known image type inside the run directory once symbolic links are resolved (a
+        report must not carry a file from elsewhere to its reader)."""
+        p = self.base / str(path)
+        root = (self.root or self.base).resolve()
+        try:
+            real = p.resolve(strict=True)
+        except (OSError, RuntimeError):
+            return None, "is missing"
+        if real != root and root not in real.parents:
+            return None, "lies outside the run directory; not shown"
+        if not real.is_file() or real.suffix.lower() not in MIME:
+            return None, "is not an image file; not shown"
+        return real, ""
 
 
 def fmt_cell(v: Any) -> str:
@@ -143,8 +160,9 @@ def render_markdown(title: str, intro: Sequence[str], sections: Sequence[Section
                 out += [md_table(cols, rows), ""]
             elif kind == "image":
                 rel = f"{s.link}/{b.get('path', '')}" if s.link else str(b.get("path", ""))
-                if not (s.base / str(b.get("path", ""))).is_file():
-                    out += [f"> **Note:** image {rel} is missing", ""]
+                real, why = s.image(b.get("path", ""))
+                if real is None:
+                    out += [f"> **Note:** image `{rel}` {why}", ""]
                     continue
                 cap = str(b.get("caption", ""))
                 alt = cap.replace("\\", "\\\\").replace("[", "\\[").replace("]", "\\]")
@@ -171,51 +189,54 @@ td.paper,th.paper{color:#6a737d;font-style:italic;background:#fbfbfb}
 caption{caption-side:top;text-align:left;font-weight:600;padding:.3em 0}
 figure{margin:1em 0 2em}figure img{max-width:100%;border:1px solid #eee}
 figcaption{color:#555;font-size:.92em}
-.note{background:#fff8c5;border-left:4px solid #d4a72c;padding:.4em .8em;margin:.5em 0}
+.note,blockquote{background:#fff8c5;border-left:4px solid #d4a72c;padding:.4em .8em;margin:.5em 0}
 code{background:#f6f8fa;padding:.1em .3em;border-radius:3px}
 """
 
 
+_SCHEME = re.compile(r"^[a-z][a-z0-9+.\-]*:")
+
+
+def safe_link(url: str) -> bool:
+    """Links allowed in the report: http(s), and relative references (``page.html``,
+    ``stage/fig.png``, ``#anchor``). Everything else (``javascript:``, ``data:``, ``file:``,
+    ``//other.host``) is not turned into a link: its text stays, as text."""
+    u = "".join(ch for ch in str(url) if ch > " ").lower()   # browsers ignore controls and blanks
+    if u.startswith("//") or u.startswith("\\"):
+        return False
+    m = _SCHEME.match(u)
+    return m is None or m.group(0) in ("http:", "https:")
+
+
+def _renderer():
+    """CommonMark (markdown-it-py, a maintained renderer) with raw HTML off (``<script>`` is
+    shown as text) and the link allow-list of :func:`safe_link`; tables for our own texts."""
+    from markdown_it import MarkdownIt
+
+    md = MarkdownIt("commonmark", {"html": False, "linkify": False, "typographer": False}).enable("table")
+    md.validateLink = safe_link
+    return md
+
+
+_MD = None
+
+
+def _md():
+    global _MD
+    if _MD is None:
+        _MD = _renderer()
+    return _MD
+
+
 def _inline(text: str) -> str:
-    """Inline Markdown (code, bold, italics, links) to HTML, escaping everything else."""
-    parts = re.split(r"(`[^`]+`)", text)
-    out = []
-    for part in parts:
-        if part.startswith("`") and part.endswith("`") and len(part) > 1:
-            out.append(f"<code>{html.escape(part[1:-1])}</code>")
-            continue
-        t = html.escape(part, quote=False)
-        t = re.sub(r"\[([^\]]+)\]\(([^)\s]+)\)",
-                   lambda m: f'<a href="{html.escape(m.group(2))}">{m.group(1)}</a>', t)
-        t = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", t)
-        t = re.sub(r"(?<![\w*])\*(?!\s)(.+?)(?<!\s)\*(?![\w*])", r"<em>\1</em>", t)
-        t = re.sub(r"(?<![\w_])_(?!\s)(.+?)(?<!\s)_(?![\w_])", r"<em>\1</em>", t)
-        out.append(t)
-    return "".join(out)
+    """Inline Markdown (code, emphasis, allowed links) as HTML; everything else escaped."""
+    return _md().renderInline(str(text))
 
 
 def markdown_to_html(text: str) -> str:
-    """A small Markdown subset (paragraphs, headings, lists, quotes, inline marks) as HTML."""
-    html_out: list[str] = []
-    for para in re.split(r"\n\s*\n", str(text).strip()):
-        lines = [ln for ln in para.splitlines() if ln.strip()]
-        if not lines:
-            continue
-        if all(re.match(r"\s*[-*+]\s+", ln) for ln in lines):
-            items = [re.sub(r"^\s*[-*+]\s+", "", ln) for ln in lines]
-            html_out.append("<ul>" + "".join(f"<li>{_inline(i)}</li>" for i in items) + "</ul>")
-        elif all(re.match(r"\s*\d+[.)]\s+", ln) for ln in lines):
-            items = [re.sub(r"^\s*\d+[.)]\s+", "", ln) for ln in lines]
-            html_out.append("<ol>" + "".join(f"<li>{_inline(i)}</li>" for i in items) + "</ol>")
-        elif len(lines) == 1 and re.match(r"#{1,6}\s", lines[0]):
-            level = min(6, len(lines[0]) - len(lines[0].lstrip("#")) + 2)
-            html_out.append(f"<h{level}>{_inline(lines[0].lstrip('#').strip())}</h{level}>")
-        elif all(ln.startswith(">") for ln in lines):
-            inner = " ".join(ln[1:].strip() for ln in lines)
-            html_out.append(f'<div class="note">{_inline(inner)}</div>')
-        else:
-            html_out.append(f"<p>{_inline(' '.join(ln.strip() for ln in lines))}</p>")
-    return "\n".join(html_out)
+    """Markdown (CommonMark: paragraphs, headings, lists, quotes, inline marks) as HTML, raw
+    HTML escaped, links restricted to http(s) and relative paths."""
+    return _md().render(str(text)).strip()
 
 
 _NUMERIC = re.compile(r"^[-+−]?(\d[\d,]*\.?\d*|\.\d+)(e[-+]?\d+)?\s*(%|±.*)?$|^[–—-]$|^nan$|^-?inf$")
@@ -280,10 +301,11 @@ def render_html(title: str, intro: Sequence[str], sections: Sequence[Section],
                     continue
                 out.append(html_table(cols, rows, is_paper, str(b.get("caption", ""))))
             elif kind == "image":
-                p = s.base / str(b.get("path", ""))
+                p, why = s.image(b.get("path", ""))
                 cap = str(b.get("caption", ""))
-                if not p.is_file():
-                    out.append(f'<div class="note">image {html.escape(str(p))} is missing</div>')
+                if p is None:
+                    out.append(f'<div class="note">image {html.escape(str(b.get("path", "")))} '
+                               f'{html.escape(why)}</div>')
                     continue
                 out.append(f'<figure><img src="{data_uri(p)}" alt="{html.escape(cap or p.name)}">'
                            f"<figcaption>{_inline(cap)}</figcaption></figure>")
@@ -295,4 +317,4 @@ def render_html(title: str, intro: Sequence[str], sections: Sequence[Section],
 
 
 __all__ = ["Section", "fmt_cell", "merge_paper", "md_table", "render_markdown", "render_html",
-           "markdown_to_html", "data_uri", "PAPER_SUFFIX"]
+           "markdown_to_html", "safe_link", "data_uri", "PAPER_SUFFIX"]
