@@ -29,8 +29,12 @@ def check_norm(norm: str) -> str:
     return norm
 
 
-def check_inputs(x: torch.Tensor, *, name: str = "x", unit_box: bool = True) -> None:
-    """Refuse non-float tensors, NaN/Inf and (if ``unit_box``) values outside [0, 1]."""
+def check_inputs(x: torch.Tensor, *, name: str = "x", unit_box: bool = True, values: bool = True) -> None:
+    """Refuse non-float tensors, NaN/Inf and (if ``unit_box``) values outside [0, 1].
+
+    ``values=False`` checks type and shape only: the value checks read the tensor on the
+    host (three device synchronisations on CUDA), which callers that pass inputs checked
+    before (the losses' inner attacks) skip."""
     if not isinstance(x, torch.Tensor):
         raise InputError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if not torch.is_floating_point(x):
@@ -39,6 +43,8 @@ def check_inputs(x: torch.Tensor, *, name: str = "x", unit_box: bool = True) -> 
         raise InputError(f"{name} must have a non-empty batch dimension, got shape {tuple(x.shape)}")
     if x.numel() == 0:
         raise InputError(f"{name} is empty (a dimension of size 0), got shape {tuple(x.shape)}")
+    if not values:
+        return
     if not bool(torch.isfinite(x).all()):
         raise InputError(f"{name} contains NaN or Inf")
     if unit_box:

@@ -14,7 +14,7 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm:
         steps: int = 10, step_size: float | None = None, loss: LossSpec = "ce",
         random_start: bool = True, generator: torch.Generator | None = None,
         x_init: torch.Tensor | None = None, early_stop: bool = False, keep_best: bool = True,
-        restarts: int = 1, sample_ids: torch.Tensor | None = None) -> torch.Tensor:
+        restarts: int = 1, sample_ids: torch.Tensor | None = None, check: bool = True) -> torch.Tensor:
     """Maximise ``loss`` over the ε-ball ∩ [0, 1] box by projected gradient ascent.
 
     ``x``: inputs in [0, 1] (pixel space), any shape (N, ...). ``y``: labels for ``"ce"``,
@@ -29,8 +29,11 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm:
     last iterate, as in Madry et al.); with ``early_stop`` a sample is returned and
     dropped from the batch as soon as the attack succeeds (prediction leaves ``y``, or
     reaches the target for ``"ce-targeted"``). Eval mode, frozen parameters, flags restored.
+    ``check=False``: skip the input checks that read values on the host (device syncs on
+    CUDA), for internal callers whose inputs were checked before (see
+    :func:`abstain.attacks.core.attack`); the default checks.
     """
     return attack(model, x, y, eps=eps, norm=norm, steps=steps, loss=loss, step_size=step_size,
                   default_step=PGD_STEP, momentum=None, checkpoints=None, restarts=restarts,
                   random_init=random_start, x_init=x_init, generator=generator,
-                  early_stop=early_stop, keep_best=keep_best, sample_ids=sample_ids)
+                  early_stop=early_stop, keep_best=keep_best, sample_ids=sample_ids, check=check)

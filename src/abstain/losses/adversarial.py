@@ -94,14 +94,16 @@ def attack_view(model: nn.Module) -> nn.Module:
 def _attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, s: Mapping[str, Any], *,
             loss: Any, random_start: bool, x_init: torch.Tensor | None = None) -> torch.Tensor:
     """One inner attack through the shared core, in fp32, without early stopping, returning
-    the last iterate (as PGD in Madry et al. and the TRADES reference)."""
+    the last iterate (as PGD in Madry et al. and the TRADES reference). Trusted path
+    (``check=False``): x is the trainer's batch, y its labels or the model's prediction, and
+    x_init a projection into the box, so the core reads no value on the host."""
     from ..attacks import pgd
 
     with torch.autocast(device_type=x.device.type, enabled=False):
         x_adv = pgd(attack_view(model), x.float(), y, eps=s["eps"], norm=s["norm"], steps=s["steps"],
                     step_size=s["step_size"], loss=loss, random_start=random_start,
                     generator=s["seed_generator"], x_init=x_init, early_stop=False,
-                    keep_best=False)
+                    keep_best=False, check=False)
     return x_adv.detach()
 
 
