@@ -195,3 +195,20 @@ def test_sharded_ranks_give_the_records_of_one_process(trained, monkeypatch) -> 
     order = np.argsort(merged["index"])
     for k in record_columns(single):
         assert np.array_equal(merged[k][order], single[k]), k
+
+
+# ------------------------------------------------------- GPU-sized defaults (issue 17, item 10)
+def test_certify_default_chunk_fills_the_selection_batch() -> None:
+    """At n = 100,000 the default chunk held ONE input (4·1000 // 100,000 = 0): the selection
+    pass then ran n0 = 100 samples in a forward batch of 1000. Now a chunk holds at least
+    ⌈batch_size / n0⌉ inputs, so that pass fills a whole batch."""
+    import math
+
+    from abstain.smoothing.records import default_chunk
+
+    for n0, n, bs in [(100, 100_000, 1000), (100, 100_000, 10_000), (64, 10_000, 1000), (16, 120, 60)]:
+        c = default_chunk(n, bs, False, n0)
+        assert c * n0 >= bs and c == max(1, min(64, 4 * bs // n), math.ceil(bs / n0))
+    assert default_chunk(100_000, 1000, False, 100) == 10
+    assert default_chunk(400, 200, False, 1000) == 2                 # the old bound still applies
+    assert default_chunk(100_000, 1000, True, 100) == 64             # sequential: unchanged

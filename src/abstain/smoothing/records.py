@@ -39,11 +39,15 @@ def decision_radii(eps: Sequence[float]) -> list[float]:
     return sorted(set(eps) | {2 * e for e in eps})
 
 
-def default_chunk(n: int, batch_size: int, sequential: bool) -> int:
-    """Inputs per certification call: enough samples for a few full forward batches."""
+def default_chunk(n: int, batch_size: int, sequential: bool, n0: int) -> int:
+    """Inputs per certification call: enough samples for a few full forward batches, and at
+    least ``⌈batch_size / n0⌉`` inputs so that the selection pass (n0 samples per input)
+    fills a forward batch too. Before the second bound a large ``n`` (100,000 with batch
+    1000) meant one input per chunk; it changes the default chunking, hence the per-chunk
+    generators and so the default certify records (not their dependence on the ranks)."""
     if sequential:
         return 64
-    return max(1, min(64, (4 * batch_size) // n))
+    return max(1, min(64, (4 * batch_size) // n), math.ceil(batch_size / n0))
 
 
 def chunk_generator(seed: int, chunk: int, device: torch.device) -> torch.Generator:
@@ -81,7 +85,7 @@ def plan_chunks(model: nn.Module, *, num_classes: int, sigma: float, eps: Sequen
             warn_if_unreachable(n, alpha, smooth.sigma, e)
     dev = device if device is not None else next((p.device for p in model.parameters()), torch.device("cpu"))
     return ChunkPlan(smooth, radii, n0, n, alpha, batch_size, sequential, seed,
-                     chunk or default_chunk(n, batch_size, sequential), torch.device(dev))
+                     chunk or default_chunk(n, batch_size, sequential, n0), torch.device(dev))
 
 
 def certify_chunk(plan: ChunkPlan, k: int, x: torch.Tensor, y: torch.Tensor,
