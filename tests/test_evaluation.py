@@ -212,3 +212,49 @@ def test_certify_default_chunk_fills_the_selection_batch() -> None:
     assert default_chunk(100_000, 1000, False, 100) == 10
     assert default_chunk(400, 200, False, 1000) == 2                 # the old bound still applies
     assert default_chunk(100_000, 1000, True, 100) == 64             # sequential: unchanged
+
+
+class _Probe(nn.Module):
+    """A small conv net that notes, per forward pass, the batch size and whether the input
+    came in channels_last memory format."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3))
+        self.seen: list[tuple[int, bool]] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.append((x.shape[0], x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
+                          and not x.is_contiguous()))
+        return self.net(x)
+
+
+def test_evaluation_batch_default_and_channels_last(monkeypatch) -> None:
+    from abstain import evaluation
+    from abstain.data.base import TensorDataset
+
+    assert evaluation.default_batch_size("cpu") == 256
+    assert evaluation.default_batch_size(torch.device("cuda", 0)) == 1024
+    torch.manual_seed(0)
+    model = _Probe()
+    ds = TensorDataset(torch.rand(300, 3, 8, 8), torch.arange(300) % 3, 3, "probe")
+    ref = evaluate(model, ds, eps=0.05, steps=3, device="cpu", show_progress=False, attack="apgd-ce")
+    assert model.seen[0] == (256, False)                     # CPU default batch, NCHW
+    # the CUDA path (channels_last for 4-D inputs), switched on here on the CPU
+    monkeypatch.setattr(evaluation, "uses_channels_last", lambda dev, x: x.dim() == 4)
+    model.seen.clear()
+    out = evaluate(model, ds, eps=0.05, steps=3, device="cpu", show_progress=False, attack="apgd-ce",
+                   batch_size=100)
+    assert model.seen and all(cl for _, cl in model.seen), model.seen[:3]   # attacks included
+    assert model.seen[0][0] == 100
+    assert model.net[0].weight.is_contiguous()              # the model's memory format is restored
+    # the same convolution in another memory format differs only by rounding: the logits agree
+    # to float32 precision, and the flags agree (no sample of this net sits that close to a flip)
+    x = ds.x[:50]
+    with torch.no_grad():
+        a = model.net(x)
+        b = model.net.to(memory_format=torch.channels_last)(x.contiguous(memory_format=torch.channels_last))
+    model.net.to(memory_format=torch.contiguous_format)
+    assert torch.allclose(a, b, rtol=0, atol=1e-5 * float(a.abs().max()))
+    for k in ("index", "label", "pred", "robust@0.05", "robust@0.1"):
+        assert np.array_equal(ref[k], out[k]), k

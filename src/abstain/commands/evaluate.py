@@ -45,7 +45,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     a.add_argument("--ensemble", action="store_true", help="same as --attack ensemble")
     a.add_argument("--no-double-eps", action="store_true", help="skip the 2ε flags (needed for S_ERI)")
     r = p.add_argument_group("run")
-    r.add_argument("--batch-size", type=int, default=256)
+    r.add_argument("--batch-size", type=int, default=None,
+                   help="inputs per batch (default: 256 on CPU, 1024 on CUDA); records do not depend on it")
     r.add_argument("--device", default="auto")
     r.add_argument("--seed", type=int, default=0, help="seed of the random starts and of --samples")
     r.add_argument("--samples", type=int, metavar="N",
@@ -60,18 +61,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from .. import distributed
+    from ..evaluation import default_batch_size
     from ..jobs import EvaluateSettings, evaluate_job, evaluate_outputs
     from ..records import ROBUST, column
     from ..outputs import claim
     from ..sources import from_args, out_of
     from ..utils import resolve_device
 
+    device = resolve_device(args.device)
+    batch_size = default_batch_size(device) if args.batch_size is None else args.batch_size
     settings = EvaluateSettings(eps=args.eps, norm=args.norm, steps=args.steps,
                                 double_eps=not args.no_double_eps, ensemble=args.ensemble, attack=args.attack,
-                                batch_size=args.batch_size, seed=args.seed, samples=args.samples,
+                                batch_size=batch_size, seed=args.seed, samples=args.samples,
                                 save_adversarial=args.save_adversarial, chunk=args.chunk)
     settings.check()
-    device = resolve_device(args.device)
     out = out_of(args)
     with claim(out, evaluate_outputs(out, settings), args.overwrite):
         source, out = from_args(args)
