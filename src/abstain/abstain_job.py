@@ -49,6 +49,9 @@ class AbstainSettings:
             raise ConfigError("--eps must be > 0")
         if self.tau is not None and not 0 <= self.tau <= 1:
             raise ConfigError(f"--tau must lie in [0, 1], got {self.tau}")
+        from .jobs import check_seed
+
+        check_seed(self.seed)
         return eps_list
 
 

@@ -56,18 +56,48 @@ def save_checkpoint(directory: str | os.PathLike, model: nn.Module, meta: Mappin
     return d
 
 
+MAX_CLASSES = 100_000        # above any real label set (ImageNet-21k: 21,841); a guard against typos
+MAX_META_BYTES = 16 << 20
+
+
 def read_meta(directory: str | os.PathLike) -> dict[str, Any]:
+    """A checkpoint's ``meta.json``, with the types of the keys that rebuild the model
+    checked (a hand-edited or hostile file gets one clear error, not a traceback)."""
     path = Path(directory) / META_FILE
     if not path.is_file():
         raise CheckpointError(f"not a checkpoint directory (no {META_FILE}): {directory}")
+    if path.stat().st_size > MAX_META_BYTES:
+        raise CheckpointError(f"{path} is {path.stat().st_size} bytes; a checkpoint's meta is a few KB")
     try:
         with open(path) as fh:
             meta = json.load(fh)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"corrupt {path}: {e}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise CheckpointError(f"corrupt {path}: {type(e).__name__}: {str(e)[:160]}") from None
     if not isinstance(meta, dict) or "arch" not in meta or "num_classes" not in meta:
         raise CheckpointError(f"{path} lacks 'arch' or 'num_classes'")
+    _check_meta_types(meta, path)
     return meta
+
+
+def _check_meta_types(meta: Mapping[str, Any], path: Path) -> None:
+    def bad(key: str, want: str) -> CheckpointError:
+        return CheckpointError(f"{path}: {key!r} must be {want}, got {meta.get(key)!r:.80}")
+
+    if not isinstance(meta["arch"], str) or not meta["arch"]:
+        raise bad("arch", "a model name")
+    k = meta["num_classes"]
+    if isinstance(k, bool) or not isinstance(k, int) or not 2 <= k <= MAX_CLASSES:
+        raise bad("num_classes", f"an integer in [2, {MAX_CLASSES}]")
+    if not isinstance(meta.get("model_kwargs", {}), dict):
+        raise bad("model_kwargs", "an object")
+    for key in ("dataset", "data_root"):
+        if meta.get(key) is not None and not isinstance(meta[key], str):
+            raise bad(key, "a string")
+    seed = meta.get("data_seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+        raise bad("data_seed", "an integer in [0, 2**63)")
+    if meta.get("config") is not None and not isinstance(meta["config"], dict):
+        raise bad("config", "an object")
 
 
 def load_weights_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -112,25 +142,87 @@ def load_checkpoint(directory: str | os.PathLike, device: str | torch.device = "
     meta = read_meta(directory)
     kw = dict(meta.get("model_kwargs", {}))
     kw.update(model_kw)
-    try:
+
+    def build() -> nn.Module:
         if ":" in str(meta["arch"]):   # a user's MODULE:FACTORY (abstain train --init MODULE:FACTORY)
             from .sources import build_factory_model
 
-            model = build_factory_model(str(meta["arch"]), int(meta["num_classes"]), flag="arch")
-        else:
-            model = models.create(meta["arch"], int(meta["num_classes"]), **kw)
-    except (AbstainError, TypeError, ValueError) as e:  # meta.json edited or corrupt
+            return build_factory_model(str(meta["arch"]), int(meta["num_classes"]), flag="arch")
+        return models.create(meta["arch"], int(meta["num_classes"]), **kw)
+
+    weights = Path(directory) / MODEL_FILE
+    _check_size_before_building(build, weights)
+    try:
+        model = build()
+    except (AbstainError, TypeError, ValueError, OverflowError, RuntimeError) as e:  # meta.json edited or corrupt
+        if isinstance(e, RuntimeError) and "out of memory" not in str(e).lower() and "allocate" not in str(e):
+            raise
         raise CheckpointError(f"{Path(directory) / META_FILE} does not describe a model we can "
-                              f"build: {e}") from None
-    load_state_into(model, load_weights_file(Path(directory) / MODEL_FILE), source=str(directory))
+                              f"build: {(str(e).splitlines() or [''])[0][:200]}") from None
+    load_state_into(model, load_weights_file(weights), source=str(directory))
     return model.to(device).eval(), meta
 
 
+def weights_numel(path: Path) -> int | None:
+    """The number of elements in a safetensors file, from its header (nothing is loaded)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            total = 0
+            for key in f.keys():
+                n = 1
+                for d in f.get_slice(key).get_shape():
+                    n *= int(d)
+                total += n
+            return total
+    except Exception:  # noqa: BLE001 - a corrupt file is named by load_weights_file later
+        return None
+
+
+def _check_size_before_building(build: Any, weights: Path) -> None:
+    """Build the model on the ``meta`` device (no memory) and refuse it when it holds more
+    elements than the weights file: a ``num_classes`` or width edited into meta.json must
+    not allocate gigabytes before the shape check."""
+    expected = weights_numel(weights)
+    if expected is None:
+        return
+    try:
+        with torch.device("meta"):
+            shell = build()
+    except Exception:  # noqa: BLE001 - a factory that cannot build on "meta": checked after building
+        return
+    n = sum(t.numel() for t in list(shell.parameters()) + list(shell.buffers()))
+    if n > 2 * expected + 1_000_000:
+        raise CheckpointError(f"the model described by meta.json has {n:,} elements but the weights "
+                              f"file {weights} holds {expected:,}: meta.json does not belong to these weights")
+
+
+# what the trainer reads back from train_state.pt, by type (checked before it is used)
+_STATE_TYPES: dict[str, tuple[type, ...]] = {
+    "version": (int,), "signature": (dict,), "epoch": (int,), "batch": (int,), "finished": (bool,),
+    "model_last": (dict,), "epoch_sums": (dict,), "epoch_n": (int,), "model_best": (dict, type(None)),
+    "best_epoch": (int,), "best_score": (int, float), "best_metrics": (dict,), "optimizer": (dict,),
+}
+
+
 def load_train_state(directory: str | os.PathLike) -> dict[str, Any] | None:
+    """A run's ``train_state.pt`` (None when absent), read with ``weights_only=True`` and
+    refused, with one message, when its structure is not the trainer's."""
     path = Path(directory) / STATE_FILE
     if not path.is_file():
         return None
-    return _torch_load_safe(path)
+    state = _torch_load_safe(path)
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} holds a {type(state).__name__}, not a training state")
+    wrong = [k for k, types in _STATE_TYPES.items() if k in state and not isinstance(state[k], types)]
+    for key in ("model_last", "model_best"):
+        if isinstance(state.get(key), dict) and not all(isinstance(v, torch.Tensor) for v in state[key].values()):
+            wrong.append(key)
+    if wrong:
+        raise CheckpointError(f"{path} is not a training state written by abstain (wrong or missing: "
+                              f"{', '.join(sorted(set(wrong)))})")
+    return state
 
 
 def _sniff(path: Path) -> str:
@@ -146,10 +238,29 @@ def _sniff(path: Path) -> str:
     return ""
 
 
+def _check_zip_size(path: Path) -> None:
+    """Refuse a ``.pt`` zip that decompresses to far more than its size: ``torch.save`` stores
+    its entries uncompressed, so a large ratio is a zip bomb, refused before reading."""
+    import zipfile
+
+    try:
+        if not zipfile.is_zipfile(path):
+            return
+        with zipfile.ZipFile(path) as z:
+            total = sum(i.file_size for i in z.infolist())
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return   # torch.load names the corruption
+    size = path.stat().st_size
+    if total > 2 * size + (16 << 20):
+        raise CheckpointError(f"{path} decompresses to {total:,} bytes from {size:,}: refusing to read it "
+                              "(torch.save does not compress; a zip bomb?)")
+
+
 def _torch_load_safe(path: Path) -> Any:
     what = _sniff(path)
     if what:
         raise CheckpointError(f"{path} is not a checkpoint: it is {what}")
+    _check_zip_size(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:

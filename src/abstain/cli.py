@@ -8,6 +8,7 @@ the traceback. SIGINT and SIGTERM exit 130 after the command had its chance to s
 from __future__ import annotations
 
 import argparse
+import errno
 import signal
 import sys
 import threading
@@ -61,6 +62,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"abstain {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        if debug or e.errno not in _USER_OS_ERRORS:
+            raise
+        where = f" ({e.filename})" if e.filename else ""
+        print(f"abstain {args.command}: error: cannot write{where}: {e.strerror or e}; free space or "
+              "choose a writable --out, then rerun the same command", file=sys.stderr)
+        return 2
+    except RecursionError:
+        if debug:
+            raise
+        print(f"abstain {args.command}: error: an input file is nested too deeply to be read "
+              "(rerun with --debug to see which)", file=sys.stderr)
+        return 2
     except (MemoryError, RuntimeError) as e:
         text = str(e)
         oom = isinstance(e, MemoryError) or "out of memory" in text.lower() or "can't allocate memory" in text
@@ -78,6 +92,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if previous_term is not None:
             signal.signal(signal.SIGTERM, previous_term)
+
+
+# a full disk, a read-only or forbidden output: the user's to fix, said in one line
+_USER_OS_ERRORS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.ENOTDIR,
+                   errno.EISDIR, errno.ENAMETOOLONG}
 
 
 def _raise_interrupt(signum: int, frame: object) -> None:

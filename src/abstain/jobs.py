@@ -15,7 +15,7 @@ import torch
 
 from . import distributed
 from .chunks import ChunkStore, index_digest, job_key, model_digest
-from .errors import ConfigError
+from .errors import AbstainError, ConfigError
 from .evaluation import record_columns
 from .io import update_json
 from .outputs import Output, work_dir
@@ -27,6 +27,13 @@ from .utils import progress
 def _refuse_existing(path: Path, overwrite: bool) -> None:
     if path.exists() and not overwrite:
         raise ConfigError(f"{path} exists; pass --overwrite to replace it")
+
+
+def check_seed(seed: Any, flag: str = "--seed") -> int:
+    """A seed every generator takes: an integer in [0, 2**63)."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+        raise ConfigError(f"{flag} must be an integer in [0, 2**63), got {seed!r:.40}")
+    return seed
 
 
 def evaluate_outputs(out: Path, s: "EvaluateSettings") -> list[Output]:
@@ -85,6 +92,7 @@ class EvaluateSettings:
             raise ConfigError(f"--samples must be positive, got {self.samples}")
         if self.chunk is not None and self.chunk < 1:
             raise ConfigError(f"--chunk must be >= 1, got {self.chunk}")
+        check_seed(self.seed)
         return eps_list
 
 
@@ -122,6 +130,9 @@ def evaluate_job(source: ModelSource, out: Path, s: EvaluateSettings, device: An
                 store.save(k, record_columns(res))     # after the adversarial file: it marks the chunk
             distributed.barrier()
             bar.update(len(part))
+    except AbstainError:
+        store.remove()      # a user error (NaN logits, bad data): a rerun would fail alike
+        raise
     finally:
         bar.close()
     cols = store.merge(range(n_chunks))
@@ -212,6 +223,7 @@ class CertifySettings:
             raise ConfigError(f"--samples must be >= 1, got {self.samples}")
         if self.chunk is not None and self.chunk < 1:
             raise ConfigError(f"--chunk must be >= 1, got {self.chunk}")
+        check_seed(self.seed)
         self.eps = [check_eps(e) for e in self.eps]
 
 
@@ -271,6 +283,9 @@ def certify_job(source: ModelSource, out: Path, s: CertifySettings, device: Any,
             sel = idx[k * plan.chunk:(k + 1) * plan.chunk]
             store.save(k, certify_chunk(plan, k, data.x[sel], data.y[sel], sel))   # each rank its own chunks
             bar.update(len(sel))
+    except AbstainError:
+        store.remove()
+        raise
     finally:
         bar.close()
     distributed.barrier()
@@ -291,4 +306,4 @@ def certify_job(source: ModelSource, out: Path, s: CertifySettings, device: Any,
     return {**section, "records": records_path}
 
 
-__all__ = ["evaluate_job", "certify_job", "evaluate_outputs", "certify_outputs", "certify", "test_subset", "EvaluateSettings", "CertifySettings"]
+__all__ = ["check_seed", "evaluate_job", "certify_job", "evaluate_outputs", "certify_outputs", "certify", "test_subset", "EvaluateSettings", "CertifySettings"]

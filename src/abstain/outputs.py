@@ -212,10 +212,11 @@ def _make_dirs(path: Path) -> list[Path]:
     return created
 
 
-def _undo(out: Path, outputs: Sequence[Output], created: list[Path]) -> None:
-    """After a user error: forget outputs never written, remove what we created."""
+def _undo(out: Path, outputs: Sequence[Output], created: list[Path], work: bool = True) -> None:
+    """After an error: forget outputs never written, remove the directories we created
+    (with the work area when ``work``: after a user error, whose rerun would fail alike)."""
     forget_missing([o.path for o in outputs if o.section is None])
-    if out in created:
+    if out in created and work:
         shutil.rmtree(out / WORK, ignore_errors=True)
         (out / MANIFEST).unlink(missing_ok=True)
     for d in sorted(set(created), key=lambda p: len(p.parts), reverse=True):
@@ -254,6 +255,11 @@ def claim(out: str | os.PathLike, outputs: Sequence[Output], overwrite: bool, *,
         yield out
     except AbstainError:
         _undo(out, outputs, created)
+        raise
+    except Exception:
+        # not the user's doing (out of memory, a full disk, a bug): keep finished chunks,
+        # which a rerun with other resources reuses
+        _undo(out, outputs, created, work=False)
         raise
     finally:
         if held is not None:

@@ -71,6 +71,9 @@ def import_factory(spec: str, flag: str = "--model") -> Callable[..., Any]:
         module = importlib.import_module(mod_name)
     except ImportError as e:
         raise ConfigError(f"{flag}: cannot import module {mod_name!r}: {e}") from None
+    except (Exception, SystemExit) as e:  # noqa: BLE001 - the user's module failed while importing
+        raise ConfigError(f"{flag}: importing module {mod_name!r} failed: {type(e).__name__}: "
+                          f"{(str(e).splitlines() or [''])[0][:200]}") from None
     factory = getattr(module, attr, None)
     if factory is None or not callable(factory):
         raise ConfigError(f"{flag}: module {mod_name!r} has no callable {attr!r}")
@@ -87,7 +90,16 @@ def build_factory_model(spec: str, num_classes: int, weights: str | None = None,
         params = inspect.signature(factory).parameters
     except (TypeError, ValueError):
         params = {}
-    model = factory(num_classes=num_classes) if "num_classes" in params else factory()
+    needed = [n for n, p in params.items() if p.default is inspect.Parameter.empty and n != "num_classes"
+              and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    if needed:
+        raise ConfigError(f"{flag}: {spec} needs the arguments {', '.join(needed)}; give it a factory "
+                          "that takes none (or only num_classes)")
+    try:
+        model = factory(num_classes=num_classes) if "num_classes" in params else factory()
+    except (Exception, SystemExit) as e:  # noqa: BLE001 - the user's factory failed
+        raise ConfigError(f"{flag}: {spec}() raised {type(e).__name__}: "
+                          f"{(str(e).splitlines() or [''])[0][:200]}") from None
     if not isinstance(model, nn.Module):
         raise ConfigError(f"{flag}: {spec} returned {type(model).__name__}, not a torch nn.Module")
     if weights:
@@ -174,7 +186,10 @@ def from_run(run_dir: str | os.PathLike, device: Any = "cpu",
     # training seed for both splits
     cfg = meta.get("config") if isinstance(meta.get("config"), dict) else {}
     train_cfg = cfg.get("train") if isinstance(cfg.get("train"), dict) else {}
-    data_seed = int(meta.get("data_seed", train_cfg.get("seed", 0)))
+    data_seed = meta.get("data_seed", train_cfg.get("seed", 0))
+    if isinstance(data_seed, bool) or not isinstance(data_seed, int) or not 0 <= data_seed < 2**63:
+        raise CheckpointError(f"{run_dir}/meta.json: the data seed must be an integer in [0, 2**63), "
+                              f"got {data_seed!r:.60}")
     return ModelSource(_normalized(model, normalize).eval(), int(meta["num_classes"]), meta["dataset"],
                        meta.get("data_root"), data_seed, run_dir, meta,
                        {"run": str(run_dir), "arch": meta.get("arch")})

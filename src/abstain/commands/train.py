@@ -40,13 +40,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from .. import config as config_mod
     from .. import distributed
-    from ..errors import AbstainError
+    from ..errors import AbstainError, ConfigError
     from ..io import atomic_write_text, update_json
+    from ..jobs import check_seed
     from ..outputs import claim, record
     from ..train import train_from_config
     from ..utils import resolve_device
 
-    cfg = config_mod.load(args.config, args.set)
+    try:
+        cfg = config_mod.load(args.config, args.set)
+    except RecursionError:
+        raise ConfigError(f"{args.config} (or a --set value) is nested too deeply to be a config") from None
+    check_seed(cfg["train"].get("seed", 0), "train.seed")
     if args.init is not None or args.init_weights is not None:
         cfg = _with_init(cfg, args.init, args.init_weights)
     out = Path(args.out)

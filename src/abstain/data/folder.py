@@ -38,17 +38,30 @@ def class_names(root: str | os.PathLike, splits: Sequence[str] = SPLIT_DIRS) -> 
     return sorted(names)
 
 
+MAX_PIXELS = 50_000_000     # 7000 x 7000: larger than any photo we read; decoded only below it
+
+
+def check_pixels(im, path: Path, limit: int = MAX_PIXELS) -> None:
+    """Refuse an image whose header announces more than ``limit`` pixels, before decoding it
+    (a few-KB PNG can announce gigabytes: a decompression bomb)."""
+    w, h = im.size
+    if w * h > limit:
+        raise DataError(f"image {path} is {w} x {h} pixels (more than {limit:,}): refusing to decode it "
+                        "(a decompression bomb?)")
+
+
 def read_image(path: Path, size: int | None, mode: str = "RGB") -> np.ndarray:
     """One image as a uint8 array (H, W, C), resized to ``size`` x ``size`` when given."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as im:
+            check_pixels(im, path)
             im = im.convert(mode)
             if size is not None and im.size != (size, size):
                 im = im.resize((size, size), Image.BILINEAR)
             arr = np.asarray(im, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         raise DataError(f"cannot read image {path}: {e}") from None
     return arr.reshape(arr.shape[0], arr.shape[1], -1)
 

@@ -77,7 +77,7 @@ import torch
 from ..errors import DataError
 from ..io import atomic_write_bytes, atomic_write_json
 from .base import TensorDataset
-from .folder import IMAGE_EXTENSIONS, read_image_tree
+from .folder import IMAGE_EXTENSIONS, check_pixels, read_image_tree
 
 # Mean/std of the authors' 64x64 slack ("loose") MTSD crops (robust-abstain,
 # utils/data_utils.py, "mtsd_l"): the normalisation of the paper's MTSD models.
@@ -127,7 +127,7 @@ def read_annotation(path: str | os.PathLike) -> dict[str, Any]:
     try:
         with open(path, encoding="utf-8") as fh:
             ann = json.load(fh)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
         raise DataError(f"malformed MTSD annotation {path}: not valid JSON ({e})") from None
     if not isinstance(ann, dict):
         raise DataError(f"malformed MTSD annotation {path}: expected a JSON object")
@@ -279,6 +279,7 @@ def _crop_image(task: _Task, staging: str, size: int) -> tuple[list[dict[str, An
         with Image.open(task.image_path) as im:
             if im.size != (task.width, task.height):
                 return [], [], False
+            check_pixels(im, Path(task.image_path))
             im = im.convert("RGB")
             rows, crops = [], []
             for b in task.boxes:
@@ -295,7 +296,7 @@ def _crop_image(task: _Task, staging: str, size: int) -> tuple[list[dict[str, An
                              "box_ymax": b.box[3], "alpha_x": b.alpha[0], "alpha_y": b.alpha[1],
                              "crop_xmin": b.crop[0], "crop_ymin": b.crop[1], "crop_xmax": b.crop[2],
                              "crop_ymax": b.crop[3]})
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         raise DataError(f"cannot read MTSD image {task.image_path}: {e}") from None
     return rows, crops, True
 
@@ -465,7 +466,7 @@ def read_summary(root: str | os.PathLike) -> dict[str, Any]:
         classes = summary["classes"]
         if not isinstance(classes, list) or len(classes) < 2:
             raise ValueError("needs at least two classes")
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError, RecursionError) as e:
         raise DataError(f"corrupt {path}: {e}") from None
     return summary
 

@@ -71,7 +71,7 @@ def collect(out_dir: str | os.PathLike) -> tuple[str, list[str], list[Section], 
     if (out / "pipeline.json").is_file():
         try:
             manifest = read_json(out / "pipeline.json")
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             manifest = {}
     status = manifest.get("stages", {}) or {}
     names = _stage_order(out, manifest)

@@ -460,6 +460,15 @@ def fit(model: nn.Module, train_data: Any, *, loss: str, loss_params: Mapping[st
     if len(train_data) == 0:
         raise ConfigError("the training set is empty")
     trainer = Trainer(model, train_data, val_data, s, out_dir, meta, device)
-    if trainer.resume():
+    try:
+        finished = trainer.resume()
+    except CheckpointError:
+        raise
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
+        # a train_state.pt of the right types but the wrong contents (edited, or another
+        # trainer's): one message, not a traceback
+        raise CheckpointError(f"cannot resume from {out_dir}/{STATE_FILE}: {type(e).__name__}: "
+                              f"{(str(e).splitlines() or [''])[0][:160]}") from None
+    if finished:
         return trainer.raw.eval()
     return trainer.run(should_stop)
