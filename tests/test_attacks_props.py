@@ -99,6 +99,49 @@ class BNNet(nn.Module):
         return self.head(torch.relu(self.bn(self.conv(x))))
 
 
+def _batch_drift(m: nn.Module, x: torch.Tensor, size: int) -> float:
+    """How much the model's logits and input gradients (what an attack computes) differ
+    between one batch and batches of ``size`` on this CPU: float reductions (GEMM blocking,
+    vectorised sums) may depend on the batch shape; 0.0 where they do not."""
+    modes = [(mod, mod.training) for mod in m.modules()]
+    m.eval()
+    out = []
+    for parts in ([x], list(x.split(size))):
+        xs = [p.clone().requires_grad_(True) for p in parts]
+        logits = [m(p) for p in xs]
+        grads = torch.autograd.grad(sum(torch.logsumexp(lg, 1).sum() for lg in logits), xs)
+        out.append((torch.cat([lg.detach() for lg in logits]), torch.cat(grads)))
+    for mod, mode in modes:
+        mod.training = mode
+    m.zero_grad(set_to_none=True)
+    return max(float((out[0][0] - out[1][0]).abs().max()), float((out[0][1] - out[1][1]).abs().max()))
+
+
+def _same_points_or_valid(m: nn.Module, x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, size: int, *,
+                          eps: float, robust: torch.Tensor | None = None) -> None:
+    """Points returned for the whole batch (``a``) and for batches of ``size`` (``b``).
+
+    Where the model's computation does not depend on the batch shape on this CPU (drift 0),
+    the attack follows the same float path: the points are bitwise equal. Where it does
+    (measured 3.7e-5 apart on an AMD EPYC), the paths may part wherever a sign(gradient)
+    component is within rounding of 0 and can end anywhere in the ε-ball, so no float
+    tolerance below the ball's diameter is justified: then both sets must be valid (in the
+    ball and the box) and agree with the verdicts, which are compared exactly by the caller."""
+    if _batch_drift(m, x, size) == 0.0:
+        assert torch.equal(a, b)
+        return
+    modes = [(mod, mod.training) for mod in m.modules()]
+    m.eval()
+    for pts in (a, b):
+        assert float((pts - x).abs().max()) <= eps + 1e-6 and float(pts.min()) >= 0 and float(pts.max()) <= 1
+        if robust is not None:   # a robust sample keeps its prediction; a non-robust one's point flips it
+            with torch.no_grad():
+                flipped = m(pts).argmax(1) != m(x).argmax(1)
+            assert torch.equal(flipped, ~robust)
+    for mod, mode in modes:
+        mod.training = mode
+
+
 def test_batch_size_independence_mode_restore_and_no_param_grads() -> None:
     torch.manual_seed(0)
     m = BNNet()
@@ -116,14 +159,15 @@ def test_batch_size_independence_mode_restore_and_no_param_grads() -> None:
     parts = [is_robust(m, x[i:i + 5], eps=0.1, ensemble=True, return_adv=True,
                        generator=torch.Generator().manual_seed(3), sample_ids=torch.arange(i, min(i + 5, 12)))
              for i in range(0, 12, 5)]
+    # the verdicts are the contract: exactly equal on every CPU
     assert torch.equal(full, torch.cat([p[0] for p in parts]))
-    assert torch.allclose(adv_full, torch.cat([p[1] for p in parts]), atol=1e-5)
     assert 0 < int(full.sum()) < 12
+    _same_points_or_valid(m, x, adv_full, torch.cat([p[1] for p in parts]), 5, eps=0.1, robust=full)
     y = torch.randint(0, 3, (12,))
     a1 = apgd(m, x, y, eps=0.1, generator=torch.Generator().manual_seed(1))
     a2 = torch.cat([apgd(m, x[i:i + 1], y[i:i + 1], eps=0.1, generator=torch.Generator().manual_seed(1),
                          sample_ids=torch.tensor([i])) for i in range(12)])
-    assert torch.allclose(a1, a2, atol=1e-5)
+    _same_points_or_valid(m, x, a1, a2, 1, eps=0.1)
     assert {name: mod.training for name, mod in m.named_modules()} == modes
     assert {name: p.requires_grad for name, p in m.named_parameters()} == flags
     assert all(p.grad is None for p in m.parameters())
