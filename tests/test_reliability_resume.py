@@ -1,0 +1,180 @@
+"""Resumable evaluate/certify and SIGTERM (issue 16, item 4), in process where possible.
+
+The kill test (tests/test_kill_resume.py) kills the real CLI; these tests pin the parts:
+a rerun computes only the chunks left and gives the same records, a changed command or a
+retrained model never reuses chunks, certify holds one chunk of inputs at a time, and
+SIGTERM stops ``evaluate`` and ``train`` like Ctrl-C (train keeps a checkpoint).
+"""
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from abstain.outputs import WORK
+
+from reliability_helpers import cli_env, one_thread, run_main  # noqa: F401
+
+CONFIG = """
+[data]
+name = "gauss3"
+val_fraction = 0.1
+[model]
+arch = "mlp"
+[train]
+loss = "standard"
+schedule = "constant"
+epochs = 1
+batch_size = 32
+lr = 0.05
+seed = 0
+"""
+EVAL = ["--eps", "0.05", "--steps", "3", "--samples", "60", "--chunk", "10", "--device", "cpu"]
+CERT = ["--sigma", "0.25", "--eps", "0.1", "--n0", "16", "--n", "64", "--samples", "30", "--chunk", "4",
+        "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("resume")
+    (d / "c.toml").write_text(CONFIG)
+    from abstain.cli import main
+
+    assert main(["train", "--config", str(d / "c.toml"), "--out", str(d / "run"), "--device", "cpu"]) == 0
+    return d
+
+
+def _run(trained: Path, tmp_path: Path, name: str) -> Path:
+    return Path(shutil.copytree(trained / "run", tmp_path / name))
+
+
+class Stop(KeyboardInterrupt):
+    pass
+
+
+def _interrupted_after(monkeypatch, module, attr: str, calls: int) -> list:
+    """Make ``module.attr`` raise KeyboardInterrupt at call ``calls + 1``; returns the call log."""
+    real, log = getattr(module, attr), []
+
+    def spy(*a, **k):
+        log.append(a)
+        if len(log) > calls:
+            raise Stop
+        return real(*a, **k)
+
+    monkeypatch.setattr(module, attr, spy)
+    return log
+
+
+@pytest.mark.parametrize("command", ["evaluate", "certify"])
+def test_a_rerun_computes_only_the_chunks_left_and_gives_the_same_records(trained, tmp_path, command,
+                                                                           capsys, monkeypatch):
+    import abstain.evaluation
+    import abstain.smoothing.records
+
+    args = EVAL if command == "evaluate" else CERT
+    n_chunks = 6 if command == "evaluate" else 8
+    module, attr = ((abstain.evaluation, "evaluate") if command == "evaluate"
+                    else (abstain.smoothing.records, "certify_chunk"))
+    ref = _run(trained, tmp_path, "ref")
+    assert run_main([command, "--run", ref, *args], capsys)[0] == 0
+    run = _run(trained, tmp_path, "run")
+    with monkeypatch.context() as m:
+        _interrupted_after(m, module, attr, 3)
+        rc, _, err = run_main([command, "--run", run, *args], capsys)
+    assert rc == 130 and "interrupted" in err
+    assert len(list((run / WORK).rglob("chunk-*.npz"))) == 3
+    with monkeypatch.context() as m:
+        log = _interrupted_after(m, module, attr, 10**6)
+        assert run_main([command, "--run", run, *args], capsys)[0] == 0
+    assert len(log) == n_chunks - 3                    # only the chunks left
+    a = (ref / "records" / f"{command}.csv").read_text().splitlines()
+    b = (run / "records" / f"{command}.csv").read_text().splitlines()
+    if command == "certify":                           # but for the wall-clock seconds
+        col = a[0].split(",").index("seconds")
+        a, b = ([",".join(f for i, f in enumerate(r.split(",")) if i != col) for r in rows] for rows in (a, b))
+    assert a == b
+    assert not (run / WORK).exists()
+
+
+def test_chunks_of_another_command_or_model_are_not_reused(trained, tmp_path, capsys, monkeypatch):
+    import abstain.evaluation
+    from safetensors.torch import load_file, save_file
+
+    run = _run(trained, tmp_path, "run")
+    with monkeypatch.context() as m:
+        _interrupted_after(m, abstain.evaluation, "evaluate", 3)
+        assert run_main(["evaluate", "--run", run, *EVAL], capsys)[0] == 130
+    for change in (["--steps", "4"], ["--seed", "1"]):   # another command: starts afresh
+        with monkeypatch.context() as m:
+            log = _interrupted_after(m, abstain.evaluation, "evaluate", 10**6)
+            argv = ["evaluate", "--run", run, *EVAL, *change, "--out", tmp_path / f"o{change[0]}"]
+            assert run_main(argv, capsys)[0] == 0
+        assert len(log) == 6
+    w = load_file(str(run / "model.safetensors"))      # a retrained model: starts afresh
+    first = sorted(w)[0]
+    w[first] = w[first] + 0.01
+    save_file(w, str(run / "model.safetensors"))
+    with monkeypatch.context() as m:
+        log = _interrupted_after(m, abstain.evaluation, "evaluate", 10**6)
+        assert run_main(["evaluate", "--run", run, *EVAL], capsys)[0] == 0
+    assert len(log) == 6
+
+
+def test_certify_holds_one_chunk_of_inputs_at_a_time(trained, tmp_path, capsys, monkeypatch):
+    import abstain.smoothing.records
+
+    real, sizes = abstain.smoothing.records.certify_chunk, []
+
+    def spy(plan, k, x, y, index):
+        sizes.append(x.shape[0])
+        return real(plan, k, x, y, index)
+
+    monkeypatch.setattr(abstain.smoothing.records, "certify_chunk", spy)
+    run = _run(trained, tmp_path, "run")
+    assert run_main(["certify", "--run", run, *CERT], capsys)[0] == 0
+    assert sizes == [4] * 7 + [2]
+
+
+def _start(args: list, tmp_path: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "abstain", *map(str, args)], cwd=tmp_path,
+                            env=cli_env({"ABSTAIN_PROGRESS": "1", "ABSTAIN_QUIET": "0"}),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def test_sigterm_stops_train_with_a_checkpoint(trained, tmp_path):
+    cfg = tmp_path / "long.toml"
+    cfg.write_text(CONFIG.replace("epochs = 1", "epochs = 40"))
+    out = tmp_path / "r"
+    p = _start(["train", "--config", cfg, "--out", out, "--device", "cpu"], tmp_path)
+    deadline = time.time() + 120
+    while not (out / "train_state.pt").exists() and time.time() < deadline:   # after epoch 1
+        time.sleep(0.02)
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=120)
+    err = err.decode()
+    assert p.returncode == 130, err[-2000:]
+    assert "SIGTERM received" in err and "--resume" in err and "Traceback" not in err
+    from abstain.checkpoint import load_train_state
+
+    state = load_train_state(out)
+    assert not state["finished"] and (state["epoch"], state["batch"]) > (1, 0)
+
+
+def test_sigterm_stops_evaluate_like_ctrl_c(trained, tmp_path):
+    run = _run(trained, tmp_path, "run")
+    p = _start(["evaluate", "--run", run, "--eps", "0.05", "--steps", "200", "--samples", "400", "--chunk", "20",
+                "--device", "cpu"], tmp_path)
+    deadline = time.time() + 120
+    while not list((run / WORK).rglob("chunk-*.npz")) and time.time() < deadline:
+        time.sleep(0.02)
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=120)
+    err = err.decode()
+    assert p.returncode == 130 and "interrupted" in err and "Traceback" not in err, err[-2000:]
+    assert list((run / WORK).rglob("chunk-*.npz")) and not (run / "records" / "evaluate.csv").exists()
