@@ -477,5 +477,5 @@ def test_relu_boundary_cases_against_milp() -> None:
     agree = sum(counts[DEFAULT_ATTACK].values())
     assert agree >= 0.99 * 2 * total
     assert counts[DEFAULT_ATTACK][0.9] == total      # a robust point is never flagged
-    assert counts[DEFAULT_ATTACK][1.1] >= 0.98 * total
+    assert counts[DEFAULT_ATTACK][1.1] >= 0.985 * total   # 167 of 169 (98.8 %)
     assert counts["apgd-ce"][1.1] < 0.9 * total      # the cases are hard for the paper's attack

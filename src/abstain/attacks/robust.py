@@ -51,8 +51,9 @@ def is_robust(model: nn.Module, x: torch.Tensor, *, eps: float, norm: str = "lin
     survivors, then APGD on the targeted logit margin ``z_t - z_{F(x)}`` towards each of
     the ``targets`` classes with the highest clean logits (default ``min(K-1, 9)``, K =
     number of model outputs) on the survivors; ``"strong"``: :mod:`abstain.attacks.strong`
-    with ``steps`` steps in its main run and ``targets`` ranked classes (``restarts`` is
-    not used). Points the strong attack skips are proven robust by sound bounds.
+    with a main run of ``4·steps // 5`` steps, follow-ups of ``steps // 5`` and ``targets``
+    ranked classes (``restarts`` is not used). Points the strong attack skips are proven
+    robust by sound bounds.
 
     Evidence: a sample is flagged non-robust only if its adversarial input, projected onto
     the ball ∩ box again, changes the prediction under a fresh forward pass. With
