@@ -238,3 +238,17 @@ def test_mtsd_workers_are_capped(tmp_path, monkeypatch):
     import os
 
     assert seen["workers"] <= (os.cpu_count() or 1)
+
+
+def test_a_model_evaluated_into_a_new_directory_can_be_replaced_by_train(trained, tmp_path, capsys):
+    """evaluate --model ... --out NEW creates results.json: listed as ours, so a later
+    `train --overwrite --out NEW` may replace the directory."""
+    out = tmp_path / "new"
+    rc, _, err = run_main(["evaluate", "--model", "abstain.models.small:mlp", "--data", "gauss3", "--out", out,
+                           *EVAL], capsys)
+    assert rc == 0, err
+    assert read_manifest(out)["results.json"] == "results"
+    rc, _, err = run_main(["train", "--config", trained / "c.toml", "--out", out, "--overwrite",
+                           "--device", "cpu"], capsys)
+    assert rc == 0, err
+    assert not (out / "records").exists()

@@ -215,7 +215,7 @@ def _make_dirs(path: Path) -> list[Path]:
 def _undo(out: Path, outputs: Sequence[Output], created: list[Path], work: bool = True) -> None:
     """After an error: forget outputs never written, remove the directories we created
     (with the work area when ``work``: after a user error, whose rerun would fail alike)."""
-    forget_missing([o.path for o in outputs if o.section is None])
+    forget_missing([o.path for o in outputs])
     if out in created and work:
         shutil.rmtree(out / WORK, ignore_errors=True)
         (out / MANIFEST).unlink(missing_ok=True)
@@ -249,7 +249,8 @@ def claim(out: str | os.PathLike, outputs: Sequence[Output], overwrite: bool, *,
             held.acquire()
         check(outputs, overwrite)       # again, under the lock: another writer may have finished
         try:
-            created += record({o.path: o.writer for o in outputs if o.section is None})
+            # a shared JSON file is ours when we create it (an existing one keeps its owner)
+            created += record({o.path: o.writer for o in outputs if o.section is None or not o.path.exists()})
         except OSError as e:
             raise ConfigError(f"cannot write into {out}: {e.strerror or e}") from None
         yield out
