@@ -457,24 +457,32 @@ def run_pipeline(out: str | os.PathLike, *, scale: str = "mini", demo: bool = Fa
                 return result
             for i, p in enumerate(plans, 1):
                 tag = f"[{i}/{len(plans)}] {p.name}"
-                bad = [d for d in p.depends if result.status.get(d) in ("failed", "skipped")]
-                if p.error:
-                    if raise_errors:
-                        raise AbstainError(f"stage {p.name}: {p.error}")
-                    settle(p, "failed", f"{tag}: FAILED: {p.error}", p.error,
-                           {"status": "failed", "error": p.error})
-                elif bad:
-                    why = f"skipped: {', '.join(bad)} failed"
-                    settle(p, "skipped", f"{tag}: skipped because {', '.join(bad)} failed", why,
-                           {"status": "skipped", "hash": p.hash, "reason": why})
-                elif p not in todo:
-                    settle(p, "cached", f"{tag}: cached ({out / p.name}), skipped")
-                else:
+                if p.error and raise_errors:
+                    raise AbstainError(f"stage {p.name}: {p.error}")
+                if not _settle_without_running(p, tag, todo, out, result, settle):
                     _run_one(p, tag, out, scale, demo, dev, root, quiet, env, forced(p), prog,
                              settle, raise_errors)
     finally:
         prog.close()
     return result
+
+
+def _settle_without_running(p: StagePlan, tag: str, todo: Sequence[StagePlan], out: Path,
+                            result: PipelineResult, settle: Callable[..., None]) -> bool:
+    """Settle a stage that does not run (broken config: failed; a dependency failed: skipped;
+    finished with this hash: cached). False when it must run."""
+    bad = [d for d in p.depends if result.status.get(d) in ("failed", "skipped")]
+    if p.error:
+        settle(p, "failed", f"{tag}: FAILED: {p.error}", p.error, {"status": "failed", "error": p.error})
+    elif bad:
+        why = f"skipped: {', '.join(bad)} failed"
+        settle(p, "skipped", f"{tag}: skipped because {', '.join(bad)} failed", why,
+               {"status": "skipped", "hash": p.hash, "reason": why})
+    elif p not in todo:
+        settle(p, "cached", f"{tag}: cached ({out / p.name}), skipped")
+    else:
+        return False
+    return True
 
 
 def _run_one(p: StagePlan, tag: str, out: Path, scale: str, demo: bool, dev: torch.device,
@@ -542,28 +550,13 @@ def _run_parallel(plans: Sequence[StagePlan], todo: Sequence[StagePlan], out: Pa
     tags = {p.name: f"[{i}/{n}] {p.name}" for i, p in enumerate(plans, 1)}
     status = result.status.get        # set by settle()
 
-    def settle_now(p: StagePlan) -> bool:
-        """Settle a stage that does not run; False when it must run (or wait)."""
-        bad = [d for d in p.depends if status(d) in ("failed", "skipped")]
-        if p.error:
-            settle(p, "failed", f"{tags[p.name]}: FAILED: {p.error}", p.error, {"status": "failed", "error": p.error})
-        elif bad:
-            why = f"skipped: {', '.join(bad)} failed"
-            settle(p, "skipped", f"{tags[p.name]}: skipped because {', '.join(bad)} failed", why,
-                   {"status": "skipped", "hash": p.hash, "reason": why})
-        elif p not in todo:
-            settle(p, "cached", f"{tags[p.name]}: cached ({out / p.name}), skipped")
-        else:
-            return False
-        return True
-
     pool = cf.ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"))
     try:
         while pending or running:
             for p in list(pending):
                 if any(status(d) is None for d in p.depends):
                     continue            # a dependency has not finished yet
-                if settle_now(p):
+                if _settle_without_running(p, tags[p.name], todo, out, result, settle):
                     pending.remove(p)
                 elif len(running) < jobs:
                     resume = not forced(p) and _read_text(out / p.name / STARTED) == p.hash
