@@ -170,9 +170,18 @@ def test_every_flag_has_evidence_on_images_vectors_and_single_samples(norm: str)
     assert is_robust(cnn, xs[0][1], eps=0.0).all()
 
 
+def _valid_points(m, x: torch.Tensor, adv: torch.Tensor, rob: torch.Tensor, eps: float) -> None:
+    """The returned points lie in the ε-ball and the box, and flip exactly the non-robust samples."""
+    assert ((adv - x).abs() <= eps + 1e-12).all() and (adv >= 0).all() and (adv <= 1).all()
+    with torch.no_grad():
+        flipped = m(adv).argmax(1) != m(x).argmax(1)
+    assert torch.equal(flipped, ~rob)
+
+
 def test_results_do_not_depend_on_the_batch() -> None:
-    """Flags and candidates of a sample are the same alone, in any batch, in any order
-    (float64, so no rounding differences between batch shapes)."""
+    """The verdict of a sample is the same alone, in any batch, in any order; the points are
+    compared by what they must satisfy (in the ball and box, flipping exactly the non-robust
+    samples), not bitwise: the kernels of another CPU may round differently per batch shape."""
     g = torch.Generator().manual_seed(5)
     m = mlp(8, 5, g)
     x = torch.rand(40, 8, generator=g, dtype=DT)
@@ -184,11 +193,13 @@ def test_results_do_not_depend_on_the_batch() -> None:
     rob_p, adv_p = is_robust(m, x[perm], eps=eps, return_adv=True, sample_ids=ids[perm],
                              generator=torch.Generator().manual_seed(9))
     assert torch.equal(rob_p, rob[perm])
-    assert torch.allclose(adv_p, adv[perm], atol=1e-12)
+    _valid_points(m, x, adv, rob, eps)
+    _valid_points(m, x[perm], adv_p, rob_p, eps)
     for i in (0, 7, 39):
         r1, a1 = is_robust(m, x[i:i + 1], eps=eps, return_adv=True, sample_ids=ids[i:i + 1],
                            generator=torch.Generator().manual_seed(9))
-        assert bool(r1) == bool(rob[i]) and torch.allclose(a1[0], adv[i], atol=1e-12)
+        assert bool(r1) == bool(rob[i])
+        _valid_points(m, x[i:i + 1], a1, r1, eps)
 
 
 def test_modes_and_flags_are_restored_and_results_match_eval_mode() -> None:
