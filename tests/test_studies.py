@@ -70,3 +70,31 @@ def test_selection_network_does_not_depend_on_the_global_rng():
                              sn={"epochs": 1, "hidden": 8, "samples": 60})
         nets.append(sel.net.state_dict())
     assert all(torch.equal(nets[0][k], nets[1][k]) for k in nets[0])
+
+
+def test_fig1_records_a_diverged_training_as_an_outcome(tmp_path, monkeypatch):
+    """A fig1 variant whose loss becomes NaN (the misread β = 6 at lr 0.1 does) is reported as
+    diverged; the stage and its other variants go on."""
+    import torch
+
+    from abstain.stages import StageContext, get as get_stage
+
+    cfgs = tmp_path / "configs"
+    cfgs.mkdir()
+    base = ('[data]\nname = "gauss3"\nval_fraction = 0.0\n[model]\narch = "mlp"\nkwargs = {{ depth = 1, hidden = 8 }}\n'
+            '[train]\nloss = "{loss}"\nschedule = "constant"\nepochs = 1\nbatch_size = 100\nlr = {lr}\nselect = "last"\n')
+    loss = '[loss]\neps = 0.1\nnorm = "linf"\nsteps = 2\ngamma = 6.0\n'
+    (cfgs / "gauss3-authors-std.toml").write_text(base.format(loss="standard", lr=0.1))
+    (cfgs / "gauss3-authors-trades.toml").write_text(base.format(loss="trades", lr=1e30) + loss)
+    (cfgs / "gauss3-authors-era.toml").write_text(base.format(loss="era", lr=0.1) + loss + 'beta = 0.2\n')
+    monkeypatch.setenv("ABSTAIN_CONFIGS", str(cfgs))
+    st = get_stage("fig1")
+    cfg = st.config("mini", True)
+    cfg.update({"grid": 20, "eval": {k: (split, 3) for k, (split, _) in cfg["eval"].items()}})
+    ctx = StageContext(name="fig1", out=tmp_path / "fig1", root=tmp_path, demo=True, device=torch.device("cpu"),
+                       quiet=True)
+    res = st.run(ctx, cfg)
+    assert [d["variant"] for d in res["meta"]["diverged"]] == ["trades"]
+    assert "std" in res and "era" in res and "trades" not in res
+    text = " ".join(b.get("text", "") for b in st.report(tmp_path / "fig1"))
+    assert "Diverged" in text and "trades-s0" in text

@@ -42,6 +42,7 @@ PAPER = {  # Fig. 1 text (Section 1): nat_acc, rob_acc, rob_inacc in %
 }
 THREAT = {"loss.eps": 0.1, "loss.norm": "linf", "loss.steps": 10}   # ε∞ = 0.1, 10-step PGD
 AUTHORS = "authors"     # protocol tags
+DIVERGED = "diverged--"   # records/diverged--<variant>-s<seed>.csv: that training diverged (NaN loss)
 TEXT = "text"
 VARIANTS: dict[str, dict[str, Any]] = {
     "std": {"config": "gauss3-authors-std", "set": THREAT, "protocol": AUTHORS},
@@ -78,18 +79,26 @@ def config(scale: str, demo: bool) -> dict:
 def _run(ctx: Any, config: dict) -> dict:
     from .. import data as data_mod
     from ..metrics import mean_std
+    from ..train import TrainingDiverged
 
     t0 = time.perf_counter()
     eps = config["eps"]
     per_variant: dict[str, list[dict[str, float]]] = {}
     trained: dict[str, Any] = {}
+    diverged: list[dict[str, Any]] = []
     jobs = [(seed, v) for seed in config["seeds"] for v in config["variants"]]
     for seed, variant in R.progress_iter(ctx, jobs, "fig1"):
         cfg = config["variants"][variant]
         primary, steps = config["eval"][config["protocols"][variant]]
         _, _, test = R.splits(cfg, seed)
         full = data_mod.load(cfg["data"]["name"], "train", seed=seed)   # every training point
-        model = R.train_experiment(ctx, variant, seed, cfg)
+        try:
+            model = R.train_experiment(ctx, variant, seed, cfg)
+        except TrainingDiverged as e:
+            # an outcome, not a failure of the stage: the misread β = 6 diverges at lr 0.1
+            diverged.append({"variant": variant, "seed": seed, "error": str(e)})
+            ctx.write_records(f"{DIVERGED}{variant}-s{seed}", {"seed": [seed]})
+            continue
         for split, data, prefix in (("test", test, ""), ("train", full, "train--")):
             cols = R.evaluate_records(ctx, model, data, eps=[eps], config={**config, "eval_steps": steps},
                                       name=variant, seed=seed, double_eps=False, prefix=prefix)
@@ -104,6 +113,7 @@ def _run(ctx: Any, config: dict) -> dict:
                        "eval": {p: f"{split} set, APGD-CE {steps} steps aimed at the prediction"
                                 for p, (split, steps) in config["eval"].items()},
                        "primary": "authors' protocol: training set (as the paper); text protocol: test set",
+                       "diverged": diverged,
                        "n_test": 1000, "figures": figures, "seconds": time.perf_counter() - t0}
     return results
 
@@ -195,6 +205,11 @@ def report(stage_dir: Path) -> list[dict]:
     ):
         if table is not None:
             blocks.append(table)
+    diverged = sorted(f.stem[len(DIVERGED):] for f in (stage_dir / "records").glob(f"{DIVERGED}*.csv"))
+    if diverged:
+        blocks.append({"kind": "text", "text": (
+            f"Diverged (the loss became NaN or infinite, so no model and no records): {', '.join(diverged)}. "
+            "They count in no table above.")})
     blocks.append({"kind": "text", "text": (
         "The authors' protocol (`std`, `trades`, `era`; configs/gauss3-authors-*.toml): their notebook's "
         "3×64 MLP, SGD lr 0.03 with momentum 0.9 and weight decay 1e-4, ×0.1 from epoch 15 of 20, batch 10, "
