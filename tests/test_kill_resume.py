@@ -166,6 +166,24 @@ def _interrupt(args: list[str], log: Path, work: float, sig: int,
     return sent, rc, delay, p
 
 
+def _interrupt_after_chunk(args: list[str], log: Path, run: Path, sig: int,
+                           watch: Path | None = None) -> tuple[bool, int, float, Proc]:
+    """Start the command and send ``sig`` as soon as it has written one more chunk than it
+    found (unless it finished first). Returns (sent?, exit code, delay, process)."""
+    before = _chunk_files(run)
+    p = Proc(args, log, watch)
+    t0 = time.perf_counter()
+    while _chunk_files(run) <= before and p.p.poll() is None:
+        time.sleep(0.002)
+    sent = p.p.poll() is None
+    if sent:
+        p.p.send_signal(sig)
+    rc = p.wait()
+    if not sent:
+        assert rc == 0, p.stderr[-3000:]
+    return sent, rc, time.perf_counter() - t0, p
+
+
 def _finished_anyway(rc: int, p: Proc, done: bool) -> bool:
     """The command completed before the signal could stop it: exit 0, or a SIGINT that hit
     the finished process while it was exiting (Python then dies of SIGINT, rc -2)."""
@@ -312,7 +330,10 @@ def _kill_and_rerun(name: str, reference, tmp_path, args_of, ignore: tuple[str, 
         before = _chunk_files(run)
         # aim inside the shortest run seen from nothing: the work time shrinks once the machine
         # is less busy than when the reference ran, and a median would aim past the end
-        sent, rc, delay, p = _interrupt(args_of(run), tmp_path / f"{trial}.log", min(works), sig, rec)
+        if trial <= 10:
+            sent, rc, delay, p = _interrupt(args_of(run), tmp_path / f"{trial}.log", min(works), sig, rec)
+        else:   # the timed kills keep missing (runs end first): kill once a new chunk is written
+            sent, rc, delay, p = _interrupt_after_chunk(args_of(run), tmp_path / f"{trial}.log", run, sig, rec)
         if p.t_watch is not None and p.t_start is not None and before == 0:
             works.append(p.t_watch - p.t_start)   # an uninterrupted run from nothing: aim inside it
         _assert_whole(run, counts)
