@@ -32,6 +32,34 @@ def one_thread():
     torch.set_num_threads(old)
 
 
+def gauss3_config(*, epochs: int = 1, batch_size: int = 32) -> str:
+    """The TOML of the tiny run the reliability tests build on: a gauss3 MLP trained with the
+    standard loss (seconds per epoch on one core)."""
+    return f"""
+[data]
+name = "gauss3"
+val_fraction = 0.1
+[model]
+arch = "mlp"
+[train]
+loss = "standard"
+schedule = "constant"
+epochs = {epochs}
+batch_size = {batch_size}
+lr = 0.05
+seed = 0
+"""
+
+
+def train_tiny_run(d: Path) -> Path:
+    """Train :func:`gauss3_config` in-process into ``d/run`` (config at ``d/c.toml``); return ``d``."""
+    from abstain.cli import main
+
+    (d / "c.toml").write_text(gauss3_config())
+    assert main(["train", "--config", str(d / "c.toml"), "--out", str(d / "run"), "--device", "cpu"]) == 0
+    return d
+
+
 def cli_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """Environment for CLI subprocesses: one thread, quiet, CPU, our source first."""
     env = dict(os.environ)

@@ -14,6 +14,7 @@ from abstain import models
 from abstain.checkpoint import load_train_state, read_meta
 from abstain.data import load, train_val_split
 from abstain.train import TrainingInterrupted, fit
+from abstain.train.feed import BatchFeed
 
 META = {"arch": "mlp", "num_classes": 3, "dataset": "gauss3", "model_kwargs": {"in_features": 2}}
 
@@ -67,22 +68,50 @@ def ddp_runs(tmp_path_factory):
     return tmp
 
 
-def _close(a: dict, b: dict, atol: float = 1e-5) -> bool:
-    return set(a) == set(b) and all(torch.allclose(a[k], b[k], atol=atol, rtol=1e-5) for k in a)
+def _distance(a: dict, b: dict) -> float:
+    assert set(a) == set(b)
+    return max(float((a[k].double() - b[k].double()).abs().max()) for k in a)
 
 
-def test_two_processes_match_one_process_with_the_whole_batch(ddp_runs, tmp_path):
+@pytest.fixture(scope="module")
+def order_tolerance(tmp_path_factory) -> float:
+    """How far two float32 trainings that differ only in the order of their sums may end apart.
+
+    DDP computes the same mean gradient as one process with the whole batch, summed in another
+    order (two half-batch means, all-reduced): equal in exact arithmetic, apart by rounding,
+    which the following steps carry on. Its size depends on this training (data, steps, lr),
+    so it is measured on it: the same one-process training with each batch's rows reversed is
+    the same computation in another summation order. The tolerance is 8 times that distance,
+    and at least 8 float32 ulps of the largest weight (where reversal happens to round alike)."""
+    torch.set_num_threads(1)
+    tmp = tmp_path_factory.mktemp("order")
+    single = _run(tmp / "single").state_dict()
+    original = BatchFeed.__call__
+
+    def reversed_rows(self, *args):
+        x, y = original(self, *args)
+        return x.flip(0), y.flip(0)
+
+    with pytest.MonkeyPatch.context() as mp_:
+        mp_.setattr(BatchFeed, "__call__", reversed_rows)
+        twin = _run(tmp / "twin").state_dict()
+    largest = max(float(v.abs().max()) for v in single.values())
+    return 8 * max(_distance(single, twin), torch.finfo(torch.float32).eps * largest)
+
+
+def test_two_processes_match_one_process_with_the_whole_batch(ddp_runs, tmp_path, order_tolerance):
     torch.set_num_threads(1)
     single = _run(tmp_path / "single").state_dict()
     r0 = torch.load(ddp_runs / "std-rank0.pt", weights_only=True)
     r1 = torch.load(ddp_runs / "std-rank1.pt", weights_only=True)
     assert all(torch.equal(r0[k], r1[k]) for k in r0)           # DDP keeps ranks in sync
-    assert _close(r0, single)                                    # = one process, batch 24 = 2 x 12
+    assert _distance(r0, single) <= order_tolerance              # = one process, batch 24 = 2 x 12
     last_ddp = load_train_state(ddp_runs / "ddp")["model_last"]
     last_single = load_train_state(tmp_path / "single")["model_last"]
-    assert _close(last_ddp, last_single)
+    assert _distance(last_ddp, last_single) <= order_tolerance
     _run(tmp_path / "half", batch_size=12)                       # one process, per-rank batch:
-    assert not _close(last_ddp, load_train_state(tmp_path / "half")["model_last"])  # differs
+    half = load_train_state(tmp_path / "half")["model_last"]    # another training, far outside
+    assert _distance(last_ddp, half) > 100 * order_tolerance
     assert read_meta(ddp_runs / "ddp")["epoch"] == read_meta(tmp_path / "single")["epoch"]
     assert not any(p.name.startswith(".") for p in (ddp_runs / "ddp").iterdir())  # no temp files left
 
@@ -94,11 +123,11 @@ def test_ddp_adversarial_loss_runs_and_ranks_agree(ddp_runs):
     assert len((ddp_runs / "ddp-trades" / "log.jsonl").read_text().splitlines()) == 1
 
 
-def test_resume_with_another_world_size(ddp_runs, tmp_path):
+def test_resume_with_another_world_size(ddp_runs, tmp_path, order_tolerance):
     torch.set_num_threads(1)
     st = load_train_state(ddp_runs / "ddp-stopped")
     assert (st["epoch"], st["batch"], st["world_size"]) == (0, 3, 2)
     _run(ddp_runs / "ddp-stopped")                               # 1 process continues
     _run(tmp_path / "single")
-    assert _close(load_train_state(ddp_runs / "ddp-stopped")["model_last"],
-                  load_train_state(tmp_path / "single")["model_last"])
+    assert _distance(load_train_state(ddp_runs / "ddp-stopped")["model_last"],
+                     load_train_state(tmp_path / "single")["model_last"]) <= order_tolerance

@@ -48,7 +48,7 @@ from safetensors.torch import load_file
 from abstain import checkpoint
 from abstain.outputs import WORK
 
-from reliability_helpers import check_tree_consistent, cli_env
+from reliability_helpers import check_tree_consistent, cli_env, gauss3_config
 
 FULL = os.environ.get("ABSTAIN_FULL_KILL_TEST") == "1"
 KILLS = 20 if FULL else 3
@@ -57,20 +57,6 @@ REPORT: dict[str, dict] = {}
 
 # Training from scratch: a kill before the first checkpoint restarts from the seeded
 # initialisation.
-CONFIG = """
-[data]
-name = "gauss3"
-val_fraction = 0.1
-[model]
-arch = "mlp"
-[train]
-loss = "standard"
-schedule = "constant"
-epochs = 3
-batch_size = 16
-lr = 0.05
-seed = 0
-"""
 # --attack ensemble: every attack runs to the end, so an evaluation lasts seconds (with the default
 # strong attack most gauss3 points are proven robust by bounds and the whole job takes ~0.3 s, too
 # short for a kill to land inside it)
@@ -245,7 +231,7 @@ def _assert_same_training(a: Path, b: Path) -> None:
 def reference(tmp_path_factory) -> dict:
     """Uninterrupted train, evaluate and certify runs, with the duration of their work."""
     d = tmp_path_factory.mktemp("ref")
-    (d / "tiny.toml").write_text(CONFIG)
+    (d / "tiny.toml").write_text(gauss3_config(epochs=3, batch_size=16))
     t = _run_to_end(["train", "--config", d / "tiny.toml", "--out", d / "run"], d / "train.log")
     run = d / "run"
     # their working time ends when the records appear (what follows is a few ms of JSON

@@ -26,34 +26,17 @@ import pytest
 import torch
 from torch import nn
 
-from reliability_helpers import assert_clean_refusal, cli_env, one_thread, run_main, tree_snapshot  # noqa: F401
+from reliability_helpers import (  # noqa: F401
+    assert_clean_refusal, cli_env, one_thread, run_main, train_tiny_run, tree_snapshot)
 
 PROBES: collections.Counter = collections.Counter()
 EVAL = ["--eps", "0.05", "--steps", "1", "--samples", "10", "--device", "cpu"]
-CONFIG = """
-[data]
-name = "gauss3"
-val_fraction = 0.1
-[model]
-arch = "mlp"
-[train]
-loss = "standard"
-schedule = "constant"
-epochs = 1
-batch_size = 32
-lr = 0.05
-seed = 0
-"""
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("errors")
-    (d / "c.toml").write_text(CONFIG)
-    from abstain.cli import main
-
-    assert main(["train", "--config", str(d / "c.toml"), "--out", str(d / "run"), "--device", "cpu"]) == 0
-    return d
+    return train_tiny_run(d)
 
 
 def _copy(trained: Path, tmp_path: Path) -> Path:

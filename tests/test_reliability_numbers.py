@@ -15,7 +15,7 @@ from torch import nn
 
 from abstain.errors import InputError
 
-from reliability_helpers import assert_clean_refusal, one_thread, run_main  # noqa: F401
+from reliability_helpers import assert_clean_refusal, gauss3_config, one_thread, run_main  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[1]
 EVAL = ["--data", "digits", "--eps", "0.05", "--steps", "2", "--samples", "20", "--device", "cpu"]
@@ -111,25 +111,11 @@ def test_the_python_api_refuses_nan_logits():
     assert len(res["index"]) == 8
 
 
-CONFIG = """
-[data]
-name = "gauss3"
-val_fraction = 0.1
-[model]
-arch = "mlp"
-[train]
-loss = "standard"
-schedule = "constant"
-epochs = 2
-batch_size = 16
-lr = 0.05
-seed = 0
-"""
 
 
 def test_training_stops_at_the_first_non_finite_loss(tmp_path, capsys):
     cfg = tmp_path / "c.toml"
-    cfg.write_text(CONFIG)
+    cfg.write_text(gauss3_config(epochs=2, batch_size=16))
     out = tmp_path / "run"
     rc, _, err = run_main(["train", "--config", cfg, "--out", out, "--device", "cpu",
                            "--set", "train.lr=1e30"], capsys)

@@ -16,33 +16,16 @@ import pytest
 
 from abstain.outputs import LOCK, MANIFEST, DirLock, read_manifest
 
-from reliability_helpers import assert_clean_refusal, cli_env, one_thread, run_main, tree_snapshot  # noqa: F401
+from reliability_helpers import (  # noqa: F401
+    assert_clean_refusal, cli_env, gauss3_config, one_thread, run_main, train_tiny_run, tree_snapshot)
 
-CONFIG = """
-[data]
-name = "gauss3"
-val_fraction = 0.1
-[model]
-arch = "mlp"
-[train]
-loss = "standard"
-schedule = "constant"
-epochs = 1
-batch_size = 32
-lr = 0.05
-seed = 0
-"""
 EVAL = ["--eps", "0.05", "--steps", "2", "--samples", "30", "--device", "cpu"]
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("outputs")
-    (d / "c.toml").write_text(CONFIG)
-    from abstain.cli import main
-
-    assert main(["train", "--config", str(d / "c.toml"), "--out", str(d / "run"), "--device", "cpu"]) == 0
-    return d
+    return train_tiny_run(d)
 
 
 @pytest.fixture
@@ -177,7 +160,7 @@ def test_two_real_trainings_into_one_directory(trained, tmp_path):
     """Two `train --overwrite --out R` at once: exactly one runs, the other fails at once."""
     out = tmp_path / "r"
     cfg = tmp_path / "slow.toml"
-    cfg.write_text(CONFIG.replace("epochs = 1", "epochs = 6"))
+    cfg.write_text(gauss3_config(epochs=6))
     argv = [sys.executable, "-m", "abstain", "train", "--config", str(cfg), "--out", str(out),
             "--overwrite", "--device", "cpu"]
     first = subprocess.Popen(argv, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -18,22 +18,8 @@ import pytest
 
 from abstain.outputs import WORK
 
-from reliability_helpers import cli_env, one_thread, run_main  # noqa: F401
+from reliability_helpers import cli_env, gauss3_config, one_thread, run_main, train_tiny_run  # noqa: F401
 
-CONFIG = """
-[data]
-name = "gauss3"
-val_fraction = 0.1
-[model]
-arch = "mlp"
-[train]
-loss = "standard"
-schedule = "constant"
-epochs = 1
-batch_size = 32
-lr = 0.05
-seed = 0
-"""
 EVAL = ["--eps", "0.05", "--steps", "3", "--samples", "60", "--chunk", "10", "--device", "cpu"]
 CERT = ["--sigma", "0.25", "--eps", "0.1", "--n0", "16", "--n", "64", "--samples", "30", "--chunk", "4",
         "--device", "cpu"]
@@ -42,11 +28,7 @@ CERT = ["--sigma", "0.25", "--eps", "0.1", "--n0", "16", "--n", "64", "--samples
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("resume")
-    (d / "c.toml").write_text(CONFIG)
-    from abstain.cli import main
-
-    assert main(["train", "--config", str(d / "c.toml"), "--out", str(d / "run"), "--device", "cpu"]) == 0
-    return d
+    return train_tiny_run(d)
 
 
 def _run(trained: Path, tmp_path: Path, name: str) -> Path:
@@ -149,7 +131,7 @@ def _start(args: list, tmp_path: Path) -> subprocess.Popen:
 
 def test_sigterm_stops_train_with_a_checkpoint(trained, tmp_path):
     cfg = tmp_path / "long.toml"
-    cfg.write_text(CONFIG.replace("epochs = 1", "epochs = 40"))
+    cfg.write_text(gauss3_config(epochs=40))
     out = tmp_path / "r"
     p = _start(["train", "--config", cfg, "--out", out, "--device", "cpu"], tmp_path)
     deadline = time.time() + 120

@@ -45,6 +45,25 @@ def test_study_stages_read_the_study_configs(study):
     assert co["abstain_stage"] == study.name("abstain") and co["attack"] == "apgd-ce"
 
 
+def test_eps_rules_choose_from_the_trades_partitions():
+    from abstain.stages.partition import choose_eps, rule_ok
+
+    def m(nat, rob, inacc):
+        return {"nat_acc": nat, "rob_acc": rob, "rob_inacc": inacc}
+
+    # the MNIST-1D sweep in configs/mnist1d-trades-pretrain.toml (TRADES from scratch, seed 0)
+    sweep = {0.01: m(0.943, 0.773, 0.005), 0.02: m(0.877, 0.532, 0.0155),
+             0.03: m(0.813, 0.409, 0.021), 0.05: m(0.764, 0.238, 0.0035)}
+    assert [e for e in sweep if rule_ok(sweep, e, "table1")] == [0.02, 0.03]
+    assert choose_eps(sweep, "table1") == 0.03                   # the largest robust inaccuracy in range
+    assert choose_eps({0.01: sweep[0.01], 0.05: sweep[0.05]}, "table1") is None
+    # digits' gap rule: 0.1 keeps a 5-point gap and its double 0.2 keeps >= 50% robust accuracy
+    digits = {0.05: m(0.993, 0.947, 0.0), 0.1: m(0.984, 0.887, 0.0), 0.2: m(0.962, 0.551, 0.0)}
+    assert choose_eps(digits, "gap") == 0.1 and not rule_ok(digits, 0.2, "gap")   # no 0.4 to check
+    assert choose_eps(digits, "table1") is None                  # no robust inaccuracy on digits
+    assert DIGITS.eps_rule == "gap" and MNIST1D.eps_rule == "table1"
+
+
 def test_mnist1d_study_compares_both_era_variants_with_trades():
     ft = get_stage("mnist1d-finetune").config("mini", False)
     assert len(ft["seeds"]) >= 5
