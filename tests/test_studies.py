@@ -117,3 +117,22 @@ def test_fig1_records_a_diverged_training_as_an_outcome(tmp_path, monkeypatch):
     assert "std" in res and "era" in res and "trades" not in res
     text = " ".join(b.get("text", "") for b in st.report(tmp_path / "fig1"))
     assert "Diverged" in text and "trades-s0" in text
+
+
+def test_fig1_report_names_runs_that_collapsed_to_a_constant_classifier(tmp_path):
+    """Under the authors' optimizer TRADES can end as a constant classifier on some seeds; the
+    report names such runs (they stay in the tables), and only those."""
+    from abstain.records import write_records
+    from abstain.stages import get as get_stage
+    from abstain.stages.fig1 import collapsed_runs
+
+    rec = tmp_path / "records"
+    label = np.array([0, 0, 1, 1, 2, 1])
+    for variant, seed, pred in (("trades", 0, [1] * 6), ("trades", 1, [0, 0, 1, 1, 2, 1]),
+                                ("era", 0, [0, 0, 1, 1, 1, 1])):
+        cols = {"index": np.arange(6), "label": label, "pred": np.array(pred), "robust@0.1": np.ones(6, bool)}
+        write_records(rec / f"{variant}-s{seed}.csv", cols)
+        write_records(rec / f"train--{variant}-s{seed}.csv", cols)   # prefixed sets are not read twice
+    assert collapsed_runs(tmp_path) == ["trades seed 0"]
+    text = " ".join(b.get("text", "") for b in get_stage("fig1").report(tmp_path))
+    assert "constant classifier" in text and "trades seed 0" in text and "era seed 0" not in text
