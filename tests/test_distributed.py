@@ -24,28 +24,13 @@ import pytest
 from abstain import cli
 from abstain.records import read_records
 
-from reliability_helpers import cli_env, one_thread  # noqa: F401  (autouse fixture)
-
-TINY = """
-[data]
-name = "gauss3"
-val_fraction = 0.1
-[model]
-arch = "mlp"
-[train]
-loss = "standard"
-schedule = "constant"
-epochs = 2
-batch_size = 64
-lr = 0.05
-seed = 0
-"""
+from reliability_helpers import cli_env, gauss3_config, one_thread  # noqa: F401  (autouse fixture)
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("dist")
-    (d / "tiny.toml").write_text(TINY)
+    (d / "tiny.toml").write_text(gauss3_config(epochs=2, batch_size=64))
     assert cli.main(["train", "--config", str(d / "tiny.toml"), "--out", str(d / "run"), "--device", "cpu"]) == 0
     return d / "run"
 
