@@ -123,9 +123,13 @@ def test_certify_holds_one_chunk_of_inputs_at_a_time(trained, tmp_path, capsys, 
     assert sizes == [4] * 7 + [2]
 
 
-def _start(args: list, tmp_path: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "abstain", *map(str, args)], cwd=tmp_path,
-                            env=cli_env({"ABSTAIN_PROGRESS": "1", "ABSTAIN_QUIET": "0"}),
+def _start(args: list, tmp_path: Path, sigint_ignored: bool = False) -> subprocess.Popen:
+    """The CLI in a subprocess; ``sigint_ignored``: started with SIGINT ignored, as a shell
+    script's ``cmd &`` starts it (an ignored signal is inherited through exec)."""
+    cmd = [sys.executable, "-m", "abstain", *map(str, args)]
+    if sigint_ignored:
+        cmd = ["sh", "-c", 'trap "" INT; exec "$0" "$@"', *cmd]
+    return subprocess.Popen(cmd, cwd=tmp_path, env=cli_env({"ABSTAIN_PROGRESS": "1", "ABSTAIN_QUIET": "0"}),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
@@ -148,14 +152,18 @@ def test_sigterm_stops_train_with_a_checkpoint(trained, tmp_path):
     assert not state["finished"] and (state["epoch"], state["batch"]) > (1, 0)
 
 
-def test_sigterm_stops_evaluate_like_ctrl_c(trained, tmp_path):
+@pytest.mark.parametrize("sig,sigint_ignored", [(signal.SIGTERM, False), (signal.SIGINT, True)],
+                         ids=["sigterm", "sigint-started-ignored"])
+def test_stop_signals_stop_evaluate_like_ctrl_c(sig, sigint_ignored, trained, tmp_path):
+    """SIGTERM stops evaluate like Ctrl-C; so does SIGINT when the command was started with
+    SIGINT ignored (a suite run in the background once made every SIGINT of the kill test miss)."""
     run = _run(trained, tmp_path, "run")
     p = _start(["evaluate", "--run", run, "--eps", "0.05", "--steps", "200", "--samples", "400", "--chunk", "20",
-                "--device", "cpu"], tmp_path)
+                "--device", "cpu"], tmp_path, sigint_ignored)
     deadline = time.time() + 120
     while not list((run / WORK).rglob("chunk-*.npz")) and time.time() < deadline:
         time.sleep(0.02)
-    p.send_signal(signal.SIGTERM)
+    p.send_signal(sig)
     _, err = p.communicate(timeout=120)
     err = err.decode()
     assert p.returncode == 130 and "interrupted" in err and "Traceback" not in err, err[-2000:]

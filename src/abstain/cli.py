@@ -52,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     debug = getattr(args, "debug", False)
-    previous_term = _term_as_interrupt()
+    previous_int, previous_term = _stop_signals_interrupt()
     try:
         code = int(args._run(args) or 0)
         _shutdown_distributed(synchronise=True)
@@ -90,8 +90,9 @@ def main(argv: Sequence[str] | None = None) -> int:
               "where it applies) to continue", file=sys.stderr)
         return 130
     finally:
-        if previous_term is not None:
-            signal.signal(signal.SIGTERM, previous_term)
+        for sig, previous in ((signal.SIGINT, previous_int), (signal.SIGTERM, previous_term)):
+            if previous is not None:
+                signal.signal(sig, previous)
 
 
 # a full disk, a read-only or forbidden output: the user's to fix, said in one line
@@ -103,12 +104,16 @@ def _raise_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def _term_as_interrupt() -> object:
-    """SIGTERM (a scheduler's stop, ``kill``) stops every command like Ctrl-C: finished chunks
-    and checkpoints are kept and the same command continues. Returns the previous handler."""
+def _stop_signals_interrupt() -> tuple[object, object]:
+    """SIGINT and SIGTERM (Ctrl-C, a scheduler's stop, ``kill``) stop every command the same
+    clean way: finished chunks and checkpoints are kept and the same command continues.
+    SIGINT raises KeyboardInterrupt even when the command was started with SIGINT ignored
+    (a shell script's ``cmd &`` does that: seen as a kill test whose SIGINTs did nothing when
+    the suite ran in the background). Returns the previous (SIGINT, SIGTERM) handlers."""
     if threading.current_thread() is not threading.main_thread():
-        return None
-    return signal.signal(signal.SIGTERM, _raise_interrupt)
+        return None, None
+    return (signal.signal(signal.SIGINT, signal.default_int_handler),
+            signal.signal(signal.SIGTERM, _raise_interrupt))
 
 
 def _shutdown_distributed(synchronise: bool) -> None:
