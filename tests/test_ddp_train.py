@@ -38,8 +38,6 @@ def _worker(rank: int, world: int, port: int, tmp: str) -> None:
     os.environ.update({"RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank),
                        "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
     torch.set_num_threads(1)
-    import torch.distributed as dist
-
     try:
         m = _run(os.path.join(tmp, "ddp"))
         torch.save(m.state_dict(), os.path.join(tmp, f"std-rank{rank}.pt"))
@@ -50,8 +48,9 @@ def _worker(rank: int, world: int, port: int, tmp: str) -> None:
         except TrainingInterrupted:
             pass
     finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        from abstain.distributed import shutdown
+
+        shutdown(synchronise=True)      # as the CLI ends a torchrun job
 
 
 def _free_port() -> int:

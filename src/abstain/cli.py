@@ -90,6 +90,10 @@ def main(argv: Sequence[str] | None = None) -> int:
               "where it applies) to continue", file=sys.stderr)
         return 130
     finally:
+        # after an error or an interruption too: a rank that exits with its gloo threads live
+        # aborts ("terminate called without an active exception") instead of exiting cleanly;
+        # not synchronised here, since after an error another rank may never arrive
+        _shutdown_distributed(synchronise=False)
         for sig, previous in ((signal.SIGINT, previous_int), (signal.SIGTERM, previous_term)):
             if previous is not None:
                 signal.signal(sig, previous)

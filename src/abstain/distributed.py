@@ -9,6 +9,7 @@ single-process run (exactly on CPU; on CUDA see docs/scale.md). Backends: NCCL o
 """
 from __future__ import annotations
 
+import gc
 import os
 from typing import Any, Mapping
 
@@ -166,6 +167,9 @@ def shutdown(synchronise: bool = True) -> None:
     global _HOST_GROUP
     if not is_distributed():
         return
+    # a DistributedDataParallel wrapper left in a reference cycle (a stopped training's frames)
+    # would otherwise be freed after the group is gone, and its reducer then aborts the rank
+    gc.collect()
     if synchronise:
         dist.barrier()
     _HOST_GROUP = None

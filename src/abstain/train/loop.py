@@ -328,6 +328,11 @@ class Trainer:
     def interrupt(self, epoch: int, b: int, sums_t: Mapping[str, torch.Tensor]) -> TrainingInterrupted:
         """Save the position after batch ``b`` and return the exception that stops the run."""
         self.save(epoch, b + 1, merge_sums(self.acc_sums, sums_t), self.acc_n, finished=False)
+        if self.distributed:
+            # every rank stops here (stop_requested is agreed by all); the others wait until
+            # rank 0 has written the checkpoint, so that no rank tears down the process group,
+            # or exits and makes torchrun stop the job, while rank 0 is still writing it
+            dist_utils.barrier()
         where = f"epoch {epoch + 1}, batch {b + 1}/{self.n_batches}"
         msg = (f"training stopped at {where}; the checkpoint in {self.out_dir} holds that "
                "position: rerun the same command to continue (abstain train: add --resume)"
