@@ -7,6 +7,7 @@ a directory of someone else's files emptied by --overwrite, two writers mixing t
 from __future__ import annotations
 
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -157,10 +158,14 @@ def test_a_second_writer_fails_at_once(run, trained, command, capsys):
 
 
 def test_two_real_trainings_into_one_directory(trained, tmp_path):
-    """Two `train --overwrite --out R` at once: exactly one runs, the other fails at once."""
+    """Two `train --overwrite --out R` at once: exactly one runs, the other fails at once.
+
+    The first trains for minutes and is stopped (SIGTERM) once the second has returned: with a
+    short first run, the first could end before the second had even started (seen in one of
+    five suite runs), and the second then rightly overwrote a finished run."""
     out = tmp_path / "r"
     cfg = tmp_path / "slow.toml"
-    cfg.write_text(gauss3_config(epochs=6))
+    cfg.write_text(gauss3_config(epochs=2000))
     argv = [sys.executable, "-m", "abstain", "train", "--config", str(cfg), "--out", str(out),
             "--overwrite", "--device", "cpu"]
     first = subprocess.Popen(argv, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -168,8 +173,11 @@ def test_two_real_trainings_into_one_directory(trained, tmp_path):
     while not (out / "config.toml").exists() and time.time() < deadline and first.poll() is None:
         time.sleep(0.05)
     second = subprocess.run(argv, env=cli_env(), capture_output=True, text=True, timeout=120)
+    first_was_running = first.poll() is None
+    first.send_signal(signal.SIGTERM)
     _, err1 = first.communicate(timeout=300)
-    assert first.returncode == 0, err1
+    assert first_was_running, f"the first training ended before the second one: {err1[-2000:]}"
+    assert first.returncode == 130 and "Traceback" not in err1, err1[-2000:]   # stopped cleanly
     assert second.returncode == 2 and "another abstain command is writing" in second.stderr, second.stderr
     assert "Traceback" not in second.stderr
 
