@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import socket
+from pathlib import Path
 
 import pytest
 import torch
@@ -73,7 +74,16 @@ def _distance(a: dict, b: dict) -> float:
 
 
 @pytest.fixture(scope="module")
-def order_tolerance(tmp_path_factory) -> float:
+def single_run(tmp_path_factory) -> Path:
+    """One process with the whole batch, trained once for the module (``_run`` on it loads it)."""
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("single") / "single"
+    _run(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def order_tolerance(tmp_path_factory, single_run) -> float:
     """How far two float32 trainings that differ only in the order of their sums may end apart.
 
     DDP computes the same mean gradient as one process with the whole batch, summed in another
@@ -84,7 +94,7 @@ def order_tolerance(tmp_path_factory) -> float:
     and at least 8 float32 ulps of the largest weight (where reversal happens to round alike)."""
     torch.set_num_threads(1)
     tmp = tmp_path_factory.mktemp("order")
-    single = _run(tmp / "single").state_dict()
+    single = _run(single_run).state_dict()
     original = BatchFeed.__call__
 
     def reversed_rows(self, *args):
@@ -98,20 +108,21 @@ def order_tolerance(tmp_path_factory) -> float:
     return 8 * max(_distance(single, twin), torch.finfo(torch.float32).eps * largest)
 
 
-def test_two_processes_match_one_process_with_the_whole_batch(ddp_runs, tmp_path, order_tolerance):
+def test_two_processes_match_one_process_with_the_whole_batch(ddp_runs, tmp_path, order_tolerance,
+                                                               single_run):
     torch.set_num_threads(1)
-    single = _run(tmp_path / "single").state_dict()
+    single = _run(single_run).state_dict()
     r0 = torch.load(ddp_runs / "std-rank0.pt", weights_only=True)
     r1 = torch.load(ddp_runs / "std-rank1.pt", weights_only=True)
     assert all(torch.equal(r0[k], r1[k]) for k in r0)           # DDP keeps ranks in sync
     assert _distance(r0, single) <= order_tolerance              # = one process, batch 24 = 2 x 12
     last_ddp = load_train_state(ddp_runs / "ddp")["model_last"]
-    last_single = load_train_state(tmp_path / "single")["model_last"]
+    last_single = load_train_state(single_run)["model_last"]
     assert _distance(last_ddp, last_single) <= order_tolerance
     _run(tmp_path / "half", batch_size=12)                       # one process, per-rank batch:
     half = load_train_state(tmp_path / "half")["model_last"]    # another training, far outside
     assert _distance(last_ddp, half) > 100 * order_tolerance
-    assert read_meta(ddp_runs / "ddp")["epoch"] == read_meta(tmp_path / "single")["epoch"]
+    assert read_meta(ddp_runs / "ddp")["epoch"] == read_meta(single_run)["epoch"]
     assert not any(p.name.startswith(".") for p in (ddp_runs / "ddp").iterdir())  # no temp files left
 
 
@@ -122,11 +133,10 @@ def test_ddp_adversarial_loss_runs_and_ranks_agree(ddp_runs):
     assert len((ddp_runs / "ddp-trades" / "log.jsonl").read_text().splitlines()) == 1
 
 
-def test_resume_with_another_world_size(ddp_runs, tmp_path, order_tolerance):
+def test_resume_with_another_world_size(ddp_runs, order_tolerance, single_run):
     torch.set_num_threads(1)
     st = load_train_state(ddp_runs / "ddp-stopped")
     assert (st["epoch"], st["batch"], st["world_size"]) == (0, 3, 2)
     _run(ddp_runs / "ddp-stopped")                               # 1 process continues
-    _run(tmp_path / "single")
     assert _distance(load_train_state(ddp_runs / "ddp-stopped")["model_last"],
-                     load_train_state(tmp_path / "single")["model_last"]) <= order_tolerance
+                     load_train_state(single_run)["model_last"]) <= order_tolerance

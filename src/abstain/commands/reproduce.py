@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
-import signal
 import sys
 import time
 from pathlib import Path
@@ -49,20 +48,12 @@ def _command_line() -> str:
     return "abstain " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else "abstain reproduce"
 
 
-def _raise_interrupt(signum, frame):  # noqa: ANN001 - signal handler signature
-    raise KeyboardInterrupt
-
-
 def run(args: argparse.Namespace) -> int:
     from ..pipeline import run_pipeline
     from ..report import build_report
 
     if args.quiet:
         os.environ["ABSTAIN_QUIET"] = "1"
-    # Ctrl-C must raise KeyboardInterrupt even when started in the background (where a shell
-    # may have set SIGINT to "ignore"); SIGTERM stops the same clean way.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    previous_term = signal.signal(signal.SIGTERM, _raise_interrupt)
     if args.scale == "paper":
         from ..pipeline import resolve, stage_table
         from ..utils import resolve_device
@@ -88,8 +79,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"\nabstain reproduce: interrupted. Finished stages are kept in {args.out}; run the "
               f"same command again to continue where it stopped:\n  {cmd}", file=sys.stderr)
         return 130
-    finally:
-        signal.signal(signal.SIGTERM, previous_term)
     wall = time.perf_counter() - t0
     if not args.no_report:
         try:

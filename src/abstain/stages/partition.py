@@ -88,7 +88,7 @@ def _run(ctx: Any, config: dict) -> dict:
             if e == study:
                 per.setdefault("trades", []).append(R.partition_at(cols, e))
     results: dict[str, Any] = {k: mean_std(v) for k, v in per.items()}
-    rule = config.get("eps_rule", "gap")
+    rule = config["eps_rule"]
     chosen = choose_eps({e: results[f"trades@{e:g}"] for e in eps_all}, rule)
     results["meta"] = {"eps": study, "norm": norm, "seeds": config["seeds"], "sweep": eps_all,
                        "chosen_eps": chosen, "rule": RULES[rule], "n_test": len(test),
