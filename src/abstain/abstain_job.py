@@ -189,10 +189,8 @@ def abstain_job(robust: ModelSource, core: ModelSource, out: Path, s: AbstainSet
     from . import data as data_mod
     from .io import update_json
     from .records import write_records
-    from .utils import seed_everything
 
     t0 = time.perf_counter()
-    seed_everything(s.seed)
     eps_list = s.check()
     _check_pair(robust, core)
     s.cri = _cri_settings(robust, s.cri, s.selector)

@@ -39,6 +39,7 @@ from . import distributed
 from .attacks import is_robust, resolve_attack
 from .errors import InputError
 from .metrics import partition
+from .seeds import generator
 from .utils import progress, resolve_device
 from .validate import check_eps, check_inputs, check_norm
 
@@ -253,7 +254,7 @@ def _robust_flags(model: nn.Module, x: torch.Tensor, ids: torch.Tensor, pred: to
         alive = torch.nonzero(robust).flatten()
         if alive.numel():
             r, a = is_robust(model, x[alive], eps=e, norm=norm, steps=steps, attack=attack,
-                             generator=torch.Generator().manual_seed(seed), return_adv=True,
+                             generator=generator(seed), return_adv=True,
                              sample_ids=ids[alive])
             robust[alive] = r
             x_adv[alive] = torch.where(r.view((-1,) + (1,) * (x.dim() - 1)), x_adv[alive], a)

@@ -8,10 +8,13 @@ Every selector is built for a classifier F and a threat model (ε, norm) and off
     robust selection, eq. 14: ``∀x' ∈ B_ε(x): S(x') = 1`` for an adversary of budget ``eps``
     (default: the selector's own ε), checked empirically (attacks) or certified (IBP,
     randomized smoothing), whichever the selector supports.
-``records(x)``
+``records(x, ids=None)``
     the per-sample record columns from which :func:`decisions` recomputes the selection
     without touching the model (every reported number comes from these records). Column
-    names end in ``@<ε>`` (``f"{eps:g}"``) where they depend on the radius.
+    names end in ``@<ε>`` (``f"{eps:g}"``) where they depend on the radius. ``ids`` are the
+    samples' dataset indices: every attack draws a sample's random start from the seed and
+    its index (:mod:`abstain.seeds`), so the records of a sample do not depend on the batch
+    or chunk it was evaluated in, and ``robust@ε`` equals that of :func:`abstain.evaluate`.
 
 Threshold selectors (softmax response, selection network) record *scores* so one
 evaluation serves every threshold τ: the clean score ``score``, a lower bound (certified)
@@ -29,14 +32,10 @@ import torch
 from torch import nn
 
 from ..errors import InputError
-from ..records import column, eps_text
+from ..records import column
+from ..seeds import generator
 from ..utils import eval_mode, to_numpy
 from ..validate import check_eps, check_norm
-
-
-def eps_key(eps: float) -> str:
-    """The suffix of radius-dependent record columns (``robust@0.1``)."""
-    return eps_text(float(eps))
 
 
 def col(name: str, eps: float) -> str:
@@ -94,9 +93,23 @@ class Selector(ABC):
         # "apgd-ce" for the paper's protocol
         self.attack = resolve_attack(attack, False)
 
-    def _generator(self, salt: int = 0) -> torch.Generator:
-        """A fresh seeded generator per call, so repeated calls give the same answer."""
-        return torch.Generator().manual_seed(self.seed * 1000003 + salt)
+    def _generator(self, *tags: int | str) -> torch.Generator:
+        """A fresh generator of the stream ``tags`` (:func:`abstain.seeds.generator`), so
+        repeated calls give the same answer. No tag: the root stream, which every check of
+        F's robustness uses (as :func:`abstain.evaluate` does)."""
+        return generator(self.seed, *tags)
+
+    def _robust(self, x: torch.Tensor, radius: float, ids: torch.Tensor | None) -> torch.Tensor:
+        """F robust in B_radius(x) (:func:`abstain.attacks.is_robust` with the selector's
+        attack and steps), each random start drawn from the seed and the sample's id."""
+        from ..attacks import is_robust
+
+        if radius == 0.0:
+            return torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+        with torch.enable_grad():
+            rob = is_robust(self.model, x, eps=radius, norm=self.norm, steps=self.steps,
+                            attack=self.attack, generator=self._generator(), sample_ids=ids)
+        return rob.to(torch.bool)
 
     def _adversary(self, eps: float | None, norm: str | None) -> float:
         eps = self.eps if eps is None else check_eps(eps)
@@ -115,8 +128,9 @@ class Selector(ABC):
         """eq. 14: ∀x' ∈ B_eps(x): S(x') = 1 (BoolTensor[N])."""
 
     @abstractmethod
-    def records(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Per-sample record columns at the selector's ε (see :meth:`decisions`)."""
+    def records(self, x: torch.Tensor, ids: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Per-sample record columns at the selector's ε (see :meth:`decisions`); ``ids``:
+        the samples' dataset indices (default ``0..N-1``)."""
 
     @classmethod
     @abstractmethod
@@ -176,4 +190,4 @@ class ThresholdSelector(Selector):
         return grid[(grid >= 0.0) & (grid < 1.0)]
 
 
-__all__ = ["Selector", "ThresholdSelector", "Decisions", "eps_key", "col", "require", "predict"]
+__all__ = ["Selector", "ThresholdSelector", "Decisions", "col", "require", "predict"]

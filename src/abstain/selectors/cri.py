@@ -44,7 +44,7 @@ class CertifiedRobustnessIndicator(Selector):
         if self._cache is not None and self._cache[0].shape == x.shape and torch.equal(self._cache[0], x):
             return self._cache[1], self._cache[2]
         cls, rad = self.smooth.certify_batch(x, self.n0, self.n, self.alpha, self.batch_size,
-                                             generator=self._generator())
+                                             generator=self._generator("cri"))
         self._cache = (x.detach().clone(), cls, rad)
         return cls, rad
 
@@ -59,7 +59,7 @@ class CertifiedRobustnessIndicator(Selector):
         need = max(self.eps, eps_a) if self.paper_note else self.eps + eps_a
         return (cls >= 0) & (rad >= need) & (rad >= self.eps)
 
-    def records(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def records(self, x: torch.Tensor, ids: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Columns ``pred`` (G's class, −1 = abstain) and ``radius`` (0 when abstaining)."""
         cls, rad = self.certify(x)
         return {"pred": cls, "radius": torch.where(cls >= 0, rad, torch.zeros_like(rad)),

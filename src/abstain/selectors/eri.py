@@ -30,23 +30,9 @@ class RobustnessIndicator(Selector):
                          attack=resolve_attack(attack, ensemble))
         self.ensemble = self.attack == "ensemble"
 
-    def _is_robust(self, x: torch.Tensor, radius: float,
-                   sample_ids: torch.Tensor | None = None) -> torch.Tensor:
-        """F robust in B_radius(x); random starts depend on the seed and ``sample_ids`` only,
-        so a subset gives the same flags as the full batch."""
-        from ..attacks import is_robust
-
-        if radius == 0.0:
-            return torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
-        with torch.enable_grad():
-            rob = is_robust(self.model, x, eps=radius, norm=self.norm, steps=self.steps,
-                            attack=self.attack, generator=self._generator(),
-                            sample_ids=sample_ids)
-        return rob.to(torch.bool)
-
     def select(self, x: torch.Tensor) -> torch.Tensor:
         """eq. 12 on clean inputs: F robust in B_ε(x)."""
-        return self._is_robust(x, self.eps)
+        return self._robust(x, self.eps, None)
 
     def robust_select(self, x: torch.Tensor, eps: float | None = None,
                       norm: str | None = None) -> torch.Tensor:
@@ -55,22 +41,27 @@ class RobustnessIndicator(Selector):
         fails at x' = x)."""
         return self._nested(x, self.eps + self._adversary(eps, norm))[1]
 
-    def _nested(self, x: torch.Tensor, radius: float) -> tuple[torch.Tensor, torch.Tensor]:
-        r1 = self._is_robust(x, self.eps)
+    def _nested(self, x: torch.Tensor, radius: float,
+                ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(F robust in B_ε, F robust in B_radius); the larger ball only where the smaller
+        holds, with the same per-sample random starts as :func:`abstain.evaluate`."""
+        ids = torch.arange(x.shape[0]) if ids is None else torch.as_tensor(ids).reshape(-1)
+        ids = ids.to(x.device)
+        r1 = self._robust(x, self.eps, ids)
         r2 = torch.zeros_like(r1)
         idx = torch.nonzero(r1).flatten()
         if idx.numel():
-            r2[idx] = self._is_robust(x[idx], radius, sample_ids=idx)
+            r2[idx] = self._robust(x[idx], radius, ids[idx])
         return r1, r2
 
-    def records(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def records(self, x: torch.Tensor, ids: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Columns ``pred``, ``robust@ε`` (= S_ERI(x)) and ``robust@2ε``.
 
         ``robust@2ε`` is attacked only where ``robust@ε`` holds: an adversarial example in
         B_ε is one in B_2ε, so elsewhere it is exactly 0.
         """
         pred = predict(self.model, x)
-        r1, r2 = self._nested(x, 2 * self.eps)
+        r1, r2 = self._nested(x, 2 * self.eps, ids)
         return {"pred": pred, col("robust", self.eps): r1, col("robust", 2 * self.eps): r2}
 
     @classmethod

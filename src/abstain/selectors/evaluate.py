@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ..errors import InputError
+from ..seeds import derive, generator
 from .base import Decisions, Selector, ThresholdSelector, col, predict
 from .cri import CertifiedRobustnessIndicator
 from .eri import RobustnessIndicator
@@ -56,12 +57,12 @@ def build_selector(kind: str, model: nn.Module, *, eps: float, norm: str = "linf
     x_tr, y_tr = train
     n = int(opts.get("samples") or x_tr.shape[0])
     if n < x_tr.shape[0]:
-        idx = torch.randperm(x_tr.shape[0], generator=torch.Generator().manual_seed(seed))[:n]
+        idx = torch.randperm(x_tr.shape[0], generator=generator(seed, "sn-subset"))[:n]
         x_tr, y_tr = x_tr[idx], y_tr[idx]
     t = selection_targets(model, x_tr, y_tr, eps=eps, norm=norm, steps=steps, seed=seed, attack=attack)
     # the initial weights depend on the seed only, not on what ran before in the process
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        torch.manual_seed(derive(seed, "sn-init"))
         net = selection_net(tuple(x_tr.shape[1:]), hidden=int(opts.get("hidden", 128))).to(x_tr.device)
     train_selection_network(net, x_tr, t, eps=eps, norm=norm, epochs=int(opts.get("epochs", 60)), seed=seed)
     return SelectionNetwork(model, net, tau=DEFAULT_TAU["sn"] if tau is None else tau, eps=eps,
@@ -75,35 +76,46 @@ def _cols(index: Any, y: torch.Tensor, rec: Mapping[str, torch.Tensor]) -> dict[
     return out
 
 
-def _chunked(fn, x: torch.Tensor, batch_size: int | None) -> dict[str, torch.Tensor]:
-    """``fn`` on chunks of ``batch_size`` inputs (all at once when None), columns concatenated."""
+def _chunked(fn, x: torch.Tensor, ids: torch.Tensor, batch_size: int | None) -> dict[str, torch.Tensor]:
+    """``fn(x_chunk, ids_chunk)`` on chunks of ``batch_size`` inputs (all at once when None),
+    columns concatenated."""
     if batch_size is None or x.shape[0] <= batch_size:
-        return fn(x)
-    parts = [fn(x[i:i + batch_size]) for i in range(0, x.shape[0], batch_size)]
+        return fn(x, ids)
+    parts = [fn(x[i:i + batch_size], ids[i:i + batch_size]) for i in range(0, x.shape[0], batch_size)]
     return {k: torch.cat([torch.as_tensor(p[k]) for p in parts]) for k in parts[0]}
+
+
+def _ids(index: Any, n: int, device: torch.device) -> torch.Tensor:
+    ids = torch.as_tensor(np.asarray(index), dtype=torch.long).reshape(-1)
+    if ids.shape[0] != n:
+        raise InputError(f"index has {ids.shape[0]} entries for {n} inputs")
+    return ids.to(device)
 
 
 def abstain_records(selector: Selector, x: torch.Tensor, y: torch.Tensor, index: Any,
                     batch_size: int | None = None) -> dict[str, Any]:
     """``index``, ``label`` and the selector's record columns on (x, y), in chunks of
-    ``batch_size`` inputs (random starts of the attacks are seeded per chunk position, so
-    the same chunking gives the same records)."""
-    return _cols(index, y, _chunked(selector.records, x, batch_size))
+    ``batch_size`` inputs. ``index``: the samples' dataset indices; the attacks' random
+    starts follow them (:mod:`abstain.seeds`), so the records depend neither on
+    ``batch_size`` nor on the subset evaluated, and ``robust@ε`` is that of
+    :func:`abstain.evaluate` with the same seed and attack."""
+    return _cols(index, y, _chunked(selector.records, x, _ids(index, x.shape[0], x.device), batch_size))
 
 
 def core_records(model: nn.Module, x: torch.Tensor, y: torch.Tensor, index: Any, *, eps: float,
                  norm: str = "linf", steps: int = 40, seed: int = 0,
                  batch_size: int | None = None, attack: str | None = None) -> dict[str, Any]:
-    """``index``, ``label``, ``pred`` and ``robust@ε`` (:func:`abstain.attacks.is_robust`)."""
+    """``index``, ``label``, ``pred`` and ``robust@ε`` (:func:`abstain.attacks.is_robust`,
+    random starts from ``seed`` and the dataset ``index``, as in :func:`abstain.evaluate`)."""
     from ..attacks import is_robust
 
-    def one(xb: torch.Tensor) -> dict[str, torch.Tensor]:
+    def one(xb: torch.Tensor, ids: torch.Tensor) -> dict[str, torch.Tensor]:
         with torch.enable_grad():
             rob = is_robust(model, xb, eps=eps, norm=norm, steps=steps, attack=attack,
-                            generator=torch.Generator().manual_seed(seed * 1000003 + 7))
+                            generator=generator(seed), sample_ids=ids)
         return {"pred": predict(model, xb), col("robust", eps): rob.to(torch.bool)}
 
-    return _cols(index, y, _chunked(one, x, batch_size))
+    return _cols(index, y, _chunked(one, x, _ids(index, x.shape[0], x.device), batch_size))
 
 
 def decisions(kind: str, records: Mapping[str, Any], eps: float, tau: float | None = None,

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InputError
+from ..seeds import generator
 from ..ibp import ibp_bounds
 from ..models import Normalize
 from ..utils import eval_mode
@@ -54,8 +55,7 @@ def selection_targets(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps
         ids = torch.arange(i, min(i + batch_size, x.shape[0]), device=x.device)
         with torch.enable_grad():
             rob[ids] = is_robust(model, x[ids], eps=eps, norm=norm, steps=steps, sample_ids=ids,
-                                 attack=attack,
-                                 generator=torch.Generator().manual_seed(seed)).to(torch.bool)
+                                 attack=attack, generator=generator(seed)).to(torch.bool)
     return (pred == y) & rob
 
 
@@ -68,7 +68,7 @@ def train_selection_network(net: nn.Module, x: torch.Tensor, t: torch.Tensor, *,
     fraction of epochs over which κ and the training radius (``eps_train_factor``·ε) ramp."""
     if x.shape[0] != t.shape[0] or x.shape[0] == 0:
         raise InputError("selection network training needs matching, non-empty x and targets")
-    g = torch.Generator().manual_seed(seed)
+    g = generator(seed, "sn-train")
     tf = t.float().to(x.device)
     pos = float(tf.mean())
     pos_weight = torch.tensor((1 - pos) / pos if 0 < pos < 1 else 1.0, device=x.device)
@@ -129,15 +129,12 @@ class SelectionNetwork(ThresholdSelector):
         score, _, hi = self._score_bounds(x, self._adversary(eps, None))
         return (hi < self.tau) & (score < self.tau)
 
-    def records(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def records(self, x: torch.Tensor, ids: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Columns ``pred``, ``robust@ε`` (is_robust of F), ``score`` = σ(s(x)) and the IBP
         bounds ``score_lo@ε``, ``score_hi@ε`` of σ(s) over B_ε(x)."""
-        from ..attacks import is_robust
-
+        ids = None if ids is None else torch.as_tensor(ids).reshape(-1).to(x.device)
         pred = predict(self.model, x)
-        with torch.enable_grad():
-            rob = is_robust(self.model, x, eps=self.eps, norm=self.norm, steps=self.steps,
-                            attack=self.attack, generator=self._generator()).to(torch.bool)
+        rob = self._robust(x, self.eps, ids)
         score, lo, hi = self._score_bounds(x, self.eps)
         return {"pred": pred, col("robust", self.eps): rob, "score": score,
                 col("score_lo", self.eps): lo, col("score_hi", self.eps): hi}

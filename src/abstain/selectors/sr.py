@@ -86,15 +86,15 @@ class SoftmaxResponse(ThresholdSelector):
         return c, k
 
     def attack_points(self, x: torch.Tensor, pred: torch.Tensor, radius: float,
-                      attack: str) -> torch.Tensor:
-        """The point in B_radius(x) ∩ [0, 1] found by ``attack`` (see module doc)."""
+                      attack: str, ids: torch.Tensor | None = None) -> torch.Tensor:
+        """The point in B_radius(x) ∩ [0, 1] found by ``attack`` (see module doc); random
+        starts from the stream ``sr-<attack>`` and the samples' ``ids``."""
         from ..attacks import apgd
 
         loss = neg_max_softmax if attack == "apgd" else "conf"
-        salt = 1 + ATTACKS.index(attack)
         with torch.enable_grad():
             return apgd(self.model, x, pred, eps=radius, norm=self.norm, steps=self.steps, loss=loss,
-                        generator=self._generator(salt), early_stop=False)
+                        generator=self._generator(f"sr-{attack}"), early_stop=False, sample_ids=ids)
 
     def _min_conf(self, x: torch.Tensor, radius: float) -> torch.Tensor:
         conf, pred = self._conf_pred(x)
@@ -132,7 +132,7 @@ class SoftmaxResponse(ThresholdSelector):
         r_sel, r_rob = self._radii(self._adversary(eps, norm))
         return (self._min_conf(x, r_rob) >= self.tau) & (self._min_conf(x, r_sel) >= self.tau)
 
-    def records(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def records(self, x: torch.Tensor, ids: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Columns: ``pred``, ``conf`` (clean max-softmax), ``robust@ε`` (is_robust of F);
         per attack a and radius r (ε, and 2ε when ``ball``): ``minconf_<a>@r`` (smallest
         max-softmax among x and the attack's point), ``flip_<a>@r`` (the point changes
@@ -142,17 +142,14 @@ class SoftmaxResponse(ThresholdSelector):
         on ``rule``: the authors' decisions are recomputed from the same records by
         :meth:`decisions_for` with ``rule="authors"`` (it reads ``conf``, ``flip_conf@ε``
         and ``flipconf_conf@ε``)."""
-        from ..attacks import is_robust
-
+        ids = None if ids is None else torch.as_tensor(ids).reshape(-1).to(x.device)
         conf, pred = self._conf_pred(x)
-        with torch.enable_grad():
-            rob = is_robust(self.model, x, eps=self.eps, norm=self.norm, steps=self.steps,
-                            attack=self.attack, generator=self._generator(99)).to(torch.bool)
+        rob = self._robust(x, self.eps, ids)
         out: dict[str, torch.Tensor] = {"pred": pred, "conf": conf, col("robust", self.eps): rob}
         radii = sorted({r for r in self._radii(self.eps) if r > 0})
         for r in radii:
             for a in self.attacks:
-                c_adv, k_adv = self._conf_pred(self.attack_points(x, pred, r, a))
+                c_adv, k_adv = self._conf_pred(self.attack_points(x, pred, r, a, ids))
                 flip = k_adv != pred
                 out[col(f"minconf_{a}", r)] = torch.minimum(conf, c_adv)
                 out[col(f"flip_{a}", r)] = flip

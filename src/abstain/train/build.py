@@ -16,7 +16,7 @@ from torch import nn
 from ..checkpoint import load_state_into
 from ..errors import ConfigError
 from .loop import fit
-from .schedule import mix
+from ..seeds import derive
 
 
 def model_kwargs(arch: str, input_shape: tuple[int, ...], kwargs: Mapping[str, Any]) -> dict[str, Any]:
@@ -98,7 +98,7 @@ def train_from_config(cfg: Mapping[str, Mapping[str, Any]], out: str | os.PathLi
     # on what ran before in the process): same config, same weights; a run killed before its
     # first checkpoint restarts from the same initialisation. The global RNG is left as it was.
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(mix(tr["seed"], 0x1417))
+        torch.manual_seed(derive(tr["seed"], 0x1417))
         model, kw = build_model(cfg, full.num_classes, tuple(full.input_shape))
     meta = {"arch": cfg["model"]["arch"], "num_classes": full.num_classes, "dataset": d["name"],
             "data_root": d["root"], "model_kwargs": kw, "input_shape": list(full.input_shape),

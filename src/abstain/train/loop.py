@@ -47,7 +47,8 @@ from ..checkpoint import STATE_FILE, load_state_into, load_train_state, save_che
 from ..errors import CheckpointError, ConfigError
 from ..utils import progress, resolve_device
 from .feed import BatchFeed
-from .schedule import check_schedule, epoch_order, lr_at, mix
+from ..seeds import derive
+from .schedule import check_schedule, epoch_order, lr_at
 from .select import selection_score, validation_metrics
 from .state import (LOG_FILE, STATE_VERSION, StopFlag, TrainingDiverged, TrainingInterrupted, append_log,
                     cpu_state, merge_sums, optimizer_state_to, rng_state, set_rng_state, truncate_log)
@@ -269,10 +270,10 @@ class Trainer:
             return None
         n_local = len(range(self.rank, n_batch, self.world))
         x, y = self.feed(b * s.batch_size, b * s.batch_size + n_batch, self.rank, self.world)
-        self.gen.manual_seed(mix(s.seed, epoch, b, self.rank))
+        self.gen.manual_seed(derive(s.seed, epoch, b, self.rank))
         if self.augment_fn is not None:
             if self.aug_gen is not self.gen:
-                self.aug_gen.manual_seed(mix(s.seed, epoch, b, self.rank, 0xA06))
+                self.aug_gen.manual_seed(derive(s.seed, epoch, b, self.rank, 0xA06))
             x = self.augment_fn(x, self.aug_gen)
         if self.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -280,7 +281,7 @@ class Trainer:
         # generator, never from the global RNG (seeded alike on every rank)
         self.params["generator"] = self.gen
         if self.seed_gen is not None:
-            self.seed_gen.manual_seed(mix(s.seed, epoch, b, self.rank, 0x5EED))
+            self.seed_gen.manual_seed(derive(s.seed, epoch, b, self.rank, 0x5EED))
             self.params["seed_generator"] = self.seed_gen
         self.params["epoch"] = epoch
         with torch.autocast(device_type=device.type, dtype=AMP_DTYPES.get(s.amp, torch.float32),
@@ -390,7 +391,7 @@ class Trainer:
             metrics = validation_metrics(self.raw, self.val_data, eps=self.val_eps,
                                          norm=self.params.get("norm", "linf"), steps=s.val_steps,
                                          batch_size=max(s.batch_size, 256), device=self.device,
-                                         seed=mix(s.seed, epoch, 0x5A1), channels_last=self.channels_last)
+                                         seed=derive(s.seed, epoch, 0x5A1), channels_last=self.channels_last)
             _, score = selection_score(self.select_name, s.loss, metrics)
             if self.select_name == "last" or score > self.best["score"]:
                 self.best = {"epoch": epoch + 1, "score": score, "metrics": metrics,

@@ -1,10 +1,10 @@
 """Learning-rate schedules (Appendix A.2) and the seeded data order of the training loop."""
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from ..errors import ConfigError
+from ..seeds import generator
 
 SCHEDULES = ("scratch", "finetune", "synthetic", "constant")
 # lr multipliers once a fraction of the epochs is completed (Appendix A.2)
@@ -32,12 +32,6 @@ def lr_at(schedule: str, epoch: int, epochs: int, lr: float) -> float:
     return lr * factor
 
 
-def mix(*ints: int) -> int:
-    """A 63-bit seed from integers (SeedSequence hashing: nearby tuples give unrelated seeds)."""
-    state = np.random.SeedSequence([int(i) & 0xFFFFFFFF for i in ints]).generate_state(2, np.uint32)
-    return int((int(state[0]) << 31) ^ int(state[1])) & ((1 << 63) - 1)
-
-
 def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
     """The data order of ``epoch``: identical on every rank and after a resume."""
-    return torch.randperm(n, generator=torch.Generator().manual_seed(mix(seed, epoch, 0x0D474)))
+    return torch.randperm(n, generator=generator(seed, epoch, 0x0D474))

@@ -9,7 +9,7 @@ from torch import nn
 from .. import distributed as dist_utils
 from ..errors import ConfigError
 from ..utils import eval_mode
-from .schedule import mix
+from ..seeds import derive
 
 ROBUST_SELECT = {"pgd-at": "rob_acc", "trades": "rob_acc", "era": "rob_acc-rob_inacc",
                  "dga": "rob_acc-rob_inacc"}
@@ -48,7 +48,7 @@ def validation_metrics(model: nn.Module, data: Any, *, eps: float | None, norm: 
             counts[0] += acc.sum()
             counts[3] += y.numel()
             if eps is not None and eps > 0:
-                gen.manual_seed(mix(seed, b, dist_utils.rank(), 0x7A1))
+                gen.manual_seed(derive(seed, b, dist_utils.rank(), 0x7A1))
                 with torch.enable_grad():
                     x_adv = pgd(model, x, pred, eps=eps, norm=norm, steps=steps, loss="ce",
                                 random_start=True, generator=gen, early_stop=False)
