@@ -159,30 +159,17 @@ def splits(cfg: Mapping[str, Any], seed: int) -> tuple[Any, Any, Any]:
 
 def train_experiment(ctx: Any, name: str, seed: int, cfg: Mapping[str, Any], init_from: Any = None):
     """Train (or resume / load) the experiment ``cfg`` (a validated config) for ``seed`` into
-    ``ctx.work/<name>-s<seed>``: the model of ``[model]`` initialised under
-    ``torch.manual_seed(seed)`` (or with the weights of ``init_from``), fitted with the loss and
-    settings of ``[train]``/``[loss]``; ``seed`` replaces ``[train] seed``."""
-    from .. import models
-    from ..config import loss_params
-    from ..train import fit
-    from ..train.build import model_kwargs
+    ``ctx.work/<name>-s<seed>`` through :func:`abstain.train.train_from_config`, the path of
+    ``abstain train`` (so no key of the config is dropped): ``seed`` replaces ``[train] seed``
+    (data draw, validation split, initial weights, data order); ``init_from``: a model whose
+    weights replace the initial ones (a stage's pre-trained model)."""
+    from ..train import train_from_config
 
-    train, val, _ = splits(cfg, seed)
-    arch, tr = cfg["model"]["arch"], cfg["train"]
-    kw = model_kwargs(arch, tuple(train.input_shape), cfg["model"]["kwargs"])
-    torch.manual_seed(seed)
-    model = models.create(arch, train.num_classes, **kw)
-    if init_from is not None:
-        model.load_state_dict(init_from.state_dict())
-    meta = {"arch": arch, "num_classes": train.num_classes, "dataset": cfg["data"]["name"],
-            "data_root": cfg["data"]["root"], "model_kwargs": kw, "stage": ctx.name, "variant": name,
-            "data_seed": seed, "loss_params": {k: v for k, v in loss_params(cfg).items()
-                                               if isinstance(v, (int, float, str, bool))}}
-    return fit(model, train, loss=tr["loss"], loss_params=loss_params(cfg), val_data=val,
-               out=ctx.work / f"{name}-s{seed}", seed=seed, device=ctx.device, meta=meta,
-               desc=f"{name}-s{seed}", epochs=tr["epochs"], batch_size=tr["batch_size"], lr=tr["lr"],
-               schedule=tr["schedule"], momentum=tr["momentum"], weight_decay=tr["weight_decay"],
-               select=tr["select"], val_steps=tr["val_steps"])
+    cfg = with_overrides(cfg, {"train.seed": int(seed)})
+    model, _ = train_from_config(cfg, ctx.work / f"{name}-s{seed}", ctx.device, init_model=init_from,
+                                 meta={"stage": ctx.name, "variant": name, "data_seed": seed},
+                                 desc=f"{name}-s{seed}")
+    return model
 
 
 def progress_iter(ctx: Any, items: list, desc: str):

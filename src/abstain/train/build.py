@@ -80,11 +80,19 @@ def build_model(cfg: Mapping[str, Mapping[str, Any]], num_classes: int,
 
 
 def train_from_config(cfg: Mapping[str, Mapping[str, Any]], out: str | os.PathLike | None,
-                      device: str | torch.device = "auto") -> tuple[nn.Module, dict[str, Any]]:
+                      device: str | torch.device = "auto", *, init_model: nn.Module | None = None,
+                      meta: Mapping[str, Any] | None = None,
+                      desc: str = "train") -> tuple[nn.Module, dict[str, Any]]:
     """Run the experiment of a validated config (:func:`abstain.config.validate`): load the
     training split, carve the validation split (``val_fraction``, seeded), build/initialise
     the model and :func:`fit` it into ``out``. Returns ``(model, summary)``; the summary is
-    the ``"train"`` section of ``results.json``."""
+    the ``"train"`` section of ``results.json``.
+
+    This is the one training path: ``abstain train`` and every stage of ``abstain reproduce``
+    call it, so every key of the config acts the same on both. ``init_model``: start from
+    these weights (a stage's pre-trained model, already in memory) instead of ``[model]
+    init``; ``meta``: extra entries for the checkpoint's meta.json (stage, variant);
+    ``desc``: the progress bar's label."""
     from .. import data as data_mod
     from ..config import loss_params
     from ..data import train_val_split
@@ -100,17 +108,21 @@ def train_from_config(cfg: Mapping[str, Mapping[str, Any]], out: str | os.PathLi
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive(tr["seed"], 0x1417))
         model, kw = build_model(cfg, full.num_classes, tuple(full.input_shape))
-    meta = {"arch": cfg["model"]["arch"], "num_classes": full.num_classes, "dataset": d["name"],
+    if init_model is not None:
+        load_state_into(model, init_model.state_dict(), source="the pre-trained model")
+    base = {"arch": cfg["model"]["arch"], "num_classes": full.num_classes, "dataset": d["name"],
             "data_root": d["root"], "model_kwargs": kw, "input_shape": list(full.input_shape),
             "config": json.loads(json.dumps(cfg)), "val_fraction": d["val_fraction"],
-            "n_train": len(train_ds), "n_val": len(val_ds) if val_ds is not None else 0}
+            "n_train": len(train_ds), "n_val": len(val_ds) if val_ds is not None else 0,
+            "loss_params": {k: v for k, v in loss_params(cfg).items() if isinstance(v, (int, float, str, bool))}}
+    meta = {**base, **dict(meta or {})}
     t0 = time.perf_counter()
     model = fit(model, train_ds, loss=tr["loss"], loss_params=loss_params(cfg), epochs=tr["epochs"],
                 batch_size=tr["batch_size"], lr=tr["lr"], schedule=tr["schedule"],
                 momentum=tr["momentum"], weight_decay=tr["weight_decay"], val_data=val_ds, out=out,
                 seed=tr["seed"], device=device, augment=d["augment"], meta=meta, amp=tr["amp"],
                 channels_last=tr["channels_last"], compile=tr["compile"], sync_bn=tr["sync_bn"],
-                select=tr["select"], val_steps=tr["val_steps"])
+                select=tr["select"], val_steps=tr["val_steps"], desc=desc)
     summary: dict[str, Any] = {"loss": tr["loss"], "epochs": tr["epochs"],
                                "seconds_this_call": time.perf_counter() - t0,
                                "n_train": len(train_ds), "n_val": meta["n_val"]}
