@@ -15,7 +15,8 @@ from abstain.composition import (Candidate, Cascade, Composition, choose_cascade
                              crossfit_cascade, pareto_front)
 from abstain.errors import InputError
 from abstain.metrics import cascade_metrics, cascade_outcome, composition_metrics, paper_robust_accurate
-from abstain.selectors import Decisions, RobustnessIndicator, Selector, col
+from abstain.records import column as col
+from abstain.selectors import Decisions, RobustnessIndicator, Selector
 from abstain_fixtures import EPS, digits_models
 
 

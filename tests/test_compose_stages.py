@@ -90,8 +90,8 @@ def test_abstain_command(root: Path, tmp_path: Path, capsys) -> None:
     res = json.loads((out / "results.json").read_text())["abstain"]
     rec = read_records(out / f"records/abstain-eri-eps{EPS:g}.csv")
     comp = res[f"{EPS:g}"]["composition"]
-    assert comp["nat_acc"] == pytest.approx(np.mean(rec["h.pred"] == rec["label"]))
-    assert comp["rob_acc"] == pytest.approx(np.mean(rec["h.rob_acc"]))
+    assert comp["nat_acc"] == pytest.approx(np.mean(rec[f"h.pred@{EPS:g}"] == rec["label"]))
+    assert comp["rob_acc"] == pytest.approx(np.mean(rec[f"h.rob_acc@{EPS:g}"]))
     assert (out / "abstain_pareto.png").is_file() and (out / "composition.png").is_file()
     # a bad threshold is a user error (exit 2, one line)
     rc = main(["abstain", "--robust", str(root / "digits-finetune/work/era-s0"),

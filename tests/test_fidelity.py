@@ -17,7 +17,7 @@ import abstain.losses.cra as cra_mod
 from abstain import config, losses
 from abstain.errors import ConfigError, InputError
 from abstain.losses.adversarial import kl_objective, toward_top_other
-from abstain.selectors.base import col
+from abstain.records import column as col
 from abstain.selectors.sr import SoftmaxResponse
 
 N, D, K = 12, 4, 3

@@ -104,7 +104,7 @@ def test_resolve_errors_name_the_problem(run_dir, tmp_path):
 
 def test_python_api_mirrors_the_commands(run_dir, tmp_path):
     """abstain.certify / abstain.compose take an nn.Module and a Dataset and give the records
-    of the commands."""
+    of the commands, as Records with a summary keyed by radius."""
     import abstain
     from abstain.data import balanced_subset
 
@@ -123,7 +123,8 @@ def test_python_api_mirrors_the_commands(run_dir, tmp_path):
                  "--eps", "0.1", "--steps", "5", "--samples", "20", "--device", "cpu",
                  "--out", str(tmp_path / "a")]) == 0
     cli = read_records(tmp_path / "a" / "records" / "abstain-eri-eps0.1.csv")
-    for k in ("pred", "robust@0.1", "robust@0.2", "h.pred", "h.rob_acc", "core.robust@0.1"):
-        assert np.array_equal(np.asarray(res["records"][k]).astype(cli[k].dtype), cli[k]), k
-    comp = res["metrics"]["composition"]
-    assert comp["rob_acc"] == pytest.approx(float(np.mean(cli["h.rob_acc"])))
+    for k in ("pred", "robust@0.1", "robust@0.2", "h.pred@0.1", "h.rob_acc@0.1", "core.robust@0.1"):
+        assert np.array_equal(np.asarray(res[k]).astype(cli[k].dtype), cli[k]), k
+    comp = res.summary["composition"][0.1]
+    assert comp["rob_acc"] == pytest.approx(float(np.mean(cli["h.rob_acc@0.1"])))
+    assert cols.summary["certified"][0.1] == cols.summary["certified"]["0.1"]

@@ -9,8 +9,9 @@ import torch
 from abstain.attacks import is_robust
 from abstain.errors import InputError
 from abstain.ibp import input_box
+from abstain.records import column as col
 from abstain.selectors import (CertifiedRobustnessIndicator, RobustnessIndicator, SelectionNetwork,
-                               SoftmaxResponse, col, selection_net, selection_targets,
+                               SoftmaxResponse, selection_net, selection_targets,
                                train_selection_network)
 from abstain_fixtures import EPS, digits_models
 
@@ -84,7 +85,7 @@ def test_sr_records_reproduce_live_decisions(setup, sr_records) -> None:
     assert not (d.robust_selected & ~d.selected).any()
     # the minimum max-softmax found never exceeds the clean confidence, and the 2ε minimum
     # is taken over a larger ball
-    assert (rec["score"] <= rec["conf"] + 1e-7).all()
+    assert (rec[col("score", EPS)] <= rec["conf"] + 1e-7).all()
     # monotone in τ: robust selection shrinks as τ grows
     rs = [SoftmaxResponse.metrics(rec, y, EPS, t)["rob_sel"] for t in (0.0, 0.3, 0.6, 0.9, 0.99)]
     assert rs == sorted(rs, reverse=True) and rs[0] == 1.0

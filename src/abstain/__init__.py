@@ -8,23 +8,17 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name: str):
-    """Lazy exports (imported on first use so ``import abstain`` stays light); each takes an
-    ``nn.Module`` and a ``Dataset``, like the command of the same name:
+    """Lazy exports (imported on first use so ``import abstain`` stays light); each takes any
+    ``nn.Module``, any ``(x, y)`` Dataset or DataLoader, a radius or a list of radii and
+    ``normalize``, like the command of the same name, and returns
+    :class:`abstain.records.Records` with a summary keyed by radius (:mod:`abstain.api`):
 
-    ``abstain.evaluate``  :func:`abstain.evaluation.evaluate` (the robustness-accuracy partition);
-    ``abstain.certify``   :func:`abstain.jobs.certify` (randomized smoothing);
-    ``abstain.compose``   :func:`abstain.abstain_job.compose` (abstain model + core, eq. 15).
+    ``abstain.evaluate``  the robustness-accuracy partition (eq. 1–3);
+    ``abstain.certify``   randomized smoothing (Tables 2, 3);
+    ``abstain.compose``   abstain model + core (eq. 14, 15), every selector.
     """
-    if name == "evaluate":
-        from .evaluation import evaluate
+    if name in ("evaluate", "certify", "compose", "Records"):
+        from . import api, records
 
-        return evaluate
-    if name == "certify":
-        from .jobs import certify
-
-        return certify
-    if name == "compose":
-        from .abstain_job import compose
-
-        return compose
+        return records.Records if name == "Records" else getattr(api, name)
     raise AttributeError(f"module 'abstain' has no attribute {name!r}")

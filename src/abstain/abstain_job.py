@@ -1,8 +1,8 @@
 """The job behind ``abstain abstain``: an abstain model (F, S) and its 2-compositional model
 (eq. 15) with a core model, per ε, on the test split, with the plots of Fig. 3, 4 and 6.
 
-:func:`compose` is the Python API (an ``nn.Module`` each and the test inputs); :func:`abstain_job`
-adds the data, the files and the plots.
+:func:`compose_at` computes one radius (the Python API :func:`abstain.compose` calls it for every
+radius); :func:`abstain_job` adds the data, the files and the plots.
 """
 from __future__ import annotations
 
@@ -55,61 +55,44 @@ class AbstainSettings:
         return eps_list
 
 
-def compose(robust: nn.Module, core: nn.Module, data: Any, *, selector: str, eps: float,
-            norm: str = "linf", steps: int = 40, tau: float | None = None, seed: int = 0,
-            train: Any = None, device: Any = "auto", attack: str | None = None) -> dict[str, Any]:
-    """The abstain model (``robust``, S_``selector``) and its 2-compositional model with
-    ``core`` (eq. 15) on the Dataset ``data`` at radius ``eps``: ``{"records": per-sample
-    columns, "metrics": {...}}`` (see :func:`compose_at`). ``train``: the training Dataset,
-    needed by S_SN."""
-    from .utils import resolve_device
-
-    s = AbstainSettings(selector=selector, eps=[eps], norm=norm, steps=steps, tau=tau, seed=seed, attack=attack)
-    s.check()
-    dev = resolve_device(device)
-    for m in (robust, core):
-        m.to(dev)
-    tr = (train.x.to(dev), train.y.to(dev)) if train is not None else None
-    return compose_at(robust, core, data.x.to(dev), data.y.to(dev), eps=eps, s=s, train=tr)
-
-
 def compose_at(robust: nn.Module, core: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
                s: AbstainSettings, index: Any = None,
-               train: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, Any]:
+               train: tuple[torch.Tensor, torch.Tensor] | None = None) -> records.Records:
     """The abstain model (``robust``, S_selector) and its composition with ``core`` at ``eps``
-    (eq. 15): per-sample columns (``records``) and metrics (``metrics``: the abstain metrics,
-    the core alone, F alone, the composition with the sound ``rob_acc`` and the authors'
-    ``rob_acc_paper``). ``train``: the training split, for S_SN."""
+    (eq. 15) on ``(x, y)`` (``index``: the samples' dataset indices, which key the attacks'
+    random starts; default their positions). Returns :class:`abstain.records.Records`: the
+    selector's columns, the core's (``core.pred``, ``core.robust@ε``) and the composition's
+    (``h.pred@ε``, ``h.rob_acc@ε``, ``h.rob_acc_paper@ε``), with the summary ``abstain`` (the
+    abstain metrics), ``core`` (its partition), ``robust`` (F alone) and ``composition`` (the
+    sound ``rob_acc``, the authors' ``rob_acc_paper``, ``nat_acc``, ``coverage``).
+    ``train``: the training split, for S_SN."""
     from .composition import composition_columns
-    from .metrics import partition
     from .selectors.evaluate import abstain_records, build_selector, candidate, core_records, summarize
 
     index = np.arange(len(y)) if index is None else np.asarray(index)
     sel = build_selector(s.selector, robust, eps=eps, norm=s.norm, steps=s.steps, seed=s.seed,
                          tau=s.tau, train=train, sn=s.sn, cri=s.cri, attack=s.attack)
-    rec = abstain_records(sel, x, y, index, batch_size=s.eval_batch_size)
-    crec = core_records(core, x, y, index, eps=eps, norm=s.norm, steps=s.steps, seed=s.seed,
-                        batch_size=s.eval_batch_size, attack=s.attack)
+    rec = records.Records(abstain_records(sel, x, y, index, batch_size=s.eval_batch_size))
+    crec = records.Records(core_records(core, x, y, index, eps=eps, norm=s.norm, steps=s.steps, seed=s.seed,
+                                        batch_size=s.eval_batch_size, attack=s.attack))
     tau = getattr(sel, "tau", None)
     cand = candidate(s.selector, s.selector, rec, eps, tau)
-    cpred, crob = crec["pred"], records.flag(crec, records.ROBUST, eps)
-    comp = composition_columns(rec["label"], cand, cpred, crob)
-    cols = dict(rec)
-    cols.update({"core.pred": cpred, records.column(records.ROBUST, eps, "core"): crob,
-                 "h.pred": comp["h_pred"], "h.rob_acc": comp["h_robust_acc"],
-                 "h.rob_acc_paper": comp["h_robust_acc_paper"]})
-    lab = rec["label"]
+    comp = composition_columns(rec.label, cand, crec.pred(), crec.flag(records.ROBUST, eps))
+    rec = rec.join(crec, "core").with_columns({
+        records.column("pred", eps, "h"): comp["h_pred"],
+        records.column("rob_acc", eps, "h"): comp["h_robust_acc"],
+        records.column("rob_acc_paper", eps, "h"): comp["h_robust_acc_paper"]})
+    d = cand.decisions
     abst = summarize(s.selector, rec, eps, tau)
-    metrics: dict[str, Any] = {
+    composition = rec.composition("core", eps, selected=d.selected, robust_selected=d.robust_selected,
+                                  robust_abstained=d.robust_abstained, robust=cand.robust)
+    rec.summary.update({
         "abstain": abst,
-        "core": partition(lab, cpred, crob),
+        "core": rec.partition(eps, prefix="core"),
         "robust": {"nat_acc": abst["nat_acc"], "rob_acc": abst["rob_acc"]},
-        "composition": {"nat_acc": float(np.mean(comp["h_pred"] == lab)),
-                        "rob_acc": float(np.mean(comp["h_robust_acc"])),
-                        "rob_acc_paper": float(np.mean(comp["h_robust_acc_paper"])),
-                        "coverage": float(np.mean(comp["selected"]))},
-    }
-    return {"records": cols, "metrics": metrics, "tau": tau}
+        "composition": {k: composition[k] for k in ("nat_acc", "rob_acc", "rob_acc_paper", "coverage")},
+        "tau": tau})
+    return rec
 
 
 def _check_pair(robust: ModelSource, core: ModelSource) -> None:
@@ -188,7 +171,6 @@ def abstain_job(robust: ModelSource, core: ModelSource, out: Path, s: AbstainSet
     ``out/results.json["abstain"]`` (returned) and the plots under ``out``."""
     from . import data as data_mod
     from .io import update_json
-    from .records import write_records
 
     t0 = time.perf_counter()
     eps_list = s.check()
@@ -212,9 +194,9 @@ def abstain_job(robust: ModelSource, core: ModelSource, out: Path, s: AbstainSet
     figs = _Plots()
     for eps in eps_list:
         res = compose_at(robust.model, core.model, x, y, eps=eps, s=s, index=idx.numpy(), train=train)
-        write_records(out / "records" / f"abstain-{s.selector}-eps{records.eps_text(eps)}.csv", res["records"])
-        entry = res["metrics"]
-        figs.add(s, eps, res["records"], entry)
+        res.write_csv(out / "records" / f"abstain-{s.selector}-eps{records.eps_text(eps)}.csv")
+        entry = {k: res.summary[k] for k in ("abstain", "core", "robust", "composition")}
+        figs.add(s, eps, res, entry)
         section[records.eps_text(eps)] = entry
     figs.write(out, robust.dataset, s)
     section["meta"] = {"robust": robust.describe, "core": core.describe, "selector": s.selector,
@@ -225,4 +207,4 @@ def abstain_job(robust: ModelSource, core: ModelSource, out: Path, s: AbstainSet
     return section
 
 
-__all__ = ["AbstainSettings", "compose", "compose_at", "abstain_job", "abstain_outputs", "SELECTORS"]
+__all__ = ["AbstainSettings", "compose_at", "abstain_job", "abstain_outputs", "SELECTORS"]

@@ -28,7 +28,7 @@ records do not depend on the batch size or the number of ranks.
 """
 from __future__ import annotations
 
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -38,15 +38,10 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from . import distributed
 from .attacks import is_robust, resolve_attack
 from .errors import InputError
-from .metrics import partition
+from .records import ROBUST, Records, column, eps_text
 from .seeds import generator
 from .utils import progress, resolve_device
 from .validate import check_eps, check_inputs, check_norm
-
-
-def robust_key(eps: float) -> str:
-    """Record column name of the robustness flag at ``eps``: ``f"robust@{eps:g}"``."""
-    return f"robust@{eps:g}"
 
 
 def radii(eps: float | Sequence[float], double_eps: bool = True) -> list[float]:
@@ -58,7 +53,7 @@ def radii(eps: float | Sequence[float], double_eps: bool = True) -> list[float]:
     for e in values:
         e = check_eps(e)
         for v in ([e, 2.0 * e] if double_eps else [e]):
-            out.setdefault(f"{v:g}", v)
+            out.setdefault(eps_text(v), v)
     return sorted(out.values())
 
 
@@ -77,8 +72,10 @@ def uses_channels_last(dev: torch.device, x: torch.Tensor) -> bool:
     return dev.type == "cuda" and x.dim() == 4
 
 
-def record_columns(result: dict[str, Any]) -> dict[str, np.ndarray]:
+def record_columns(result: Mapping[str, Any]) -> dict[str, np.ndarray]:
     """The per-sample columns of an :func:`evaluate` result (everything but ``partition``)."""
+    if isinstance(result, Records):
+        return result.columns
     return {k: v for k, v in result.items() if k != "partition"}
 
 
@@ -121,7 +118,7 @@ def evaluate(model: nn.Module, data: Dataset | DataLoader, *, eps: float | Seque
              batch_size: int | None = None, device: str | torch.device = "auto", seed: int = 0,
              normalize: tuple[Sequence[float], Sequence[float]] | None = None,
              save_adversarial: str | None = None, show_progress: bool = True,
-             attack: str | None = None, index_offset: int = 0) -> dict[str, Any]:
+             attack: str | None = None, index_offset: int = 0) -> Records:
     """Evaluate natural predictions and empirical robustness per sample.
 
     ``model``: inputs in [0, 1] -> logits (pass ``normalize=(mean, std)`` if it expects
@@ -132,9 +129,11 @@ def evaluate(model: nn.Module, data: Dataset | DataLoader, *, eps: float | Seque
     paper's protocol is ``attack="apgd-ce"``, ``steps``-step APGD-CE aimed at the
     prediction; ``ensemble=True`` is ``attack="ensemble"``).
 
-    Returns a dict: per-sample columns ``index`` (position in ``data``), ``label``,
-    ``pred`` and ``robust@<ε:g>`` for each radius of :func:`radii` (numpy arrays sorted by
-    index), and ``"partition"``: ``{f"{ε:g}": partition dict}``. Only the columns grow with
+    Returns :class:`abstain.records.Records`: per-sample columns ``index`` (position in
+    ``data``), ``label``, ``pred`` and ``robust@<ε:g>`` for each radius of :func:`radii`
+    (numpy arrays sorted by index), and the summary ``"partition"`` (``res["partition"]``):
+    a :class:`abstain.records.RadiusDict` of partition dicts, looked up by radius
+    (``res["partition"][2/255]``) or by its ``%g`` text. Only the columns grow with
     the dataset; inputs are streamed. ``batch_size``: inputs per batch, default
     :func:`default_batch_size` (256 on CPU, 1024 on CUDA); the records do not depend on it.
     ``save_adversarial``: a ``.safetensors`` path where
@@ -155,7 +154,7 @@ def evaluate(model: nn.Module, data: Dataset | DataLoader, *, eps: float | Seque
     nchw = all(p.is_contiguous() for p in model.parameters() if p.dim() == 4)   # restored at the end
     model = _prepared_model(model, normalize, dev)
     cols: dict[str, list[torch.Tensor]] = {"index": [], "label": [], "pred": []}
-    cols.update({robust_key(e): [] for e in eps_list})
+    cols.update({column(ROBUST, e): [] for e in eps_list})
     adv: dict[float, list[torch.Tensor]] = {e: [] for e in eps_list}
     adv_idx: dict[float, list[torch.Tensor]] = {e: [] for e in eps_list}
     total = None
@@ -169,7 +168,7 @@ def evaluate(model: nn.Module, data: Dataset | DataLoader, *, eps: float | Seque
             flags = _robust_flags(model, x, idx.to(dev), pred, eps_list, norm=norm, steps=steps,
                                   attack=attack, seed=seed, keep_adv=save_adversarial is not None)
             for e, (robust, x_bad) in flags.items():
-                cols[robust_key(e)].append(robust.cpu().clone())
+                cols[column(ROBUST, e)].append(robust.cpu().clone())
                 if save_adversarial is not None:
                     adv[e].append(x_bad.detach().float().cpu())
                     adv_idx[e].append(idx[(~robust).cpu()])
@@ -262,14 +261,15 @@ def _robust_flags(model: nn.Module, x: torch.Tensor, ids: torch.Tensor, pred: to
     return flags
 
 
-def _gathered(cols: dict[str, list[torch.Tensor]], eps_list: list[float]) -> dict[str, Any]:
+def _gathered(cols: dict[str, list[torch.Tensor]], eps_list: list[float]) -> Records:
     """The columns of every rank, sorted by index, and the partition per radius."""
     local = {k: torch.cat(v).numpy() for k, v in cols.items()}
     out: dict[str, Any] = dict(distributed.gather_columns(local))
     for e in eps_list:
-        out[robust_key(e)] = out[robust_key(e)].astype(bool)
-    out["partition"] = {f"{e:g}": partition(out["label"], out["pred"], out[robust_key(e)]) for e in eps_list}
-    return out
+        out[column(ROBUST, e)] = out[column(ROBUST, e)].astype(bool)
+    rec = Records(out)
+    rec.summary["partition"] = rec.partitions()
+    return rec
 
 
 def _save_adversarial(path: str, eps_list: list[float], adv: dict, adv_idx: dict) -> None:
@@ -290,10 +290,10 @@ def _save_adversarial(path: str, eps_list: list[float], adv: dict, adv_idx: dict
                 a = torch.from_numpy(np.concatenate([p[0] for p in arrays]))
                 i = torch.from_numpy(np.concatenate([p[1] for p in arrays]))
         order = torch.argsort(i)
-        tensors[f"adv@{e:g}"] = a[order].contiguous() if i.numel() else a
-        tensors[f"index@{e:g}"] = i[order].contiguous()
+        tensors[column("adv", e)] = a[order].contiguous() if i.numel() else a
+        tensors[column("index", e)] = i[order].contiguous()
     if distributed.is_main():
         atomic_write_bytes(path, st_save(tensors))
 
 
-__all__ = ["evaluate", "radii", "robust_key", "record_columns", "default_batch_size"]
+__all__ = ["evaluate", "radii", "record_columns", "default_batch_size"]

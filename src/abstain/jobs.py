@@ -19,7 +19,7 @@ from .errors import AbstainError, ConfigError
 from .evaluation import record_columns
 from .io import update_json
 from .outputs import Output, work_dir
-from .records import write_records
+from .records import Records, eps_text, write_records
 from .sources import ModelSource
 from .utils import progress
 
@@ -161,10 +161,8 @@ def _key(source: ModelSource, subset: Any, settings: Any, **extra: Any) -> str:
 def _evaluate_section(cols: dict[str, Any], s: EvaluateSettings, eps_list: list[float],
                       source: ModelSource, subset: Any, seconds: float) -> dict[str, Any]:
     from .attacks import resolve_attack
-    from .evaluation import robust_key
-    from .metrics import partition
 
-    parts = {f"{e:g}": partition(cols["label"], cols["pred"], cols[robust_key(e)]) for e in eps_list}
+    parts = {eps_text(e): Records(cols).partition(e) for e in eps_list}
     return {
         "nat_acc": parts[f"{eps_list[0]:g}"]["nat_acc"],
         "eps": parts,

@@ -3,7 +3,7 @@ S_ERI (eq. 12) and S_CRI (eq. 13), softmax response S_SR (eq. 16) and the select
 network S_SN (eq. 18). See :mod:`abstain.selectors.base` for the shared interface."""
 from __future__ import annotations
 
-from .base import Decisions, Selector, ThresholdSelector, col, predict
+from .base import Decisions, Selector, ThresholdSelector, predict
 from .cri import CertifiedRobustnessIndicator
 from .eri import RobustnessIndicator
 from .sn import SelectionNetwork, selection_net, selection_targets, train_selection_network
@@ -13,7 +13,7 @@ from .sr import SoftmaxResponse, neg_max_softmax
 SELECTORS = {"eri": RobustnessIndicator, "cri": CertifiedRobustnessIndicator,
              "sr": SoftmaxResponse, "sn": SelectionNetwork}
 
-__all__ = ["Selector", "ThresholdSelector", "Decisions", "col", "predict",
+__all__ = ["Selector", "ThresholdSelector", "Decisions", "predict",
            "RobustnessIndicator", "CertifiedRobustnessIndicator", "SoftmaxResponse",
            "SelectionNetwork", "selection_net", "selection_targets", "train_selection_network",
            "neg_max_softmax", "SR_ATTACKS", "SELECTORS"]

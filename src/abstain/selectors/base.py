@@ -32,14 +32,10 @@ import torch
 from torch import nn
 
 from ..errors import InputError
-from ..records import column
+from ..records import ROBUST, as_records, column
 from ..seeds import generator
 from ..utils import eval_mode, to_numpy
 from ..validate import check_eps, check_norm
-
-
-def col(name: str, eps: float) -> str:
-    return column(name, float(eps))
 
 
 @dataclass
@@ -140,8 +136,8 @@ class Selector(ABC):
     @classmethod
     def robust_pred(cls, records: Mapping[str, Any], eps: float) -> np.ndarray:
         """∀x' ∈ B_ε(x): F(x') = F(x), from the records (``robust@ε``)."""
-        require(records, col("robust", eps))
-        return _np_bool(records[col("robust", eps)])
+        require(records, column(ROBUST, eps))
+        return as_records(records).flag(ROBUST, eps)
 
     @classmethod
     def metrics(cls, records: Mapping[str, Any], y: Any, eps: float, tau: float | None = None,
@@ -171,9 +167,11 @@ class ThresholdSelector(Selector):
     def decisions(cls, records: Mapping[str, Any], eps: float, tau: float | None = None) -> Decisions:
         if tau is None:
             raise InputError(f"{cls.name}: decisions need a threshold tau")
-        lo_key, hi_key = col("score_lo", eps), col("score_hi", eps)
-        require(records, "score", lo_key)
-        score, lo = _np_float(records["score"]), _np_float(records[lo_key])
+        lo_key, hi_key = column("score_lo", eps), column("score_hi", eps)
+        # an ε-dependent clean-side score (S_SR over B_ε) is named score@ε; S_SN's is "score"
+        score_key = column("score", eps) if column("score", eps) in records else "score"
+        require(records, score_key, lo_key)
+        score, lo = _np_float(records[score_key]), _np_float(records[lo_key])
         hi = _np_float(records[hi_key]) if hi_key in records else None
         return Decisions(score >= tau, (lo >= tau) & (score >= tau),
                          None if hi is None else (hi < tau) & (score < tau))
@@ -183,11 +181,11 @@ class ThresholdSelector(Selector):
         """Thresholds τ ∈ [0, 1) for a Pareto sweep: a uniform grid plus the distinct
         recorded scores (so every attainable operating point appears)."""
         vals = [np.linspace(0.0, 1.0, points, endpoint=False)]
-        for key in ("score", col("score_lo", eps)):
+        for key in ("score", column("score", eps), column("score_lo", eps)):
             if key in records:
                 vals.append(_np_float(records[key]))
         grid = np.unique(np.concatenate(vals))
         return grid[(grid >= 0.0) & (grid < 1.0)]
 
 
-__all__ = ["Selector", "ThresholdSelector", "Decisions", "col", "require", "predict"]
+__all__ = ["Selector", "ThresholdSelector", "Decisions", "require", "predict"]

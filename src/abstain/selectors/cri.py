@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from ..errors import InputError
-from .base import Decisions, Selector, _np_float, col, require
+from ..records import column
+from .base import Decisions, Selector, _np_float, require
 
 
 class CertifiedRobustnessIndicator(Selector):
@@ -63,7 +64,7 @@ class CertifiedRobustnessIndicator(Selector):
         """Columns ``pred`` (G's class, −1 = abstain) and ``radius`` (0 when abstaining)."""
         cls, rad = self.certify(x)
         return {"pred": cls, "radius": torch.where(cls >= 0, rad, torch.zeros_like(rad)),
-                col("robust", self.eps): (cls >= 0) & (rad >= self.eps)}
+                column("robust", self.eps): (cls >= 0) & (rad >= self.eps)}
 
     @classmethod
     def decisions(cls, records: Mapping[str, Any], eps: float, tau: float | None = None,

@@ -12,7 +12,8 @@ from typing import Any, Mapping
 
 import torch
 
-from .base import Decisions, Selector, _np_bool, col, predict, require
+from ..records import ROBUST, as_records, column
+from .base import Decisions, Selector, predict, require
 
 
 class RobustnessIndicator(Selector):
@@ -62,13 +63,11 @@ class RobustnessIndicator(Selector):
         """
         pred = predict(self.model, x)
         r1, r2 = self._nested(x, 2 * self.eps, ids)
-        return {"pred": pred, col("robust", self.eps): r1, col("robust", 2 * self.eps): r2}
+        return {"pred": pred, column("robust", self.eps): r1, column("robust", 2 * self.eps): r2}
 
     @classmethod
     def decisions(cls, records: Mapping[str, Any], eps: float, tau: float | None = None) -> Decisions:
         """S_ERI(x) = ``robust@ε``; robust selection = ``robust@2ε`` ∧ ``robust@ε``;
         robust abstention cannot be certified (None)."""
-        r1, r2 = col("robust", eps), col("robust", 2 * eps)
-        require(records, r1, r2)
-        sel = _np_bool(records[r1])
-        return Decisions(sel, sel & _np_bool(records[r2]), None)
+        require(records, column(ROBUST, eps), column(ROBUST, 2 * eps))
+        return Decisions(*as_records(records).indicator(eps, ROBUST), None)

@@ -16,7 +16,8 @@ from torch import nn
 
 from ..errors import InputError
 from ..seeds import derive, generator
-from .base import Decisions, Selector, ThresholdSelector, col, predict
+from ..records import column
+from .base import Decisions, Selector, ThresholdSelector, predict
 from .cri import CertifiedRobustnessIndicator
 from .eri import RobustnessIndicator
 from .sn import SelectionNetwork, selection_net, selection_targets, train_selection_network
@@ -113,7 +114,7 @@ def core_records(model: nn.Module, x: torch.Tensor, y: torch.Tensor, index: Any,
         with torch.enable_grad():
             rob = is_robust(model, xb, eps=eps, norm=norm, steps=steps, attack=attack,
                             generator=generator(seed), sample_ids=ids)
-        return {"pred": predict(model, xb), col("robust", eps): rob.to(torch.bool)}
+        return {"pred": predict(model, xb), column("robust", eps): rob.to(torch.bool)}
 
     return _cols(index, y, _chunked(one, x, _ids(index, x.shape[0], x.device), batch_size))
 

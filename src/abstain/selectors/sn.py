@@ -24,7 +24,8 @@ from ..seeds import generator
 from ..ibp import ibp_bounds
 from ..models import Normalize
 from ..utils import eval_mode
-from .base import ThresholdSelector, col, predict
+from ..records import column
+from .base import ThresholdSelector, predict
 
 
 def selection_net(input_shape: Sequence[int], hidden: int = 128, depth: int = 2,
@@ -136,5 +137,5 @@ class SelectionNetwork(ThresholdSelector):
         pred = predict(self.model, x)
         rob = self._robust(x, self.eps, ids)
         score, lo, hi = self._score_bounds(x, self.eps)
-        return {"pred": pred, col("robust", self.eps): rob, "score": score,
-                col("score_lo", self.eps): lo, col("score_hi", self.eps): hi}
+        return {"pred": pred, column("robust", self.eps): rob, "score": score,
+                column("score_lo", self.eps): lo, column("score_hi", self.eps): hi}

@@ -42,7 +42,8 @@ from torch import nn
 
 from ..errors import InputError
 from ..utils import eval_mode
-from .base import Decisions, ThresholdSelector, _np_bool, _np_float, col, require
+from ..records import column
+from .base import Decisions, ThresholdSelector, _np_bool, _np_float, require
 
 ATTACKS = ("apgd", "conf")
 RULES = ("paper", "authors")
@@ -137,7 +138,7 @@ class SoftmaxResponse(ThresholdSelector):
         per attack a and radius r (ε, and 2ε when ``ball``): ``minconf_<a>@r`` (smallest
         max-softmax among x and the attack's point), ``flip_<a>@r`` (the point changes
         F's prediction) and ``flipconf_<a>@r`` (its max-softmax when flipped, else 0);
-        and the combined ``score``/``score_lo@ε`` (min over the attacks) of
+        and the combined ``score@ε``/``score_lo@ε`` (min over the attacks) of
         :meth:`ThresholdSelector.decisions` (the paper's rule). The columns do not depend
         on ``rule``: the authors' decisions are recomputed from the same records by
         :meth:`decisions_for` with ``rule="authors"`` (it reads ``conf``, ``flip_conf@ε``
@@ -145,18 +146,18 @@ class SoftmaxResponse(ThresholdSelector):
         ids = None if ids is None else torch.as_tensor(ids).reshape(-1).to(x.device)
         conf, pred = self._conf_pred(x)
         rob = self._robust(x, self.eps, ids)
-        out: dict[str, torch.Tensor] = {"pred": pred, "conf": conf, col("robust", self.eps): rob}
+        out: dict[str, torch.Tensor] = {"pred": pred, "conf": conf, column("robust", self.eps): rob}
         radii = sorted({r for r in self._radii(self.eps) if r > 0})
         for r in radii:
             for a in self.attacks:
                 c_adv, k_adv = self._conf_pred(self.attack_points(x, pred, r, a, ids))
                 flip = k_adv != pred
-                out[col(f"minconf_{a}", r)] = torch.minimum(conf, c_adv)
-                out[col(f"flip_{a}", r)] = flip
-                out[col(f"flipconf_{a}", r)] = torch.where(flip, c_adv, torch.zeros_like(c_adv))
+                out[column(f"minconf_{a}", r)] = torch.minimum(conf, c_adv)
+                out[column(f"flip_{a}", r)] = flip
+                out[column(f"flipconf_{a}", r)] = torch.where(flip, c_adv, torch.zeros_like(c_adv))
         dec = self.scores_from(out, self.eps, self.attacks, self.ball)
-        out["score"] = torch.as_tensor(dec[0], dtype=conf.dtype, device=conf.device)
-        out[col("score_lo", self.eps)] = torch.as_tensor(dec[1], dtype=conf.dtype, device=conf.device)
+        out[column("score", self.eps)] = torch.as_tensor(dec[0], dtype=conf.dtype, device=conf.device)
+        out[column("score_lo", self.eps)] = torch.as_tensor(dec[1], dtype=conf.dtype, device=conf.device)
         return out
 
     # -- from records ----------------------------------------------------------------------
@@ -167,13 +168,13 @@ class SoftmaxResponse(ThresholdSelector):
         ``rule="authors"``: (clean max-softmax, max-softmax at the ``conf`` attack's point
         at ε if it flipped F, else the clean one); ``attacks`` and ``ball`` are not used."""
         if _check_rule(rule, attacks) == "authors":
-            f, c = col("flip_conf", eps), col("flipconf_conf", eps)
+            f, c = column("flip_conf", eps), column("flipconf_conf", eps)
             require(records, "conf", f, c)
             conf = _np_float(records["conf"])
             return conf, np.where(_np_bool(records[f]), _np_float(records[c]), conf)
 
         def min_over(r: float) -> np.ndarray:
-            keys = [col(f"minconf_{a}", r) for a in attacks]
+            keys = [column(f"minconf_{a}", r) for a in attacks]
             require(records, *keys)
             return np.minimum.reduce([_np_float(records[k]) for k in keys])
 
@@ -196,10 +197,10 @@ class SoftmaxResponse(ThresholdSelector):
     @classmethod
     def robust_pred(cls, records: Mapping[str, Any], eps: float, attacks: Sequence[str] = ATTACKS) -> np.ndarray:
         """F robust in B_ε: ``robust@ε`` and no attack point in B_ε changed the prediction."""
-        require(records, col("robust", eps))
-        rob = _np_bool(records[col("robust", eps)])
+        require(records, column("robust", eps))
+        rob = _np_bool(records[column("robust", eps)])
         for a in attacks:
-            key = col(f"flip_{a}", eps)
+            key = column(f"flip_{a}", eps)
             if key in records:
                 rob = rob & ~_np_bool(records[key])
         return rob
@@ -208,6 +209,6 @@ class SoftmaxResponse(ThresholdSelector):
     def wrongly_selected(records: Mapping[str, Any], eps: float, tau: float, attack: str) -> np.ndarray:
         """Samples where ``attack`` found x' ∈ B_ε(x) with F(x') ≠ F(x) that S_SR keeps
         (max-softmax(x') ≥ τ): high-confidence adversarial examples (Appendix A.4)."""
-        f, c = col(f"flip_{attack}", eps), col(f"flipconf_{attack}", eps)
+        f, c = column(f"flip_{attack}", eps), column(f"flipconf_{attack}", eps)
         require(records, f, c)
         return _np_bool(records[f]) & (_np_float(records[c]) >= tau)

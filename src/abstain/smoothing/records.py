@@ -20,17 +20,11 @@ import torch
 from torch import nn
 
 from .. import distributed
-from ..records import CERTIFIED, column
-from ..metrics import abstain_metrics, partition
+from ..records import CERTIFIED, Records, column
 from ..errors import InputError
 from ..validate import check_eps
 from .sequential import certify_sequential
 from .smooth import ABSTAIN, Smooth, check_alpha, check_count, warn_if_unreachable
-
-
-def cert_column(eps: float) -> str:
-    """Record column of the certified decision at radius ``eps``."""
-    return column(CERTIFIED, eps)
 
 
 def decision_radii(eps: Sequence[float]) -> list[float]:
@@ -121,7 +115,7 @@ def certify_chunk(plan: ChunkPlan, k: int, x: torch.Tensor, y: torch.Tensor,
             "alpha": res.alpha.numpy(), "p_lower": res.p_lower.numpy(),
             "bound": np.full(len(pred), bound, dtype=object), "samples": samples,
             "seconds": seconds * samples / max(1, samples.sum())}
-    cols.update({cert_column(e): decisions[:, j] for j, e in enumerate(plan.radii)})
+    cols.update({column(CERTIFIED, e): decisions[:, j] for j, e in enumerate(plan.radii)})
     return {k_: np.asarray(v) for k_, v in cols.items()}
 
 
@@ -131,7 +125,7 @@ def empty_columns(radii: Sequence[float]) -> dict[str, np.ndarray]:
             "radius": np.zeros(0), "correct": np.zeros(0, bool), "n0": np.zeros(0, np.int64),
             "n": np.zeros(0, np.int64), "count": np.zeros(0, np.int64), "alpha": np.zeros(0),
             "p_lower": np.zeros(0), "bound": np.zeros(0, object), "samples": np.zeros(0, np.int64),
-            "seconds": np.zeros(0), **{cert_column(e): np.zeros(0, bool) for e in radii}}
+            "seconds": np.zeros(0), **{column(CERTIFIED, e): np.zeros(0, bool) for e in radii}}
 
 
 def certify_records(model: nn.Module, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor, *,
@@ -177,19 +171,17 @@ def certify_metrics(columns: Mapping[str, Any], eps: Sequence[float]) -> dict[st
     the ε-ball needs G constant on the 2ε-ball, as for S_ERI; the paper's Section 5 remark
     that radius ≥ ε suffices is reported as ``rob_sel_eps``). Also ``samples_mean``.
     """
-    y = np.asarray(columns["label"], dtype=np.int64)
-    pred = np.asarray(columns["pred"], dtype=np.int64)
+    rec = Records(columns)
+    pred = rec.pred()
     out: dict[str, Any] = {}
     for e in eps:
-        cert = np.asarray(columns[cert_column(e)], dtype=bool)
-        cert2 = np.asarray(columns[cert_column(2 * e)], dtype=bool)
-        m = partition(y, pred, cert)
+        m = rec.partition(e, CERTIFIED)
         m["cert_acc"] = m["rob_acc"]
         m["abstain"] = float((pred == ABSTAIN).mean())
-        m.update(abstain_metrics(y, pred, cert, cert2, cert))
-        m["rob_sel_eps"] = float(cert.mean())
+        m.update(rec.indicator_metrics(e, CERTIFIED))
+        m["rob_sel_eps"] = float(rec.flag(CERTIFIED, e).mean())
         out[f"{e:g}"] = m
-    out["n_samples"] = int(len(y))
+    out["n_samples"] = rec.rows
     out["samples_mean"] = float(np.mean(columns["samples"]))
     out["radius_mean"] = float(np.mean(columns["radius"]))
     return out
@@ -203,7 +195,7 @@ def sequential_comparison(fixed: Mapping[str, Any], seq: Mapping[str, Any], eps:
         from ..errors import InputError
 
         raise InputError("fixed-N and sequential records cover different inputs")
-    agree = [np.asarray(fixed[cert_column(e)], bool) == np.asarray(seq[cert_column(e)], bool) for e in eps]
+    agree = [np.asarray(fixed[column(CERTIFIED, e)], bool) == np.asarray(seq[column(CERTIFIED, e)], bool) for e in eps]
     agree_all = np.stack(agree, 1)
     return {
         "samples_ratio": float(np.sum(fixed["samples"]) / np.sum(seq["samples"])),

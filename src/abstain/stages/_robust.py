@@ -12,7 +12,6 @@ import numpy as np
 import torch
 
 from .. import records
-from ..metrics import abstain_metrics, partition
 
 _RECORD = re.compile(r"^(?P<variant>.+)-s(?P<seed>\d+)$")
 
@@ -26,24 +25,26 @@ def pct(values: list[float] | float, digits: int = 1) -> str:
 
 
 def robust_column(cols: Mapping[str, Any], eps: float) -> np.ndarray:
-    return records.flag(cols, records.ROBUST, eps)
+    """``robust@ε`` of a records table (:meth:`abstain.records.Records.flag`)."""
+    return records.as_records(cols).flag(records.ROBUST, eps)
 
 
 def eps_of_columns(cols: Mapping[str, Any]) -> list[float]:
     """The radii of the ``robust@<ε>`` columns, ascending."""
-    return records.radii(cols)
+    return records.as_records(cols).radii()
 
 
 def partition_at(cols: Mapping[str, Any], eps: float) -> dict[str, float]:
-    """Four-way partition (eq. 2, 3) of a records table at radius ``eps``."""
-    return partition(cols["label"], cols["pred"], robust_column(cols, eps))
+    """Four-way partition (eq. 2, 3) of a records table at radius ``eps``
+    (:meth:`abstain.records.Records.partition`)."""
+    return records.as_records(cols).partition(eps)
 
 
 def eri_metrics(cols: Mapping[str, Any], eps: float) -> dict[str, float]:
     """The robustness-indicator abstain model (F, S_ERI) (Section 5): S selects x when F is
-    robust at x in the ε-ball; robust selection (eq. 14) needs robustness in the 2ε-ball."""
-    r1, r2 = robust_column(cols, eps), robust_column(cols, 2 * eps)
-    return abstain_metrics(cols["label"], cols["pred"], r1, r2, r1)
+    robust at x in the ε-ball; robust selection (eq. 14) needs robustness in the 2ε-ball
+    (:meth:`abstain.records.Records.indicator_metrics`)."""
+    return records.as_records(cols).indicator_metrics(eps)
 
 
 def read_stage_records(stage_dir: Path, prefix: str = "") -> dict[str, dict[int, dict[str, np.ndarray]]]:

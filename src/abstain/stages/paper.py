@@ -32,6 +32,7 @@ import numpy as np
 
 from .. import records
 from ..config import configs_dir
+from ..errors import DataError
 from .base import Stage
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -239,15 +240,12 @@ class PaperStage:
         each robust variant composed with it (eq. 15, :func:`abstain.metrics.composition_metrics`),
         matched on the records' ``index``.
         """
-        from ..metrics import composition_metrics
-        from ..records import read_records
-
         stage_dir = Path(stage_dir)
         tomls = self._tomls(stage_dir)
         recs: dict[str, list[tuple[int, dict]]] = {}
         for f in sorted((stage_dir / "records").glob("*-s*.csv")):
             variant, _, seed = f.stem.rpartition("-s")
-            recs.setdefault(variant, []).append((int(seed), read_records(f)))
+            recs.setdefault(variant, []).append((int(seed), records.Records.read_csv(f)))
         stage_eps = sorted({float(t.get("loss", {}).get("eps") or 0) for t in tomls.values()} - {0.0})
         keys = ["nat_acc", "rob_acc", "rob_inacc", "nonrob_acc", "nonrob_inacc", "rob_sel", "sel_rob_acc"]
         rows, paper, comp_rows, comp_paper = [], [], [], []
@@ -270,12 +268,7 @@ class PaperStage:
                     for seed, r in runs:
                         if seed not in core_runs:
                             continue
-                        c = _align(core_runs[seed], r["index"])
-                        rob, rob2 = _column_at(r, e), _column_at(r, 2 * e)
-                        cms.append(composition_metrics(r["label"], rob, rob2, r["pred"], rob,
-                                                       c["pred"], _column_at(c, e)))
-                        cms[-1]["core_nat_acc"] = float(np.mean(c["pred"] == r["label"]))
-                        cms[-1]["core_rob_acc"] = float(np.mean((c["pred"] == r["label"]) & _column_at(c, e)))
+                        cms.append(_composition(r, core_runs[seed], e))
                     if not cms:
                         continue
                     ck = ["core_nat_acc", "core_rob_acc", "nat_acc", "rob_acc", "coverage"]
@@ -320,45 +313,35 @@ def _eps_text(e: float) -> str:
     return f"{round(k)}/255" if abs(k - round(k)) < 1e-6 and round(k) > 0 else f"{e:g}"
 
 
-def _align(cols: Mapping[str, np.ndarray], index: np.ndarray) -> dict[str, np.ndarray]:
-    """``cols`` reordered to the sample ``index`` of another records file (same test subset)."""
-    pos = {int(i): j for j, i in enumerate(cols["index"])}
-    try:
-        order = np.array([pos[int(i)] for i in index])
-    except KeyError as e:
-        raise ValueError(f"core records lack sample index {e}: evaluated on another subset") from None
-    return {k: np.asarray(v)[order] for k, v in cols.items()}
-
-
 def _exists(p: Path) -> bool:
     return p.exists() and (not p.is_dir() or any(p.iterdir()))
 
 
 def _eps_of(cols: Mapping[str, Any]) -> float:
-    eps = records.radii(cols)
+    eps = records.as_records(cols).radii()
     if not eps:
         raise ValueError("records without robust@<eps> columns")
     return eps[0]
 
 
-def _column_at(cols: Mapping[str, Any], eps: float) -> np.ndarray:
-    """The ``robust@<eps>`` column."""
+def _metrics(cols: Mapping[str, Any], eps: float) -> dict[str, float]:
+    """Partition at ε (eq. 2, 3) and S_ERI abstain metrics (eq. 14 with the 2ε check)."""
+    rec = records.as_records(cols)
     try:
-        return records.flag(cols, records.ROBUST, eps)
+        a = rec.indicator_metrics(eps)
+        return {"eps": eps, **rec.partition(eps), "rob_sel": a["rob_sel"], "sel_rob_acc": a["sel_rob_acc"]}
     except KeyError as e:
         raise ValueError(str(e)) from None
 
 
-def _metrics(cols: Mapping[str, Any], eps: float) -> dict[str, float]:
-    """Partition at ε (eq. 2, 3) and S_ERI abstain metrics (eq. 14 with the 2ε check)."""
-    from ..metrics import abstain_metrics, partition
-
-    y, pred = np.asarray(cols["label"]), np.asarray(cols["pred"])
-    rob, rob2 = _column_at(cols, eps), _column_at(cols, 2 * eps)
-    m = {"eps": eps, **partition(y, pred, rob)}
-    a = abstain_metrics(y, pred, rob, rob2, rob)
-    m.update({"rob_sel": a["rob_sel"], "sel_rob_acc": a["sel_rob_acc"]})
-    return m
+def _composition(robust: records.Records, core: records.Records, eps: float) -> dict[str, float]:
+    """The composition (eq. 15) of ``robust`` (S_ERI) with ``core``, matched on ``index``."""
+    try:
+        return robust.composition(core, eps)
+    except DataError:
+        raise ValueError("core records lack a sample of the robust model's: evaluated on another subset") from None
+    except KeyError as e:
+        raise ValueError(str(e)) from None
 
 
 def _table5(toml: Mapping[str, Any]) -> dict[str, float] | None:

@@ -33,7 +33,8 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from ..records import ROBUST, column, flag, radii
+from ..errors import DataError
+from ..records import ROBUST, Records, column, flag, radii
 from .base import Stage
 
 NAME = "paper-records"
@@ -205,6 +206,7 @@ class Rec:
         self.name, self.dataset, self.family, self.run = name, parts[0], parts[1], parts[2]
         self.sigma = float(parts[3][len("smooth"):]) if len(parts) > 3 else None
         self.cols = cols
+        self.records = Records(cols)
         self.label = np.asarray(cols["label"])
         self.pred = np.asarray(cols["pred"])
         self.eps = radii(cols, ROBUST)
@@ -245,14 +247,12 @@ def _eps(k: int) -> float:
 def _part(r: Rec, k: int) -> dict[str, float]:
     """Partition at k/255 (eq. 2, 3) and (F, S_ERI): the authors' count (robust selection =
     robustness at ε) and the sound one (eq. 14: robustness at 2ε; absent without the flag)."""
-    from ..metrics import abstain_metrics, partition
-
-    rob, rob2 = r.rob(_eps(k)), r.rob(_eps(2 * k))
-    out = partition(r.label, r.pred, rob)
-    a = abstain_metrics(r.label, r.pred, rob, rob, rob)
+    e = _eps(k)
+    out = r.records.partition(e)
+    a = r.records.indicator_metrics(e, sound=False)
     out.update({"rob_sel_paper": a["rob_sel"], "sel_rob_acc_paper": a["sel_rob_acc"]})
-    if rob2 is not None:
-        s = abstain_metrics(r.label, r.pred, rob, rob2, rob)
+    if r.rob(_eps(2 * k)) is not None:
+        s = r.records.indicator_metrics(e)
         out.update({"rob_sel": s["rob_sel"], "sel_rob_acc": s["sel_rob_acc"]})
     return out
 
@@ -267,23 +267,18 @@ def _compose(r: Rec, core: Rec, k: int) -> dict[str, float]:
     Sound (``nat_acc``, ``rob_acc``; only with the 2ε flag): S = S_ERI at ε (eq. 12), robust
     selection = robustness at 2ε (eq. 14), :func:`abstain.metrics.composition_metrics`.
     """
-    from ..errors import DataError
-    from ..metrics import cascade_metrics, composition_metrics, paper_robust_accurate
-
     if not np.array_equal(r.cols["index"], core.cols["index"]):
         raise DataError(f"records {r.name} and {core.name} hold other samples or another order")
-    y = r.label
-    rob, rob2 = r.rob(_eps(k)), r.rob(_eps(2 * k))
-    core_rob = core.rob(_eps(k))
+    e = _eps(k)
+    rob, rob2 = r.rob(e), r.rob(_eps(2 * k))
     sel = rob2 if rob2 is not None else rob
-    stage = {"pred": r.pred, "robust": rob, "selected": sel, "robust_selected": sel}
-    out = {"nat_acc_paper": cascade_metrics(y, [stage], core.pred, core_rob)["nat_acc"],
-           "rob_acc_paper": float(paper_robust_accurate(y, [stage], core.pred, core_rob).mean()),
+    paper = r.records.composition(core.records, e, selected=sel, robust_selected=sel)
+    out = {"nat_acc_paper": paper["nat_acc"], "rob_acc_paper": paper["rob_acc_paper"],
            "selector_paper_2eps": float(rob2 is not None),
-           "core_nat_acc": float(np.mean(core.pred == y)),
-           "core_rob_acc": float(np.mean((core.pred == y) & core_rob))}
+           "core_nat_acc": paper["core_nat_acc"], "core_rob_acc": paper["core_rob_acc"]}
     if rob2 is not None:
-        out.update(composition_metrics(y, rob, rob2, r.pred, rob, core.pred, core_rob))
+        sound = r.records.composition(core.records, e)
+        out.update({key: sound[key] for key in ("nat_acc", "rob_acc", "coverage")})
     return out
 
 
