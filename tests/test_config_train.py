@@ -119,3 +119,31 @@ def test_cli_trains_refuses_existing_dir_and_changed_resume(tmp_path, capsys):
     bad.write_text(GOOD.replace("eps = 0.1", "eps = -1"))
     assert _cli("--config", str(bad), "--out", str(tmp_path / "r2")) == 2
     assert "[loss] eps must be >= 0" in capsys.readouterr().err
+
+
+def test_dumps_round_trips_any_string() -> None:
+    """The config writer is tomli-w: strings with newlines, quotes, backslashes and control
+    characters come back as written (the hand-written writer produced invalid TOML)."""
+    from abstain import config
+
+    cfg = config.validate({"data": {"name": "digits", "root": 'a\nb\x01"c\\d\ttab'},
+                           "model": {"arch": "mlp", "kwargs": {"weird key": "x\ny", "n": 3}}})
+    text = config.dumps(cfg)
+    assert config.loads(text) == cfg
+    assert "root" in text and "None" not in text
+
+
+def test_paired_difference_matches_the_t_interval() -> None:
+    import numpy as np
+    from scipy.stats import t as student_t
+
+    from abstain.metrics import paired_difference
+
+    a, b = [0.9, 0.7, 0.65, 0.8], [0.5, 0.6, 0.6, 0.5]
+    d = np.subtract(a, b)
+    half = student_t.ppf(0.975, 3) * d.std(ddof=1) / 2          # by hand: t_{0.975,3}·s/√n
+    got = paired_difference(a, b)
+    assert got["mean"] == pytest.approx(d.mean())
+    assert (got["ci95_low"], got["ci95_high"]) == pytest.approx((d.mean() - half, d.mean() + half))
+    same = paired_difference([1.0, 2.0], [0.5, 1.5])
+    assert same["ci95_low"] == same["ci95_high"] == pytest.approx(0.5)

@@ -24,7 +24,23 @@ def commands() -> dict[str, ModuleType]:
             "reproduce": reproduce, "report": report, "data": data}
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Help that shows an option's default once: appended only where the text does not
+    already say it, and never for options without a value (flags, None)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if ("default" in text.lower() or default in (None, False, argparse.SUPPRESS)
+                or action.nargs == 0 or not action.option_strings):
+            return text
+        shown = " ".join(map(str, default)) if isinstance(default, (list, tuple)) else default
+        return f"{text} (default: {shown})" if text else f"(default: {shown})"
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = argparse.ArgumentParser(
         prog="abstain",
         description="Find and remove robust misclassifications: evaluate the robustness-accuracy "
@@ -32,10 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "certify with randomized smoothing, and report.",
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    parser.add_argument("--version", action="version", version=f"abstain {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, mod in commands().items():
         p = sub.add_parser(name, help=mod.HELP, description=getattr(mod, "DESCRIPTION", mod.HELP),
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                           formatter_class=HelpFormatter)
         p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                        help="show tracebacks for errors")
         mod.add_arguments(p)

@@ -1,6 +1,6 @@
 """Experiment configs: TOML files (stdlib ``tomllib``) validated against a schema.
 
-A config has four sections; every key has a type, a default and a check. Unknown
+A config has five sections; every key has a type, a default and a check. Unknown
 sections/keys, wrong types and bad values raise :class:`ConfigError` naming the key
 (and, for unknown keys, listing the allowed ones).
 
@@ -43,6 +43,8 @@ import copy
 import math
 import os
 import tomllib
+
+import tomli_w
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -51,10 +53,7 @@ from .losses.adversarial import ERA_INNER   # each option list is defined where 
 from .losses.variants import VARIANTS
 from .train.schedule import SCHEDULES
 
-try:  # the names abstain.data.augment.build knows
-    from .data.augment import AUGMENTS
-except ImportError:  # pragma: no cover - augmentations not installed
-    AUGMENTS = ("none",)
+from .data.augment import AUGMENTS
 AMP = ("off", "bf16", "fp16")
 NORMS = ("linf", "l2")
 SELECT = ("auto", "last", "nat_acc", "rob_acc", "rob_acc-rob_inacc")
@@ -325,34 +324,14 @@ def loads(text: str) -> dict[str, dict[str, Any]]:
 
 
 # --------------------------------------------------------------------------- writing
-def _toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return repr(v)
-    if isinstance(v, str):
-        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    if isinstance(v, Mapping):
-        return "{" + ", ".join(f"{_toml_key(k)} = {_toml_value(x)}" for k, x in v.items()) + "}"
-    raise ConfigError(f"cannot write {type(v).__name__} to TOML")
-
-
-def _toml_key(k: str) -> str:
-    return k if k.replace("_", "").replace("-", "").isalnum() else _toml_value(k)
-
-
 def dumps(cfg: Mapping[str, Mapping[str, Any]]) -> str:
-    """The config as TOML (unset keys omitted); ``loads(dumps(c)) == c``."""
-    lines: list[str] = []
-    for section, values in cfg.items():
-        lines.append(f"[{section}]")
-        for k, v in values.items():
-            if v is not None:
-                lines.append(f"{_toml_key(k)} = {_toml_value(v)}")
-        lines.append("")
-    return "\n".join(lines)
+    """The config as TOML (unset keys omitted), written by tomli-w (any string, newlines and
+    control characters included, round-trips); ``loads(dumps(c)) == c``."""
+    try:
+        return tomli_w.dumps({section: {k: v for k, v in values.items() if v is not None}
+                              for section, values in cfg.items()})
+    except TypeError as e:
+        raise ConfigError(f"cannot write the config as TOML: {e}") from None
 
 
 def diff(a: Mapping[str, Mapping[str, Any]], b: Mapping[str, Mapping[str, Any]]) -> list[str]:

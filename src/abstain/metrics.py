@@ -240,14 +240,15 @@ def paired_difference(a: Sequence[float], b: Sequence[float]) -> dict[str, float
     """The mean of the paired differences ``a[i] - b[i]`` (one pair per seed: both models
     fine-tuned from the same pre-trained weights on the same data order) and its two-sided
     95% Student-t confidence interval (n - 1 degrees of freedom; NaN for n < 2)."""
-    from scipy.stats import t as student_t
+    from scipy.stats import ttest_rel
 
-    d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
-    if d.ndim != 1 or d.size == 0 or len(a) != len(b):
+    a_arr, b_arr = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if a_arr.ndim != 1 or a_arr.size == 0 or a_arr.shape != b_arr.shape:
         raise InputError(f"paired differences need two equal-length, non-empty sequences, got {len(a)} and {len(b)}")
-    n = int(d.size)
-    mean = float(d.mean())
+    n, mean = int(a_arr.size), float((a_arr - b_arr).mean())
     if n < 2:
         return {"mean": mean, "ci95_low": float("nan"), "ci95_high": float("nan"), "n": n}
-    half = float(student_t.ppf(0.975, n - 1) * d.std(ddof=1) / np.sqrt(n))
-    return {"mean": mean, "ci95_low": mean - half, "ci95_high": mean + half, "n": n}
+    if np.all(a_arr - b_arr == (a_arr - b_arr)[0]):      # zero spread: the interval is the point
+        return {"mean": mean, "ci95_low": mean, "ci95_high": mean, "n": n}
+    ci = ttest_rel(a_arr, b_arr).confidence_interval(0.95)
+    return {"mean": mean, "ci95_low": float(ci.low), "ci95_high": float(ci.high), "n": n}

@@ -44,9 +44,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     m.add_argument("--core", required=True, metavar="RUN|MODULE:FACTORY", help="the core model")
     m.add_argument("--core-weights", metavar="FILE", help="weights of --core MODULE:FACTORY")
     add_data_arguments(m)
-    p.add_argument("--selector", required=True, choices=SELECTORS)
+    p.add_argument("--selector", required=True, choices=SELECTORS,
+                   help="S_ERI (eq. 12), S_CRI (eq. 13, smoothing), S_SR (eq. 16) or S_SN (eq. 18)")
     p.add_argument("--eps", type=float, nargs="+", required=True, metavar="E", help="radii (pixel space)")
-    p.add_argument("--norm", default="linf", choices=("linf", "l2"))
+    p.add_argument("--norm", default="linf", choices=("linf", "l2"),
+                   help="threat model: the ℓ∞ or ℓ2 ball (pixel space)")
     p.add_argument("--steps", type=int, default=40, help="APGD steps")
     p.add_argument("--attack", choices=ATTACKS, default=None,
                    help=f"how F's and the core's robustness is checked (default {DEFAULT_ATTACK}; apgd-ce: "
@@ -59,19 +61,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="replace the records, plots and results.json section of an earlier `abstain abstain`")
     p.add_argument("--samples", type=int, metavar="N", help="seeded, class-balanced test subset of N samples")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random starts, of --samples and of S_SN")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (CUDA when available)")
     p.add_argument("--eval-batch-size", type=int, default=512, metavar="B",
                    help="inputs per selector evaluation chunk (memory)")
     s = p.add_argument_group("selection network (--selector sn)")
-    s.add_argument("--sn-epochs", type=int, default=60)
+    s.add_argument("--sn-epochs", type=int, default=60, help="training epochs of the selection network (S_SN)")
     s.add_argument("--sn-samples", type=int, help="train S_SN on a random subset of the training split")
     c = p.add_argument_group("certified indicator (--selector cri)")
     c.add_argument("--sigma", type=float, help="noise level σ (default: the robust run's loss sigma)")
-    c.add_argument("--n0", type=int, default=100)
-    c.add_argument("--n", type=int, default=10000)
-    c.add_argument("--alpha", type=float, default=0.001)
-    c.add_argument("--batch-size", type=int, default=1000)
+    c.add_argument("--n0", type=int, default=100, help="noise samples that pick the class (S_CRI)")
+    c.add_argument("--n", type=int, default=10000, help="noise samples that bound its probability (S_CRI)")
+    c.add_argument("--alpha", type=float, default=0.001, help="failure probability of each certificate (S_CRI)")
+    c.add_argument("--batch-size", type=int, default=1000, help="noise samples per forward pass (S_CRI)")
 
 
 def run(args: argparse.Namespace) -> int:

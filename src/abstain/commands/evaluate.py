@@ -36,7 +36,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_source_arguments(p, out_help="output directory (records/ and results.json; default: the --run directory)")
     a = p.add_argument_group("attack")
     a.add_argument("--eps", type=float, nargs="+", required=True, metavar="E", help="radii (pixel space)")
-    a.add_argument("--norm", default="linf", choices=("linf", "l2"))
+    a.add_argument("--norm", default="linf", choices=("linf", "l2"),
+                   help="threat model: the ℓ∞ or ℓ2 ball (pixel space)")
     a.add_argument("--steps", type=int, default=40, help="APGD steps")
     a.add_argument("--attack", choices=ATTACKS, default=None,
                    help=f"how robustness is checked (default {DEFAULT_ATTACK}: agrees with exact oracles near "
@@ -47,7 +48,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     r = p.add_argument_group("run")
     r.add_argument("--batch-size", type=int, default=None,
                    help="inputs per batch (default: 256 on CPU, 1024 on CUDA); records do not depend on it")
-    r.add_argument("--device", default="auto")
+    r.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (CUDA when available)")
     r.add_argument("--seed", type=int, default=0, help="seed of the random starts and of --samples")
     r.add_argument("--samples", type=int, metavar="N",
                    help="evaluate a seeded, class-balanced subset of N test samples")

@@ -16,6 +16,7 @@ import os
 from pathlib import Path
 from typing import Mapping, Sequence
 
+import matplotlib
 import numpy as np
 
 SEL_LABEL = r"$\mathcal{R}^{sel}_{rob}$ (robust selection) [%]"
@@ -28,15 +29,15 @@ _MARKERS = ("o", "^", "s", "D", "v", "P", "X", "*", "<", ">")
 
 
 def _figure():
-    import matplotlib
+    """A figure and its axes, built without pyplot, so a user's backend (a notebook's) is
+    never switched and no global figure state is kept."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt, *plt.subplots(figsize=(5.6, 4.2), dpi=120)
+    fig = Figure(figsize=(5.6, 4.2), dpi=120)
+    return fig, fig.subplots()
 
 
-def _finish(plt, fig, ax, path: str | os.PathLike, xlabel: str, ylabel: str, title: str,
+def _finish(fig, ax, path: str | os.PathLike, xlabel: str, ylabel: str, title: str,
             legend_loc: str) -> Path:
     """Label, grid, legend and write the figure."""
     ax.set_xlabel(xlabel)
@@ -44,17 +45,16 @@ def _finish(plt, fig, ax, path: str | os.PathLike, xlabel: str, ylabel: str, tit
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc=legend_loc)
-    return _save(plt, fig, path)
+    return _save(fig, path)
 
 
-def _save(plt, fig, path: str | os.PathLike) -> Path:
+def _save(fig, path: str | os.PathLike) -> Path:
     from ..io import atomic_write_bytes
     import io
 
     buf = io.BytesIO()
     fig.tight_layout()
     fig.savefig(buf, format="png")
-    plt.close(fig)
     return atomic_write_bytes(path, buf.getvalue())
 
 
@@ -66,7 +66,7 @@ def abstain_pareto(points: Mapping[str, Point], curves: Mapping[str, Sequence[Po
                    path: str | os.PathLike, *, title: str = "") -> Path:
     """Fig. 3. ``points``: name -> (R_rob^sel, R_rob^acc); ``curves``: name -> list of such
     pairs (a τ sweep)."""
-    plt, fig, ax = _figure()
+    fig, ax = _figure()
     for i, (name, pts) in enumerate(curves.items()):
         arr = np.asarray(pts, dtype=float).reshape(-1, 2)
         if arr.size:
@@ -74,29 +74,29 @@ def abstain_pareto(points: Mapping[str, Point], curves: Mapping[str, Sequence[Po
             ax.plot(_pct(arr[order, 0]), _pct(arr[order, 1]), "-", lw=1.4, label=name, alpha=0.85)
     for i, (name, (s, a)) in enumerate(points.items()):
         ax.plot([100 * s], [100 * a], _MARKERS[i % len(_MARKERS)], ms=8, label=name, ls="none")
-    return _finish(plt, fig, ax, path, SEL_LABEL, ACC_LABEL, title or "Abstain models (Fig. 3)", "lower left")
+    return _finish(fig, ax, path, SEL_LABEL, ACC_LABEL, title or "Abstain models (Fig. 3)", "lower left")
 
 
 def composition_plot(points: Mapping[str, Point], core: Point, path: str | os.PathLike, *,
                      title: str = "") -> Path:
     """Fig. 4. ``points``: name -> (R_nat, R_rob^acc) of compositions; ``core``: the core
     model alone (drawn as a star with dashed guides)."""
-    plt, fig, ax = _figure()
+    fig, ax = _figure()
     ax.axvline(100 * core[0], color="grey", ls="--", lw=0.8)
     ax.axhline(100 * core[1], color="grey", ls="--", lw=0.8)
     ax.plot([100 * core[0]], [100 * core[1]], "*", color="black", ms=13, label="core alone", ls="none")
     for i, (name, (n, r)) in enumerate(points.items()):
         ax.plot([100 * n], [100 * r], _MARKERS[i % len(_MARKERS)], ms=8, label=name, ls="none")
-    return _finish(plt, fig, ax, path, NAT_LABEL, ROB_LABEL,
+    return _finish(fig, ax, path, NAT_LABEL, ROB_LABEL,
                    title or "2-compositional models vs the core (Fig. 4)", "best")
 
 
 def sr_ablation(curves: Mapping[str, Sequence[Point]], path: str | os.PathLike, *,
                 title: str = "") -> Path:
     """Fig. 6. ``curves``: label (e.g. ``"APGD ε=0.1"``) -> τ sweep of (R_rob^sel, R_rob^acc)."""
-    plt, fig, ax = _figure()
+    fig, ax = _figure()
     colors: dict[str, str] = {}
-    palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    palette = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
     for name, pts in curves.items():
         arr = np.asarray(pts, dtype=float).reshape(-1, 2)
         if not arr.size:
@@ -107,7 +107,7 @@ def sr_ablation(curves: Mapping[str, Sequence[Point]], path: str | os.PathLike, 
         color = colors.setdefault(group, palette[len(colors) % len(palette)])
         ax.plot(_pct(arr[order, 0]), _pct(arr[order, 1]), "--" if conf else "-", lw=1.5, color=color,
                 label=name)
-    return _finish(plt, fig, ax, path, SEL_LABEL, ACC_LABEL,
+    return _finish(fig, ax, path, SEL_LABEL, ACC_LABEL,
                    title or "Softmax response: APGD vs APGDconf (Fig. 6)", "lower left")
 
 

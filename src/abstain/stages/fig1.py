@@ -120,11 +120,8 @@ def _run(ctx: Any, config: dict) -> dict:
 
 @torch.no_grad()
 def _figures(out: Path, trained: dict[str, Any], eps: float, grid: int) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.colors import ListedColormap
+    from matplotlib.figure import Figure   # no pyplot: a user's backend is never switched
 
     from ..io import atomic_write_bytes
 
@@ -133,7 +130,8 @@ def _figures(out: Path, trained: dict[str, Any], eps: float, grid: int) -> list[
                             ("fig1-all.png", list(trained))):
         if not variants or (fname == "fig1-all.png" and len(variants) <= 3):
             continue
-        fig, axes = plt.subplots(1, len(variants), figsize=(4.2 * len(variants), 4.2), squeeze=False)
+        fig = Figure(figsize=(4.2 * len(variants), 4.2))
+        axes = fig.subplots(1, len(variants), squeeze=False)
         g = torch.linspace(0, 1, grid)
         gx, gy = torch.meshgrid(g, g, indexing="xy")
         pts = torch.stack([gx.flatten(), gy.flatten()], 1)
@@ -165,7 +163,6 @@ def _figures(out: Path, trained: dict[str, Any], eps: float, grid: int) -> list[
 
         buf = _io.BytesIO()
         fig.savefig(buf, format="png", dpi=110)
-        plt.close(fig)
         atomic_write_bytes(Path(out) / fname, buf.getvalue())
         names.append(fname)
     return names

@@ -134,17 +134,15 @@ def _points(stage_dir: Path) -> dict[str, tuple[str, float, float, float, float,
 def _fig2(out: Path, label: str) -> str | None:
     import io
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure   # no pyplot: a user's backend is never switched
 
     from ..io import atomic_write_bytes
 
     pts = _points(out)
     if not pts:
         return None
-    fig, ax = plt.subplots(figsize=(5.5, 4.2))
+    fig = Figure(figsize=(5.5, 4.2))
+    ax = fig.subplots()
     style = {"trades": ("^", "#d94801"), "era": ("o", "#08519c"), "dga": ("s", "#238b45"),
              "pretrain": ("x", "black")}
     for variant, (fam, ri, ra, ri_s, ra_s, n) in sorted(pts.items()):
@@ -159,7 +157,6 @@ def _fig2(out: Path, label: str) -> str | None:
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
     atomic_write_bytes(Path(out) / "fig2.png", buf.getvalue())
     return "fig2.png"
 
