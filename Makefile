@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TORCH := torch==2.13.0
 
-.PHONY: venv test demo bench reproduce clean
+.PHONY: venv test lint demo bench reproduce clean
 
 venv: $(STAMP)
 
@@ -22,6 +22,11 @@ $(STAMP): pyproject.toml Makefile
 
 test: venv
 	$(BIN)/python -m pytest -q tests
+
+# ruff (pyflakes + pycodestyle errors) and the layers contract (pyproject.toml [tool.importlinter])
+lint: venv
+	$(BIN)/ruff check src tests bench tools
+	cd src && ../$(BIN)/lint-imports --config ../pyproject.toml
 
 demo: venv
 	$(BIN)/abstain reproduce --scale mini --demo --jobs 2 --out runs/demo

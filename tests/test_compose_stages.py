@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from abstain.checkpoint import save_checkpoint
 from abstain.io import atomic_write_json

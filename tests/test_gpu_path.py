@@ -57,7 +57,7 @@ def _batch(n: int = 6):
 
 
 def test_clean_target_is_fp32_and_equal_under_bf16_autocast():
-    model, (x, y) = Spy().train(), _batch()
+    model, (x, _) = Spy().train(), _batch()
     p_ref, pred_ref = adversarial._clean_eval(model, x)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         p_amp, pred_amp = adversarial._clean_eval(model, x)

@@ -7,7 +7,8 @@ import torch
 
 from abstain import models
 from abstain.errors import CheckpointError
-from abstain.models.published import guess_architecture, load_published
+from abstain.foreign import load_published
+from abstain.models.published import guess_architecture
 
 
 def _n_params(model):

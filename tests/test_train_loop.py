@@ -2,7 +2,6 @@
 validation split, the epoch log, SIGINT and kill -9."""
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess

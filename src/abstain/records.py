@@ -402,4 +402,4 @@ def mean_over(tables: Sequence[Records], metric: str, *args: Any, **kw: Any) -> 
     return _metrics.mean_std([getattr(t, metric)(*args, **kw) for t in tables])
 
 
-from .authors_records import read_authors_csv  # noqa: E402  (re-exported: the authors' files)
+from .authors_records import read_authors_csv  # noqa: E402, F401  (re-exported: the authors' files)

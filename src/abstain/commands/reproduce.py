@@ -19,14 +19,14 @@ DESCRIPTION = (
     "Run the experiment stages in order, each cached under OUT/<stage>/ by a hash of its "
     "configuration: rerunning the same command skips finished stages and continues an "
     "interrupted one. Ends by writing OUT/report.md and OUT/report.html from the per-sample "
-    "records. --scale mini (default) uses gauss3 and digits; --scale paper runs the CIFAR-10/100 "
+    "records. --scale mini (default) uses gauss3, digits and MNIST-1D; --scale paper runs the CIFAR-10/100 "
     "and MTSD experiments of configs/ on data under --data-root."
 )
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scale", choices=("mini", "paper"), default="mini",
-                   help="mini: gauss3 + digits on a CPU; paper: CIFAR/MTSD (needs data and a GPU)")
+                   help="mini: gauss3, digits and MNIST-1D on a CPU; paper: CIFAR/MTSD (needs data and a GPU)")
     p.add_argument("--only", nargs="+", metavar="STAGE", default=None,
                    help="run only these stages (and the stages they depend on)")
     p.add_argument("--demo", action="store_true",

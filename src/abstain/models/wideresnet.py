@@ -9,7 +9,7 @@ Normalisation: RobustBench's WideResNet checkpoints for CIFAR-10 (Carmon2019Unla
 Sehwag2020Hydra, Wang2020Improving, Zhang2019Theoretically, ...) take raw [0, 1] inputs,
 so the default here is the identity (mean 0, std 1). Models that normalise inside
 (RobustBench's ``mu``/``sigma`` buffers) are handled by
-:func:`abstain.models.published.load_published`, or pass ``mean``/``std``.
+:func:`abstain.foreign.load_published`, or pass ``mean``/``std``.
 RobustBench's ``sub_block1=True`` variants hold a block that ``forward`` never uses;
 its weights are dropped on loading (see ``published.py``).
 """
@@ -190,5 +190,5 @@ def dm_wrn_28_10(num_classes: int, mean: Sequence[float] = (0.4914, 0.4822, 0.44
     """DeepMind-layout WideResNet-28-10 with Swish (36.5M parameters): RobustBench's
     Gowal2020Uncovering_28_10_extra (CIFAR-10) and Rebuffi2021Fixing_28_10_cutmix_ddpm
     (CIFAR-10, CIFAR-100), the paper's Table 1/6 models. The published checkpoints carry
-    their ``mean``/``std``, which :func:`abstain.models.published.load_published` applies."""
+    their ``mean``/``std``, which :func:`abstain.foreign.load_published` applies."""
     return DMWideResNet(28, 10, num_classes, mean, std, activation, in_channels)

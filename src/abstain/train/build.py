@@ -34,7 +34,7 @@ def build_model(cfg: Mapping[str, Mapping[str, Any]], num_classes: int,
                 input_shape: tuple[int, ...]) -> tuple[nn.Module, dict[str, Any]]:
     """The model of ``[model]``, initialised from ``init`` when given: a checkpoint
     directory of this project (same arch) or a foreign weights file (published layouts of
-    RobustBench / Cohen et al. are mapped by :func:`abstain.models.published.load_published`)."""
+    RobustBench / Cohen et al. are mapped by :func:`abstain.foreign.load_published`)."""
     from .. import models
     from ..checkpoint import MODEL_FILE, load_weights_file, read_meta
 
@@ -62,6 +62,7 @@ def build_model(cfg: Mapping[str, Mapping[str, Any]], num_classes: int,
             return model, kw
         if not path.is_file():
             raise ConfigError(f"[model] init: no such checkpoint directory or file: {path}")
+        from ..foreign import load_published
         from ..models import published
 
         if arch in published.PUBLISHED:
@@ -69,7 +70,7 @@ def build_model(cfg: Mapping[str, Mapping[str, Any]], num_classes: int,
             if kw:
                 raise ConfigError(f"[model] kwargs {sorted(kw)} cannot be combined with a published "
                                   f"{arch!r} checkpoint (only mean/std)")
-            return published.load_published(arch, path, num_classes, mean=mean, std=std,
+            return load_published(arch, path, num_classes, mean=mean, std=std,
                                              return_kwargs=True)
         from ..checkpoint import load_foreign_state_dict
 
