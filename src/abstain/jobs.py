@@ -115,7 +115,9 @@ def evaluate_job(source: ModelSource, out: Path, s: EvaluateSettings, device: An
     t0 = time.time()
     chunk = s.chunk or s.batch_size
     n_chunks = math.ceil(len(ds) / chunk)
-    store = ChunkStore(work_dir(out, "evaluate-" + _key(source, subset, s, chunk=chunk)))
+    key = _key(source, subset, s, chunk=chunk)
+    store = ChunkStore(work_dir(out, "evaluate-" + key), key,
+                       lambda k: torch.arange(k * chunk, min((k + 1) * chunk, len(ds))))
     done = store.finished(n_chunks)
     bar = progress(total=len(ds), initial=sum(min(chunk, len(ds) - k * chunk) for k in done),
                    desc="evaluate", disable=None if distributed.is_main() else True)
@@ -127,7 +129,8 @@ def evaluate_job(source: ModelSource, out: Path, s: EvaluateSettings, device: An
                            ensemble=s.ensemble, attack=s.attack, batch_size=s.batch_size, device=device,
                            seed=s.seed, save_adversarial=adv, show_progress=False, index_offset=k * chunk)
             if distributed.is_main():
-                store.save(k, record_columns(res))     # after the adversarial file: it marks the chunk
+                store.save(k, record_columns(res),    # after the adversarial file: it marks the chunk
+                           companions=("safetensors",) if s.save_adversarial else ())
             distributed.barrier()
             bar.update(len(part))
     except AbstainError:
@@ -181,11 +184,11 @@ def _merge_adversarial(store: ChunkStore, n_chunks: int, path: str, subset: torc
                        eps_list: list[float]) -> None:
     """One ``--save-adversarial`` file from the chunks' files; saved ``index@<ε>`` are dataset
     indices (positions in the subset mapped through it)."""
-    from safetensors.torch import load_file, save
+    from safetensors.torch import load, save
 
     from .io import atomic_write_bytes
 
-    parts = [load_file(str(store.path(k, "safetensors"))) for k in range(n_chunks)]
+    parts = [load(store.companion(k, "safetensors")) for k in range(n_chunks)]
     tensors: dict[str, torch.Tensor] = {}
     for e in eps_list:
         idx = torch.cat([p[f"index@{e:g}"] for p in parts])
@@ -272,7 +275,8 @@ def certify_job(source: ModelSource, out: Path, s: CertifySettings, device: Any,
                        n0=s.n0, n=s.n, alpha=s.alpha, batch_size=s.batch_size, sequential=s.sequential,
                        seed=s.seed, chunk=s.chunk, device=device)
     n_chunks = math.ceil(len(idx) / plan.chunk)
-    store = ChunkStore(work_dir(out, "certify-" + _key(source, idx, s, chunk=plan.chunk, device=device.type)))
+    key = _key(source, idx, s, chunk=plan.chunk, device=device.type)
+    store = ChunkStore(work_dir(out, "certify-" + key), key, lambda k: idx[k * plan.chunk:(k + 1) * plan.chunk])
     done = store.finished(n_chunks)
     todo = [k for k in distributed.shard_indices(n_chunks).tolist() if k not in done]
     t0 = time.perf_counter()
