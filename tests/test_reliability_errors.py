@@ -183,9 +183,9 @@ def test_factories_that_fail(spec, command, tmp_path, capsys, monkeypatch):
     (tmp_path / "broken_import_mod.py").write_text("import nonexistent_pkg_xyz\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     out = tmp_path / "out"
-    extra = EVAL if command == "evaluate" else ["--sigma", "0.25", "--eps", "0.1", "--n0", "8", "--n", "16",
+    extra = EVAL if command == "evaluate" else ["--sigma", "0.25", "--eps", "0.1", "--n0", "8", "--n", "64",
                                                  "--samples", "4", "--device", "cpu"]
-    _refused("factory", [command, "--model", spec, "--data", "gauss3", "--out", out, *extra], capsys, out,
+    _refused("factory", [command, "--model", spec, "--random-init", "--data", "gauss3", "--out", out, *extra], capsys, out,
              FACTORIES[spec])
 
 
@@ -262,7 +262,7 @@ def _folder(root: Path, bomb: tuple[int, int]) -> Path:
 def test_decompression_bomb_images(tmp_path, side, capsys):
     root = _folder(tmp_path / "imgs", (side, side))
     assert (root / "test" / "a" / "bomb.png").stat().st_size < 200_000
-    _refused("image size", ["evaluate", "--model", f"{__name__}:ok2", "--data", "folder", "--data-root", root,
+    _refused("image size", ["evaluate", "--model", f"{__name__}:ok2", "--random-init", "--data", "folder", "--data-root", root,
                             "--out", tmp_path / "o", *EVAL], capsys, tmp_path / "o", "bomb.png", "pixels")
 
 
@@ -291,7 +291,7 @@ def test_mtsd_bomb_image(tmp_path, capsys):
 def test_seeds_no_generator_takes(trained, tmp_path, seed, command, capsys):
     run = _copy(trained, tmp_path)
     argv = {"evaluate": ["evaluate", "--run", run, *EVAL[:-2], "--seed", seed],
-            "certify": ["certify", "--run", run, "--sigma", "0.25", "--eps", "0.1", "--n0", "8", "--n", "16",
+            "certify": ["certify", "--run", run, "--sigma", "0.25", "--eps", "0.1", "--n0", "8", "--n", "64",
                         "--samples", "4", "--seed", seed],
             "abstain": ["abstain", "--robust", run, "--core", run, "--selector", "eri", "--eps", "0.05",
                         "--steps", "1", "--samples", "10", "--seed", seed],

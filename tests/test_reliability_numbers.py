@@ -76,7 +76,7 @@ def _no_records(out: Path) -> None:
 @pytest.mark.parametrize("command", ["evaluate", "certify"])
 def test_untrustworthy_models_are_refused(command, factory, needle, tmp_path, capsys):
     out = tmp_path / "out"
-    rc, _, err = run_main([command, "--model", _spec(factory), "--out", out,
+    rc, _, err = run_main([command, "--model", _spec(factory), "--random-init", "--out", out,
                            *(EVAL if command == "evaluate" else CERT)], capsys)
     assert rc == 2
     assert_clean_refusal(rc, err, needle)
@@ -86,14 +86,14 @@ def test_untrustworthy_models_are_refused(command, factory, needle, tmp_path, ca
 
 @pytest.mark.parametrize("norm", [["nan", "0.5"], ["0.5", "inf"], ["0.5", "nan"]])
 def test_non_finite_normalisation_is_refused(norm, tmp_path, capsys):
-    rc, _, err = run_main(["evaluate", "--model", _spec("fine"), "--out", tmp_path / "o", *EVAL,
+    rc, _, err = run_main(["evaluate", "--model", _spec("fine"), "--random-init", "--out", tmp_path / "o", *EVAL,
                            "--normalize", *norm], capsys)
     assert rc == 2
     assert_clean_refusal(rc, err, "--normalize", "finite")
 
 
 def test_num_classes_that_do_not_match_the_dataset_are_refused(tmp_path, capsys):
-    rc, _, err = run_main(["evaluate", "--model", _spec("fine"), "--num-classes", "3",
+    rc, _, err = run_main(["evaluate", "--model", _spec("fine"), "--random-init", "--num-classes", "3",
                            "--out", tmp_path / "o", *EVAL], capsys)
     assert rc == 2
     assert_clean_refusal(rc, err, "3 classes", "10")

@@ -139,7 +139,7 @@ def test_out_under_a_file_is_one_line(run, tmp_path, where, capsys):
 def test_a_second_writer_fails_at_once(run, trained, command, capsys):
     argv = {"train": ["train", "--config", trained / "c.toml", "--out", run, "--resume", "--device", "cpu"],
             "evaluate": ["evaluate", "--run", run, *EVAL],
-            "certify": ["certify", "--run", run, "--sigma", "0.25", "--eps", "0.1", "--n0", "8", "--n", "16",
+            "certify": ["certify", "--run", run, "--sigma", "0.25", "--eps", "0.1", "--n0", "8", "--n", "64",
                         "--samples", "6", "--device", "cpu"],
             "abstain": ["abstain", "--robust", run, "--core", run, "--selector", "eri", "--eps", "0.05",
                         "--steps", "2", "--samples", "20", "--device", "cpu"]}[command]
@@ -235,7 +235,7 @@ def test_a_model_evaluated_into_a_new_directory_can_be_replaced_by_train(trained
     """evaluate --model ... --out NEW creates results.json: listed as ours, so a later
     `train --overwrite --out NEW` may replace the directory."""
     out = tmp_path / "new"
-    rc, _, err = run_main(["evaluate", "--model", "abstain.models.small:mlp", "--data", "gauss3", "--out", out,
+    rc, _, err = run_main(["evaluate", "--model", "abstain.models.small:mlp", "--random-init", "--data", "gauss3", "--out", out,
                            *EVAL], capsys)
     assert rc == 0, err
     assert read_manifest(out)["results.json"] == "results"

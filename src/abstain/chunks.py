@@ -15,14 +15,18 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import shutil
+import stat
+import sys
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 import torch
 from torch import nn
 
+from .errors import AbstainError
 from .io import atomic_write_bytes
 
 _ORDER = "__columns__"
@@ -51,23 +55,123 @@ def index_digest(index: torch.Tensor | np.ndarray | None) -> str:
     return hashlib.sha256(np.ascontiguousarray(np.asarray(index, dtype=np.int64)).tobytes()).hexdigest()[:16]
 
 
-class ChunkStore:
-    """The finished chunks of one job, in ``directory``."""
+_META = "__chunk__"
+MAX_CHUNK_BYTES = 1 << 31     # 2 GiB: far above any chunk this project writes
 
-    def __init__(self, directory: Path) -> None:
+
+class ChunkError(AbstainError):
+    """A chunk file that is unreadable, not a regular file, or not this chunk of this job."""
+
+
+def columns_checksum(columns: Mapping[str, np.ndarray]) -> str:
+    """SHA-256 over the columns' names, dtypes, shapes and bytes, in their order."""
+    h = hashlib.sha256()
+    for name, a in columns.items():
+        a = np.ascontiguousarray(a)
+        h.update(f"{name}|{a.dtype.str}|{a.shape}|".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def read_regular_file(path: Path, max_bytes: int = MAX_CHUNK_BYTES) -> bytes:
+    """The bytes of ``path`` if it is a regular file of at most ``max_bytes``: checked with
+    ``lstat`` before it is opened, opened with ``O_NOFOLLOW | O_NONBLOCK`` (a symlink, FIFO,
+    device or directory is refused without blocking) and checked again on the open file."""
+    try:
+        st = os.lstat(path)
+    except OSError as e:
+        raise ChunkError(f"cannot stat ({e.strerror})") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise ChunkError("not a regular file")
+    if st.st_size > max_bytes:
+        raise ChunkError(f"{st.st_size} bytes, more than {max_bytes}")
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as e:
+        raise ChunkError(f"cannot open ({e.strerror})") from None
+    with os.fdopen(fd, "rb") as fh:
+        st = os.fstat(fh.fileno())
+        if not stat.S_ISREG(st.st_mode) or st.st_size > max_bytes:
+            raise ChunkError("not a regular file")
+        return fh.read(max_bytes + 1)
+
+
+class ChunkStore:
+    """The finished chunks of one job, in ``directory``.
+
+    Every chunk file carries its identity: the job ``key`` (a hash of the model's weights,
+    the data, the settings and the seed, :func:`job_key`), its chunk number, its index
+    range, its row count and a checksum of its columns. ``index_of(k)`` gives the sample
+    indices chunk ``k`` must hold (its ``index`` column). A chunk is reused only if it is a
+    regular file (never through a link) and all of these match; any other is recomputed,
+    with a one-line notice on stderr."""
+
+    def __init__(self, directory: Path, key: str, index_of: Callable[[int], Any]) -> None:
         self.dir = Path(directory)
+        self.key = str(key)
+        self.index_of = index_of
 
     def path(self, k: int, kind: str = "npz") -> Path:
         return self.dir / f"chunk-{k:06d}.{kind}"
 
+    def _expected(self, k: int) -> np.ndarray:
+        return np.asarray(self.index_of(k), dtype=np.int64).reshape(-1)
+
+    def _identity(self, k: int, columns: Mapping[str, np.ndarray]) -> dict[str, Any]:
+        index = self._expected(k)
+        return {"key": self.key, "chunk": int(k), "rows": int(len(index)),
+                "range": [int(index[0]), int(index[-1]) + 1] if len(index) else [0, 0],
+                "index": index_digest(index), "checksum": columns_checksum(columns)}
+
+    def companion(self, k: int, kind: str) -> bytes:
+        """The bytes of chunk ``k``'s companion file ``kind`` (e.g. its adversarial inputs),
+        read as a regular file; its SHA-256 must be the one chunk ``k`` recorded."""
+        meta, raw, _ = self._read(k)
+        self._check(k, meta, raw)
+        data = read_regular_file(self.path(k, kind))
+        if meta.get("files", {}).get(kind) != hashlib.sha256(data).hexdigest():
+            raise ChunkError(f"chunk {k}'s {kind} file does not match its checksum")
+        return data
+
     def done(self, k: int) -> bool:
-        return self.path(k).is_file()
+        """Whether chunk ``k`` is on disk, readable and this job's chunk ``k``."""
+        try:
+            self.load(k)
+        except ChunkError:
+            return False
+        return True
 
     def finished(self, n_chunks: int) -> set[int]:
-        """The chunk ids already written (read once, so every rank decides alike)."""
-        return {k for k in range(n_chunks) if self.done(k)}
+        """The chunk ids already written and valid (read once, so every rank decides alike).
+        A chunk file that exists but is not valid is named in a one-line notice and will be
+        recomputed (its path is cleared so that the new chunk can be written there)."""
+        done = set()
+        for k in range(n_chunks):
+            p = self.path(k)
+            if not os.path.lexists(p):
+                continue
+            try:
+                self.load(k)
+                done.add(k)
+            except ChunkError as e:
+                print(f"notice: recomputing chunk {k} ({p.name}: {e})", file=sys.stderr)
+                self._clear(p)
+        return done
 
-    def save(self, k: int, columns: Mapping[str, Any]) -> None:
+    @staticmethod
+    def _clear(p: Path) -> None:
+        try:
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
+        except OSError:
+            pass           # a rank that lost the race, or a read-only area: the write will say
+
+    def save(self, k: int, columns: Mapping[str, Any], companions: Iterable[str] = ()) -> None:
+        """Write chunk ``k``'s columns with its identity, atomically; the SHA-256 of each
+        companion file (``path(k, kind)``, written before) goes into the identity."""
         arrays: dict[str, np.ndarray] = {}
         objects = []
         for name, v in columns.items():
@@ -75,20 +179,64 @@ class ChunkStore:
             if a.dtype == object:
                 a, _ = a.astype(str), objects.append(name)
             arrays[name] = a
+        if "index" in arrays and not np.array_equal(np.asarray(arrays["index"], dtype=np.int64),
+                                                    self._expected(k)):
+            raise RuntimeError(f"chunk {k} holds other samples than its index range")   # a bug, not a user error
+        ident = self._identity(k, arrays)
+        ident["files"] = {kind: hashlib.sha256(read_regular_file(self.path(k, kind))).hexdigest()
+                          for kind in companions}
         arrays[_ORDER] = np.array(list(columns), dtype=str)
         arrays[_OBJECT] = np.array(objects, dtype=str)
+        arrays[_META] = np.array(json.dumps(ident, sort_keys=True))
         buf = io.BytesIO()
         np.savez(buf, **arrays)
         atomic_write_bytes(self.path(k), buf.getvalue())
 
     def load(self, k: int) -> dict[str, np.ndarray]:
-        with np.load(self.path(k), allow_pickle=False) as z:
-            objects = set(z[_OBJECT].tolist())
-            return {name: (z[name].astype(object) if name in objects else z[name]) for name in z[_ORDER].tolist()}
+        """Chunk ``k``'s columns; raises :class:`ChunkError` unless the file is a regular file
+        holding this job's chunk ``k`` with its rows, index range and checksum (and its
+        companion files with theirs)."""
+        meta, raw, objects = self._read(k)
+        self._check(k, meta, raw)
+        return {name: (a.astype(object) if name in objects else a) for name, a in raw.items()}
+
+    def _check(self, k: int, meta: dict[str, Any], raw: dict[str, np.ndarray]) -> None:
+        want = self._identity(k, raw)
+        for field in ("key", "chunk", "rows", "range", "index", "checksum"):
+            if meta.get(field) != want[field]:
+                if field == "chunk":
+                    raise ChunkError(f"it holds chunk {str(meta.get(field))[:20]}, not chunk {k}")
+                raise ChunkError(f"its {field} does not match this job's chunk {k}")
+        if "index" in raw and not np.array_equal(raw["index"].astype(np.int64), self._expected(k)):
+            raise ChunkError(f"its index column does not match this job's chunk {k}")
+        if any(a.ndim == 0 or len(a) != want["rows"] for a in raw.values()):
+            raise ChunkError("its columns do not have its row count")
+        files = meta.get("files", {})
+        if not isinstance(files, dict):
+            raise ChunkError("its companion files are malformed")
+        for kind, digest in files.items():
+            if hashlib.sha256(read_regular_file(self.path(k, str(kind)))).hexdigest() != digest:
+                raise ChunkError(f"its {kind} file does not match its checksum")
+
+    def _read(self, k: int) -> tuple[dict[str, Any], dict[str, np.ndarray], set[str]]:
+        data = read_regular_file(self.path(k))
+        try:
+            with np.load(io.BytesIO(data), allow_pickle=False) as z:
+                meta = json.loads(str(z[_META][()]))
+                order = [str(n) for n in z[_ORDER].tolist()]
+                objects = set(z[_OBJECT].tolist())
+                raw = {name: z[name] for name in order}
+        except Exception as e:       # truncated, empty, random bytes, not npz, missing keys
+            raise ChunkError(f"unreadable: {type(e).__name__}") from None
+        if not isinstance(meta, dict):
+            raise ChunkError("no identity")
+        return meta, raw, objects
 
     def merge(self, chunks: Iterable[int], index_key: str = "index") -> dict[str, np.ndarray]:
         """The columns of ``chunks`` concatenated and sorted by ``index_key`` (stable), as
-        :func:`abstain.distributed.gather_columns` orders the records of one run."""
+        :func:`abstain.distributed.gather_columns` orders the records of one run. A chunk
+        that no longer validates here (changed since :meth:`finished`) raises
+        :class:`ChunkError`."""
         parts = [self.load(k) for k in chunks]
         cols = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
         order = np.argsort(cols[index_key], kind="stable")
@@ -102,4 +250,5 @@ class ChunkStore:
             pass
 
 
-__all__ = ["ChunkStore", "model_digest", "job_key", "index_digest"]
+__all__ = ["ChunkStore", "ChunkError", "columns_checksum", "read_regular_file", "model_digest", "job_key",
+           "index_digest"]

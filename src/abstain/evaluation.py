@@ -246,15 +246,20 @@ def _robust_flags(model: nn.Module, x: torch.Tensor, ids: torch.Tensor, pred: to
     """Per radius (increasing), the robustness flags of one batch and (``keep_adv``) the
     verified adversarial inputs of its non-robust samples. Only the samples still robust
     are attacked at the next radius (the balls are nested)."""
+    from .model_checks import FiniteGuard, first_nonfinite, refuse_nonfinite
+
     robust = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
     x_adv = x.clone()
     flags: dict[float, tuple[torch.Tensor, torch.Tensor | None]] = {}
+    guard = FiniteGuard(model)      # NaN at any attack iterate: no verdict (issue 25)
     for e in eps_list:
         alive = torch.nonzero(robust).flatten()
         if alive.numel():
-            r, a = is_robust(model, x[alive], eps=e, norm=norm, steps=steps, attack=attack,
+            r, a = is_robust(guard, x[alive], eps=e, norm=norm, steps=steps, attack=attack,
                              generator=generator(seed), return_adv=True,
                              sample_ids=ids[alive])
+            if guard.tripped():
+                refuse_nonfinite("attack point", first_nonfinite(model, a, ids[alive]), ids[alive])
             robust[alive] = r
             x_adv[alive] = torch.where(r.view((-1,) + (1,) * (x.dim() - 1)), x_adv[alive], a)
         flags[e] = (robust.clone(), x_adv[~robust] if keep_adv else None)

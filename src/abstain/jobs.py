@@ -83,7 +83,11 @@ class EvaluateSettings:
         """Refuse bad settings before any model is loaded; the radii to evaluate."""
         from .evaluation import radii
 
+        from .validate import check_pixel_eps
+
         eps_list = radii(self.eps, self.double_eps)   # validates every ε
+        for e in self.eps:
+            check_pixel_eps(e, self.norm)
         if self.steps < 0:
             raise ConfigError(f"--steps must be >= 0, got {self.steps}")
         if self.batch_size < 1:
@@ -97,25 +101,34 @@ class EvaluateSettings:
 
 
 def evaluate_job(source: ModelSource, out: Path, s: EvaluateSettings, device: Any,
-                 overwrite: bool = False) -> dict[str, Any]:
+                 overwrite: bool = False, allow_batch_dependent: bool = False) -> dict[str, Any]:
     """Evaluate ``source`` (:func:`abstain.evaluation.evaluate`) into ``out/records/evaluate.csv``
     and ``out/results.json["evaluate"]``; returns that section (``records``: the file).
 
     Resumable: the inputs are evaluated in chunks of ``s.chunk`` (default ``s.batch_size``)
     whose records are kept under ``out``'s work area (:mod:`abstain.chunks`); a rerun of the
     same command skips the finished chunks. The records do not depend on the chunking (the
-    random starts follow the sample index)."""
+    random starts follow the sample index). A model whose logits depend on the batch is
+    refused unless ``allow_batch_dependent`` (:func:`abstain.model_checks.check_batch_independent`),
+    and so is an ℓ2 radius beyond the inputs' box (:func:`abstain.validate.check_pixel_eps`)."""
     from .evaluation import evaluate
+    from .model_checks import check_batch_independent
+    from .validate import check_pixel_eps
 
     eps_list = s.check()
     records_path = out / "records" / "evaluate.csv"
     _refuse_existing(records_path, overwrite)
     ds, subset = test_subset(source, s.samples, s.seed)
+    for e in s.eps:
+        check_pixel_eps(e, s.norm, dim=int(ds.x[0].numel()))
+    check_batch_independent(source.model, ds.x, "the model", allow=allow_batch_dependent)
     distributed.init_from_env(device)
     t0 = time.time()
     chunk = s.chunk or s.batch_size
     n_chunks = math.ceil(len(ds) / chunk)
-    store = ChunkStore(work_dir(out, "evaluate-" + _key(source, subset, s, chunk=chunk)))
+    key = _key(source, subset, s, chunk=chunk)
+    store = ChunkStore(work_dir(out, "evaluate-" + key), key,
+                       lambda k: torch.arange(k * chunk, min((k + 1) * chunk, len(ds))))
     done = store.finished(n_chunks)
     bar = progress(total=len(ds), initial=sum(min(chunk, len(ds) - k * chunk) for k in done),
                    desc="evaluate", disable=None if distributed.is_main() else True)
@@ -127,7 +140,8 @@ def evaluate_job(source: ModelSource, out: Path, s: EvaluateSettings, device: An
                            ensemble=s.ensemble, attack=s.attack, batch_size=s.batch_size, device=device,
                            seed=s.seed, save_adversarial=adv, show_progress=False, index_offset=k * chunk)
             if distributed.is_main():
-                store.save(k, record_columns(res))     # after the adversarial file: it marks the chunk
+                store.save(k, record_columns(res),    # after the adversarial file: it marks the chunk
+                           companions=("safetensors",) if s.save_adversarial else ())
             distributed.barrier()
             bar.update(len(part))
     except AbstainError:
@@ -179,11 +193,11 @@ def _merge_adversarial(store: ChunkStore, n_chunks: int, path: str, subset: torc
                        eps_list: list[float]) -> None:
     """One ``--save-adversarial`` file from the chunks' files; saved ``index@<ε>`` are dataset
     indices (positions in the subset mapped through it)."""
-    from safetensors.torch import load_file, save
+    from safetensors.torch import load, save
 
     from .io import atomic_write_bytes
 
-    parts = [load_file(str(store.path(k, "safetensors"))) for k in range(n_chunks)]
+    parts = [load(store.companion(k, "safetensors")) for k in range(n_chunks)]
     tensors: dict[str, torch.Tensor] = {}
     for e in eps_list:
         idx = torch.cat([p[f"index@{e:g}"] for p in parts])
@@ -223,6 +237,21 @@ class CertifySettings:
             raise ConfigError(f"--chunk must be >= 1, got {self.chunk}")
         check_seed(self.seed)
         self.eps = [check_eps(e) for e in self.eps]
+        self._check_reachable()
+
+    def _check_reachable(self) -> None:
+        """Refuse an ε that no input can be certified at: with every one of ``n`` noise
+        samples on the top class the Clopper–Pearson bound is α^{1/n} and the radius
+        σ·Φ⁻¹(α^{1/n}) (Cohen et al.'s CERTIFY); larger radii are never certified."""
+        from .smoothing.smooth import max_certifiable_radius
+
+        r = max_certifiable_radius(self.n, self.alpha, self.sigma)
+        for e in self.eps:
+            if not e <= r:
+                reach = (f"the largest radius it can certify is {r:.4f}" if r > 0
+                         else "no radius can be certified (every input abstains)")
+                raise ConfigError(f"certify: --eps {e:g} is unreachable: with --n {self.n}, --alpha {self.alpha:g} "
+                                  f"and --sigma {self.sigma:g} {reach}; raise --n or --sigma")
 
 
 def certify(model: torch.nn.Module, data: Any, *, sigma: float, eps: Sequence[float],
@@ -248,7 +277,7 @@ def certify(model: torch.nn.Module, data: Any, *, sigma: float, eps: Sequence[fl
 
 
 def certify_job(source: ModelSource, out: Path, s: CertifySettings, device: Any,
-                overwrite: bool = False) -> dict[str, Any]:
+                overwrite: bool = False, allow_batch_dependent: bool = False) -> dict[str, Any]:
     """Certify ``source`` on a class-balanced subset into ``out/records/certify.csv`` and
     ``out/results.json["certify"]``; returns that section.
 
@@ -257,6 +286,7 @@ def certify_job(source: ModelSource, out: Path, s: CertifySettings, device: Any,
     chunks. Only one chunk's inputs are on the device at a time and the finished records
     live on disk, so memory does not grow with ``--samples``."""
     from .data import balanced_subset
+    from .model_checks import check_batch_independent
     from .smoothing.records import certify_chunk, certify_metrics, decision_radii, plan_chunks
 
     s.check()
@@ -265,12 +295,14 @@ def certify_job(source: ModelSource, out: Path, s: CertifySettings, device: Any,
     distributed.init_from_env(device)
     device = distributed.local_device(device)
     data = source.load_data(s.split)
+    check_batch_independent(source.model, data.x, "the model", allow=allow_batch_dependent)
     idx = balanced_subset(data.y, s.samples, data.num_classes, seed=s.seed)
     plan = plan_chunks(source.model.to(device), num_classes=source.num_classes, sigma=s.sigma, eps=list(s.eps),
                        n0=s.n0, n=s.n, alpha=s.alpha, batch_size=s.batch_size, sequential=s.sequential,
                        seed=s.seed, chunk=s.chunk, device=device)
     n_chunks = math.ceil(len(idx) / plan.chunk)
-    store = ChunkStore(work_dir(out, "certify-" + _key(source, idx, s, chunk=plan.chunk, device=device.type)))
+    key = _key(source, idx, s, chunk=plan.chunk, device=device.type)
+    store = ChunkStore(work_dir(out, "certify-" + key), key, lambda k: idx[k * plan.chunk:(k + 1) * plan.chunk])
     done = store.finished(n_chunks)
     todo = [k for k in distributed.shard_indices(n_chunks).tolist() if k not in done]
     t0 = time.perf_counter()

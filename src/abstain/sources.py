@@ -195,26 +195,39 @@ def from_run(run_dir: str | os.PathLike, device: Any = "cpu",
                        {"run": str(run_dir), "arch": meta.get("arch")})
 
 
+def weights_flag(flag: str) -> str:
+    """The weights option that goes with a model option: ``--weights`` for ``--model``,
+    ``--robust-weights`` for ``--robust``, ``--core-weights`` for ``--core``."""
+    return "--weights" if flag == "--model" else f"{flag}-weights"
+
+
 def from_factory(spec: str, weights: str | None, *, data: str, data_root: str | None = None,
                  num_classes: int | None = None,
                  normalize: tuple[list[float], list[float]] | None = None,
-                 flag: str = "--model") -> ModelSource:
-    """Your model (``MODULE:FACTORY`` + weights) on the dataset ``data``."""
+                 flag: str = "--model", random_init: bool = False) -> ModelSource:
+    """Your model (``MODULE:FACTORY`` + weights) on the dataset ``data``. Without weights the
+    model is refused unless ``random_init`` (its random initialisation is then evaluated, on
+    purpose, and ``results.json`` says so)."""
     from . import data as data_mod
+
+    import_factory(spec, flag)        # an unimportable module is named first
+    if weights is None and not random_init:
+        raise ConfigError(f"{flag} {spec} has no weights: give {weights_flag(flag)} FILE, or --random-init "
+                          "to use the factory's random initialisation on purpose")
 
     test = data_mod.load(data, "test", root=data_root, seed=0)
     k = num_classes if num_classes is not None else int(getattr(test, "num_classes", 0))
     if k < 2:
         raise ConfigError(f"--num-classes must be >= 2, got {k}")
     model = build_factory_model(spec, k, weights, flag)
-    return ModelSource(_normalized(model, normalize).eval(), k, data, data_root, 0, None, {},
-                       {"model": spec, "weights": weights})
+    describe = {"model": spec, "weights": weights, **({"random_init": True} if weights is None else {})}
+    return ModelSource(_normalized(model, normalize).eval(), k, data, data_root, 0, None, {}, describe)
 
 
 def resolve(spec: str, weights: str | None = None, *, data: str | None = None,
             data_root: str | None = None, num_classes: int | None = None,
             normalize: tuple[list[float], list[float]] | None = None, device: Any = "cpu",
-            flag: str = "--model") -> ModelSource:
+            flag: str = "--model", random_init: bool = False) -> ModelSource:
     """A run directory or ``MODULE:FACTORY`` (which then needs ``data``)."""
     if is_run_dir(spec):
         if weights is not None:
@@ -227,7 +240,7 @@ def resolve(spec: str, weights: str | None = None, *, data: str | None = None,
     if data is None:
         raise ConfigError(f"{flag} {spec} needs --data NAME ({DATA_HELP})")
     return from_factory(spec, weights, data=data, data_root=data_root, num_classes=num_classes,
-                        normalize=normalize, flag=flag)
+                        normalize=normalize, flag=flag, random_init=random_init)
 
 
 # --------------------------------------------------------------------------- arguments
@@ -239,7 +252,17 @@ def add_arguments(p: argparse.ArgumentParser, *, out_help: str) -> None:
                    help="your model: a factory in an importable module (the current directory is on the path)")
     g.add_argument("--weights", metavar="FILE", help="weights for --model (.safetensors, .pt or .pth)")
     add_data_arguments(g)
+    add_trust_arguments(g)
     g.add_argument("--out", metavar="DIR", help=out_help)
+
+
+def add_trust_arguments(g: Any, batch: bool = True) -> None:
+    """Options that accept, on purpose, what is refused by default (issue 25)."""
+    g.add_argument("--random-init", action="store_true",
+                   help="use a MODULE:FACTORY model without weights (its random initialisation)")
+    if batch:
+            g.add_argument("--allow-batch-dependent", action="store_true",
+                       help="evaluate a model whose logits depend on the other inputs of the batch")
 
 
 def add_data_arguments(g: Any) -> None:
@@ -280,9 +303,10 @@ def from_args(args: argparse.Namespace, device: Any = "cpu") -> tuple[ModelSourc
         if getattr(args, opt) is None:
             raise ConfigError(f"--model needs --{opt}")
     src = from_factory(args.model, args.weights, data=args.data, data_root=args.data_root,
-                       num_classes=args.num_classes, normalize=normalize)
+                       num_classes=args.num_classes, normalize=normalize,
+                       random_init=bool(getattr(args, "random_init", False)))
     return src, Path(args.out)
 
 
 __all__ = ["ModelSource", "out_of", "check_output", "check_finite_weights", "from_run", "from_factory", "resolve", "from_args", "add_arguments",
-           "add_data_arguments", "import_factory", "build_factory_model", "parse_normalize", "is_run_dir"]
+           "add_data_arguments", "add_trust_arguments", "weights_flag", "import_factory", "build_factory_model", "parse_normalize", "is_run_dir"]

@@ -23,6 +23,20 @@ def check_eps(eps: float, name: str = "eps") -> float:
     return value
 
 
+def check_pixel_eps(eps: float, norm: str, dim: int | None = None, flag: str = "--eps") -> float:
+    """Refuse a radius that makes no sense for inputs in [0, 1] (pixel space): an ℓ∞ radius
+    above 1 (the ball then holds the whole box; a radius in 0–255 units, hinted as e.g.
+    "8/255 = 0.0314"), or an ℓ2 radius above the box's diameter √dim."""
+    e = check_eps(eps, flag)
+    if norm == "linf" and e > 1:
+        hint = f"; in 0-255 units {e:g}/255 = {e / 255:.4f}" if e <= 255 else ""
+        raise InputError(f"{flag} {e:g} is more than 1, but inputs are in [0, 1] (pixel space){hint}")
+    if norm == "l2" and dim is not None and e > math.sqrt(dim):
+        raise InputError(f"{flag} {e:g} is larger than the l2 diameter {math.sqrt(dim):.4g} of the [0, 1] box of "
+                         f"{dim}-dimensional inputs: every input's ball holds every other input")
+    return e
+
+
 def check_norm(norm: str) -> str:
     if norm not in NORMS:
         raise InputError(f"unknown norm {norm!r}; expected one of {', '.join(NORMS)}")

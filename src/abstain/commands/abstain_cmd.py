@@ -36,7 +36,7 @@ DESCRIPTION = __doc__
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ..sources import add_data_arguments
+    from ..sources import add_data_arguments, add_trust_arguments
 
     m = p.add_argument_group("models (a run directory, or MODULE:FACTORY with its weights and --data)")
     m.add_argument("--robust", required=True, metavar="RUN|MODULE:FACTORY", help="the model F that abstains")
@@ -44,6 +44,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     m.add_argument("--core", required=True, metavar="RUN|MODULE:FACTORY", help="the core model")
     m.add_argument("--core-weights", metavar="FILE", help="weights of --core MODULE:FACTORY")
     add_data_arguments(m)
+    add_trust_arguments(m, batch=False)
     p.add_argument("--selector", required=True, choices=SELECTORS,
                    help="S_ERI (eq. 12), S_CRI (eq. 13, smoothing), S_SR (eq. 16) or S_SN (eq. 18)")
     p.add_argument("--eps", type=float, nargs="+", required=True, metavar="E", help="radii (pixel space)")
@@ -82,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import ConfigError
     from ..sources import is_run_dir, parse_normalize, resolve
     from ..utils import resolve_device
+    from ..validate import check_pixel_eps
 
     s = AbstainSettings(selector=args.selector, eps=args.eps, norm=args.norm, steps=args.steps,
                         tau=args.tau, tau_grid=args.tau_grid, samples=args.samples, seed=args.seed,
@@ -90,10 +92,12 @@ def run(args: argparse.Namespace) -> int:
                         cri={"sigma": args.sigma, "n0": args.n0, "n": args.n, "alpha": args.alpha,
                              "batch_size": args.batch_size})
     s.check()
+    for e in args.eps:
+        check_pixel_eps(e, args.norm)
     device = resolve_device(args.device)
     normalize = parse_normalize(args.normalize)
     common = {"data": args.data, "data_root": args.data_root, "num_classes": args.num_classes,
-              "normalize": normalize, "device": device}
+              "normalize": normalize, "device": device, "random_init": args.random_init}
     if args.out is None and not is_run_dir(args.robust):
         raise ConfigError("--robust MODULE:FACTORY needs --out DIR" if ":" in args.robust else
                           f"--robust {args.robust}: no run directory there (no meta.json)")

@@ -55,7 +55,8 @@ def run(args: argparse.Namespace) -> int:
     out = out_of(args)
     with claim(out, certify_outputs(out), args.overwrite):
         source, out = from_args(args)
-        res = certify_job(source, out, s, device, overwrite=args.overwrite)
+        res = certify_job(source, out, s, device, overwrite=args.overwrite,
+                          allow_batch_dependent=args.allow_batch_dependent)
     if distributed.is_main():
         m = res["metrics"]
         lines = [f"abstain certify: {res['samples']} inputs, sigma {res['sigma']:g}, alpha {res['alpha']:g}, "

@@ -79,7 +79,8 @@ def run(args: argparse.Namespace) -> int:
     out = out_of(args)
     with claim(out, evaluate_outputs(out, settings), args.overwrite):
         source, out = from_args(args)
-        res = evaluate_job(source, out, settings, device, overwrite=args.overwrite)
+        res = evaluate_job(source, out, settings, device, overwrite=args.overwrite,
+                           allow_batch_dependent=args.allow_batch_dependent)
     if distributed.is_main():
         print(f"evaluated {res['meta']['n']} samples of {source.dataset} (test) -> {res['records']}")
         for e in res["radii"]:

@@ -92,18 +92,27 @@ def certify_chunk(plan: ChunkPlan, k: int, x: torch.Tensor, y: torch.Tensor,
         clean = plan.smooth.base_classifier(xb)
     if not bool(torch.isfinite(clean).all()):
         raise InputError(f"the model returns NaN or infinite logits on inputs {int(index[0])}..{int(index[-1])}")
+    from ..model_checks import FiniteGuard
+
     gen = chunk_generator(plan.seed, k, plan.device)
     t0 = time.perf_counter()
-    if plan.sequential:
-        res = certify_sequential(plan.smooth, xb, plan.radii, n0=plan.n0, n_max=plan.n, alpha=plan.alpha,
-                                 batch_size=plan.batch_size, generator=gen)
-        bound = f"cp-union-{len(res.schedule)}"
-        decisions = res.decisions.numpy()
-    else:
-        res = plan.smooth.certify_batch(xb, plan.n0, plan.n, plan.alpha, plan.batch_size, gen, details=True)
-        bound = "clopper-pearson"
-        decisions = ((res.pred != ABSTAIN)[:, None]
-                     & (res.radius[:, None] >= torch.tensor(plan.radii, dtype=torch.float64))).numpy()
+    base = plan.smooth.base_classifier
+    guard = plan.smooth.base_classifier = FiniteGuard(base)   # NaN at any noise point: no verdict
+    try:
+        if plan.sequential:
+            res = certify_sequential(plan.smooth, xb, plan.radii, n0=plan.n0, n_max=plan.n, alpha=plan.alpha,
+                                     batch_size=plan.batch_size, generator=gen)
+            bound = f"cp-union-{len(res.schedule)}"
+            decisions = res.decisions.numpy()
+        else:
+            res = plan.smooth.certify_batch(xb, plan.n0, plan.n, plan.alpha, plan.batch_size, gen, details=True)
+            bound = "clopper-pearson"
+            decisions = ((res.pred != ABSTAIN)[:, None]
+                         & (res.radius[:, None] >= torch.tensor(plan.radii, dtype=torch.float64))).numpy()
+    finally:
+        plan.smooth.base_classifier = base
+    if guard.tripped():
+        _refuse_nonfinite_noise(base, xb, index, plan.smooth.sigma, plan.seed)
     if plan.device.type == "cuda":
         torch.cuda.synchronize(plan.device)
     seconds = time.perf_counter() - t0
@@ -117,6 +126,20 @@ def certify_chunk(plan: ChunkPlan, k: int, x: torch.Tensor, y: torch.Tensor,
             "seconds": seconds * samples / max(1, samples.sum())}
     cols.update({column(CERTIFIED, e): decisions[:, j] for j, e in enumerate(plan.radii)})
     return {k_: np.asarray(v) for k_, v in cols.items()}
+
+
+def _refuse_nonfinite_noise(model: nn.Module, x: torch.Tensor, index: torch.Tensor, sigma: float,
+                            seed: int) -> None:
+    """The one-line error of a non-finite logit at a noise point, naming the first input whose
+    noisy copies (8 fresh draws each, seeded) show it, else the chunk's range of inputs."""
+    from ..model_checks import first_nonfinite, refuse_nonfinite
+
+    g = torch.Generator(device=x.device).manual_seed(seed)
+    copies = 8
+    xs = x.repeat_interleave(copies, dim=0)
+    noisy = xs + sigma * torch.randn(xs.shape, generator=g, device=x.device, dtype=xs.dtype)
+    ids = index.to(x.device).repeat_interleave(copies)
+    refuse_nonfinite("noise point", first_nonfinite(model, noisy, ids), index)
 
 
 def empty_columns(radii: Sequence[float]) -> dict[str, np.ndarray]:
