@@ -2,8 +2,9 @@
 networks (exact minimal ℓ∞ radius in the box by mixed-integer linear programming) and a
 trained gauss3 MLP (dense sampling of the 2-D ε-ball).
 
-Boundary cases (issue 15): ε = 0.9× and 1.1× a point's exact flip radius r. At 0.9r the
-prediction is robust, at 1.1r a flip exists; the default attack must agree on ≥ 99 %.
+Boundary cases (issues 15, 24): ε = 0.9×, 1.02× and 1.1× a point's exact flip radius r. At
+0.9r the prediction is robust, at 1.02r (the thin-sliver regime) and 1.1r a flip exists; the
+default attack must agree on ≥ 99.5 % per family.
 
 For an affine model f(x) = Wx + b on [0, 1]^d and a class pair (y, t) the margin
 m_t(x') = (w_y - w_t)·x' + b_y - b_t is linear, so its minimum over B∞_ε(x) ∩ [0, 1]^d puts
@@ -201,7 +202,7 @@ def test_gauss3_mlp_dense_sampling_finds_no_missed_flip(gauss3_mlp, norm, eps) -
 
 
 # ----------------------------------------------------------------------------- boundary cases
-FACTORS = (0.9, 1.1)
+FACTORS = (0.9, 1.02, 1.1)
 
 
 def per_point(m, x, r, norm, attack, factors=FACTORS):
@@ -250,7 +251,7 @@ def test_linf_boundary_cases_affine() -> None:
     report("linf affine boundary agreement", counts, total)
     assert total >= 150
     for f in FACTORS:
-        assert counts[DEFAULT_ATTACK][f] >= 0.99 * total
+        assert counts[DEFAULT_ATTACK][f] >= 0.995 * total
     # the paper's attack misses flips just past the radius (PITFALLS: weak attacks)
     assert counts["apgd-ce"][1.1] < counts[DEFAULT_ATTACK][1.1]
 
@@ -317,7 +318,7 @@ def test_l2_boundary_cases_affine() -> None:
     report("l2 affine boundary agreement", counts, total)
     assert total >= 150
     for f in FACTORS:
-        assert counts[DEFAULT_ATTACK][f] >= 0.99 * total
+        assert counts[DEFAULT_ATTACK][f] >= 0.995 * total
     assert counts["apgd-ce"][1.1] < counts[DEFAULT_ATTACK][1.1]
 
 
@@ -475,7 +476,9 @@ def test_relu_boundary_cases_against_milp() -> None:
     report("relu milp boundary agreement", counts, total)
     assert total >= 140
     agree = sum(counts[DEFAULT_ATTACK].values())
-    assert agree >= 0.99 * 2 * total
     assert counts[DEFAULT_ATTACK][0.9] == total      # a robust point is never flagged
-    assert counts[DEFAULT_ATTACK][1.1] >= 0.985 * total   # 167 of 169 (98.8 %)
+    # issue 24: ≥ 99.5 % over 0.9r, 1.02r (the thin-sliver regime) and 1.1r (505 of 507:
+    # the case left flips only from ~0.2 % of the ball's vertices, at 1.02r and 1.1r)
+    assert agree >= 0.995 * len(FACTORS) * total
+    assert counts[DEFAULT_ATTACK][1.1] >= total - 1 and counts[DEFAULT_ATTACK][1.02] >= total - 1
     assert counts["apgd-ce"][1.1] < 0.9 * total      # the cases are hard for the paper's attack

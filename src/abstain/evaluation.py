@@ -28,6 +28,7 @@ records do not depend on the batch size or the number of ranks.
 """
 from __future__ import annotations
 
+import warnings
 from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -37,6 +38,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from . import distributed
 from .attacks import is_robust, resolve_attack
+from .attacks.gradients import GradientWarning, blind_points, blind_warning
 from .errors import InputError
 from .records import ROBUST, Records, column, eps_text
 from .seeds import generator
@@ -142,6 +144,11 @@ def evaluate(model: nn.Module, data: Dataset | DataLoader, *, eps: float | Seque
     written, so use it on the subsets you want to inspect. ``index_offset``: added to every
     position, for a chunk of a larger dataset (the random starts follow the index, so a
     chunked evaluation gives the records of the whole one).
+
+    Points on which the attack's first loss has an all-zero or non-finite input gradient at
+    x (:func:`abstain.attacks.gradients.blind_points`; APGD-CE on saturated softmax) are
+    counted; if there are any, a :class:`abstain.attacks.gradients.GradientWarning` names
+    their number and suggests the strong attack (the CLI prints it on stderr).
     """
     if not isinstance(model, nn.Module):
         raise InputError(f"model must be an nn.Module, got {type(model).__name__}")
@@ -157,7 +164,7 @@ def evaluate(model: nn.Module, data: Dataset | DataLoader, *, eps: float | Seque
     cols.update({column(ROBUST, e): [] for e in eps_list})
     adv: dict[float, list[torch.Tensor]] = {e: [] for e in eps_list}
     adv_idx: dict[float, list[torch.Tensor]] = {e: [] for e in eps_list}
-    total = None
+    total, n_blind, n_seen = None, 0, 0
     if not isinstance(data, DataLoader):
         total = (len(distributed.shard_indices(len(data))) + batch_size - 1) // batch_size
     try:
@@ -165,6 +172,8 @@ def evaluate(model: nn.Module, data: Dataset | DataLoader, *, eps: float | Seque
                                   disable=None if show_progress else True):
             idx = idx + index_offset
             x, y, pred = _checked_batch(model, idx, x, y, dev, channels_last=True)
+            n_blind += int(blind_points(model, x, pred, attack).sum())   # issue 24: named, not hidden
+            n_seen += int(x.shape[0])
             flags = _robust_flags(model, x, idx.to(dev), pred, eps_list, norm=norm, steps=steps,
                                   attack=attack, seed=seed, keep_adv=save_adversarial is not None)
             for e, (robust, x_bad) in flags.items():
@@ -183,6 +192,9 @@ def evaluate(model: nn.Module, data: Dataset | DataLoader, *, eps: float | Seque
     if not cols["index"]:
         raise InputError("data yielded no samples")
     out = _gathered(cols, eps_list)
+    warning = blind_warning(n_blind, n_seen, attack)     # this rank's points under torchrun
+    if warning is not None:
+        warnings.warn(GradientWarning(warning), stacklevel=2)
     if save_adversarial is not None:
         _save_adversarial(save_adversarial, eps_list, adv, adv_idx)
     return out

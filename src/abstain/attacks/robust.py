@@ -40,8 +40,8 @@ def _stage_generator(seed: int, stage: int) -> torch.Generator:
 def is_robust(model: nn.Module, x: torch.Tensor, *, eps: float, norm: str = "linf", steps: int = 40,
               ensemble: bool = False, generator: torch.Generator | None = None,
               return_adv: bool = False, restarts: int = 1, targets: int | None = None,
-              sample_ids: torch.Tensor | None = None, attack: str | None = None
-              ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+              sample_ids: torch.Tensor | None = None, attack: str | None = None,
+              diversity: bool = True) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Whether the prediction ``F(x) = argmax f(x)`` survives the attack in ``B^p_ε(x) ∩ [0,1]^d``
     (paper eq. 2/3, robustness of the prediction).
 
@@ -52,8 +52,9 @@ def is_robust(model: nn.Module, x: torch.Tensor, *, eps: float, norm: str = "lin
     the ``targets`` classes with the highest clean logits (default ``min(K-1, 9)``, K =
     number of model outputs) on the survivors; ``"strong"``: :mod:`abstain.attacks.strong`
     with a main run of ``4·steps // 5`` steps, follow-ups of ``steps // 5`` and ``targets``
-    ranked classes (``restarts`` is not used). Points the strong attack skips are proven
-    robust by sound bounds.
+    ranked classes (``restarts`` is not used); ``diversity=False`` leaves out its extra
+    starts on thin points (:mod:`abstain.attacks.diversity`, for comparisons only). Points
+    the strong attack skips are proven robust by sound bounds.
 
     Evidence: a sample is flagged non-robust only if its adversarial input, projected onto
     the ball ∩ box again, changes the prediction under a fresh forward pass. With
@@ -91,7 +92,7 @@ def is_robust(model: nn.Module, x: torch.Tensor, *, eps: float, norm: str = "lin
     if attack == "strong":
         with frozen_eval(model):
             cand, _ = strong_candidates(model, x, pred, logits, eps=eps, norm=norm, steps=steps,
-                                        ids=ids, targets=targets, seed=seed)
+                                        ids=ids, targets=targets, seed=seed, diversity=diversity)
         with frozen_eval(model), torch.no_grad():   # the evidence: a fresh forward pass
             cand = project(cand, x, eps, norm)
             flipped = model(cand).argmax(dim=1) != pred

@@ -26,6 +26,11 @@ APGD-CE runs on robust points (fewer where bounds or early flips end it):
    margin towards the 2nd- and then the 3rd-ranked class from their corners, then
    APGD-DLR from a random point of the ball (seeded by the generator's seed and the
    sample id), which reaches flip regions the corners miss. :data:`PLAN` lists these runs.
+5. **Start diversity** (:mod:`abstain.attacks.diversity`) on the survivors whose smallest
+   margin reached is thin (≤ 0.3 × its clean margin): 12 more runs of ``steps // 10``
+   steps on the targeted margin towards the 1st/2nd/3rd-ranked class from random points
+   and random vertices of the ball (6 more where ≤ 0.1×); points with a larger margin get
+   nothing extra.
 
 Cost on a point that stays robust and is not proven: ``T`` forward-backward + ``T``
 forward passes, then ``4·steps // 5 + 3·(steps // 5)`` steps: ≈ 1.7× the forward/backward
@@ -43,11 +48,13 @@ from torch import nn
 from .apgd import MOMENTUM, RHO
 from .bounds import certified
 from .core import Checkpoints, _bview, attack, project, random_start
+from .diversity import diversify, margin_to_flip
 from .objectives import TargetedMargin
 
 
 MAX_TARGETS = 9          # ranked classes (as AutoAttack's APGD-T)
 RESTART_SALT = 0x5EED    # mixed into the seed of the random starts
+EXTRA_FRACTION = 0.1     # steps of each extra run on thin points (abstain.attacks.diversity)
 # The runs, in order, each on the points not yet flipped: (objective, rank of the target or
 # None for untargeted, start, fraction of ``steps``). Targeted runs use the logit margin
 # z_t - z_y; "corner" is the ranked target's corner (the best one when untargeted).
@@ -131,13 +138,15 @@ def rank_targets(model: nn.Module, x: torch.Tensor, pred: torch.Tensor, logits: 
 
 def strong_candidates(model: nn.Module, x: torch.Tensor, pred: torch.Tensor, logits: torch.Tensor, *,
                       eps: float, norm: str, steps: int, ids: torch.Tensor,
-                      targets: int | None = None, use_bounds: bool = True, seed: int = 0
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
+                      targets: int | None = None, use_bounds: bool = True, seed: int = 0,
+                      diversity: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Candidate adversarial inputs for the prediction ``pred`` at ``x`` (see module doc).
 
     Returns ``(x_cand, proven)``: ``x_cand`` (N, ...) in ball ∩ box, the attack's best
     point per sample; ``proven`` (N,) bool, the points the bounds prove robust (their
-    candidate is x). ``seed`` and the sample ids ``ids`` fix the one random start.
+    candidate is x; for the others the point of smallest margin reached, or a flip).
+    ``seed`` and the sample ids ``ids`` fix the random starts. ``diversity=False`` leaves
+    out the extra starts on thin points (:mod:`abstain.attacks.diversity`; for comparisons).
     The caller re-checks the candidates with a fresh forward pass.
     The model is in eval mode with frozen parameters (the caller's :func:`frozen_eval`).
     """
@@ -156,6 +165,8 @@ def strong_candidates(model: nn.Module, x: torch.Tensor, pred: torch.Tensor, log
     order, corners, flipped = rank_targets(model, xs, ps, zs, eps=eps, norm=norm, targets=n_t)
     cand = corners[0].clone()
     alive = ~flipped
+    # the smallest margin z_y - max_t z_t reached so far (cand holds its point)
+    best_margin = torch.full((xs.shape[0],), float("inf"), dtype=zs.dtype, device=x.device)
 
     def run(sel: torch.Tensor, loss: object, y: torch.Tensor, start: torch.Tensor, n_steps: int) -> None:
         if sel.numel() == 0 or n_steps < 1:
@@ -164,7 +175,11 @@ def strong_candidates(model: nn.Module, x: torch.Tensor, pred: torch.Tensor, log
                      momentum=MOMENTUM, checkpoints=Checkpoints(n_steps, RHO), random_init=False,
                      x_init=start, early_stop=True, sample_ids=ids_s[sel], return_result=True)
         ok = res.success
-        cand[sel[ok]] = res.x_adv[ok]
+        with torch.no_grad():   # the margin reached (one forward pass): who is thin
+            m = margin_to_flip(model(res.x_adv), ps[sel]).to(best_margin.dtype)
+        better = ok | (m < best_margin[sel])
+        cand[sel[better]] = res.x_adv[better]
+        best_margin[sel] = torch.minimum(best_margin[sel], m)
         alive[sel[ok]] = False
 
     n_random = 0
@@ -186,6 +201,11 @@ def strong_candidates(model: nn.Module, x: torch.Tensor, pred: torch.Tensor, log
             run(sel, loss, ps[sel], st, n_steps)
         else:
             run(sel, TargetedMargin(), torch.stack([ps[sel], order[sel, rank]], dim=1), st, n_steps)
+    if diversity:   # extra random starts on the thin survivors only (abstain.attacks.diversity)
+        n_extra = int(steps * EXTRA_FRACTION + 1e-9)
+        diversify(lambda sel, rank, st: run(sel, TargetedMargin(), torch.stack([ps[sel], order[sel, rank]], dim=1),
+                                             st, n_extra),
+                  alive, best_margin, zs, ps, xs, ids_s, eps=eps, norm=norm, n_ranked=n_t, seed=seed)
     x_cand[todo] = cand
     return x_cand, proven
 
