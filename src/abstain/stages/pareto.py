@@ -1,0 +1,323 @@
+"""Stage ``mnist1d-pareto``: the paper's comparison along Pareto fronts (Sec. 8; Fig. 2, 4, 7)
+on MNIST-1D, instead of one ERA point against one TRADES point.
+
+* Pre-training: the TRADES pre-training at 2ε (``configs/mnist1d-trades-pretrain.toml``), one
+  per pre-training seed (``pretrain_seeds``, 3 at mini scale).
+* Fine-tunes of each pre-trained model at ε = 0.02 (the study's fine-tune configs, the weight
+  overridden): TRADES γ ∈ {0.5, 1, 2, 4, 6, 12, 24}; ERA (the paper's loss) β ∈ {0.1, 0.25, 0.5,
+  1, 2, 4}; ERA (the authors' variant) and DGA β ∈ {0.25, 1, 4}. Each fine-tune is seeded with
+  its pre-training seed. **One selection rule for every loss: the last epoch**
+  (``[train] select = "last"``), so that no gap comes from model selection (train/select.py
+  selects TRADES on robust accuracy and ERA/DGA on robust accuracy − robust inaccuracy).
+* Evaluation of every point on the whole test set with the paper's APGD-CE (40 steps) at ε and
+  2ε, and the strong default attack beside it (``strong--`` records); each point is composed
+  (eq. 15) with the standard core of ``mnist1d-partition`` through S_ERI (selected = robust at
+  ε, robust selection = robust at 2ε): natural and sound robust accuracy, the authors' count
+  beside.
+* Decisions (:func:`summarize`, recomputed by the report from the records):
+  ``matched``: each front (the lower hull of its points in the plane robust accuracy → robust
+  inaccuracy, Fig. 2) read at robust-accuracy levels inside every front's range on every seed,
+  ``<method>_minus_trades_rob_inacc@<level>`` per seed, and ``era_minus_dga``; ``budget``: the
+  best sound robust accuracy of a method's compositions within 0.5 / 1.0 point of natural
+  accuracy below the core. Intervals: :func:`abstain.stats.hierarchical_bootstrap` over
+  pre-training seeds (each fine-tune shares its pre-training seed, so the within-seed level
+  has one unit: the interval covers pre-training and fine-tune seeds together, one dataset draw
+  and one test set); with 3 seeds a percentile interval is close to [min, max] of the per-seed
+  values. Holm's correction (:func:`abstain.stats.holm`) runs over the ``matched`` comparisons
+  with one-sample t-test p-values of the per-seed differences.
+
+Records: ``records/<point>-s<seed>.csv`` (``point`` = ``trades-g6``, ``era-b1``,
+``era-authors-b1``, ``dga-b1``, ``pretrain``), ``strong--…``, ``compose--<point>-s<seed>.csv``
+and ``core-s0.csv``. Figures: ``fig2_fronts.png``, ``fig4_fronts.png``.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from . import _robust as R
+from .base import Stage
+
+PARTITION = "mnist1d-partition"
+CONFIGS = {"trades": ("mnist1d-trades-finetune", "gamma", "g"), "era": ("mnist1d-era-finetune", "beta", "b"),
+           "era-authors": ("mnist1d-era-authors-finetune", "beta", "b"), "dga": ("mnist1d-dga-finetune", "beta", "b")}
+WEIGHTS = {"trades": [0.5, 1.0, 2.0, 4.0, 6.0, 12.0, 24.0], "era": [0.1, 0.25, 0.5, 1.0, 2.0, 4.0],
+           "era-authors": [0.25, 1.0, 4.0], "dga": [0.25, 1.0, 4.0]}
+DEMO_WEIGHTS = {"trades": [6.0], "era": [1.0]}
+LOSSES = (0.005, 0.01)          # natural-accuracy loss against the core (fractions)
+
+
+def point_name(method: str, param: float) -> str:
+    return f"{method}-{CONFIGS[method][2]}{param:g}"
+
+
+def config(scale: str, demo: bool) -> dict:
+    """Every fine-tune is its method's study config with the weight set and ``select = last``."""
+    weights = DEMO_WEIGHTS if demo else WEIGHTS
+    specs = {point_name(m, p): {"config": CONFIGS[m][0],
+                                "set": {f"loss.{CONFIGS[m][1]}": p, "train.select": "last"}}
+             for m, ps in weights.items() for p in ps}
+    points = R.experiments(specs)
+    eps = {c["loss"]["eps"] for c in points.values()}
+    if len(eps) != 1:
+        raise ValueError(f"the pareto fine-tunes disagree on ε: {sorted(eps)}")
+    return {"pretrain": R.experiments({"p": {"config": "mnist1d-trades-pretrain"}})["p"],
+            "pretrain_seeds": [0] if demo else [0, 1, 2], "eps": eps.pop(), "norm": "linf",
+            "points": points, "methods": {m: [[point_name(m, p), p] for p in ps] for m, ps in weights.items()},
+            "eval_steps": 40, "attack": R.PAPER_ATTACK, "compare_attack": None if demo else R.STRONG_ATTACK,
+            "test_samples": None, "core_stage": PARTITION, "n_boot": 2000, "losses": list(LOSSES)}
+
+
+def _test_subset(test: Any, n: int | None) -> Any:
+    if n is None or n >= len(test):
+        return test
+    from ..data import balanced_subset
+
+    return test.subset(balanced_subset(test.y, n, test.num_classes, seed=0))
+
+
+def _run(ctx: Any, cfg: dict) -> dict:
+    from ..composition import composition_columns
+    from ..selectors.evaluate import candidate, core_records
+    from .compose import load_core
+
+    t0 = time.perf_counter()
+    eps = cfg["eps"]
+    _, _, test = R.splits(cfg["pretrain"], 0)
+    test = _test_subset(test, cfg["test_samples"])
+    index = np.arange(len(test))            # the row of the (sub)set, as evaluate() numbers it
+    core, core_seed = load_core(ctx.root, cfg["core_stage"], "std", 0, ctx.device)
+    crec = core_records(core, test.x.to(ctx.device), test.y.to(ctx.device), index, eps=eps, norm=cfg["norm"],
+                        steps=cfg["eval_steps"], seed=0, attack=cfg["attack"])
+    ctx.write_records("core-s0", crec)
+    y, cpred, crob = crec["label"], crec["pred"], R.robust_column(crec, eps)
+    jobs = [(s, name, c) for s in cfg["pretrain_seeds"] for name, c in cfg["points"].items()]
+    pretrained: dict[int, Any] = {}
+    for seed, name, c in R.progress_iter(ctx, jobs, "MNIST-1D fronts"):
+        if seed not in pretrained:
+            pretrained[seed] = R.train_experiment(ctx, "pretrain", seed, cfg["pretrain"]).cpu()
+            R.evaluate_records(ctx, pretrained[seed], test, eps=[eps], config=cfg, name="pretrain", seed=seed,
+                               double_eps=True)
+        model = R.train_experiment(ctx, name, seed, c, init_from=pretrained[seed])
+        cols = R.evaluate_records(ctx, model, test, eps=[eps], config=cfg, name=name, seed=seed, double_eps=True)
+        cc = composition_columns(y, candidate(name, "eri", cols, eps), cpred, crob)
+        ctx.write_records(f"compose--{name}-s{seed}", {"index": cols["index"], "label": y, "pred": cc["h_pred"],
+                                                       "rob_acc": cc["h_robust_acc"],
+                                                       "rob_acc_paper": cc["h_robust_acc_paper"]})
+    results = summarize(ctx.out, cfg["methods"], n_boot=cfg["n_boot"], losses=cfg["losses"])
+    figures(ctx.out, results)
+    results["meta"].update({"core_seed": core_seed, "seconds": time.perf_counter() - t0,
+                            "finetune_epochs": next(iter(cfg["points"].values()))["train"]["epochs"],
+                            "eval": f"APGD-CE {cfg['eval_steps']} steps aimed at the prediction, ε and 2ε"})
+    return results
+
+
+def _mean_std(vals: list[float]) -> tuple[float, float]:
+    a = np.asarray(vals, dtype=float)
+    return float(a.mean()), float(a.std())
+
+
+def summarize(stage_dir: Path, methods: Mapping[str, list], *, n_boot: int = 2000,
+              losses: tuple[float, ...] | list[float] = LOSSES) -> dict[str, Any]:
+    """``fronts``, ``matched``, ``budget``, ``core`` and ``meta`` (module doc) recomputed from
+    the records under ``stage_dir/records``: per point and pre-training seed the partition at ε
+    (eq. 2, 3) and the composition's natural / sound robust accuracy (eq. 15)."""
+    from scipy.stats import ttest_1samp
+
+    from .. import stats
+    from ..records import read_records
+
+    stage_dir = Path(stage_dir)
+    recs = R.read_stage_records(stage_dir)
+    comp = R.read_stage_records(stage_dir, "compose--")
+    core = read_records(stage_dir / "records" / "core-s0.csv")
+    eps = R.eps_of_columns(core)[0]
+    core_nat = float(np.mean(core["pred"] == core["label"]))
+    core_m = {"nat_acc": core_nat, "rob_acc": float(np.mean((core["pred"] == core["label"]) & R.robust_column(core, eps)))}
+    present = [set(recs[n]) & set(comp.get(n, {})) for ps in methods.values() for n, _ in ps if n in recs]
+    seeds = sorted(set.intersection(*present)) if present else []
+    per: dict[str, dict[int, list[dict[str, float]]]] = {}     # method -> seed -> points
+    fronts: dict[str, list[dict[str, float]]] = {}
+    for method, ps in methods.items():
+        for name, param in ps:
+            if name not in recs or name not in comp:
+                continue
+            vals = {}
+            for s in seeds:
+                p = R.partition_at(recs[name][s], eps)
+                c = comp[name][s]
+                m = {"param": float(param), "nat_acc": p["nat_acc"], "rob_acc": p["rob_acc"], "rob_inacc": p["rob_inacc"],
+                     "compose_nat_acc": float(np.mean(c["pred"] == c["label"])),
+                     "compose_rob_acc": float(np.mean(c["rob_acc"].astype(bool))),
+                     "compose_rob_acc_paper": float(np.mean(c["rob_acc_paper"].astype(bool)))}
+                per.setdefault(method, {}).setdefault(s, []).append(m)
+                vals.setdefault("per", []).append(m)
+            point: dict[str, float] = {"param": float(param)}
+            for k in ("nat_acc", "rob_acc", "rob_inacc", "compose_nat_acc", "compose_rob_acc", "compose_rob_acc_paper"):
+                point[k], point[f"{k}_std"] = _mean_std([m[k] for m in vals["per"]])
+            fronts.setdefault(method, []).append(point)
+    # matched robust-accuracy levels inside every front of every seed (Fig. 2's lower hulls)
+    ranges = [[m["rob_acc"] for m in pts] for by_seed in per.values() for pts in by_seed.values()]
+    levels: list[float] = []
+    if ranges and "trades" in per:
+        lo, hi = stats.common_range(ranges)
+        if hi > lo:
+            levels = sorted({round(lo + (hi - lo) * q, 3) for q in (0.25, 0.5, 0.75)})
+
+    def at(method: str, s: int, level: float) -> float:
+        pts = per[method][s]
+        return stats.front_at([m["rob_acc"] for m in pts], [m["rob_inacc"] for m in pts], level, "lower")
+
+    matched: dict[str, Any] = {}
+    pairs = [(m, "trades") for m in per if m != "trades"] + ([("era", "dga")] if {"era", "dga"} <= set(per) else [])
+    for a, b in pairs:
+        for level in levels:
+            d = [at(a, s, level) - at(b, s, level) for s in seeds]
+            if not np.isfinite(d).all():
+                continue
+            bs = stats.hierarchical_bootstrap([[v] for v in d], n_boot=n_boot, seed=0)
+            p = float(ttest_1samp(d, 0.0).pvalue) if len(d) > 1 and np.ptp(d) > 0 else float("nan")
+            matched[f"{a.replace('-', '_')}_minus_{b}_rob_inacc@{level:g}"] = {
+                "mean": bs["mean"], "ci95_low": bs["ci95_low"], "ci95_high": bs["ci95_high"],
+                "per_seed": [float(v) for v in d], "t_p": p}
+    finite = [k for k, v in matched.items() if np.isfinite(v["t_p"])]
+    if finite:
+        h = stats.holm([matched[k]["t_p"] for k in finite])
+        for k, adj, rej in zip(finite, h["adjusted"], h["reject"]):
+            matched[k].update({"holm_p": adj, "holm_reject": rej})
+    budget: dict[str, Any] = {}
+    for method, by_seed in per.items():
+        for loss in losses:
+            best = [stats.best_within([m["compose_nat_acc"] for m in by_seed[s]],
+                                      [m["compose_rob_acc"] for m in by_seed[s]], core_nat, loss) for s in seeds]
+            key = f"{method}@{100 * loss:.1f}"
+            if np.isfinite(best).all():
+                bs = stats.hierarchical_bootstrap([[v] for v in best], n_boot=n_boot, seed=0)
+                budget[key] = {"mean": bs["mean"], "ci95_low": bs["ci95_low"], "ci95_high": bs["ci95_high"],
+                               "per_seed": [float(v) for v in best]}
+            else:
+                budget[key] = {"mean": float("nan"), "ci95_low": float("nan"), "ci95_high": float("nan"),
+                               "per_seed": [float(v) for v in best],
+                               "note": "no composition within this loss on some seed"}
+    return {"fronts": fronts, "matched": matched, "budget": budget, "core": core_m,
+            "meta": {"pretrain_seeds": seeds, "eps": eps, "levels": levels, "losses": list(losses),
+                     "n_test": int(len(core["label"])), "selection": "last epoch for every loss",
+                     "interval": ("percentile bootstrap over pre-training seeds (fine-tunes resampled within; one "
+                                  "fine-tune per seed and point, seeded like its pre-training); one dataset draw, "
+                                  "one test set"),
+                     "holm": "over the matched comparisons, one-sample t-test p-values of the per-seed differences"}}
+
+
+STYLE = {"trades": ("^", "#d94801"), "era": ("o", "#08519c"), "era-authors": ("D", "#6baed6"), "dga": ("s", "#238b45")}
+
+
+def figures(stage_dir: Path, results: Mapping[str, Any]) -> list[str]:
+    """Fig. 2 (robust inaccuracy vs robust accuracy, points and lower hulls) and Fig. 4
+    (composition natural vs sound robust accuracy, upper hulls, the core) from seed means."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .. import stats
+    from ..io import atomic_write_bytes
+
+    out = []
+    for fname, xk, yk, hull in (("fig2_fronts.png", "rob_acc", "rob_inacc", stats.lower_hull),
+                                ("fig4_fronts.png", "compose_nat_acc", "compose_rob_acc", stats.upper_hull)):
+        fig, ax = plt.subplots(figsize=(5.5, 4.2))
+        for method, pts in results["fronts"].items():
+            marker, color = STYLE.get(method, ("x", "grey"))
+            x = [100 * p[xk] for p in pts]
+            y = [100 * p[yk] for p in pts]
+            ax.plot(x, y, marker, color=color, ls="none", label=method)
+            hx, hy = hull(x, y)
+            ax.plot(hx, hy, "-", color=color, lw=1)
+        if fname.startswith("fig4"):
+            c = results["core"]
+            ax.plot([100 * c["nat_acc"]], [100 * c["rob_acc"]], "*", color="black", ms=12, ls="none", label="core")
+            ax.set_xlabel("natural accuracy of the composition (%)")
+            ax.set_ylabel("sound robust accuracy of the composition (%)")
+            ax.set_title("MNIST-1D: compositions of every point with the core (Fig. 4)", fontsize=9)
+        else:
+            ax.set_xlabel("robust accuracy R_rob^acc (%)")
+            ax.set_ylabel("robust inaccuracy R_rob^¬acc (%)")
+            ax.set_title("MNIST-1D fronts over γ / β, lower hulls (Fig. 2)", fontsize=9)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=110)
+        plt.close(fig)
+        atomic_write_bytes(Path(stage_dir) / fname, buf.getvalue())
+        out.append(fname)
+    return out
+
+
+def _ci(d: Mapping[str, Any]) -> str:
+    return f"{100 * d['mean']:+.2f} [{100 * d['ci95_low']:+.2f}, {100 * d['ci95_high']:+.2f}]"
+
+
+def report(stage_dir: Path) -> list[dict]:
+    """Every number recomputed from the records (:func:`summarize`)."""
+    stage_dir = Path(stage_dir)
+    if not (stage_dir / "records" / "core-s0.csv").is_file():
+        return [{"kind": "text", "text": "no mnist1d-pareto records found"}]
+    methods: dict[str, list] = {}
+    for name in R.read_stage_records(stage_dir):
+        for m in sorted(CONFIGS, key=len, reverse=True):
+            tag = f"{m}-{CONFIGS[m][2]}"
+            if name.startswith(tag):
+                methods.setdefault(m, []).append([name, float(name[len(tag):])])
+                break
+    for ps in methods.values():
+        ps.sort(key=lambda p: p[1])
+    res = summarize(stage_dir, methods)
+    meta = res["meta"]
+    rows = [[m, f"{p['param']:g}"] + [f"{100 * p[k]:.2f} ± {100 * p[k + '_std']:.2f}" for k in
+            ("nat_acc", "rob_acc", "rob_inacc", "compose_nat_acc", "compose_rob_acc")]
+            + [f"{100 * p['compose_rob_acc_paper']:.2f}"]
+            for m, pts in res["fronts"].items() for p in pts]
+    blocks: list[dict] = [
+        {"kind": "heading", "text": "MNIST-1D: Pareto fronts of TRADES / ERA / DGA and compositions from every point "
+                                    "(Fig. 2, 4; Sec. 8)"},
+        {"kind": "text", "text": (
+            f"ε∞ = {meta['eps']:g}, pre-training seeds {meta['pretrain_seeds']}, {meta['n_test']} test signals, "
+            "APGD-CE 40 steps. Every fine-tune is selected at its last epoch (one rule for every loss). "
+            f"Intervals: {meta['interval']}. Core alone: natural {100 * res['core']['nat_acc']:.2f}%, robust "
+            f"{100 * res['core']['rob_acc']:.2f}%.")},
+        {"kind": "table", "caption": "Front points, mean ± std over pre-training seeds (%); the composition with the "
+                                     "core through S_ERI (sound robust accuracy; the authors' count in the last column)",
+         "columns": ["method", "γ/β", "nat_acc", "rob_acc", "rob_inacc", "compose nat", "compose rob (sound)",
+                     "compose rob (authors' count)"], "rows": rows, "paper": None}]
+    mrows = [[k, _ci(v), ", ".join(f"{100 * x:+.2f}" for x in v["per_seed"]),
+              "–" if "holm_p" not in v else f"{v['holm_p']:.3f}",
+              "–" if "holm_p" not in v else ("yes" if v["holm_reject"] else "no")] for k, v in res["matched"].items()]
+    if mrows:
+        blocks.append({"kind": "table", "caption": "Matched robust accuracy: difference of robust inaccuracy between "
+                       "the lower hulls at the level (points): mean [95% bootstrap interval], per seed, Holm-adjusted "
+                       "t-test p, survives Holm at 0.05", "columns": ["comparison", "Δ rob_inacc", "per seed",
+                                                                     "Holm p", "survives"],
+                       "rows": mrows, "paper": None})
+    brows = [[k, "–" if not np.isfinite(v["mean"]) else
+              f"{100 * v['mean']:.2f} [{100 * v['ci95_low']:.2f}, {100 * v['ci95_high']:.2f}]",
+              ", ".join(f"{100 * x:.2f}" for x in v["per_seed"])] for k, v in res["budget"].items()]
+    blocks.append({"kind": "table", "caption": "Best sound robust accuracy of a method's compositions within a "
+                   "natural-accuracy loss (points) against the core: mean [95% bootstrap interval], per seed (%)",
+                   "columns": ["method@loss", "best rob_acc", "per seed"], "rows": brows, "paper": None})
+    for f, cap in (("fig2_fronts.png", "Fig. 2: robust inaccuracy vs robust accuracy, each method's lower hull"),
+                   ("fig4_fronts.png", "Fig. 4: compositions, natural vs sound robust accuracy, upper hulls")):
+        if (stage_dir / f).is_file():
+            blocks.append({"kind": "image", "path": f, "caption": cap})
+    return blocks
+
+
+STAGE = Stage(name="mnist1d-pareto",
+              title="mnist1d-pareto — fronts of TRADES / ERA / DGA over their weights, compositions from every "
+                    "point (paper Fig. 2, 4; Sec. 8)",
+              depends=(PARTITION,), config=config, run=R.one_thread(_run), report=report,
+              expected_seconds=(60.0, 1800.0))
