@@ -17,9 +17,10 @@ from torch import nn
 
 from . import records
 from .errors import ConfigError
+from .selectors.evaluate import KINDS
 from .sources import ModelSource, check_output
 
-SELECTORS = ("eri", "cri", "sr", "sn")
+SELECTORS = tuple(KINDS)          # the registry of abstain.selectors.evaluate
 
 
 @dataclass

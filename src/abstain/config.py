@@ -49,13 +49,13 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from .errors import ConfigError
+from .validate import NORMS
 from .losses.adversarial import ERA_INNER   # each option list is defined where it is used
 from .losses.variants import VARIANTS
 from .train.schedule import SCHEDULES
 
 from .data.augment import AUGMENTS
 AMP = ("off", "bf16", "fp16")
-NORMS = ("linf", "l2")
 SELECT = ("auto", "last", "nat_acc", "rob_acc", "rob_acc-rob_inacc")
 
 # Appendix A.2 presets: default epochs / lr / batch size, and the lr shape.

@@ -10,8 +10,7 @@ from .sn import SelectionNetwork, selection_net, selection_targets, train_select
 from .sr import ATTACKS as SR_ATTACKS
 from .sr import SoftmaxResponse, neg_max_softmax
 
-SELECTORS = {"eri": RobustnessIndicator, "cri": CertifiedRobustnessIndicator,
-             "sr": SoftmaxResponse, "sn": SelectionNetwork}
+from .evaluate import KINDS as SELECTORS   # the one registry: name -> Selector class
 
 __all__ = ["Selector", "ThresholdSelector", "Decisions", "predict",
            "RobustnessIndicator", "CertifiedRobustnessIndicator", "SoftmaxResponse",

@@ -31,6 +31,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from .. import records
+from ..authors_records import eps_text as eps_label
 from ..config import configs_dir
 from ..errors import DataError
 from .base import Stage
@@ -257,7 +258,7 @@ class PaperStage:
             for e in eps_list:
                 ms = [_metrics(r, e) for _, r in runs]
                 mean = {k: float(np.mean([m[k] for m in ms])) for k in keys}
-                rows.append([variant, len(ms), _eps_text(e), *[mean[k] for k in keys]])
+                rows.append([variant, len(ms), eps_label(e), *[mean[k] for k in keys]])
                 ref = self.paper({**toml, "loss": {**toml.get("loss", {}), "eps": e}}) if self.paper else None
                 paper.append([None, None, None, *[(ref or {}).get(k) for k in keys]])
                 if own <= 0:
@@ -273,7 +274,7 @@ class PaperStage:
                         continue
                     ck = ["core_nat_acc", "core_rob_acc", "nat_acc", "rob_acc", "coverage"]
                     cm = {k: float(np.mean([m[k] for m in cms])) for k in ck}
-                    comp_rows.append([variant, core, _eps_text(e), *[cm[k] for k in ck],
+                    comp_rows.append([variant, core, eps_label(e), *[cm[k] for k in ck],
                                       cm["nat_acc"] - cm["core_nat_acc"], cm["rob_acc"] - cm["core_rob_acc"]])
                     cref = self.paper_compose({**toml, "loss": {**toml.get("loss", {}), "eps": e}}) \
                         if self.paper_compose else None
@@ -306,11 +307,6 @@ class PaperStage:
             return {k: v["toml"] for k, v in res["meta"]["config"]["variants"].items()}
         except (OSError, KeyError, ValueError, TypeError, AttributeError):
             return {}
-
-
-def _eps_text(e: float) -> str:
-    k = e * 255
-    return f"{round(k)}/255" if abs(k - round(k)) < 1e-6 and round(k) > 0 else f"{e:g}"
 
 
 def _exists(p: Path) -> bool:

@@ -96,11 +96,8 @@ def _build_augment(augment: Any, input_shape: tuple[int, ...]) -> Callable | Non
         return None
     if callable(augment):
         return augment
-    try:
-        from ..data import augment as aug_mod
-    except ImportError:
-        raise ConfigError(f"augment = {augment!r} needs abstain.data.augment, which is not "
-                          "installed; use augment = \"none\"") from None
+    from ..data import augment as aug_mod
+
     return aug_mod.build(augment, input_shape)
 
 
