@@ -115,3 +115,16 @@ def test_a_key_acts_on_reproduce_as_on_train(dotted: str, init_dir: Path, tmp_pa
     assert _same(train_changed, stage_changed), f"{dotted}: the stage trains otherwise than abstain train"
     assert _same(train_base, stage_base)
     assert not _same(train_base, train_changed), f"{dotted} changes nothing that training receives"
+
+
+def test_a_stages_pretrained_model_replaces_model_init(tmp_path: Path, monkeypatch) -> None:
+    """In a stage, ``[experiment] init_from`` (the pre-trained model in memory) is the start:
+    ``[model] init`` (where `abstain train` users keep that model) is not read."""
+    calls = _capture(monkeypatch)
+    cfg = _cfg("model.init", "INIT", tmp_path / "no-such-run")
+    start, _ = build.build_model(_cfg(None, None, tmp_path), 3, (2,))
+    for p in start.parameters():
+        torch.nn.init.constant_(p, 0.5)
+    ctx = SimpleNamespace(name="stage", work=tmp_path / "work", device="cpu")
+    R.train_experiment(ctx, "v", 3, cfg, init_from=start)
+    assert all(torch.equal(v, torch.full_like(v, 0.5)) for v in calls[0]["state"].values())

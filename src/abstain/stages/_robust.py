@@ -163,10 +163,16 @@ def train_experiment(ctx: Any, name: str, seed: int, cfg: Mapping[str, Any], ini
     ``ctx.work/<name>-s<seed>`` through :func:`abstain.train.train_from_config`, the path of
     ``abstain train`` (so no key of the config is dropped): ``seed`` replaces ``[train] seed``
     (data draw, validation split, initial weights, data order); ``init_from``: a model whose
-    weights replace the initial ones (a stage's pre-trained model)."""
+    weights replace the initial ones (a stage's pre-trained model; ``[model] init`` is then
+    not read)."""
     from ..train import train_from_config
 
-    cfg = with_overrides(cfg, {"train.seed": int(seed)})
+    overrides: dict[str, Any] = {"train.seed": int(seed)}
+    if init_from is not None:
+        # the stage's own pre-trained model ([experiment] init_from) replaces [model] init, which
+        # names where `abstain train` users keep that model (e.g. ../runs/<pretrain>)
+        overrides["model.init"] = None
+    cfg = with_overrides(cfg, overrides)
     model, _ = train_from_config(cfg, ctx.work / f"{name}-s{seed}", ctx.device, init_model=init_from,
                                  meta={"stage": ctx.name, "variant": name, "data_seed": seed},
                                  desc=f"{name}-s{seed}")
