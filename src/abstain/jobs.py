@@ -167,7 +167,7 @@ def evaluate_job(source: ModelSource, out: Path, s: EvaluateSettings, device: An
     refused unless ``allow_batch_dependent`` (:func:`abstain.model_checks.check_batch_independent`),
     and so is an ℓ2 radius beyond the inputs' box (:func:`abstain.validate.check_pixel_eps`)."""
     from .evaluation import evaluate
-    from .model_checks import check_batch_independent
+    from .model_checks import check_batch_independent, check_behaviour
     from .validate import check_pixel_eps
 
     eps_list = s.check()
@@ -177,6 +177,7 @@ def evaluate_job(source: ModelSource, out: Path, s: EvaluateSettings, device: An
     ds, subset = test_subset(source, s.samples, s.seed)
     for e in s.eps:
         check_pixel_eps(e, s.norm, dim=int(ds.x[0].numel()))
+    check_behaviour(source.model, ds.x, "the model", needs_grad=s.steps > 0)
     check_batch_independent(source.model, ds.x, "the model", allow=allow_batch_dependent)
     distributed.init_from_env(device)
     t0 = time.time()
@@ -344,7 +345,7 @@ def certify_job(source: ModelSource, out: Path, s: CertifySettings, device: Any,
     chunks. Only one chunk's inputs are on the device at a time and the finished records
     live on disk, so memory does not grow with ``--samples``."""
     from .data import balanced_subset
-    from .model_checks import check_batch_independent
+    from .model_checks import check_batch_independent, check_behaviour
     from .smoothing.records import certify_chunk, certify_metrics, decision_radii, plan_chunks
 
     s.check()
@@ -354,6 +355,7 @@ def certify_job(source: ModelSource, out: Path, s: CertifySettings, device: Any,
     distributed.init_from_env(device)
     device = distributed.local_device(device)
     data = source.load_data(s.split)
+    check_behaviour(source.model, data.x, "the model", needs_grad=False)
     check_batch_independent(source.model, data.x, "the model", allow=allow_batch_dependent)
     idx = balanced_subset(data.y, s.samples, data.num_classes, seed=s.seed)
     plan = plan_chunks(source.model.to(device), num_classes=source.num_classes, sigma=s.sigma, eps=list(s.eps),
