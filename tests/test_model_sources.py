@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from abstain.cli import main
-from abstain.errors import ConfigError
+from abstain.errors import CheckpointError, ConfigError
 from abstain.records import read_records
 from abstain.sources import from_factory, from_run, resolve
 
@@ -54,7 +54,9 @@ def _same_records(a: Path, b: Path, skip: tuple[str, ...] = ()) -> None:
 
 
 def test_train_init_factory_records_the_factory(run_dir):
-    src = from_run(run_dir)
+    with pytest.raises(CheckpointError, match="--trust-code"):     # a run directory never runs code
+        from_run(run_dir)
+    src = from_run(run_dir, factory=SPEC)
     assert isinstance(src.model, TinyDigitsNet) and src.meta["arch"] == SPEC and src.num_classes == 10
     own = from_factory(SPEC, str(run_dir / "model.safetensors"), data="digits")
     for p, q in zip(src.model.parameters(), own.model.parameters()):
@@ -64,13 +66,13 @@ def test_train_init_factory_records_the_factory(run_dir):
 def test_evaluate_and_certify_own_model_equal_the_run(run_dir, tmp_path):
     w = str(run_dir / "model.safetensors")
     common = ["--eps", "0.1", "--steps", "5", "--samples", "40", "--device", "cpu"]
-    assert main(["evaluate", "--run", str(run_dir), "--out", str(tmp_path / "a"), *common]) == 0
+    assert main(["evaluate", "--run", str(run_dir), "--model", SPEC, "--out", str(tmp_path / "a"), *common]) == 0
     assert main(["evaluate", "--model", SPEC, "--weights", w, "--data", "digits",
                  "--out", str(tmp_path / "b"), *common]) == 0
     _same_records(tmp_path / "a" / "records" / "evaluate.csv", tmp_path / "b" / "records" / "evaluate.csv")
     cert = ["--sigma", "0.25", "--eps", "0.1", "--n0", "20", "--n", "200", "--samples", "20",
             "--batch-size", "100", "--device", "cpu"]
-    assert main(["certify", "--run", str(run_dir), "--out", str(tmp_path / "c"), *cert]) == 0
+    assert main(["certify", "--run", str(run_dir), "--trust-code", "--out", str(tmp_path / "c"), *cert]) == 0
     assert main(["certify", "--model", SPEC, "--weights", w, "--data", "digits",
                  "--out", str(tmp_path / "d"), *cert]) == 0
     _same_records(tmp_path / "c" / "records" / "certify.csv", tmp_path / "d" / "records" / "certify.csv",
@@ -80,7 +82,7 @@ def test_evaluate_and_certify_own_model_equal_the_run(run_dir, tmp_path):
 def test_abstain_with_factory_models_equals_run_dirs(run_dir, tmp_path):
     w = str(run_dir / "model.safetensors")
     common = ["--selector", "eri", "--eps", "0.1", "--steps", "5", "--samples", "40", "--device", "cpu"]
-    assert main(["abstain", "--robust", str(run_dir), "--core", str(run_dir),
+    assert main(["abstain", "--robust", str(run_dir), "--core", str(run_dir), "--trust-code",
                  "--out", str(tmp_path / "a"), *common]) == 0
     assert main(["abstain", "--robust", SPEC, "--robust-weights", w, "--core", SPEC, "--core-weights", w,
                  "--data", "digits", "--out", str(tmp_path / "b"), *common]) == 0
@@ -108,18 +110,18 @@ def test_python_api_mirrors_the_commands(run_dir, tmp_path):
     import abstain
     from abstain.data import balanced_subset
 
-    src = from_run(run_dir)
+    src = from_run(run_dir, trust_code=True)
     test = src.load_data("test")
     sub = test.subset(balanced_subset(test.y, 20, test.num_classes, seed=0))
     cols = abstain.certify(src.model, sub, sigma=0.25, eps=[0.1], n0=20, n=200, batch_size=100, device="cpu")
-    assert main(["certify", "--run", str(run_dir), "--out", str(tmp_path / "c"), "--sigma", "0.25",
+    assert main(["certify", "--run", str(run_dir), "--trust-code", "--out", str(tmp_path / "c"), "--sigma", "0.25",
                  "--eps", "0.1", "--n0", "20", "--n", "200", "--samples", "20", "--batch-size", "100",
                  "--device", "cpu"]) == 0
     cli = read_records(tmp_path / "c" / "records" / "certify.csv")
     for k in ("pred", "count", "certified@0.1", "certified@0.2"):
         assert np.array_equal(np.asarray(cols[k]), cli[k]), k
     res = abstain.compose(src.model, src.model, sub, selector="eri", eps=0.1, steps=5, device="cpu")
-    assert main(["abstain", "--robust", str(run_dir), "--core", str(run_dir), "--selector", "eri",
+    assert main(["abstain", "--robust", str(run_dir), "--core", str(run_dir), "--selector", "eri", "--trust-code",
                  "--eps", "0.1", "--steps", "5", "--samples", "20", "--device", "cpu",
                  "--out", str(tmp_path / "a")]) == 0
     cli = read_records(tmp_path / "a" / "records" / "abstain-eri-eps0.1.csv")

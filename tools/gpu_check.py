@@ -99,7 +99,7 @@ class Sizes:
 FULL = Sizes(5000, 1000, 140, 0.02, "wrn-28-10", "gpu_check:wrn_16_4", "resnet110", 10, 500, 40,
              10, 100_000, 3, True, 500, 10_000)
 TINY = Sizes(200, 100, 49, 0.02, "gpu_check:wrn_10_1", "gpu_check:wrn_10_1", "gpu_check:resnet_8",
-             2, 20, 5, 3, 1000, 1, False, 20, 100)   # n = 1000: eps 0.5 reachable at sigma 0.25 (certify refuses an unreachable eps)
+             2, 20, 5, 3, 1000, 1, False, 20, 100)   # n=1000: eps 0.5 reachable at sigma 0.25
 
 
 # --------------------------------------------------------------------------- plumbing
@@ -301,7 +301,7 @@ def step_evaluate(ctx: Ctx, rec: dict[str, Any], run: Path) -> None:
     sz = ctx.sz
     for attack in ("apgd-ce", "strong"):
         out = ctx.work / f"evaluate-{attack}"
-        cli(["evaluate", "--run", run, "--out", out, "--eps", EPS, "--steps", sz.eval_steps,
+        cli(["evaluate", "--trust-code", "--run", run, "--out", out, "--eps", EPS, "--steps", sz.eval_steps,
              "--attack", attack, "--samples", sz.eval_samples, "--batch-size", sz.eval_batch,
              "--device", ctx.device, "--overwrite"])
         meta = json.loads((out / "results.json").read_text())["evaluate"]["meta"]
@@ -329,7 +329,7 @@ def step_certify(ctx: Ctx, rec: dict[str, Any], run: Path) -> None:
     sz = ctx.sz
     for mode, extra in (("fixed", []), ("sequential", ["--sequential"])):
         out = ctx.work / f"certify-{mode}"
-        cli(["certify", "--run", run, "--out", out, "--sigma", 0.25, "--eps", 0.25, 0.5, "--n0", 100,
+        cli(["certify", "--trust-code", "--run", run, "--out", out, "--sigma", 0.25, "--eps", 0.25, 0.5, "--n0", 100,
              "--n", sz.cert_n, "--samples", sz.cert_samples, "--batch-size", sz.cert_batch,
              "--device", ctx.device, *extra])
         sec = json.loads((out / "results.json").read_text())["certify"]
@@ -363,16 +363,16 @@ def step_ddp(ctx: Ctx, rec: dict[str, Any], noise_run: Path) -> None:
         log = train_log(run)
         rec[name] = {"epoch_seconds": log["seconds"], "loss": log.get("loss"), "finite": finite_weights(run)}
     ev = ["--eps", EPS, "--steps", sz.eval_steps, "--samples", sz.eval_samples, "--device", ctx.device]
-    cli(["evaluate", "--run", noise_run, "--out", ctx.work / "ev-1proc", *ev])
-    abstain(["evaluate", "--run", noise_run, "--out", ctx.work / "ev-2ranks", *ev], 2,
+    cli(["evaluate", "--trust-code", "--run", noise_run, "--out", ctx.work / "ev-1proc", *ev])
+    abstain(["evaluate", "--trust-code", "--run", noise_run, "--out", ctx.work / "ev-2ranks", *ev], 2,
             ABSTAIN_DIST_BACKEND="gloo")
     rec["evaluate_2ranks_vs_1proc"] = compare_records(ctx.work / "ev-1proc/records/evaluate.csv",
                                                       ctx.work / "ev-2ranks/records/evaluate.csv")
     if sz.bench:
         ce = ["--sigma", 0.25, "--eps", 0.25, "--n0", 64, "--n", min(sz.cert_n, 10_000), "--samples",
               sz.cert_samples, "--device", ctx.device]
-        cli(["certify", "--run", noise_run, "--out", ctx.work / "ce-1proc", *ce])
-        abstain(["certify", "--run", noise_run, "--out", ctx.work / "ce-2ranks", *ce], 2,
+        cli(["certify", "--trust-code", "--run", noise_run, "--out", ctx.work / "ce-1proc", *ce])
+        abstain(["certify", "--trust-code", "--run", noise_run, "--out", ctx.work / "ce-2ranks", *ce], 2,
                 ABSTAIN_DIST_BACKEND="gloo")
         rec["certify_2ranks_vs_1proc"] = compare_records(ctx.work / "ce-1proc/records/certify.csv",
                                                          ctx.work / "ce-2ranks/records/certify.csv")

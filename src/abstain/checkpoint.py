@@ -58,16 +58,18 @@ def save_checkpoint(directory: str | os.PathLike, model: nn.Module, meta: Mappin
 
 MAX_CLASSES = 100_000        # above any real label set (ImageNet-21k: 21,841); a guard against typos
 MAX_META_BYTES = 16 << 20
+MAX_WEIGHTS_BYTES = 64 << 30   # 64 GiB: above any classifier this project evaluates
 
 
 def read_meta(directory: str | os.PathLike) -> dict[str, Any]:
     """A checkpoint's ``meta.json``, with the types of the keys that rebuild the model
     checked (a hand-edited or hostile file gets one clear error, not a traceback)."""
+    from .safefiles import check_regular
+
     path = Path(directory) / META_FILE
-    if not path.is_file():
+    if not os.path.lexists(path):
         raise CheckpointError(f"not a checkpoint directory (no {META_FILE}): {directory}")
-    if path.stat().st_size > MAX_META_BYTES:
-        raise CheckpointError(f"{path} is {path.stat().st_size} bytes; a checkpoint's meta is a few KB")
+    check_regular(path, MAX_META_BYTES, "checkpoint meta", CheckpointError)   # no FIFO, device or directory
     try:
         with open(path) as fh:
             meta = json.load(fh)
@@ -104,9 +106,10 @@ def load_weights_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read a safetensors file into a CPU state dict with a clear error when corrupt."""
     from safetensors.torch import load_file
 
+    from .safefiles import check_regular
+
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"missing weights file {path}")
+    check_regular(path, MAX_WEIGHTS_BYTES, "weights file", CheckpointError)
     try:
         return load_file(str(path))
     except Exception as e:  # safetensors raises its own error types
@@ -134,29 +137,33 @@ def load_state_into(model: nn.Module, state: Mapping[str, torch.Tensor], source:
     return model
 
 
-def load_checkpoint(directory: str | os.PathLike, device: str | torch.device = "cpu",
+def load_checkpoint(directory: str | os.PathLike, device: str | torch.device = "cpu", *,
+                    factory: str | None = None, trust_code: bool = False,
                     **model_kw: Any) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the model of a checkpoint directory and load its weights (eval mode)."""
-    from . import models
+    """Rebuild the model of a checkpoint directory and load its weights (eval mode).
+
+    The model is the :class:`abstain.modelspec.ModelSpec` of its ``meta.json``: a built-in
+    architecture, or the recorded ``MODULE:FACTORY`` only when the caller names it again
+    (``factory``) or passes ``trust_code``. The weights file must be a regular file, and a
+    model larger than it is refused before it is allocated (:func:`_check_size_before_building`)."""
+    from .modelspec import ModelSpec
+    from .safefiles import check_regular
 
     meta = read_meta(directory)
-    kw = dict(meta.get("model_kwargs", {}))
-    kw.update(model_kw)
+    weights = Path(directory) / MODEL_FILE
+    check_regular(weights, MAX_WEIGHTS_BYTES, "weights file", CheckpointError)   # before safe_open reads it
+    spec = ModelSpec.from_meta(meta, f"{Path(directory) / META_FILE}", factory=factory, trust_code=trust_code,
+                               weights=weights)
 
     def build() -> nn.Module:
-        if ":" in str(meta["arch"]):   # a user's MODULE:FACTORY (abstain train --init MODULE:FACTORY)
-            from .sources import build_factory_model
+        return spec.build(None, **model_kw)
 
-            return build_factory_model(str(meta["arch"]), int(meta["num_classes"]), flag="arch")
-        return models.create(meta["arch"], int(meta["num_classes"]), **kw)
-
-    weights = Path(directory) / MODEL_FILE
     _check_size_before_building(build, weights)
     try:
         model = build()
     except (AbstainError, TypeError, ValueError, OverflowError, RuntimeError) as e:  # meta.json edited or corrupt
-        if isinstance(e, RuntimeError) and "out of memory" not in str(e).lower() and "allocate" not in str(e):
-            raise
+        # a built-in architecture with edited kwargs (a negative width, ...): torch raises
+        # RuntimeError; a trusted factory's own errors are already one-line AbstainErrors
         raise CheckpointError(f"{Path(directory) / META_FILE} does not describe a model we can "
                               f"build: {(str(e).splitlines() or [''])[0][:200]}") from None
     load_state_into(model, load_weights_file(weights), source=str(directory))
@@ -209,9 +216,12 @@ _STATE_TYPES: dict[str, tuple[type, ...]] = {
 def load_train_state(directory: str | os.PathLike) -> dict[str, Any] | None:
     """A run's ``train_state.pt`` (None when absent), read with ``weights_only=True`` and
     refused, with one message, when its structure is not the trainer's."""
+    from .safefiles import check_regular
+
     path = Path(directory) / STATE_FILE
-    if not path.is_file():
+    if not os.path.lexists(path):
         return None
+    check_regular(path, MAX_WEIGHTS_BYTES, "training state", CheckpointError)
     state = _torch_load_safe(path)
     if not isinstance(state, dict):
         raise CheckpointError(f"{path} holds a {type(state).__name__}, not a training state")
@@ -281,9 +291,12 @@ def load_foreign_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     ``{"model_state_dict": ...}`` nesting (RobustBench, Cohen et al.) and ``module.``
     prefixes (DataParallel). Never unpickles arbitrary objects.
     """
+    from .safefiles import check_regular
+
     path = Path(path)
-    if not path.is_file():
+    if not os.path.lexists(path):
         raise CheckpointError(f"no such checkpoint file: {path}")
+    check_regular(path, MAX_WEIGHTS_BYTES, "checkpoint file", CheckpointError)
     if path.suffix == ".safetensors":
         return load_weights_file(path)
     obj = _torch_load_safe(path)

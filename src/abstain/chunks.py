@@ -17,7 +17,6 @@ import io
 import json
 import os
 import shutil
-import stat
 import sys
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
@@ -74,27 +73,12 @@ def columns_checksum(columns: Mapping[str, np.ndarray]) -> str:
 
 
 def read_regular_file(path: Path, max_bytes: int = MAX_CHUNK_BYTES) -> bytes:
-    """The bytes of ``path`` if it is a regular file of at most ``max_bytes``: checked with
-    ``lstat`` before it is opened, opened with ``O_NOFOLLOW | O_NONBLOCK`` (a symlink, FIFO,
-    device or directory is refused without blocking) and checked again on the open file."""
-    try:
-        st = os.lstat(path)
-    except OSError as e:
-        raise ChunkError(f"cannot stat ({e.strerror})") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise ChunkError("not a regular file")
-    if st.st_size > max_bytes:
-        raise ChunkError(f"{st.st_size} bytes, more than {max_bytes}")
-    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
-    try:
-        fd = os.open(path, flags)
-    except OSError as e:
-        raise ChunkError(f"cannot open ({e.strerror})") from None
-    with os.fdopen(fd, "rb") as fh:
-        st = os.fstat(fh.fileno())
-        if not stat.S_ISREG(st.st_mode) or st.st_size > max_bytes:
-            raise ChunkError("not a regular file")
-        return fh.read(max_bytes + 1)
+    """The bytes of ``path`` if it is a regular file (never through a link, never blocking
+    on a FIFO) of at most ``max_bytes`` (:func:`abstain.safefiles.read_regular`); else
+    raises :class:`ChunkError`."""
+    from .safefiles import read_regular
+
+    return read_regular(path, max_bytes, ChunkError)
 
 
 class ChunkStore:

@@ -231,6 +231,8 @@ def _checked_batch(model: nn.Module, idx: torch.Tensor, x: Any, y: Any, dev: tor
     if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
         raise InputError("data must yield (x, y) tensors")
     x = x.to(dev, non_blocking=True)
+    if torch.is_floating_point(x) and any(p.dtype == torch.float64 for p in model.parameters()):
+        x = x.double()      # a float64 model is attacked in float64 (issue 25)
     if channels_last and uses_channels_last(dev, x):
         x = x.contiguous(memory_format=torch.channels_last)
         model.to(memory_format=torch.channels_last)      # no-op after the first batch

@@ -29,6 +29,61 @@ def _refuse_existing(path: Path, overwrite: bool) -> None:
         raise ConfigError(f"{path} exists; pass --overwrite to replace it")
 
 
+_IDENTITY = ("run", "model", "weights")
+
+
+def _identity_of(section: Any) -> dict[str, Any]:
+    """The dataset and model a ``results.json`` section (or a run's meta) was computed for."""
+    if not isinstance(section, dict):
+        return {}
+    meta = section.get("meta") if isinstance(section.get("meta"), dict) else {}
+    found = {k: v for k, v in {**section, **meta}.items() if k in ("dataset", *_IDENTITY)}
+    return {k: v for k, v in found.items() if isinstance(v, (str, type(None)))}
+
+
+def refuse_foreign_results(out: Path, source: ModelSource, overwrite: bool) -> None:
+    """Refuse (unless ``overwrite``) to write beside results of another dataset or model:
+    ``out/meta.json`` (a run directory of another dataset) or a ``results.json`` section
+    whose dataset, run or model differs from ``source``'s (issue 25, item 4)."""
+    import json
+
+    from .checkpoint import META_FILE, MAX_META_BYTES
+    from .safefiles import check_regular
+
+    if overwrite:
+        return
+    ours = {"dataset": source.dataset, **{k: source.describe.get(k) for k in _IDENTITY if k in source.describe}}
+    if source.run_dir is not None:
+        ours["run"] = str(source.run_dir)
+    found: dict[str, dict[str, Any]] = {}
+    for name, what in ((META_FILE, "its run"), ("results.json", None)):
+        path = out / name
+        if not path.is_file():
+            continue
+        try:
+            check_regular(path, MAX_META_BYTES, name, ConfigError)
+            data = json.loads(path.read_text())
+        except (ConfigError, OSError, ValueError):
+            continue       # unreadable: the writers name it
+        if not isinstance(data, dict):
+            continue
+        if what is not None:
+            found[what] = {"dataset": data.get("dataset")} if isinstance(data.get("dataset"), str) else {}
+        else:
+            found.update({f"its {k!r} results": _identity_of(v) for k, v in data.items() if k != "train"})
+    in_a_run = "its run" in found or (out / META_FILE).exists()   # a run directory: its dataset decides
+    for what, ident in found.items():
+        for key, value in ident.items():
+            if key == "run" and in_a_run:
+                continue
+            if key in ours and value is not None and ours[key] is not None and value != ours[key]:
+                raise ConfigError(f"{out} holds {what} for {key} {value!r:.80}, not {ours[key]!r:.80}; "
+                                  "choose another --out, or pass --overwrite to write beside them")
+            if key == "dataset" and value is not None and value != ours["dataset"]:
+                raise ConfigError(f"{out} holds {what} for dataset {value!r:.40}, not {ours['dataset']!r:.40}; "
+                                  "choose another --out, or pass --overwrite to write beside them")
+
+
 def check_seed(seed: Any, flag: str = "--seed") -> int:
     """A seed every generator takes: an integer in [0, 2**63)."""
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
@@ -112,15 +167,17 @@ def evaluate_job(source: ModelSource, out: Path, s: EvaluateSettings, device: An
     refused unless ``allow_batch_dependent`` (:func:`abstain.model_checks.check_batch_independent`),
     and so is an ℓ2 radius beyond the inputs' box (:func:`abstain.validate.check_pixel_eps`)."""
     from .evaluation import evaluate
-    from .model_checks import check_batch_independent
+    from .model_checks import check_batch_independent, check_behaviour
     from .validate import check_pixel_eps
 
     eps_list = s.check()
     records_path = out / "records" / "evaluate.csv"
     _refuse_existing(records_path, overwrite)
+    refuse_foreign_results(out, source, overwrite)
     ds, subset = test_subset(source, s.samples, s.seed)
     for e in s.eps:
         check_pixel_eps(e, s.norm, dim=int(ds.x[0].numel()))
+    check_behaviour(source.model, ds.x, "the model", needs_grad=s.steps > 0)
     check_batch_independent(source.model, ds.x, "the model", allow=allow_batch_dependent)
     distributed.init_from_env(device)
     t0 = time.time()
@@ -286,15 +343,17 @@ def certify_job(source: ModelSource, out: Path, s: CertifySettings, device: Any,
     chunks. Only one chunk's inputs are on the device at a time and the finished records
     live on disk, so memory does not grow with ``--samples``."""
     from .data import balanced_subset
-    from .model_checks import check_batch_independent
+    from .model_checks import check_batch_independent, check_behaviour
     from .smoothing.records import certify_chunk, certify_metrics, decision_radii, plan_chunks
 
     s.check()
     records_path = out / "records" / "certify.csv"
     _refuse_existing(records_path, overwrite)
+    refuse_foreign_results(out, source, overwrite)
     distributed.init_from_env(device)
     device = distributed.local_device(device)
     data = source.load_data(s.split)
+    check_behaviour(source.model, data.x, "the model", needs_grad=False)
     check_batch_independent(source.model, data.x, "the model", allow=allow_batch_dependent)
     idx = balanced_subset(data.y, s.samples, data.num_classes, seed=s.seed)
     plan = plan_chunks(source.model.to(device), num_classes=source.num_classes, sigma=s.sigma, eps=list(s.eps),
@@ -328,6 +387,7 @@ def certify_job(source: ModelSource, out: Path, s: CertifySettings, device: Any,
             "alpha": s.alpha, "samples": len(idx), "split": s.split, "subset": "class-balanced, seeded",
             "seed": s.seed, "sequential": bool(s.sequential), "batch_size": s.batch_size,
             "device": str(device), "world_size": distributed.world_size(), "seconds": seconds,
+            "dataset": source.dataset, "data_seed": source.data_seed,
             "metrics": certify_metrics(cols, s.eps), **source.describe,
         }
         update_json(out / "results.json", "certify", section)

@@ -106,4 +106,29 @@ def check_batch_independent(model: nn.Module, x: torch.Tensor, what: str, *, all
                              "evaluate it anyway")
 
 
-__all__ = ["FiniteGuard", "first_nonfinite", "refuse_nonfinite", "batch_tolerance", "check_batch_independent"]
+def check_behaviour(model: nn.Module, x: torch.Tensor, what: str, *, needs_grad: bool) -> None:
+    """Refuse, with one line, a model that changes its input in place (every attack and noise
+    point would be corrupted), and (``needs_grad``: the attacks follow the gradient of the
+    logits, Sec. 7) one whose output carries no gradient with respect to its input."""
+    from .utils import eval_mode
+
+    dev = next((p.device for p in model.parameters()), torch.device("cpu"))
+    x = x[:2].to(dev)
+    if any(p.dtype == torch.float64 for p in model.parameters()):
+        x = x.double()
+    probe = x.clone()
+    with eval_mode(model), torch.no_grad():
+        model(probe)
+    if not torch.equal(probe, x):
+        raise InputError(f"{what} changes its input in place; clone it in forward() (x = x.clone())")
+    if not needs_grad:
+        return
+    xg = x.clone().requires_grad_(True)
+    with eval_mode(model), torch.enable_grad():
+        out = model(xg)
+    if not (isinstance(out, torch.Tensor) and out.requires_grad):
+        raise InputError(f"{what} returns logits that carry no gradient (detached, or computed under "
+                         "no_grad); the attacks need the gradient of the logits with respect to the input")
+
+
+__all__ = ["check_behaviour", "FiniteGuard", "first_nonfinite", "refuse_nonfinite", "batch_tolerance", "check_batch_independent"]

@@ -149,36 +149,101 @@ def check(outputs: Sequence[Output], overwrite: bool) -> None:
 
 
 # --------------------------------------------------------------------------- lock
+def _process_start(pid: int) -> str:
+    """The start time of process ``pid`` in clock ticks since boot (``/proc/PID/stat`` field
+    22), which tells a live holder from a later process that reuses its PID; "" off Linux."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
+
+
 class DirLock:
     """An exclusive ``flock`` on ``path`` (created; removed on release). A second holder
-    fails at once. The lock is released by the kernel when the process dies, so a SIGKILL
-    leaves no stale lock."""
+    fails at once, naming the holder's PID.
+
+    The file is opened with ``O_NOFOLLOW | O_NONBLOCK`` in a directory checked first (it must
+    be a directory, not a link to one or a file), and must be a regular file: a symlinked lock
+    is refused, never followed out of the output directory. The holder writes
+    ``PID START`` into it (START: the process's start time in clock ticks since boot).
+
+    Stale locks (the rule): the kernel releases an ``flock`` when its process dies, so a lock
+    file left by a SIGKILL never blocks; whoever gets the ``flock`` owns the file and
+    overwrites the PID and start time. The recorded PID is only used to name the holder in
+    the refusal, and only while that PID's start time still matches (else it is reported as
+    a stale record of a dead process: the lock is then being taken over, try again)."""
 
     def __init__(self, path: Path, what: str) -> None:
         self.path, self.what, self.fd = path, what, -1
 
+    def _check_dir(self) -> None:
+        import stat as stat_mod
+
+        d = self.path.parent
+        try:
+            st = os.lstat(d)
+        except OSError as e:
+            raise ConfigError(f"cannot lock {self.what}: {d}: {e.strerror}") from None
+        if stat_mod.S_ISLNK(st.st_mode):
+            st = os.stat(d)      # an output directory given through a symlink: its target must be a directory
+        if not stat_mod.S_ISDIR(st.st_mode):
+            raise ConfigError(f"cannot lock {self.what}: {d} is not a directory")
+
+    def _holder(self) -> str:
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+            with os.fdopen(fd) as fh:
+                pid_s, start = (fh.read(64).split() + ["", ""])[:2]
+            pid = int(pid_s)
+        except (OSError, ValueError):
+            return ""
+        return f" (PID {pid})" if _process_start(pid) == start else ""
+
     def acquire(self) -> "DirLock":
+        import stat as stat_mod
+
+        self._check_dir()
+        flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
         for _ in range(10):
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fd = os.open(self.path, flags, 0o644)
+            except OSError as e:
+                if e.errno == errno.ELOOP:
+                    raise ConfigError(f"the lock {self.path} is a symbolic link; refusing to follow it "
+                                      "(remove it)") from None
+                raise ConfigError(f"cannot lock {self.what}: {self.path}: {e.strerror}") from None
+            if not stat_mod.S_ISREG(os.fstat(fd).st_mode):
+                os.close(fd)
+                raise ConfigError(f"the lock {self.path} is not a regular file; remove it")
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as e:
                 os.close(fd)
                 if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                    raise ConfigError(f"another abstain command is writing {self.what} (lock "
+                    raise ConfigError(f"another abstain command is writing {self.what}{self._holder()} (lock "
                                       f"{self.path}); wait for it to finish or choose another output") from None
                 raise
             # the previous holder may have removed the file between our open and flock:
             # hold the lock only if the path is still this file
             try:
-                same = os.path.samestat(os.fstat(fd), os.stat(self.path))
+                same = os.path.samestat(os.fstat(fd), os.lstat(self.path))
             except FileNotFoundError:
                 same = False
             if same:
                 self.fd = fd
+                self._stamp()
                 return self
             os.close(fd)
         raise ConfigError(f"could not lock {self.path}")   # pragma: no cover - a storm of writers
+
+    def _stamp(self) -> None:
+        pid = os.getpid()
+        try:
+            os.ftruncate(self.fd, 0)
+            os.pwrite(self.fd, f"{pid} {_process_start(pid)}\n".encode(), 0)
+        except OSError:
+            pass       # a full disk: the flock itself still holds
 
     def release(self) -> None:
         if self.fd >= 0:

@@ -206,22 +206,16 @@ def summarize(results: dict[str, Any], width: int = 150) -> str:
 
 @contextmanager
 def _lock(out: Path) -> Iterator[None]:
-    """One ``abstain reproduce`` per output directory at a time."""
+    """One writer per output directory at a time: the lock of every command
+    (:class:`abstain.outputs.DirLock` on ``out/.abstain.lock``), so ``abstain reproduce`` and
+    an ``abstain evaluate --out`` into the same directory exclude each other too."""
+    from .outputs import LOCK, DirLock
+
+    held = DirLock(out / LOCK, str(out)).acquire()
     try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not POSIX
-        yield
-        return
-    fh = open(out / ".lock", "a+")
-    try:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise AbstainError(f"another `abstain reproduce` is writing to {out}; wait for it to "
-                               "finish or use another --out") from None
         yield
     finally:
-        fh.close()
+        held.release()
 
 
 @dataclass

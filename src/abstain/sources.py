@@ -174,12 +174,15 @@ def is_run_dir(path: str | os.PathLike) -> bool:
 
 
 def from_run(run_dir: str | os.PathLike, device: Any = "cpu",
-             normalize: tuple[list[float], list[float]] | None = None) -> ModelSource:
-    """The model of a run directory and the dataset named in its ``meta.json``."""
+             normalize: tuple[list[float], list[float]] | None = None, *, factory: str | None = None,
+             trust_code: bool = False) -> ModelSource:
+    """The model of a run directory and the dataset named in its ``meta.json``. A run made
+    from ``MODULE:FACTORY`` loads only with that ``factory`` named again or ``trust_code``
+    (:meth:`abstain.modelspec.ModelSpec.from_meta`): a run directory never runs code."""
     from .checkpoint import load_checkpoint
 
     run_dir = Path(run_dir)
-    model, meta = load_checkpoint(run_dir, device=device)
+    model, meta = load_checkpoint(run_dir, device=device, factory=factory, trust_code=trust_code)
     if not meta.get("dataset"):
         raise ConfigError(f"{run_dir}/meta.json names no dataset")
     # the split the run was trained with: datasets drawn from a seed (gauss3) use the
@@ -227,13 +230,13 @@ def from_factory(spec: str, weights: str | None, *, data: str, data_root: str | 
 def resolve(spec: str, weights: str | None = None, *, data: str | None = None,
             data_root: str | None = None, num_classes: int | None = None,
             normalize: tuple[list[float], list[float]] | None = None, device: Any = "cpu",
-            flag: str = "--model", random_init: bool = False) -> ModelSource:
+            flag: str = "--model", random_init: bool = False, trust_code: bool = False) -> ModelSource:
     """A run directory or ``MODULE:FACTORY`` (which then needs ``data``)."""
     if is_run_dir(spec):
         if weights is not None:
             raise ConfigError(f"{flag} {spec} is a run directory; its weights come with it "
                               f"(drop {flag}-weights)")
-        return from_run(spec, device, normalize)
+        return from_run(spec, device, normalize, trust_code=trust_code)
     if ":" not in spec:
         raise ConfigError(f"{flag} {spec}: no run directory there (no meta.json), and not "
                           "'package.module:factory'")
@@ -260,6 +263,8 @@ def add_trust_arguments(g: Any, batch: bool = True) -> None:
     """Options that accept, on purpose, what is refused by default (issue 25)."""
     g.add_argument("--random-init", action="store_true",
                    help="use a MODULE:FACTORY model without weights (its random initialisation)")
+    g.add_argument("--trust-code", action="store_true",
+                   help="load a run made from MODULE:FACTORY by importing the factory its meta.json records")
     if batch:
             g.add_argument("--allow-batch-dependent", action="store_true",
                        help="evaluate a model whose logits depend on the other inputs of the batch")
@@ -276,7 +281,7 @@ def add_data_arguments(g: Any) -> None:
 def out_of(args: argparse.Namespace) -> Path:
     """The output directory of ``--run DIR [--out DIR]`` or ``--model … --out DIR``, before
     any model is loaded (its outputs are checked first)."""
-    if bool(args.run) == bool(args.model):
+    if not args.run and not args.model:
         raise ConfigError("give either --run DIR or --model MODULE:FACTORY (with --data and --out)")
     if args.run:
         if not is_run_dir(args.run):
@@ -288,8 +293,9 @@ def out_of(args: argparse.Namespace) -> Path:
 
 
 def from_args(args: argparse.Namespace, device: Any = "cpu") -> tuple[ModelSource, Path]:
-    """The source and output directory of ``--run DIR`` or ``--model … --data … --out DIR``."""
-    if bool(args.run) == bool(args.model):
+    """The source and output directory of ``--run DIR`` or ``--model … --data … --out DIR``
+    (``--run DIR --model MODULE:FACTORY``: a run made from that factory, named again)."""
+    if not args.run and not args.model:
         raise ConfigError("give either --run DIR or --model MODULE:FACTORY (with --data and --out)")
     normalize = parse_normalize(args.normalize)
     if args.run:
@@ -298,7 +304,8 @@ def from_args(args: argparse.Namespace, device: Any = "cpu") -> tuple[ModelSourc
                 raise ConfigError(f"--{opt.replace('_', '-')} is for --model; a run directory names its own")
         if not is_run_dir(args.run):
             raise ConfigError(f"--run {args.run}: not a run directory (no meta.json)")
-        return from_run(args.run, device, normalize), Path(args.out or args.run)
+        return (from_run(args.run, device, normalize, factory=args.model,
+                         trust_code=bool(getattr(args, "trust_code", False))), Path(args.out or args.run))
     for opt in ("data", "out"):
         if getattr(args, opt) is None:
             raise ConfigError(f"--model needs --{opt}")

@@ -97,7 +97,8 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     normalize = parse_normalize(args.normalize)
     common = {"data": args.data, "data_root": args.data_root, "num_classes": args.num_classes,
-              "normalize": normalize, "device": device, "random_init": args.random_init}
+              "normalize": normalize, "device": device, "random_init": args.random_init,
+              "trust_code": args.trust_code}
     if args.out is None and not is_run_dir(args.robust):
         raise ConfigError("--robust MODULE:FACTORY needs --out DIR" if ":" in args.robust else
                           f"--robust {args.robust}: no run directory there (no meta.json)")

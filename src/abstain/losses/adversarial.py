@@ -170,8 +170,11 @@ def _clean_eval(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.
     without it p(x) and F(x) would come from a bf16/fp16 pass (casting the logits to fp32
     afterwards does not undo that), while the attacks they steer run in fp32."""
     inner = attack_view(model)
+    # the model's own dtype, at least fp32 (a float64 model gets float64 inputs, not fp32 ones)
+    dt = next((t.dtype for t in inner.parameters() if t.is_floating_point()), torch.float32)
+    dt = torch.promote_types(dt, torch.float32)
     with torch.no_grad(), eval_mode(inner), torch.autocast(device_type=x.device.type, enabled=False):
-        logits = inner(x.float()).float()
+        logits = inner(x.to(dt)).to(dt)
     return F.softmax(logits, dim=1), logits.argmax(dim=1)
 
 

@@ -36,7 +36,7 @@ def build_model(cfg: Mapping[str, Mapping[str, Any]], num_classes: int,
     directory of this project (same arch) or a foreign weights file (published layouts of
     RobustBench / Cohen et al. are mapped by :func:`abstain.foreign.load_published`)."""
     from .. import models
-    from ..checkpoint import MODEL_FILE, load_weights_file, read_meta
+    from ..checkpoint import read_meta
 
     arch = cfg["model"]["arch"]
     init = cfg["model"]["init"]
@@ -57,9 +57,10 @@ def build_model(cfg: Mapping[str, Mapping[str, Any]], num_classes: int,
                 raise ConfigError(f"[model] init {path} holds a {meta['arch']!r} model with "
                                   f"{meta['num_classes']} classes, not {arch!r} with {num_classes}")
             kw = {**dict(meta.get("model_kwargs", {})), **dict(cfg["model"]["kwargs"])}
-            model = models.create(arch, num_classes, **kw)
-            load_state_into(model, load_weights_file(path / MODEL_FILE), source=str(path))
-            return model, kw
+            from ..checkpoint import load_checkpoint   # the size guard and the regular-file checks
+
+            model, _ = load_checkpoint(path, "cpu", **dict(cfg["model"]["kwargs"]))
+            return model.train(), kw
         if not path.is_file():
             raise ConfigError(f"[model] init: no such checkpoint directory or file: {path}")
         from ..foreign import load_published
