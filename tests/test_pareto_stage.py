@@ -50,7 +50,8 @@ def test_config_is_the_issue_grid_with_one_selection_rule():
     assert cfg["points"]["trades-g12"]["loss"]["gamma"] == 12.0
     assert cfg["pretrain"]["loss"]["eps"] == pytest.approx(2 * cfg["eps"])
     demo = pareto.config("mini", True)
-    assert len(demo["points"]) == 2 and demo["pretrain_seeds"] == [0]
+    assert len(demo["points"]) == 2 and demo["pretrain_seeds"] == [0] and demo["pretrain"]["train"]["epochs"] == 10
+    assert cfg["pretrain"]["train"]["epochs"] == 20
     assert get("mnist1d-pareto").depends == ("mnist1d-partition",)
 
 

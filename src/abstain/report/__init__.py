@@ -137,6 +137,10 @@ def collect(out_dir: str | os.PathLike) -> tuple[str, list[str], list[Section], 
     if rec_rows:
         env.blocks.append({"kind": "table", "caption": "Per-sample records behind the tables",
                            "columns": ["file", "rows", "columns"], "rows": rec_rows, "paper": None})
+    from . import claims
+
+    claims_sec = Section(name="claims", title="The paper's claims", base=out, link="", root=out,
+                         blocks=claims.blocks(out))
 
     scale = manifest.get("scale", "mini")
     demo = bool(manifest.get("demo", False))
@@ -156,7 +160,7 @@ def collect(out_dir: str | os.PathLike) -> tuple[str, list[str], list[Section], 
                      "`abstain reproduce --scale mini` runs every seed.")
     if missing:
         intro.append("> Not in this report: " + ", ".join(missing) + ".")
-    return title, intro, sections, [env]
+    return title, intro, sections, [claims_sec, env]
 
 
 def build_report(out_dir: str | os.PathLike) -> tuple[Path, Path]:

@@ -8,7 +8,8 @@ writing such a module and adding it here (docs/architecture.md, "Adding a stage"
 """
 from __future__ import annotations
 
-from . import abstain_models, compose, digits_certify, fig1, finetune, paper, paper_records, pareto, partition
+from . import (abstain_models, compose, compose2eps, digits_certify, fig1, finetune, mnist1d_certify, paper,
+               paper_records, pareto, partition)
 from .base import Block, Stage, StageContext
 from .study import DIGITS, MNIST1D, Study
 
@@ -27,6 +28,8 @@ STAGES: list[Stage] = [
     *_digits[2:],                 # digits-abstain, digits-compose
     *study_stages(MNIST1D),
     pareto.STAGE,                 # mnist1d-pareto (needs mnist1d-partition's core)
+    mnist1d_certify.STAGE,        # mnist1d-certify (fine-tunes mnist1d-pareto's pre-trainings)
+    compose2eps.STAGE,            # mnist1d-compose-2eps (the same pre-trainings, fine-tuned at 2ε)
     *paper.STAGES,
     paper_records.STAGE,
 ]

@@ -48,6 +48,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "std": {"config": "gauss3-authors-std", "set": THREAT, "protocol": AUTHORS},
     "trades": {"config": "gauss3-authors-trades", "protocol": AUTHORS},
     "era": {"config": "gauss3-authors-era", "protocol": AUTHORS},
+    # the diagnosis of the TRADES collapse (issue 23): the same protocol at lr 0.01 (not in the demo)
+    "trades-lr0.01": {"config": "gauss3-authors-trades", "set": {"train.lr": 0.01}, "protocol": AUTHORS,
+                      "full_only": True},
     "text-std": {"config": "gauss3-std", "set": THREAT, "protocol": TEXT},
     "text-trades": {"config": "gauss3-trades", "protocol": TEXT},
     "text-era": {"config": "gauss3-era", "protocol": TEXT},
@@ -65,7 +68,8 @@ LABELS = {"std": "L_std", "trades": "L_TRADES", "era": "L_ERA (authors)", "text-
 def config(scale: str, demo: bool) -> dict:
     """The experiments are ``configs/gauss3-authors-*.toml`` and ``configs/gauss3-*.toml``; the
     demo runs the authors' protocol only, one seed."""
-    names = [v for v in VARIANTS if VARIANTS[v]["protocol"] == AUTHORS] if demo else list(VARIANTS)
+    names = ([v for v in VARIANTS if VARIANTS[v]["protocol"] == AUTHORS and not VARIANTS[v].get("full_only")]
+             if demo else list(VARIANTS))
     variants = R.experiments({v: VARIANTS[v] for v in names})
     threat = {(c["loss"]["eps"], c["loss"]["norm"]) for c in variants.values()}
     if len(threat) != 1:
@@ -175,15 +179,20 @@ def _table(stage_dir: Path, prefix: str, names: list[str], caption: str, with_pa
         seeds = recs[variant]
         eps = R.eps_of_columns(next(iter(seeds.values())))[0]
         vals = R.per_seed(seeds, lambda c, e=eps: R.partition_at(c, e))
+        n_const = sum(np.unique(c["pred"]).size == 1 for c in seeds.values())
         rows.append([variant, str(len(seeds))] + [R.pct(vals[k]) for k in
-                    ("nat_acc", "rob_acc", "rob_inacc", "nonrob_acc", "nonrob_inacc")])
+                    ("nat_acc", "rob_acc", "rob_inacc", "nonrob_acc", "nonrob_inacc")]
+                    + [f"{100 * float(np.median(vals['rob_acc'])):.1f}", f"{100 * float(np.median(vals['rob_inacc'])):.1f}",
+                       f"{n_const}/{len(seeds)}"])
         p = PAPER.get(variant) if with_paper else None
-        paper.append([variant, "1", *p, "—", "—"] if p else [variant] + ["—"] * 6)
+        paper.append([variant, "1", *p, "—", "—", "—", "—", "—"] if p else [variant] + ["—"] * 9)
     if not rows:
         return None
-    return {"kind": "table", "caption": f"{caption}; ε∞ = {eps:g}, mean ± std over seeds",
+    return {"kind": "table", "caption": f"{caption}; ε∞ = {eps:g}, mean ± std over seeds and the median; "
+            "collapsed = seeds whose model predicts one class on every point (kept in the means)",
             "columns": ["variant", "seeds", "nat_acc %", "rob_acc %", "rob_inacc %", "nonrob_acc %",
-                        "nonrob_inacc %"], "rows": rows, "paper": paper if with_paper else None}
+                        "nonrob_inacc %", "median rob_acc %", "median rob_inacc %", "collapsed"],
+            "rows": rows, "paper": paper if with_paper else None}
 
 
 def collapsed_runs(stage_dir: Path) -> list[str]:
@@ -229,6 +238,9 @@ def report(stage_dir: Path) -> list[dict]:
         "ERA with β = 0.2, γ = 6 and their loss (KL/3, one shared untargeted inner point). The paper-text "
         "protocol (`text-*`; configs/gauss3-*.toml): 4×64 MLP, lr 0.1 plain SGD, batch 10, 20 epochs; "
         "`text-era-b6` reads the paper's β_TRADES = 6 as ERA's β (a misreading, docs/fidelity.md row 16). "
+        "`trades-lr0.01` is the authors' TRADES at lr 0.01 (issue 23's diagnosis: under SGD 0.03 with momentum "
+        "0.9 and batch 10 TRADES sometimes spikes into a near-constant, dead-ReLU state and a spike at the ×0.1 "
+        "drop is never left; with the same initialisation and data order, lr 0.01 never collapsed there). "
         "The paper reports one model on its own data draw; we draw data and initialisation per seed. "
         "docs/fidelity.md lists every difference.")})
     for img, cap in (("fig1.png", "Decision regions (seed 0): L_std, L_TRADES, L_ERA (the authors' protocol)"),

@@ -1,0 +1,41 @@
+"""The report's claims table: verdicts worded as the paper words each claim, from results.json
+files written by hand (Sec. 7.3's trade-off is 'held as a trade-off', not 'did not hold')."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from abstain.report import claims
+
+
+def _write(out: Path, stage: str, data: dict) -> None:
+    (out / stage).mkdir(parents=True)
+    (out / stage / "results.json").write_text(json.dumps(data))
+
+
+def test_verdict_rules():
+    assert claims.interval_verdict({"ci95_low": -0.03, "ci95_high": -0.01}) == "held"
+    assert claims.interval_verdict({"ci95_low": 0.01, "ci95_high": 0.02}) == "did not hold"
+    assert claims.interval_verdict({"ci95_low": -0.01, "ci95_high": 0.02}).startswith("not shown")
+    assert claims.interval_verdict({"ci95_low": float("nan"), "ci95_high": 0.0}).startswith("not shown")
+    # the paper's composition claim (+0.58 natural, -2.75 robust) and MNIST-1D's (+1.48, -1.78)
+    assert claims.tradeoff_verdict(0.0058, -0.0275) == "held as a trade-off"
+    assert claims.tradeoff_verdict(0.0148, -0.0178) == "held as a trade-off"
+    assert claims.tradeoff_verdict(0.01, 0.01) == "held"
+    assert claims.tradeoff_verdict(-0.01, 0.02) == "did not hold"
+
+
+def test_claims_table_reads_the_stage_results(tmp_path: Path):
+    _write(tmp_path, "mnist1d-compose", {"compose-eri": {"nat_acc": 0.9148, "rob_acc": 0.40},
+                                         "compose-eri-trades": {"nat_acc": 0.90, "rob_acc": 0.4178}})
+    _write(tmp_path, "mnist1d-pareto", {"matched": {
+        "era_minus_trades_rob_inacc@0.5": {"mean": -0.02, "ci95_low": -0.03, "ci95_high": -0.01, "holm_reject": True},
+        "dga_minus_trades_rob_inacc@0.5": {"mean": 0.0, "ci95_low": -0.01, "ci95_high": 0.01}}})
+    rows = {r[0]: r for r in claims.blocks(tmp_path)[0]["rows"]}
+    assert len(rows) == len(claims.CLAIMS)
+    comp = rows["Tables 4 / 6, Fig. 4, Sec. 7.3"]
+    assert comp[4] == "held as a trade-off" and "+1.48" in comp[3] and "-1.78" in comp[3]
+    front = rows["Fig. 2 / Table 5"]
+    assert front[4] == "held" and "survive Holm: 1 of 1" in front[3]
+    assert rows["Tables 2 / 3"][4] == "not run in this directory"
+    assert rows["Tables 4, 5, 9; MTSD (paper scale)"][4].startswith("not testable here")
