@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,6 @@ import abstain.stages as stages_pkg
 import pipeline_fakes
 from abstain.outputs import LOCK
 from abstain.pipeline import run_pipeline
-from abstain.report import build_report
 
 from reliability_helpers import assert_clean_refusal, one_thread, run_main, train_tiny_run  # noqa: F401
 
