@@ -248,3 +248,21 @@ def tree_snapshot(directory: Path) -> dict[str, bytes]:
     if not directory.exists():
         return {}
     return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+class Stop(KeyboardInterrupt):
+    """The interruption :func:`interrupted_after` raises (a KeyboardInterrupt, like Ctrl-C)."""
+
+
+def interrupted_after(monkeypatch, module, attr: str, calls: int) -> list:
+    """Make ``module.attr`` raise :class:`Stop` at call ``calls + 1``; returns the call log."""
+    real, log = getattr(module, attr), []
+
+    def spy(*a, **k):
+        log.append(a)
+        if len(log) > calls:
+            raise Stop
+        return real(*a, **k)
+
+    monkeypatch.setattr(module, attr, spy)
+    return log

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import collections
 import json
-import math
 import random
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from hypothesis import strategies as st
 
 from abstain import checkpoint, metrics, models, records
 from abstain.data.base import TensorDataset
-from abstain.errors import AbstainError, CheckpointError, DataError, InputError
+from abstain.errors import CheckpointError, DataError, InputError
 
 TRIED: collections.Counter = collections.Counter()
 FUZZ = settings(max_examples=int(__import__("os").environ.get("ABSTAIN_FUZZ_EXAMPLES", "40")), deadline=None,

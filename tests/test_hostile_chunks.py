@@ -20,7 +20,7 @@ import pytest
 from abstain.chunks import ChunkError, ChunkStore
 from abstain.outputs import WORK
 
-from reliability_helpers import one_thread, run_main, train_tiny_run  # noqa: F401
+from reliability_helpers import interrupted_after, one_thread, run_main, train_tiny_run  # noqa: F401
 
 
 def _index(k: int) -> np.ndarray:
@@ -139,21 +139,6 @@ def trained(tmp_path_factory) -> Path:
     return train_tiny_run(tmp_path_factory.mktemp("chunks"))
 
 
-class Stop(KeyboardInterrupt):
-    pass
-
-
-def _stop_after(monkeypatch, module, attr: str, calls: int) -> list:
-    real, log = getattr(module, attr), []
-
-    def spy(*a, **k):
-        log.append(a)
-        if len(log) > calls:
-            raise Stop
-        return real(*a, **k)
-
-    monkeypatch.setattr(module, attr, spy)
-    return log
 
 
 def test_evaluate_recomputes_a_copied_and_a_linked_chunk_and_gives_the_uninterrupted_records(
@@ -166,7 +151,7 @@ def test_evaluate_recomputes_a_copied_and_a_linked_chunk_and_gives_the_uninterru
     run = Path(shutil.copytree(trained / "run", tmp_path / "run"))
     adv = tmp_path / "adv.safetensors"
     with monkeypatch.context() as m:
-        _stop_after(m, abstain.evaluation, "evaluate", 4)
+        interrupted_after(m, abstain.evaluation, "evaluate", 4)
         assert run_main(["evaluate", "--run", run, *EVAL, "--save-adversarial", adv], capsys)[0] == 130
     (job,) = (run / WORK).iterdir()
     shutil.copyfile(job / "chunk-000000.npz", job / "chunk-000001.npz")        # the step 2
@@ -174,7 +159,7 @@ def test_evaluate_recomputes_a_copied_and_a_linked_chunk_and_gives_the_uninterru
     (job / "chunk-000002.npz").symlink_to("/etc/passwd")
     (job / "chunk-000003.safetensors").write_bytes((job / "chunk-000000.safetensors").read_bytes())
     with monkeypatch.context() as m:
-        log = _stop_after(m, abstain.evaluation, "evaluate", 10**6)
+        log = interrupted_after(m, abstain.evaluation, "evaluate", 10**6)
         rc, _, err = run_main(["evaluate", "--run", run, *EVAL, "--save-adversarial", adv], capsys)
     assert rc == 0, err
     notices = [ln for ln in err.splitlines() if ln.startswith("notice: recomputing chunk")]
@@ -194,7 +179,7 @@ def test_certify_recomputes_a_truncated_chunk(trained, tmp_path, capsys, monkeyp
     assert run_main(["certify", "--run", ref, *cert], capsys)[0] == 0
     run = Path(shutil.copytree(trained / "run", tmp_path / "run"))
     with monkeypatch.context() as m:
-        _stop_after(m, abstain.smoothing.records, "certify_chunk", 3)
+        interrupted_after(m, abstain.smoothing.records, "certify_chunk", 3)
         assert run_main(["certify", "--run", run, *cert], capsys)[0] == 130
     (job,) = (run / WORK).iterdir()
     p = job / "chunk-000000.npz"

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from abstain.outputs import LOCK, MANIFEST, DirLock, read_manifest
+from abstain.outputs import LOCK, DirLock, read_manifest
 
 from reliability_helpers import (  # noqa: F401
     assert_clean_refusal, cli_env, gauss3_config, one_thread, run_main, train_tiny_run, tree_snapshot)

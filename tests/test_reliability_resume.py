@@ -18,7 +18,8 @@ import pytest
 
 from abstain.outputs import WORK
 
-from reliability_helpers import cli_env, gauss3_config, one_thread, run_main, train_tiny_run  # noqa: F401
+from reliability_helpers import (cli_env, gauss3_config, interrupted_after, run_main,
+                               train_tiny_run)  # noqa: F401
 
 EVAL = ["--eps", "0.05", "--steps", "3", "--samples", "60", "--chunk", "10", "--device", "cpu"]
 CERT = ["--sigma", "0.25", "--eps", "0.1", "--n0", "16", "--n", "64", "--samples", "30", "--chunk", "4",
@@ -35,22 +36,6 @@ def _run(trained: Path, tmp_path: Path, name: str) -> Path:
     return Path(shutil.copytree(trained / "run", tmp_path / name))
 
 
-class Stop(KeyboardInterrupt):
-    pass
-
-
-def _interrupted_after(monkeypatch, module, attr: str, calls: int) -> list:
-    """Make ``module.attr`` raise KeyboardInterrupt at call ``calls + 1``; returns the call log."""
-    real, log = getattr(module, attr), []
-
-    def spy(*a, **k):
-        log.append(a)
-        if len(log) > calls:
-            raise Stop
-        return real(*a, **k)
-
-    monkeypatch.setattr(module, attr, spy)
-    return log
 
 
 @pytest.mark.parametrize("command", ["evaluate", "certify"])
@@ -67,12 +52,12 @@ def test_a_rerun_computes_only_the_chunks_left_and_gives_the_same_records(traine
     assert run_main([command, "--run", ref, *args], capsys)[0] == 0
     run = _run(trained, tmp_path, "run")
     with monkeypatch.context() as m:
-        _interrupted_after(m, module, attr, 3)
+        interrupted_after(m, module, attr, 3)
         rc, _, err = run_main([command, "--run", run, *args], capsys)
     assert rc == 130 and "interrupted" in err
     assert len(list((run / WORK).rglob("chunk-*.npz"))) == 3
     with monkeypatch.context() as m:
-        log = _interrupted_after(m, module, attr, 10**6)
+        log = interrupted_after(m, module, attr, 10**6)
         assert run_main([command, "--run", run, *args], capsys)[0] == 0
     assert len(log) == n_chunks - 3                    # only the chunks left
     a = (ref / "records" / f"{command}.csv").read_text().splitlines()
@@ -90,11 +75,11 @@ def test_chunks_of_another_command_or_model_are_not_reused(trained, tmp_path, ca
 
     run = _run(trained, tmp_path, "run")
     with monkeypatch.context() as m:
-        _interrupted_after(m, abstain.evaluation, "evaluate", 3)
+        interrupted_after(m, abstain.evaluation, "evaluate", 3)
         assert run_main(["evaluate", "--run", run, *EVAL], capsys)[0] == 130
     for change in (["--steps", "4"], ["--seed", "1"]):   # another command: starts afresh
         with monkeypatch.context() as m:
-            log = _interrupted_after(m, abstain.evaluation, "evaluate", 10**6)
+            log = interrupted_after(m, abstain.evaluation, "evaluate", 10**6)
             argv = ["evaluate", "--run", run, *EVAL, *change, "--out", tmp_path / f"o{change[0]}"]
             assert run_main(argv, capsys)[0] == 0
         assert len(log) == 6
@@ -103,7 +88,7 @@ def test_chunks_of_another_command_or_model_are_not_reused(trained, tmp_path, ca
     w[first] = w[first] + 0.01
     save_file(w, str(run / "model.safetensors"))
     with monkeypatch.context() as m:
-        log = _interrupted_after(m, abstain.evaluation, "evaluate", 10**6)
+        log = interrupted_after(m, abstain.evaluation, "evaluate", 10**6)
         assert run_main(["evaluate", "--run", run, *EVAL], capsys)[0] == 0
     assert len(log) == 6
 

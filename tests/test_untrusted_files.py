@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from abstain import checkpoint, models
-from abstain.errors import AbstainError, CheckpointError
+from abstain.errors import CheckpointError
 
 from reliability_helpers import (SRC, assert_clean_refusal, assert_user_error, malicious_payloads,
                                  one_thread, run_cli, run_main, write_fake_cifar10,  # noqa: F401
