@@ -38,4 +38,15 @@ def test_claims_table_reads_the_stage_results(tmp_path: Path):
     front = rows["Fig. 2 / Table 5"]
     assert front[4] == "held" and "survive Holm: 1 of 1" in front[3]
     assert rows["Tables 2 / 3"][4] == "not run in this directory"
+    assert rows["Sec. 7.3 (the paper's setup)"][4] == "not run in this directory"
+
+
+def test_claims_of_a_demo_run(tmp_path: Path):
+    _write(tmp_path, "mnist1d-pareto", {"matched": {}})
+    _write(tmp_path, "mnist1d-compose-2eps", {
+        "era_minus_trades_nat_acc@2eps": {"mean": -0.0065, "ci95_low": -0.0065, "ci95_high": -0.0065},
+        "era_minus_trades_rob_acc@2eps": {"mean": -0.1295, "ci95_low": -0.1295, "ci95_high": -0.1295}})
+    rows = {r[0]: r for r in claims.blocks(tmp_path)[0]["rows"]}
+    assert rows["Fig. 2 / Table 5"][4].startswith("not shown (no robust-accuracy level")
+    assert rows["Sec. 7.3 (the paper's setup)"][4] == "did not hold" and "-0.65" in rows["Sec. 7.3 (the paper's setup)"][3]
     assert rows["Tables 4, 5, 9; MTSD (paper scale)"][4].startswith("not testable here")
