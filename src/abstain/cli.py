@@ -24,9 +24,15 @@ def commands() -> dict[str, ModuleType]:
             "reproduce": reproduce, "report": report, "data": data}
 
 
-class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+class HelpFormatter(argparse.HelpFormatter):
     """Help that shows an option's default once: appended only where the text does not
-    already say it, and never for options without a value (flags, None)."""
+    already say it, and never for options without a value (flags, None). A description
+    written as a docstring (several lines) is kept as written; a one-line one is wrapped."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if "\n" in text.strip():
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
