@@ -14,7 +14,9 @@ inputs):
   (``"strong"``) / with ``attack="apgd-ce"`` (the paper's 40-step protocol), same model,
   points and ε, on the points that stay robust under both (every step runs; goal ≤ 2.0),
   and on the whole batch; with the robust counts of both, so the ratio is not bought with
-  weakness. Always 40 steps (the goal is stated for 40).
+  weakness. Always 40 steps (the goal is stated for 40). Also on the MNIST-1D 1-D CNN, and
+  ``strong_no_diversity_vs_apgd_ce``: the same without the extra starts on thin points;
+* ``--only autoattack`` (issue 24): strong vs AutoAttack at the original settings.
 
 Usage: ``python bench/attacks.py [--device auto] [--threads N] [--quick] [--only apgd|strong]``.
 Timings are the minimum over ``--repeats`` rounds in which all candidates run in turn.
@@ -78,6 +80,21 @@ def digits_cnn(dev: torch.device) -> tuple[nn.Module, torch.Tensor, torch.Tensor
             opt.step()
     m.eval()
     return m.to(dev), test.x.to(dev), test.y.to(dev), "digits cnn (trained 4 epochs), 450 test images"
+
+
+def mnist1d_cnn(dev: torch.device) -> tuple[nn.Module, torch.Tensor, str]:
+    """The MNIST-1D 1-D CNN (``cnn1d``), PGD-AT at ε = 0.02 for 4 epochs on 3,000 signals."""
+    import os
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+    from test_attacks_autoattack import train
+
+    from abstain import data
+    from abstain.models import create
+
+    tr, te = data.load("mnist1d", "train"), data.load("mnist1d", "test")
+    m = train(lambda: create("cnn1d", 10), tr.x[:3000], tr.y[:3000], 4, 0.02, 0)
+    return m.to(dev), te.x[:500].to(dev), "mnist1d cnn1d (PGD-AT eps 0.02, 4 epochs), 500 test signals"
 
 
 def resnet18(dev: torch.device, batch: int) -> tuple[nn.Module, torch.Tensor, torch.Tensor, str]:
@@ -152,8 +169,8 @@ def bench_strong(model: nn.Module, x: torch.Tensor, eps: float, repeats: int, de
     """``strong_vs_apgd_ce``: default attack / APGD-CE time of :func:`is_robust`."""
     from abstain.attacks import DEFAULT_ATTACK, is_robust
 
-    def run(attack: str, xs: torch.Tensor) -> Callable[[], torch.Tensor]:
-        return lambda: is_robust(model, xs, eps=eps, steps=steps, attack=attack,
+    def run(attack: str, xs: torch.Tensor, diversity: bool = True) -> Callable[[], torch.Tensor]:
+        return lambda: is_robust(model, xs, eps=eps, steps=steps, attack=attack, diversity=diversity,
                                  generator=torch.Generator().manual_seed(0))
 
     rob_ce, rob_st = run("apgd-ce", x)(), run(DEFAULT_ATTACK, x)()
@@ -161,7 +178,8 @@ def bench_strong(model: nn.Module, x: torch.Tensor, eps: float, repeats: int, de
     xr = x[both]
     fns = {"apgd_ce_all": run("apgd-ce", x), "strong_all": run(DEFAULT_ATTACK, x)}
     if xr.shape[0]:
-        fns.update({"apgd_ce_robust": run("apgd-ce", xr), "strong_robust": run(DEFAULT_ATTACK, xr)})
+        fns.update({"apgd_ce_robust": run("apgd-ce", xr), "strong_robust": run(DEFAULT_ATTACK, xr),
+                    "strong_no_diversity_robust": run(DEFAULT_ATTACK, xr, diversity=False)})
     t, _ = timed_rounds(fns, dev, repeats)
     out = {
         "model": what, "batch": int(x.shape[0]), "eps": eps, "steps": steps, "attack": DEFAULT_ATTACK,
@@ -173,6 +191,42 @@ def bench_strong(model: nn.Module, x: torch.Tensor, eps: float, repeats: int, de
     }
     if xr.shape[0]:
         out["strong_vs_apgd_ce"] = round(t["strong_robust"] / t["apgd_ce_robust"], 3)
+        # issue 24: the same without the extra starts on thin points (what they cost)
+        out["strong_no_diversity_vs_apgd_ce"] = round(t["strong_no_diversity_robust"] / t["apgd_ce_robust"], 3)
+    return out
+
+
+def bench_autoattack(dev: torch.device, n: int = 500) -> dict:
+    """Issue 24: strong vs AutoAttack at its original settings (torchattacks' APGD-CE,
+    APGD-T, FAB-T, Square; 100 steps, 5,000 queries; ``tests/autoattack_reference.py``) on
+    the models of ``tests/test_attacks_autoattack.py`` (trained there, CPU): robust
+    accuracy under each, flips found by one and not the other, process CPU times."""
+    import os
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+    from autoattack_reference import autoattack
+    from test_attacks_autoattack import models
+
+    from abstain.attacks import is_robust
+
+    out = {}
+    for name, m, x, eps in models(n):
+        aa = autoattack(m, x, eps)
+        t0 = time.process_time()
+        rob = is_robust(m, x, eps=eps, generator=torch.Generator().manual_seed(0))
+        t_st = time.process_time() - t0
+        t0 = time.process_time()
+        rob_ce = is_robust(m, x, eps=eps, attack="apgd-ce", generator=torch.Generator().manual_seed(0))
+        t_ce = time.process_time() - t0
+        out[name] = {"eps": eps, "n": int(x.shape[0]),
+                     "robust": {"autoattack": round(1 - float(aa["flipped"].float().mean()), 4),
+                                "strong": round(float(rob.float().mean()), 4),
+                                "apgd-ce": round(float(rob_ce.float().mean()), 4)},
+                     "flips_only_autoattack": int((aa["flipped"] & rob).sum()),
+                     "flips_only_strong": int((~aa["flipped"] & ~rob).sum()),
+                     "autoattack_by": aa["by"],
+                     "seconds": {"autoattack": round(aa["seconds"], 2), "strong": round(t_st, 2),
+                                 "apgd-ce": round(t_ce, 2)}}
     return out
 
 
@@ -183,8 +237,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="torch intra-op threads (default: torch's choice; 1 is steadier on a shared CPU)")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--quick", action="store_true", help="ResNet-18: fewer images and steps (CPU)")
-    p.add_argument("--only", choices=("apgd", "strong"), default=None,
-                   help="run only apgd_vs_torchattacks/apgd_vs_floor ('apgd') or strong_vs_apgd_ce ('strong')")
+    p.add_argument("--only", choices=("apgd", "strong", "autoattack"), default=None,
+                   help="run only apgd_vs_torchattacks/apgd_vs_floor ('apgd'), strong_vs_apgd_ce ('strong') "
+                        "or strong vs AutoAttack ('autoattack', CPU minutes)")
     args = p.parse_args(argv)
     from abstain.utils import resolve_device
 
@@ -197,12 +252,18 @@ def main(argv: list[str] | None = None) -> int:
         "clock": "wall (synchronised)" if cuda else "process CPU time",
         "torch": torch.__version__, "threads": torch.get_num_threads(), "python": platform.python_version(),
     }
+    if args.only == "autoattack":
+        out["strong_vs_autoattack"] = bench_autoattack(dev)
+        print(json.dumps(out, indent=2))
+        return 0
     m, x, y, what = digits_cnn(dev)
     if args.only != "strong":
         out["digits_cnn"] = bench_model("digits_cnn", m, x, y, eps=0.05, steps=40, repeats=args.repeats,
                                         dev=dev, what=what)
     if args.only != "apgd":
         out["strong_vs_apgd_ce"] = {"digits_cnn": bench_strong(m, x, 0.05, args.repeats, dev, what)}
+        m1, x1, what1 = mnist1d_cnn(dev)
+        out["strong_vs_apgd_ce"]["mnist1d_cnn1d"] = bench_strong(m1, x1, 0.02, args.repeats, dev, what1)
     batch = 256 if cuda else (8 if args.quick else 32)
     steps = 40 if cuda or not args.quick else 10
     m, x, y, what = resnet18(dev, batch)
