@@ -47,11 +47,13 @@ def test_evaluate_warns_and_suggests_the_strong_attack() -> None:
     m = Scaled(affine(6, 3, g).float(), 1e30).eval()
     data = torch.utils.data.TensorDataset(torch.rand(30, 6, generator=g), torch.zeros(30, dtype=torch.long))
     with pytest.warns(GradientWarning, match=r"30 of 30 points .*--attack strong"):
-        evaluate(m, data, eps=0.05, attack="apgd-ce", steps=5, show_progress=False, double_eps=False)
+        res = evaluate(m, data, eps=0.05, attack="apgd-ce", steps=5, show_progress=False, double_eps=False)
+    assert res.summary["gradient_blind"] == {"points": 30, "of": 30, "attack": "apgd-ce"}   # the result says so too
     import warnings
     with warnings.catch_warnings():
         warnings.simplefilter("error", GradientWarning)     # the strong attack is not blind
-        evaluate(m, data, eps=0.05, steps=5, show_progress=False, double_eps=False)
+        res = evaluate(m, data, eps=0.05, steps=5, show_progress=False, double_eps=False)
+    assert res.summary["gradient_blind"]["points"] == 0
 
 
 def test_blind_counts_nan_gradients_and_words_the_warning() -> None:

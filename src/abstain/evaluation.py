@@ -192,6 +192,8 @@ def evaluate(model: nn.Module, data: Dataset | DataLoader, *, eps: float | Seque
     if not cols["index"]:
         raise InputError("data yielded no samples")
     out = _gathered(cols, eps_list)
+    # points where the attack's first loss has no usable input gradient at x (this rank's)
+    out.summary["gradient_blind"] = {"points": int(n_blind), "of": int(n_seen), "attack": attack}
     warning = blind_warning(n_blind, n_seen, attack)     # this rank's points under torchrun
     if warning is not None:
         warnings.warn(GradientWarning(warning), stacklevel=2)
