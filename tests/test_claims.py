@@ -18,6 +18,9 @@ def test_verdict_rules():
     assert claims.interval_verdict({"ci95_low": 0.01, "ci95_high": 0.02}) == "did not hold"
     assert claims.interval_verdict({"ci95_low": -0.01, "ci95_high": 0.02}).startswith("not shown")
     assert claims.interval_verdict({"ci95_low": float("nan"), "ci95_high": 0.0}).startswith("not shown")
+    assert claims.interval_verdict({"ci95_low": -0.02, "ci95_high": -0.02}).startswith("not shown")   # one seed
+    assert claims._paired_verdict({"ci95_low": -0.03, "ci95_high": -0.01, "mcnemar_p": 0.01}) == "held"
+    assert claims._paired_verdict({"ci95_low": -0.03, "ci95_high": -0.01, "mcnemar_p": 1.0}).startswith("not shown")
     # the paper's composition claim (+0.58 natural, -2.75 robust) and MNIST-1D's (+1.48, -1.78)
     assert claims.tradeoff_verdict(0.0058, -0.0275) == "held as a trade-off"
     assert claims.tradeoff_verdict(0.0148, -0.0178) == "held as a trade-off"

@@ -41,6 +41,8 @@ def interval_verdict(d: dict, lower_is_claim: bool = True) -> str:
     lo, hi = d.get("ci95_low", math.nan), d.get("ci95_high", math.nan)
     if not (math.isfinite(lo) and math.isfinite(hi)):
         return "not shown (no interval)"
+    if lo == hi:           # one seed (a demo): a bootstrap over one value is no interval
+        return "not shown (one seed, no interval)"
     if (hi < 0) if lower_is_claim else (lo > 0):
         return "held"
     if (lo > 0) if lower_is_claim else (hi < 0):
@@ -100,13 +102,22 @@ def _compose_2eps(out: Path) -> Verdict | None:
             f"{_ci(dr)} points (paper: +0.58, −2.75)", tradeoff_verdict(dn["mean"], dr["mean"]))
 
 
+def _paired_verdict(d: dict) -> str:
+    """:func:`interval_verdict`, and a claim that the interval supports is *held* only where the
+    paired per-point McNemar test agrees (p < 0.05)."""
+    v = interval_verdict(d)
+    if v == "held" and not d.get("mcnemar_p", 1.0) < 0.05:
+        return "not shown (McNemar p ≥ 0.05)"
+    return v
+
+
 def _certify(out: Path) -> Verdict | None:
     r = _load(out, "mnist1d-certify")
     ds = r and {k: v for k, v in r.items() if k.startswith("cra_minus_noise")}
     if not ds:
         return None
     text = "; ".join(f"σ {k.rsplit('@', 1)[1]}: {_ci(v)}, McNemar p {v['mcnemar_p']:.3g}" for k, v in ds.items())
-    verdicts = {interval_verdict(v) for v in ds.values()}
+    verdicts = {_paired_verdict(v) for v in ds.values()}
     return text, verdicts.pop() if len(verdicts) == 1 else "mixed across σ"
 
 
