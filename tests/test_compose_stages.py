@@ -86,12 +86,12 @@ def test_abstain_command(root: Path, tmp_path: Path, capsys) -> None:
                "--core", str(root / "digits-partition/work/std-s0"), "--selector", "eri",
                "--eps", str(EPS), "--samples", "40", "--steps", "5", "--out", str(out)])
     assert rc == 0
-    res = json.loads((out / "results.json").read_text())["abstain"]
+    res = json.loads((out / "results.json").read_text())["abstain-eri"]
     rec = read_records(out / f"records/abstain-eri-eps{EPS:g}.csv")
     comp = res[f"{EPS:g}"]["composition"]
     assert comp["nat_acc"] == pytest.approx(np.mean(rec[f"h.pred@{EPS:g}"] == rec["label"]))
     assert comp["rob_acc"] == pytest.approx(np.mean(rec[f"h.rob_acc@{EPS:g}"]))
-    assert (out / "abstain_pareto.png").is_file() and (out / "composition.png").is_file()
+    assert (out / "abstain_pareto-eri.png").is_file() and (out / "composition-eri.png").is_file()
     # a bad threshold is a user error (exit 2, one line)
     rc = main(["abstain", "--robust", str(root / "digits-finetune/work/era-s0"),
                "--core", str(root / "digits-partition/work/std-s0"), "--selector", "sr",
@@ -109,3 +109,24 @@ def test_core_falls_back_to_the_smallest_trained_seed(root: Path) -> None:
     assert seed == 0
     with pytest.raises(DataError, match="missing core model"):
         load_core(root, "digits-partition", "nonexistent", 0, "cpu")
+
+
+def test_two_selectors_on_one_run_live_side_by_side(root: Path, tmp_path: Path, capsys) -> None:
+    """SR after SN (or ERI) on the same --out keeps both results: sections, records and plots
+    are keyed by the selector (issue 25: a later selector replaced the earlier one's)."""
+    from abstain.cli import main
+
+    out = tmp_path / "out"
+    base = ["abstain", "--robust", str(root / "digits-finetune/work/era-s0"),
+            "--core", str(root / "digits-partition/work/std-s0"), "--eps", str(EPS), "--samples", "20",
+            "--steps", "3", "--out", str(out)]
+    assert main(base + ["--selector", "eri"]) == 0
+    first = json.loads((out / "results.json").read_text())["abstain-eri"]
+    assert main(base + ["--selector", "sr"]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["abstain-eri"] == first and "abstain-sr" in res
+    for tag in ("eri", "sr"):
+        assert (out / f"records/abstain-{tag}-eps{EPS:g}.csv").is_file()
+        assert (out / f"composition-{tag}.png").is_file()
+    assert main(base + ["--selector", "eri"]) == 2           # the same selector again needs --overwrite
+    assert main(base + ["--selector", "eri", "--overwrite"]) == 0

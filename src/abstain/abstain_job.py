@@ -40,6 +40,14 @@ class AbstainSettings:
     sn: dict[str, Any] = field(default_factory=lambda: {"epochs": 60, "samples": None})
     cri: dict[str, Any] | None = None      # sigma, n0, n, alpha, batch_size
 
+    def tag(self) -> str:
+        """The name of this selector's results: ``eri``, ``sr``, ``sn``, or ``cri-s<σ>`` when σ
+        is given (``cri`` when it comes from the robust model's training). It keys the
+        ``results.json`` section, the records and the plots, so results of several selectors
+        (and σ) on one run live side by side."""
+        sigma = (self.cri or {}).get("sigma") if self.selector == "cri" else None
+        return f"cri-s{float(sigma):g}" if sigma is not None else self.selector
+
     def check(self) -> list[float]:
         from .validate import check_eps
 
@@ -143,12 +151,18 @@ class _Plots:
         if self.core_pt is None:
             self.core_pt = (entry["core"]["nat_acc"], entry["core"]["rob_acc"])
 
-    def write(self, out: Path, dataset: str, s: AbstainSettings) -> None:
+    @staticmethod
+    def names(s: AbstainSettings) -> list[str]:
+        """The plot files of ``s`` (keyed like its results)."""
+        tag = s.tag()
+        return [f"abstain_pareto-{tag}.png", f"composition-{tag}.png"] + (["sr_ablation.png"] if s.selector == "sr" else [])
+
+    def write(self, out: Path, dataset: str, s: AbstainSettings, tag: str) -> None:
         from .selectors import plots
 
-        plots.abstain_pareto(self.pareto_pts, self.pareto_curves, out / "abstain_pareto.png",
+        plots.abstain_pareto(self.pareto_pts, self.pareto_curves, out / f"abstain_pareto-{tag}.png",
                              title=f"{dataset}: abstain model (S_{s.selector.upper()})")
-        plots.composition_plot(self.comp_pts, self.core_pt, out / "composition.png",
+        plots.composition_plot(self.comp_pts, self.core_pt, out / f"composition-{tag}.png",
                                title=f"{dataset}: composition vs core (core at ε={s.eps[0]:g})")
         if self.ablation:
             plots.sr_ablation(self.ablation, out / "sr_ablation.png")
@@ -159,22 +173,24 @@ def abstain_outputs(out: Path, s: AbstainSettings) -> list:
     records per ε, the plots and the ``abstain`` section of ``results.json``."""
     from .outputs import Output
 
-    outs = [Output(out / "records" / f"abstain-{s.selector}-eps{records.eps_text(e)}.csv", "abstain")
+    tag = s.tag()
+    outs = [Output(out / "records" / f"abstain-{tag}-eps{records.eps_text(e)}.csv", "abstain")
             for e in s.check()]
-    plots = ["abstain_pareto.png", "composition.png"] + (["sr_ablation.png"] if s.selector == "sr" else [])
-    outs += [Output(out / name, "abstain") for name in plots]
-    return outs + [Output(out / "results.json", "results", section="abstain")]
+    outs += [Output(out / name, "abstain") for name in _Plots.names(s)]
+    return outs + [Output(out / "results.json", "results", section=f"abstain-{tag}")]
 
 
 def abstain_job(robust: ModelSource, core: ModelSource, out: Path, s: AbstainSettings,
                 device: Any) -> dict[str, Any]:
-    """Every ε of ``s``: records ``out/records/abstain-<selector>-eps<ε>.csv``, the section
-    ``out/results.json["abstain"]`` (returned) and the plots under ``out``."""
+    """Every ε of ``s``: records ``out/records/abstain-<tag>-eps<ε>.csv``, the section
+    ``out/results.json["abstain-<tag>"]`` (returned) and the plots under ``out``, where
+    ``<tag>`` is :meth:`AbstainSettings.tag` (the selector, and σ for S_CRI)."""
     from . import data as data_mod
     from .io import update_json
 
     t0 = time.perf_counter()
     eps_list = s.check()
+    tag = s.tag()            # before σ is filled in from the model, as abstain_outputs named it
     _check_pair(robust, core)
     s.cri = _cri_settings(robust, s.cri, s.selector)
     for m in (robust.model, core.model):
@@ -195,16 +211,17 @@ def abstain_job(robust: ModelSource, core: ModelSource, out: Path, s: AbstainSet
     figs = _Plots()
     for eps in eps_list:
         res = compose_at(robust.model, core.model, x, y, eps=eps, s=s, index=idx.numpy(), train=train)
-        res.write_csv(out / "records" / f"abstain-{s.selector}-eps{records.eps_text(eps)}.csv")
+        res.write_csv(out / "records" / f"abstain-{tag}-eps{records.eps_text(eps)}.csv")
         entry = {k: res.summary[k] for k in ("abstain", "core", "robust", "composition")}
         figs.add(s, eps, res, entry)
         section[records.eps_text(eps)] = entry
-    figs.write(out, robust.dataset, s)
+    figs.write(out, robust.dataset, s, tag)
     section["meta"] = {"robust": robust.describe, "core": core.describe, "selector": s.selector,
                        "norm": s.norm, "steps": s.steps, "seed": s.seed, "samples": int(len(idx)),
                        "attack": s.attack,
                        "seconds": time.perf_counter() - t0}
-    update_json(out / "results.json", "abstain", section)
+    section["meta"]["tag"] = tag
+    update_json(out / "results.json", f"abstain-{tag}", section)
     return section
 
 

@@ -13,15 +13,18 @@
 Evaluates the test split of the robust model's dataset (``--samples N``: a seeded,
 class-balanced subset) at every ε and writes into ``--out`` (default: the robust run):
 
-``records/abstain-<selector>-eps<ε>.csv``  the selector's per-sample columns and the core's
+``records/abstain-<tag>-eps<ε>.csv``       the selector's per-sample columns and the core's
                                            (``core.pred``, ``core.robust@ε``) and the
-                                           composition's (``h.pred``, ``h.rob_acc``);
-``results.json`` section ``"abstain"``     per ε: the abstain metrics (coverage, ``rob_sel``
+                                           composition's (``h.pred@ε``, ``h.rob_acc@ε``);
+``results.json`` section ``"abstain-<tag>"`` per ε: the abstain metrics (coverage, ``rob_sel``
                                            eq. 14, ``sel_rob_acc``), the core alone, F alone
                                            and the composition (``nat_acc``, sound ``rob_acc``,
                                            the authors' unsound count ``rob_acc_paper``),
                                            the τ sweep for SR/SN;
-``abstain_pareto.png``, ``composition.png``  (and ``sr_ablation.png`` for S_SR) — Fig. 3, 4, 6.
+``abstain_pareto-<tag>.png``, ``composition-<tag>.png`` (and ``sr_ablation.png`` for S_SR) — Fig. 3, 4, 6.
+
+``<tag>`` is the selector (``cri-s<σ>`` for S_CRI with ``--sigma``), so the results of several
+selectors on one run live side by side; rerunning one selector needs ``--overwrite``.
 """
 from __future__ import annotations
 
