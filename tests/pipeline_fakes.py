@@ -149,3 +149,18 @@ if __name__ == "__main__":   # runner for the subprocess tests: python pipeline_
 
     install(abstain.stages)
     sys.exit(main(sys.argv[1:]))
+
+
+def fake_run(monkeypatch, tmp_path: Path) -> Path:
+    """``abstain reproduce`` of the fake stages into ``tmp_path/run`` (two seeds per stage),
+    with the stage table and the FAKE_* switches restored after the test; returns the run."""
+    import abstain.stages as stages_pkg
+    from abstain.pipeline import run_pipeline
+
+    monkeypatch.setattr(stages_pkg, "STAGES", list(stages_pkg.STAGES))
+    install(stages_pkg)
+    for k in ("FAKE_SLEEP", "FAKE_PARAMS", "FAKE_STOP", "FAKE_FAIL", "FAKE_LOG"):
+        monkeypatch.delenv(k, raising=False)
+    out = tmp_path / "run"
+    run_pipeline(out, demo=False, quiet=True, log=lambda m: None)
+    return out

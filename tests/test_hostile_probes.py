@@ -9,10 +9,8 @@ from pathlib import Path
 
 import pytest
 
-import abstain.stages as stages_pkg
 import pipeline_fakes
 from abstain.outputs import LOCK
-from abstain.pipeline import run_pipeline
 
 from reliability_helpers import assert_clean_refusal, one_thread, run_main, train_tiny_run  # noqa: F401
 
@@ -70,13 +68,7 @@ def _poison(obj):
 
 @pytest.fixture
 def run_dir(monkeypatch, tmp_path) -> Path:
-    monkeypatch.setattr(stages_pkg, "STAGES", list(stages_pkg.STAGES))
-    pipeline_fakes.install(stages_pkg)
-    for k in ("FAKE_SLEEP", "FAKE_PARAMS", "FAKE_STOP", "FAKE_FAIL", "FAKE_LOG"):
-        monkeypatch.delenv(k, raising=False)
-    out = tmp_path / "run"
-    run_pipeline(out, demo=False, quiet=True, log=lambda m: None)
-    return out
+    return pipeline_fakes.fake_run(monkeypatch, tmp_path)
 
 
 def test_report_on_hostile_results_json_is_inert(run_dir, capsys):

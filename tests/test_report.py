@@ -18,7 +18,6 @@ import pytest
 import abstain.stages as stages_pkg
 import pipeline_fakes
 from abstain.cli import main as cli_main
-from abstain.pipeline import run_pipeline
 from abstain.report import build_report
 from abstain.report.render import fmt_cell, markdown_to_html, merge_paper
 
@@ -27,13 +26,7 @@ KEYS = ["nat_acc", "rob_acc", "rob_inacc", "nonrob_acc", "nonrob_inacc"]
 
 @pytest.fixture
 def run_dir(monkeypatch, tmp_path) -> Path:
-    monkeypatch.setattr(stages_pkg, "STAGES", list(stages_pkg.STAGES))
-    pipeline_fakes.install(stages_pkg)
-    for k in ("FAKE_SLEEP", "FAKE_PARAMS", "FAKE_STOP", "FAKE_FAIL", "FAKE_LOG"):
-        monkeypatch.delenv(k, raising=False)
-    out = tmp_path / "run"
-    run_pipeline(out, demo=False, quiet=True, log=lambda m: None)   # two seeds per stage
-    return out
+    return pipeline_fakes.fake_run(monkeypatch, tmp_path)
 
 
 def oracle(path: Path) -> dict[str, float]:

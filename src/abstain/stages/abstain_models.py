@@ -81,6 +81,19 @@ def load_model(root: Path, stage: str, variant: str, seed: int, device: Any):
     return model.eval()
 
 
+def load_pretrained(root: Path, stage: str, seed: int) -> Any:
+    """The pre-trained model ``<root>/<stage>/work/pretrain-s<seed>`` on the CPU, trainable
+    (a fine-tune starts from it); a :class:`DataError` naming the stage to run when absent."""
+    from ..errors import DataError
+
+    base = load_model(root, stage, "pretrain", seed, "cpu")
+    if base is None:
+        raise DataError(f"no pre-trained model {stage}/work/pretrain-s{seed}: run {stage} first")
+    for p in base.parameters():
+        p.requires_grad_(True)
+    return base
+
+
 def test_subset(cfg: dict, device: Any):
     from .. import data as data_mod
 

@@ -39,9 +39,8 @@ def config(scale: str, demo: bool) -> dict:
 
 def _run(ctx: Any, cfg: dict) -> dict:
     from ..composition import composition_columns
-    from ..errors import DataError
     from ..selectors.evaluate import candidate, core_records
-    from .abstain_models import load_model
+    from .abstain_models import load_pretrained
     from .compose import load_core
 
     t0 = time.perf_counter()
@@ -55,12 +54,7 @@ def _run(ctx: Any, cfg: dict) -> dict:
     ctx.write_records("core-s0", crec)
     y, cpred, crob = crec["label"], crec["pred"], R.robust_column(crec, eps)
     for seed in cfg["pretrain_seeds"]:
-        base = load_model(ctx.root, cfg["pretrain_stage"], "pretrain", seed, "cpu")
-        if base is None:
-            raise DataError(f"no pre-trained model {cfg['pretrain_stage']}/work/pretrain-s{seed}: run "
-                            f"{cfg['pretrain_stage']} first")
-        for p in base.parameters():
-            p.requires_grad_(True)
+        base = load_pretrained(ctx.root, cfg["pretrain_stage"], seed)
         for name, c in cfg["points"].items():
             model = R.train_experiment(ctx, name, seed, c, init_from=base)
             cols = R.evaluate_records(ctx, model, test, eps=[eps], config=cfg, name=name, seed=seed, double_eps=True)

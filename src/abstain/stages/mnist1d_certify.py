@@ -82,20 +82,14 @@ def _file(variant: str) -> str:
 
 def _run(ctx: Any, cfg: dict) -> dict:
     from .. import data as data_mod
-    from ..errors import DataError
     from ..smoothing.records import certify_records
-    from .abstain_models import load_model
+    from .abstain_models import load_pretrained
 
     t0 = time.perf_counter()
     _, _, test = R.splits(cfg["experiments"]["noise"], 0)
     idx = data_mod.balanced_subset(test.y, cfg["samples"], test.num_classes, seed=0)
     for seed in cfg["seeds"]:
-        base = load_model(ctx.root, cfg["pretrain_stage"], "pretrain", seed, "cpu")
-        if base is None:
-            raise DataError(f"no pre-trained model {cfg['pretrain_stage']}/work/pretrain-s{seed}: run "
-                            f"{cfg['pretrain_stage']} first")
-        for p in base.parameters():
-            p.requires_grad_(True)
+        base = load_pretrained(ctx.root, cfg["pretrain_stage"], seed)
         for variant, exp, sigma in R.progress_iter(ctx, _models(cfg), f"MNIST-1D certify s{seed}"):
             model = R.train_experiment(ctx, _file(variant), seed, exp, init_from=base)
             cols = certify_records(model, test.x[idx], test.y[idx], idx, num_classes=test.num_classes, sigma=sigma,
