@@ -59,74 +59,59 @@ def _seconds(v: Any) -> str:
     return f"{fmt_seconds(v)} ({v:.1f} s)"
 
 
-def collect(out_dir: str | os.PathLike) -> tuple[str, list[str], list[Section], list[Section]]:
-    """Gather the report's title, intro paragraphs, stage sections and appendix sections."""
+def _stage_section(out: Path, name: str, entry: dict) -> tuple[Section, str]:
+    """The section of stage ``name`` (its report blocks, or why there are none) and its status."""
     from ..pipeline import is_done
     from ..stages import get as get_stage
 
-    out = Path(out_dir)
-    if not out.is_dir():
-        raise DataError(f"no such run directory {out}")
-    manifest: dict[str, Any] = {}
-    if (out / "pipeline.json").is_file():
+    sdir = out / name
+    stage = get_stage(name)
+    sec = Section(name=name, title=stage.title if stage else name, base=sdir, link=name, root=out)
+    if not is_done(sdir):
+        st = STATUS_TEXT.get(entry.get("status", ""), entry.get("status") or "not run")
+        reason = entry.get("reason") or entry.get("error") or ""
+        if st == "interrupted":
+            reason = "rerun the same `abstain reproduce` command to finish it"
+        sec.notes.append(f"stage **{st}**" + (f": {reason}" if reason else "")
+                         + "; no results from it in this report.")
+        return sec, st
+    if stage is None:
+        sec.notes.append(f"`{name}` is not a stage of this version of abstain, so its tables "
+                         "cannot be recomputed from the records")
+    else:
         try:
-            manifest = read_json(out / "pipeline.json")
-        except (OSError, ValueError, RecursionError):
-            manifest = {}
-    status = manifest.get("stages", {}) or {}
-    names = _stage_order(out, manifest)
-    if not names:
-        raise DataError(f"{out} holds no stage results (run `abstain reproduce --out {out}` first)")
+            sec.blocks = list(stage.report(sdir) or [])
+        except Exception as e:  # noqa: BLE001 - one broken stage must not hide the rest
+            sec.notes.append(f"the stage's report failed: {type(e).__name__}: {e}")
+    return sec, "done"
 
-    sections: list[Section] = []
-    env_rows: list[list[str]] = []
-    rec_rows: list[list[str]] = []
+
+def _record_rows(name: str, rdir: Path) -> list[list[str]]:
+    """One row per records file of a stage: its name, row count and first columns."""
+    rows = []
+    for f in sorted(rdir.glob("*.csv")):
+        with open(f) as fh:
+            header = fh.readline().strip()
+            n = sum(1 for _ in fh)
+        cols = header.split(",")
+        rows.append([f"{name}/records/{f.name}", str(n), ", ".join(cols[:8]) + (", …" if len(cols) > 8 else "")])
+    return rows
+
+
+def _environment(out: Path, metas: dict[str, dict], statuses: dict[str, str],
+                 rec_rows: list[list[str]]) -> Section:
+    """The appendix of versions, stage times and the records behind the tables."""
     versions: dict[str, set[str]] = {}
-    missing: list[str] = []
-    for name in names:
-        sdir = out / name
-        entry = status.get(name, {}) if isinstance(status.get(name), dict) else {}
-        done = is_done(sdir)
-        stage = get_stage(name)
-        sec = Section(name=name, title=stage.title if stage else name, base=sdir, link=name, root=out)
-        if done:
-            st = "done"
-            if stage is None:
-                sec.notes.append(f"`{name}` is not a stage of this version of abstain, so its tables "
-                                 "cannot be recomputed from the records")
-            else:
-                try:
-                    blocks = stage.report(sdir)
-                    sec.blocks = list(blocks or [])
-                except Exception as e:  # noqa: BLE001 - one broken stage must not hide the rest
-                    sec.notes.append(f"the stage's report failed: {type(e).__name__}: {e}")
-        else:
-            st = STATUS_TEXT.get(entry.get("status", ""), entry.get("status") or "not run")
-            reason = entry.get("reason") or entry.get("error") or ""
-            if st == "interrupted":
-                reason = "rerun the same `abstain reproduce` command to finish it"
-            sec.notes.append(f"stage **{st}**" + (f": {reason}" if reason else "")
-                             + "; no results from it in this report.")
-            missing.append(f"`{name}` ({st})")
-        sections.append(sec)
-        meta = _meta(sdir) if done else {}
+    env_rows = []
+    for name, st in statuses.items():
+        meta = metas.get(name, {})
         for k, v in (meta.get("versions") or {}).items():
             versions.setdefault(k, set()).add(str(v))
         env_rows.append([name, st, _seconds(meta.get("seconds")), _seconds(meta.get("cpu_seconds")),
                          str(meta.get("device", "–")),
                          _list(meta.get("seeds")), _list(meta.get("eps")), _list(meta.get("norm")),
                          str(meta.get("finished", "–"))])
-        rdir = sdir / "records"
-        if done and rdir.is_dir():
-            for f in sorted(rdir.glob("*.csv")):
-                with open(f) as fh:
-                    header = fh.readline().strip()
-                    n = sum(1 for _ in fh)
-                cols = header.split(",")
-                rec_rows.append([f"{name}/records/{f.name}", str(n),
-                                 ", ".join(cols[:8]) + (", …" if len(cols) > 8 else "")])
-
-    total = sum(float(m.get("seconds", 0) or 0) for m in (_meta(out / n) for n in names if is_done(out / n)))
+    total = sum(float(m.get("seconds", 0) or 0) for m in metas.values())
     env = Section(name="environment", title="Environment", base=out, link="", root=out)
     env.blocks.append({"kind": "text", "text": "Versions: " + (", ".join(
         f"{k} {' / '.join(sorted(v))}" for k, v in sorted(versions.items())) or "–")
@@ -137,14 +122,10 @@ def collect(out_dir: str | os.PathLike) -> tuple[str, list[str], list[Section], 
     if rec_rows:
         env.blocks.append({"kind": "table", "caption": "Per-sample records behind the tables",
                            "columns": ["file", "rows", "columns"], "rows": rec_rows, "paper": None})
-    from . import claims
+    return env
 
-    claims_sec = Section(name="claims", title="The paper's claims", base=out, link="", root=out,
-                         blocks=claims.blocks(out))
 
-    scale = manifest.get("scale", "mini")
-    demo = bool(manifest.get("demo", False))
-    title = f"abstain — reproduction report ({scale} scale{', demo' if demo else ''})"
+def _intro(out: Path, demo: bool, missing: list[str]) -> list[str]:
     intro = [
         "Reproduction of *Avoiding Robust Misclassifications for Improved Robustness without "
         f"Accuracy Loss* with `abstain` {__version__}, generated "
@@ -160,7 +141,46 @@ def collect(out_dir: str | os.PathLike) -> tuple[str, list[str], list[Section], 
                      "`abstain reproduce --scale mini` runs every seed.")
     if missing:
         intro.append("> Not in this report: " + ", ".join(missing) + ".")
-    return title, intro, sections, [claims_sec, env]
+    return intro
+
+
+def collect(out_dir: str | os.PathLike) -> tuple[str, list[str], list[Section], list[Section]]:
+    """Gather the report's title, intro paragraphs, stage sections and appendix sections."""
+    from . import claims
+
+    out = Path(out_dir)
+    if not out.is_dir():
+        raise DataError(f"no such run directory {out}")
+    manifest: dict[str, Any] = {}
+    if (out / "pipeline.json").is_file():
+        try:
+            manifest = read_json(out / "pipeline.json")
+        except (OSError, ValueError, RecursionError):
+            manifest = {}
+    status = manifest.get("stages", {}) or {}
+    names = _stage_order(out, manifest)
+    if not names:
+        raise DataError(f"{out} holds no stage results (run `abstain reproduce --out {out}` first)")
+    sections: list[Section] = []
+    statuses: dict[str, str] = {}
+    metas: dict[str, dict] = {}
+    rec_rows: list[list[str]] = []
+    missing: list[str] = []
+    for name in names:
+        entry = status.get(name, {}) if isinstance(status.get(name), dict) else {}
+        sec, statuses[name] = _stage_section(out, name, entry)
+        sections.append(sec)
+        if statuses[name] != "done":
+            missing.append(f"`{name}` ({statuses[name]})")
+            continue
+        metas[name] = _meta(out / name)
+        if (out / name / "records").is_dir():
+            rec_rows += _record_rows(name, out / name / "records")
+    claims_sec = Section(name="claims", title="The paper's claims", base=out, link="", root=out,
+                         blocks=claims.blocks(out))
+    demo = bool(manifest.get("demo", False))
+    title = f"abstain — reproduction report ({manifest.get('scale', 'mini')} scale{', demo' if demo else ''})"
+    return title, _intro(out, demo, missing), sections, [claims_sec, _environment(out, metas, statuses, rec_rows)]
 
 
 def build_report(out_dir: str | os.PathLike) -> tuple[Path, Path]:
