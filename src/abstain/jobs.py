@@ -311,28 +311,6 @@ class CertifySettings:
                                   f"and --sigma {self.sigma:g} {reach}; raise --n or --sigma")
 
 
-def certify(model: torch.nn.Module, data: Any, *, sigma: float, eps: Sequence[float],
-            num_classes: int | None = None, n0: int = 100, n: int = 100_000, alpha: float = 0.001,
-            sequential: bool = False, batch_size: int = 1000, chunk: int | None = None, seed: int = 0,
-            device: Any = "auto", on_progress: Any = None) -> dict[str, Any]:
-    """Per-input randomized-smoothing records of ``model`` (inputs in [0, 1] -> logits) on a
-    Dataset ``data`` (``.x``, ``.y``): Cohen et al.'s CERTIFY at level ``alpha``, or the
-    sequential test, deciding every ℓ2 radius of ``eps`` and its double
-    (:func:`abstain.smoothing.records.certify_records`, whose columns it returns)."""
-    from .smoothing.records import certify_records
-    from .utils import resolve_device
-
-    s = CertifySettings(sigma=sigma, eps=eps, n0=n0, n=n, alpha=alpha, samples=max(len(data), 1),
-                        sequential=sequential, batch_size=batch_size, chunk=chunk, seed=seed)
-    s.check()
-    k = num_classes if num_classes is not None else int(data.num_classes)
-    dev = distributed.local_device(resolve_device(device))
-    return certify_records(model.to(dev), data.x, data.y, torch.arange(len(data.y)), num_classes=k,
-                           sigma=s.sigma, eps=list(s.eps), n0=s.n0, n=s.n, alpha=s.alpha,
-                           batch_size=s.batch_size, sequential=s.sequential, seed=s.seed, chunk=s.chunk,
-                           device=dev, on_progress=on_progress)
-
-
 def certify_job(source: ModelSource, out: Path, s: CertifySettings, device: Any,
                 overwrite: bool = False, allow_batch_dependent: bool = False) -> dict[str, Any]:
     """Certify ``source`` on a class-balanced subset into ``out/records/certify.csv`` and
@@ -396,4 +374,4 @@ def certify_job(source: ModelSource, out: Path, s: CertifySettings, device: Any,
     return {**section, "records": records_path}
 
 
-__all__ = ["check_seed", "evaluate_job", "certify_job", "evaluate_outputs", "certify_outputs", "certify", "test_subset", "EvaluateSettings", "CertifySettings"]
+__all__ = ["check_seed", "evaluate_job", "certify_job", "evaluate_outputs", "certify_outputs", "test_subset", "EvaluateSettings", "CertifySettings"]
