@@ -53,9 +53,11 @@ def _step_reads(loss: str, variant: str = "paper") -> Reads:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 8 * 8, 10))
     data = TensorDataset(torch.rand(64, 3, 8, 8), torch.arange(64) % 10, 10, "rand")
-    s = loop.Settings(loss=loss, loss_params={"eps": 0.03, "steps": 3, "variant": variant},
-                      epochs=1, batch_size=16, lr=0.01)
-    trainer = loop.Trainer(model, data, None, s, None, None, "cpu")
+    from abstain.config import LossSettings, TrainSettings, resolve_loss
+
+    s = TrainSettings(loss=loss, epochs=1, batch_size=16, lr=0.01)
+    trainer = loop.Trainer(model, data, None, s, resolve_loss(s, LossSettings(eps=0.03, steps=3, variant=variant)),
+                           None, None, "cpu", None, "train")
     trainer.wrap()
     order = torch.randperm(64, generator=torch.Generator().manual_seed(0))
     trainer.feed.start_epoch(order)

@@ -12,6 +12,7 @@ import torch
 import torch.multiprocessing as mp
 
 from abstain import models
+from abstain.config import LossSettings, TrainSettings
 from abstain.checkpoint import load_train_state, read_meta
 from abstain.data import load, train_val_split
 from abstain.train import TrainingInterrupted, fit
@@ -30,9 +31,10 @@ def _run(out, loss="standard", epochs=2, batch_size=24, **kw):
     tr, va = _data()
     torch.manual_seed(11)
     model = models.create("mlp", 3, in_features=2)
-    return fit(model, tr, loss=loss, loss_params={"eps": 0.1, "steps": 2}, epochs=epochs,
-               batch_size=batch_size, lr=0.1, momentum=0.9, schedule="constant", val_data=va, out=out,
-               seed=3, meta=META, val_steps=2, **kw)
+    train = TrainSettings(loss=loss, epochs=epochs, batch_size=batch_size, lr=0.1, momentum=0.9,
+                          schedule="constant", seed=3, val_steps=2,
+                          **{k: kw.pop(k) for k in list(kw) if k in TrainSettings.keys_()})
+    return fit(model, tr, train, LossSettings(eps=0.1, steps=2), val_data=va, out=out, meta=META, **kw)
 
 
 def _worker(rank: int, world: int, port: int, tmp: str) -> None:

@@ -28,6 +28,7 @@ from abstain import distributed, models
 from abstain.data.base import TensorDataset
 from abstain.errors import ConfigError
 from abstain.losses import adversarial, get
+from abstain.config import LossSettings, TrainSettings, resolve_loss
 from abstain.train import fit
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -110,8 +111,8 @@ def _noise_worker(rank: int, world: int, port: int, tmp: str) -> None:
         for loss, params in (("noise", {"sigma": 0.5}), ("cra", {"sigma": 0.5, "k": 2})):
             torch.manual_seed(0)                  # what `abstain train` does on every rank
             model = InputRecorder()
-            fit(model, _zeros_data(), loss=loss, loss_params=params, epochs=1, batch_size=8,
-                lr=0.01, seed=5)
+            fit(model, _zeros_data(), TrainSettings(loss=loss, epochs=1, batch_size=8, lr=0.01, seed=5),
+                LossSettings(**params))
             torch.save(torch.cat(model.seen), os.path.join(tmp, f"{loss}-rank{rank}.pt"))
     finally:
         distributed.shutdown(synchronise=False)
@@ -203,8 +204,8 @@ def test_compile_sees_only_the_training_passes(monkeypatch):
         torch.manual_seed(0)   # a model without side effects (a list append is a guard)
         plain = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(),
                               nn.Linear(4 * 6 * 6, 3))
-        fit(plain, data, loss=loss, loss_params={"eps": 0.1, "steps": 2}, epochs=1, batch_size=16,
-            lr=0.01, compile=True)
+        fit(plain, data, TrainSettings(loss=loss, epochs=1, batch_size=16, lr=0.01, compile=True),
+            LossSettings(eps=0.1, steps=2))
         # train mode, grad on, fixed shapes: one graph for all training passes; the attacks
         # (eval mode, no parameter grads) and the clean target (no grad) would each add one
         assert len(graphs) == 1, (loss, graphs)
@@ -393,9 +394,9 @@ def _host_reads_of_a_step(loss: str) -> list[str]:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 8 * 8, 10))
     data = TensorDataset(torch.rand(64, 3, 8, 8), torch.arange(64) % 10, 10, "rand")
-    s = loop.Settings(loss=loss, loss_params={"eps": 0.03, "steps": 3, "sigma": 0.25, "k": 2},
-                      epochs=1, batch_size=16, lr=0.01)
-    trainer = loop.Trainer(model, data, None, s, None, None, "cpu")
+    s = TrainSettings(loss=loss, epochs=1, batch_size=16, lr=0.01)
+    trainer = loop.Trainer(model, data, None, s, resolve_loss(s, LossSettings(eps=0.03, steps=3, sigma=0.25, k=2)),
+                           None, None, "cpu", None, "train")
     trainer.wrap()
     order = torch.randperm(64, generator=torch.Generator().manual_seed(0))
     trainer.feed.start_epoch(order)

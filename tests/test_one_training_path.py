@@ -38,6 +38,7 @@ SKIP_SCHEMA = {"experiment", "data.name", "model.arch", "data.root", "loss.era_i
 
 def test_every_key_is_covered() -> None:
     keys = {f"{s}.{k}" for s, sec in config.SCHEMA.items() for k in sec}
+    assert "train.lr" in keys and "loss.eps" in keys
     missing = {k for k in keys - set(CHANGES) if k not in SKIP_SCHEMA and k.split(".")[0] not in SKIP_SCHEMA}
     assert not missing, f"add these keys to CHANGES: {sorted(missing)}"
 
@@ -63,9 +64,10 @@ def _cfg(dotted: str | None, value, init_dir: Path) -> dict:
 def _capture(monkeypatch) -> list[dict]:
     calls: list[dict] = []
 
-    def fake_fit(model, train_data, **kw):
+    def fake_fit(model, train_data, train, loss, **kw):
         calls.append({"state": {k: v.clone() for k, v in model.state_dict().items()},
                       "x": train_data.x.clone(), "val_x": None if kw["val_data"] is None else kw["val_data"].x.clone(),
+                      "train": train, "loss": loss,
                       **{k: v for k, v in kw.items() if k not in ("out", "meta", "desc", "val_data")}})
         return model.eval()
 

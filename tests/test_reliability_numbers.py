@@ -151,14 +151,15 @@ def test_divergence_later_keeps_the_last_good_checkpoint(tmp_path):
     import math
 
     from abstain import checkpoint, data
+    from abstain.config import TrainSettings
     from abstain.train.loop import fit
     from abstain.train.state import TrainingDiverged
 
     ds = data.load("gauss3", "train")
     per_epoch = math.ceil(len(ds) / 64)
     with pytest.raises(TrainingDiverged, match=rf"epoch 2, batch 2/{per_epoch}") as e:
-        fit(NanAfter(per_epoch + 1), ds, loss="standard", loss_params={}, epochs=3, batch_size=64,
-            lr=0.05, out=tmp_path, meta={"arch": "mlp", "num_classes": 3}, device="cpu")
+        fit(NanAfter(per_epoch + 1), ds, TrainSettings(loss="standard", epochs=3, batch_size=64, lr=0.05),
+            out=tmp_path, meta={"arch": "mlp", "num_classes": 3}, device="cpu")
     assert "last checkpoint" in str(e.value)
     state = checkpoint.load_train_state(tmp_path)
     assert state["epoch"] == 1 and not state["finished"]

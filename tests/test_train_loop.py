@@ -14,6 +14,7 @@ import torch
 
 from abstain import models
 from abstain.checkpoint import load_checkpoint, read_meta
+from abstain.config import LossSettings, TrainSettings
 from abstain.data import load, train_val_split
 from abstain.errors import CheckpointError, ConfigError
 from abstain.train import TrainingInterrupted, epoch_order, fit, lr_at, read_log
@@ -32,10 +33,10 @@ def _fit(out, *, epochs=2, loss="trades", **kw):
     tr, va = _data()
     torch.manual_seed(123)
     model = models.create("mlp", 3, in_features=2)
-    args = dict(loss=loss, loss_params={"eps": 0.1, "steps": 3}, epochs=epochs, batch_size=15,
-                lr=0.05, schedule="finetune", val_data=va, out=out, seed=7, meta=META, val_steps=3)
-    args.update(kw)
-    return fit(model, tr, **args)
+    train = dict(loss=loss, epochs=epochs, batch_size=15, lr=0.05, schedule="finetune", seed=7, val_steps=3)
+    train.update({k: kw.pop(k) for k in list(kw) if k in TrainSettings.keys_()})
+    return fit(model, tr, TrainSettings(**train), LossSettings(eps=0.1, steps=3), val_data=va, out=out,
+               meta=META, **kw)
 
 
 def _same(a: dict, b: dict) -> bool:
@@ -158,8 +159,8 @@ def test_best_epoch_is_selected_on_validation_and_saved(reference):
 
 def test_select_last_and_no_validation(tmp_path):
     tr, _ = _data()
-    m = fit(models.create("mlp", 3, in_features=2), tr, loss="standard", loss_params={},
-            epochs=2, batch_size=50, lr=0.1, out=tmp_path, meta=META)
+    m = fit(models.create("mlp", 3, in_features=2), tr,
+            TrainSettings(loss="standard", epochs=2, batch_size=50, lr=0.1), out=tmp_path, meta=META)
     assert read_meta(tmp_path)["epoch"] == 2
     assert _same(m.state_dict(), _last_weights(tmp_path))
 
@@ -187,13 +188,17 @@ def test_bad_fit_arguments_are_config_errors(tmp_path):
     tr, _ = _data()
     m = models.create("mlp", 3, in_features=2)
     for kw, word in (({"lr": 0.0}, "lr"), ({"epochs": 0}, "epochs"), ({"batch_size": -1}, "batch_size"),
-                     ({"schedule": "cosine"}, "schedule"), ({"loss": "bogus"}, "unknown loss")):
-        args = dict(loss="standard", loss_params={}, epochs=1, batch_size=10, lr=0.1)
+                     ({"schedule": "cosine"}, "schedule"), ({"loss": "bogus"}, "loss must be one of")):
+        args = dict(loss="standard", epochs=1, batch_size=10, lr=0.1)
         args.update(kw)
         with pytest.raises(ConfigError, match=word):
-            fit(m, tr, **args)
+            fit(m, tr, TrainSettings(**args))
+    with pytest.raises(ConfigError, match="eps is required"):
+        fit(m, tr, TrainSettings(loss="trades", epochs=1, batch_size=10, lr=0.1))
+    with pytest.raises(ConfigError, match="TrainSettings"):
+        fit(m, tr, {"loss": "standard"})
     with pytest.raises(ConfigError, match="meta"):
-        fit(m, tr, loss="standard", loss_params={}, epochs=1, batch_size=10, lr=0.1, out=tmp_path)
+        fit(m, tr, TrainSettings(loss="standard", epochs=1, batch_size=10, lr=0.1), out=tmp_path)
 
 
 def test_stage_reports_recompute_tables_from_records(tmp_path):

@@ -2,7 +2,10 @@
 
 A config has five sections; every key has a type, a default and a check. Unknown
 sections/keys, wrong types and bad values raise :class:`ConfigError` naming the key
-(and, for unknown keys, listing the allowed ones).
+(and, for unknown keys, listing the allowed ones). :func:`validate` returns a frozen
+:class:`Config` of one frozen dataclass per section (:class:`DataSettings`,
+:class:`ModelSettings`, :class:`TrainSettings`, :class:`LossSettings`,
+:class:`ExperimentSettings`); :func:`abstain.train.fit` takes the train and loss sections.
 
 ``[data]``   ``name`` (dataset, required), ``root`` (directory of file-backed datasets),
              ``val_fraction`` (validation split carved from the training data for model
@@ -40,13 +43,14 @@ momentum) apply where the config leaves the key out.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import os
 import tomllib
 
 import tomli_w
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 from .errors import ConfigError
 from .validate import NORMS
@@ -66,22 +70,18 @@ PRESETS: dict[str, dict[str, Any]] = {
     "constant": {"epochs": 10, "lr": 0.1, "batch_size": 128, "momentum": 0.9},
 }
 
-_MISSING = object()
-
-
-class _Key:
-    """One config key: accepted types, default, and a value check."""
-
-    def __init__(self, types: tuple[type, ...], default: Any = _MISSING, *,
-                 choices: tuple[Any, ...] | None = None,
-                 check: Callable[[Any], str | None] | None = None, nullable: bool = False,
-                 doc: str = "") -> None:
-        self.types, self.default, self.choices = types, default, choices
-        self.check, self.nullable, self.doc = check, nullable, doc
-
-    @property
-    def required(self) -> bool:
-        return self.default is _MISSING
+# --------------------------------------------------------------------------- the sections
+# Each section is a frozen dataclass whose fields are the schema: a field's metadata holds
+# its accepted types, choices and value check, so the key list, defaults and checks live in
+# one place (plain dataclasses: no new dependency, and pydantic/msgspec would still need
+# the hand-written checks, the preset defaults and the cross-section rules below).
+def _key(types: tuple[type, ...], default: Any = dataclasses.MISSING, *,
+         choices: tuple[Any, ...] | None = None, check: Callable[[Any], str | None] | None = None,
+         nullable: bool = False, doc: str = "") -> Any:
+    meta = {"types": types, "choices": choices, "check": check, "nullable": nullable, "doc": doc}
+    if isinstance(default, dict):
+        return dataclasses.field(default_factory=lambda: copy.deepcopy(default), metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
 
 
 def _pos(v: Any) -> str | None:
@@ -106,53 +106,214 @@ def _finite(check: Callable[[Any], str | None]) -> Callable[[Any], str | None]:
 
 NUM = (int, float)
 ROLES = ("model", "core", "pretrain")
-SCHEMA: dict[str, dict[str, _Key]] = {
-    "experiment": {
-        "role": _Key((str,), "model", choices=ROLES),
-        "init_from": _Key((str,), None, nullable=True),
-        "output": _Key((str,), None, nullable=True),
-    },
-    "data": {
-        "name": _Key((str,), doc="dataset name"),
-        "root": _Key((str,), None, nullable=True),
-        "val_fraction": _Key(NUM, 0.1, check=_finite(_frac01)),
-        "augment": _Key((str,), "none", choices=AUGMENTS),
-    },
-    "model": {
-        "arch": _Key((str,)),
-        "kwargs": _Key((dict,), {}),
-        "init": _Key((str,), None, nullable=True),
-    },
-    "train": {
-        "loss": _Key((str,), "standard"),
-        "epochs": _Key((int,), None, nullable=True, check=_nonneg),   # 0: evaluate as loaded (paper stages)
-        "batch_size": _Key((int,), None, nullable=True, check=_pos),
-        "lr": _Key(NUM, None, nullable=True, check=_finite(_pos)),
-        "schedule": _Key((str,), "constant", choices=SCHEDULES),
-        "momentum": _Key(NUM, None, nullable=True, check=_finite(_frac01)),
-        "weight_decay": _Key(NUM, 5e-4, check=_finite(_nonneg)),
-        "seed": _Key((int,), 0, check=_nonneg),
-        "amp": _Key((str,), "off", choices=AMP),
-        "channels_last": _Key((bool,), False),
-        "compile": _Key((bool,), False),
-        "sync_bn": _Key((bool,), False),
-        "select": _Key((str,), "auto", choices=SELECT),
-        "val_steps": _Key((int,), 10, check=_pos),
-    },
-    "loss": {
-        "eps": _Key(NUM, None, nullable=True, check=_finite(_nonneg)),
-        "norm": _Key((str,), "linf", choices=NORMS),
-        "steps": _Key((int,), 10, check=_pos),
-        "step_size": _Key(NUM, None, nullable=True, check=_finite(_pos)),
-        "beta": _Key(NUM, None, nullable=True, check=_finite(_nonneg)),
-        "gamma": _Key(NUM, None, nullable=True, check=_finite(_nonneg)),
-        "variant": _Key((str,), "paper", choices=VARIANTS),
-        "era_inner": _Key((str,), None, nullable=True, choices=ERA_INNER),
-        "sigma": _Key(NUM, None, nullable=True, check=_finite(_pos)),
-        "k": _Key((int,), None, nullable=True, check=_pos),
-    },
-}
+
+
+class Section(Mapping):
+    """A validated config section: a frozen dataclass whose fields are the section's keys.
+
+    Read as attributes (``cfg.train.lr``) or as a read-only mapping (``cfg["train"]["lr"]``,
+    ``dict(cfg.train)``). Constructing one checks every value (type, choices, range) and
+    raises :class:`ConfigError` naming ``[section] key``."""
+
+    SECTION = ""
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = _check_value(self.SECTION, f.name, f.metadata, getattr(self, f.name))
+            object.__setattr__(self, f.name, value)
+
+    @classmethod
+    def keys_(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    @classmethod
+    def from_table(cls, given: Any) -> "Section":
+        """The section from a parsed TOML table: unknown keys and missing required keys
+        are refused."""
+        if not isinstance(given, Mapping):
+            raise ConfigError(f"[{cls.SECTION}] must be a table, got {type(given).__name__}")
+        names = cls.keys_()
+        bad = sorted(set(given) - set(names))
+        if bad:
+            raise ConfigError(f"unknown key {bad[0]!r} in [{cls.SECTION}]; allowed keys: {', '.join(names)}")
+        for f in dataclasses.fields(cls):
+            if f.name not in given and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ConfigError(f"[{cls.SECTION}] {f.name} is required")
+        return cls(**{k: copy.deepcopy(v) for k, v in given.items()})
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in self.keys_():
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.keys_())
+
+    def __len__(self) -> int:
+        return len(self.keys_())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: copy.deepcopy(getattr(self, k)) for k in self.keys_()}
+
+
+@dataclasses.dataclass(frozen=True, eq=True)
+class ExperimentSettings(Section):
+    """``[experiment]``: how a stage of ``abstain reproduce`` uses the config."""
+
+    SECTION = "experiment"
+    role: str = _key((str,), "model", choices=ROLES)
+    init_from: str | None = _key((str,), None, nullable=True)
+    output: str | None = _key((str,), None, nullable=True)
+
+
+@dataclasses.dataclass(frozen=True, eq=True)
+class DataSettings(Section):
+    """``[data]``: the dataset and its validation split."""
+
+    SECTION = "data"
+    name: str = _key((str,), doc="dataset name")
+    root: str | None = _key((str,), None, nullable=True)
+    val_fraction: float = _key(NUM, 0.1, check=_finite(_frac01))
+    augment: str = _key((str,), "none", choices=AUGMENTS)
+
+
+@dataclasses.dataclass(frozen=True, eq=True)
+class ModelSettings(Section):
+    """``[model]``: the architecture, its keyword arguments and the initial weights."""
+
+    SECTION = "model"
+    arch: str = _key((str,))
+    kwargs: dict = _key((dict,), {})
+    init: str | None = _key((str,), None, nullable=True)
+
+
+@dataclasses.dataclass(frozen=True, eq=True)
+class TrainSettings(Section):
+    """``[train]``: the loss by name, the optimiser and schedule (Appendix A.2), the seed,
+    the device options and model selection. ``epochs``/``lr``/``batch_size``/``momentum``
+    left out (None) take the schedule preset's values (:data:`PRESETS`)."""
+
+    SECTION = "train"
+    loss: str = _key((str,), "standard")
+    epochs: int | None = _key((int,), None, nullable=True, check=_nonneg)   # 0: evaluate as loaded
+    batch_size: int | None = _key((int,), None, nullable=True, check=_pos)
+    lr: float | None = _key(NUM, None, nullable=True, check=_finite(_pos))
+    schedule: str = _key((str,), "constant", choices=SCHEDULES)
+    momentum: float | None = _key(NUM, None, nullable=True, check=_finite(_frac01))
+    weight_decay: float = _key(NUM, 5e-4, check=_finite(_nonneg))
+    seed: int = _key((int,), 0, check=_nonneg)
+    amp: str = _key((str,), "off", choices=AMP)
+    channels_last: bool = _key((bool,), False)
+    compile: bool = _key((bool,), False)
+    sync_bn: bool = _key((bool,), False)
+    select: str = _key((str,), "auto", choices=SELECT)
+    val_steps: int = _key((int,), 10, check=_pos)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        from . import losses
+
+        if self.loss not in losses.LOSSES:
+            raise ConfigError(f"[train] loss must be one of {', '.join(losses.LOSSES)}, got {self.loss!r}")
+        preset = PRESETS[self.schedule]
+        for key in ("epochs", "lr", "batch_size", "momentum"):
+            if getattr(self, key) is None:
+                object.__setattr__(self, key, preset[key])
+
+
+@dataclasses.dataclass(frozen=True, eq=True)
+class LossSettings(Section):
+    """``[loss]``: the parameters of the loss named by ``[train] loss`` (unset keys: the
+    loss's own defaults; :meth:`params`)."""
+
+    SECTION = "loss"
+    eps: float | None = _key(NUM, None, nullable=True, check=_finite(_nonneg))
+    norm: str = _key((str,), "linf", choices=NORMS)
+    steps: int = _key((int,), 10, check=_pos)
+    step_size: float | None = _key(NUM, None, nullable=True, check=_finite(_pos))
+    beta: float | None = _key(NUM, None, nullable=True, check=_finite(_nonneg))
+    gamma: float | None = _key(NUM, None, nullable=True, check=_finite(_nonneg))
+    variant: str = _key((str,), "paper", choices=VARIANTS)
+    era_inner: str | None = _key((str,), None, nullable=True, choices=ERA_INNER)
+    sigma: float | None = _key(NUM, None, nullable=True, check=_finite(_pos))
+    k: int | None = _key((int,), None, nullable=True, check=_pos)
+
+    def params(self) -> dict[str, Any]:
+        """The set entries: the ``params`` of a loss (:mod:`abstain.losses`)."""
+        return {k: v for k, v in self.to_dict().items() if v is not None}
+
+
+SECTIONS: dict[str, type[Section]] = {"experiment": ExperimentSettings, "data": DataSettings,
+                                      "model": ModelSettings, "train": TrainSettings, "loss": LossSettings}
+SCHEMA: dict[str, tuple[str, ...]] = {name: cls.keys_() for name, cls in SECTIONS.items()}
 ADVERSARIAL_LOSSES = ("pgd-at", "trades", "era", "dga")
+
+
+def resolve_loss(train: TrainSettings, loss: LossSettings) -> LossSettings:
+    """``[loss]`` checked against the loss of ``[train]``, with the defaults that depend on
+    it filled in (β 0.75 for the authors' CRA, the authors' single untargeted ERA attack).
+    :func:`abstain.train.fit` applies it too, so a hand-made pair is checked the same way."""
+    authors = loss.variant == "authors"
+    updates: dict[str, Any] = {}
+    if loss.beta is None:   # the loss's own default (abstain.losses.cra.AUTHORS_BETA)
+        updates["beta"] = 0.75 if train.loss == "cra" and authors else 1.0
+    if loss.era_inner is None:
+        updates["era_inner"] = "untargeted-shared" if authors else "targeted"
+    elif authors and loss.era_inner != "untargeted-shared" and train.loss in ("era", "dga"):
+        raise ConfigError(f"[loss] variant = \"authors\" uses the authors' single untargeted attack; "
+                          f"era_inner = {loss.era_inner!r} contradicts it (leave era_inner out)")
+    if train.loss in ADVERSARIAL_LOSSES and loss.eps is None:
+        raise ConfigError(f"[loss] eps is required for loss {train.loss!r}")
+    if train.loss in ("noise", "cra") and loss.sigma is None:
+        raise ConfigError(f"[loss] sigma is required for loss {train.loss!r}")
+    if loss.eps is not None and loss.norm == "linf" and loss.eps > 1:
+        raise ConfigError(f"[loss] eps = {loss.eps} exceeds the [0, 1] pixel range for linf "
+                          "(ε is in pixel space, e.g. 8/255 = 0.0314)")
+    return dataclasses.replace(loss, **updates) if updates else loss
+
+
+@dataclasses.dataclass(frozen=True, eq=True)
+class Config(Mapping):
+    """A validated experiment config: one frozen section each (:data:`SECTIONS`). Read as
+    attributes (``cfg.train.lr``) or as a read-only mapping of sections (``cfg["train"]["lr"]``)."""
+
+    data: DataSettings
+    model: ModelSettings
+    train: TrainSettings
+    loss: LossSettings
+    experiment: ExperimentSettings = dataclasses.field(default_factory=ExperimentSettings)
+
+    def __post_init__(self) -> None:
+        for name, cls in SECTIONS.items():
+            if not isinstance(getattr(self, name), cls):
+                raise ConfigError(f"[{name}] must be a {cls.__name__}, got {type(getattr(self, name)).__name__}")
+        object.__setattr__(self, "loss", resolve_loss(self.train, self.loss))
+
+    def __getitem__(self, section: str) -> Section:
+        if section not in SECTIONS:
+            raise KeyError(section)
+        return getattr(self, section)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(SECTIONS)
+
+    def __len__(self) -> int:
+        return len(SECTIONS)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        """Plain dicts (JSON/TOML-ready), in the order of :data:`SECTIONS`."""
+        return {name: getattr(self, name).to_dict() for name in SECTIONS}
+
+    def with_overrides(self, overrides: Mapping[str, Any]) -> "Config":
+        """This config with ``{"section.key": value}`` replaced, validated again (how a stage
+        varies one setting of a config, e.g. the ε of a sweep)."""
+        raw = self.to_dict()
+        for dotted, value in overrides.items():
+            section, _, key = dotted.partition(".")
+            if section not in raw or not key:
+                raise ConfigError(f"bad override {dotted!r}: expected section.key")
+            raw[section][key] = value
+        return validate(raw)
 
 
 def _type_name(types: tuple[type, ...]) -> str:
@@ -160,83 +321,42 @@ def _type_name(types: tuple[type, ...]) -> str:
     return " or ".join(dict.fromkeys(names.get(t, t.__name__) for t in types))
 
 
-def _check_value(section: str, key: str, spec: _Key, value: Any) -> Any:
+def _check_value(section: str, key: str, spec: Mapping[str, Any], value: Any) -> Any:
     where = f"[{section}] {key}"
     if value is None:
-        if spec.nullable:
+        if spec["nullable"]:
             return None
         raise ConfigError(f"{where} must not be empty")
-    ok = isinstance(value, spec.types) and not (isinstance(value, bool) and bool not in spec.types)
+    types = spec["types"]
+    ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
     if not ok:
-        raise ConfigError(f"{where} must be a {_type_name(spec.types)}, got {type(value).__name__} "
+        raise ConfigError(f"{where} must be a {_type_name(types)}, got {type(value).__name__} "
                           f"{value!r}")
-    if float in spec.types and isinstance(value, int):
+    if float in types and isinstance(value, int):
         value = float(value)
-    if spec.choices is not None and value not in spec.choices:
-        raise ConfigError(f"{where} must be one of {', '.join(map(str, spec.choices))}, got {value!r}")
-    if spec.check is not None:
-        problem = spec.check(value)
+    if spec["choices"] is not None and value not in spec["choices"]:
+        raise ConfigError(f"{where} must be one of {', '.join(map(str, spec['choices']))}, got {value!r}")
+    if spec["check"] is not None:
+        problem = spec["check"](value)
         if problem:
             raise ConfigError(f"{where} {problem}, got {value!r}")
     return value
 
 
-def validate(raw: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    """Check ``raw`` (parsed TOML) and return the complete config with defaults filled in
-    (preset defaults for epochs/lr/batch_size). Raises :class:`ConfigError`."""
+def validate(raw: Mapping[str, Any]) -> Config:
+    """Check ``raw`` (parsed TOML, or a :class:`Config`) and return the complete
+    :class:`Config` with defaults filled in (preset defaults for epochs/lr/batch_size).
+    Raises :class:`ConfigError`."""
+    if isinstance(raw, Config):
+        raw = raw.to_dict()
     if not isinstance(raw, Mapping):
         raise ConfigError("a config must be a table of sections")
-    unknown = sorted(set(raw) - set(SCHEMA))
+    unknown = sorted(set(raw) - set(SECTIONS))
     if unknown:
         raise ConfigError(f"unknown section [{unknown[0]}]; allowed sections: "
-                          f"{', '.join(f'[{s}]' for s in SCHEMA)}")
-    out: dict[str, dict[str, Any]] = {}
-    for section, keys in SCHEMA.items():
-        given = raw.get(section, {})
-        if not isinstance(given, Mapping):
-            raise ConfigError(f"[{section}] must be a table, got {type(given).__name__}")
-        bad = sorted(set(given) - set(keys))
-        if bad:
-            raise ConfigError(f"unknown key {bad[0]!r} in [{section}]; allowed keys: "
-                              f"{', '.join(keys)}")
-        sec: dict[str, Any] = {}
-        for key, spec in keys.items():
-            if key in given:
-                sec[key] = _check_value(section, key, spec, given[key])
-            elif spec.required:
-                raise ConfigError(f"[{section}] {key} is required")
-            else:
-                sec[key] = copy.deepcopy(spec.default)
-        out[section] = sec
-    _cross_checks(out)
-    return out
-
-
-def _cross_checks(cfg: dict[str, dict[str, Any]]) -> None:
-    from . import losses
-
-    tr, ls = cfg["train"], cfg["loss"]
-    if tr["loss"] not in losses.LOSSES:
-        raise ConfigError(f"[train] loss must be one of {', '.join(losses.LOSSES)}, got {tr['loss']!r}")
-    preset = PRESETS[tr["schedule"]]
-    for key in ("epochs", "lr", "batch_size", "momentum"):
-        if tr[key] is None:
-            tr[key] = preset[key]
-    authors = ls["variant"] == "authors"
-    if ls["beta"] is None:   # the loss's own default (abstain.losses.cra.AUTHORS_BETA)
-        ls["beta"] = 0.75 if tr["loss"] == "cra" and authors else 1.0
-    if ls["era_inner"] is None:
-        ls["era_inner"] = "untargeted-shared" if authors else "targeted"
-    elif authors and ls["era_inner"] != "untargeted-shared" and tr["loss"] in ("era", "dga"):
-        raise ConfigError(f"[loss] variant = \"authors\" uses the authors' single untargeted attack; "
-                          f"era_inner = {ls['era_inner']!r} contradicts it (leave era_inner out)")
-    if tr["loss"] in ADVERSARIAL_LOSSES and ls["eps"] is None:
-        raise ConfigError(f"[loss] eps is required for loss {tr['loss']!r}")
-    if tr["loss"] in ("noise", "cra") and ls["sigma"] is None:
-        raise ConfigError(f"[loss] sigma is required for loss {tr['loss']!r}")
-    if ls["eps"] is not None and ls["norm"] == "linf" and ls["eps"] > 1:
-        raise ConfigError(f"[loss] eps = {ls['eps']} exceeds the [0, 1] pixel range for linf "
-                          "(ε is in pixel space, e.g. 8/255 = 0.0314)")
+                          f"{', '.join(f'[{s}]' for s in SECTIONS)}")
+    sections = {name: cls.from_table(raw.get(name, {})) for name, cls in SECTIONS.items()}
+    return Config(**sections)
 
 
 def loss_params(cfg: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
@@ -259,7 +379,7 @@ def parse_override(text: str) -> tuple[str, str, Any]:
     return parts[0], parts[1], value
 
 
-def load(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, dict[str, Any]]:
+def load(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Read, override (``section.key=value``) and validate a TOML config file."""
     p = Path(path)
     if not p.is_file():
@@ -277,12 +397,11 @@ def load(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()) -
             raise ConfigError(f"[{section}] must be a table")
         raw[section][key] = value
     cfg = validate(raw)
-    init = cfg["model"]["init"]
+    init, root = cfg.model.init, cfg.data.root
     if init and not Path(init).is_absolute():
-        cfg["model"]["init"] = str((p.parent / init).resolve())
-    root = cfg["data"]["root"]
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, init=str((p.parent / init).resolve())))
     if root and not Path(root).is_absolute():
-        cfg["data"]["root"] = str((p.parent / root).resolve())
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=str((p.parent / root).resolve())))
     return cfg
 
 
@@ -297,7 +416,7 @@ def configs_dir() -> Path:
     return checkout if checkout.is_dir() else Path("configs")
 
 
-def load_named(name: str, overrides: Mapping[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+def load_named(name: str, overrides: Mapping[str, Any] | None = None) -> Config:
     """The validated config ``configs_dir()/<name>.toml`` with ``{"section.key": value}``
     overrides (how stages vary one setting of a config, e.g. the ε of a sweep)."""
     path = configs_dir() / f"{name}.toml"
@@ -316,7 +435,7 @@ def load_named(name: str, overrides: Mapping[str, Any] | None = None) -> dict[st
     return validate(raw)
 
 
-def loads(text: str) -> dict[str, dict[str, Any]]:
+def loads(text: str) -> Config:
     try:
         return validate(tomllib.loads(text))
     except tomllib.TOMLDecodeError as e:

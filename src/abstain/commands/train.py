@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from typing import Any
 from pathlib import Path
 
 from ..outputs import LOCK
@@ -159,8 +160,9 @@ def _remove_ours(out: Path) -> None:
                 pass
 
 
-def _with_init(cfg: dict, init: str | None, weights: str | None) -> dict:
+def _with_init(cfg: Any, init: str | None, weights: str | None) -> Any:
     """The config with ``[model]`` taken from ``--init`` (a run directory, or MODULE:FACTORY)."""
+    from .. import config as config_mod
     from ..errors import ConfigError
     from ..sources import import_factory, is_run_dir
 
@@ -177,7 +179,7 @@ def _with_init(cfg: dict, init: str | None, weights: str | None) -> dict:
     else:
         raise ConfigError(f"--init {init}: no run directory there (no meta.json), and not "
                           "'package.module:factory'")
-    return {**cfg, "model": model}
+    return config_mod.validate({**cfg.to_dict(), "model": model})
 
 
 def _is_stale_tmp(path: Path) -> bool:

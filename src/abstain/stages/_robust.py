@@ -134,15 +134,12 @@ def experiments(specs: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, A
     return {v: load_named(spec["config"], spec.get("set")) for v, spec in specs.items()}
 
 
-def with_overrides(cfg: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
-    """A validated config with ``{"section.key": value}`` replaced (and validated again)."""
+def with_overrides(cfg: Mapping[str, Any], overrides: Mapping[str, Any]) -> Any:
+    """A validated config (:class:`abstain.config.Config`) with ``{"section.key": value}``
+    replaced and validated again (:meth:`abstain.config.Config.with_overrides`)."""
     from ..config import validate
 
-    raw = {sec: dict(vals) for sec, vals in cfg.items()}
-    for dotted, value in overrides.items():
-        section, _, key = dotted.partition(".")
-        raw[section][key] = value
-    return validate(raw)
+    return validate(cfg).with_overrides(overrides)
 
 
 def splits(cfg: Mapping[str, Any], seed: int) -> tuple[Any, Any, Any]:

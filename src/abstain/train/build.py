@@ -3,11 +3,10 @@
 ``[data]`` with the loss and settings of ``[train]``/``[loss]``."""
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 import torch
@@ -17,6 +16,9 @@ from ..checkpoint import load_state_into
 from ..errors import ConfigError
 from .loop import fit
 from ..seeds import derive
+
+if TYPE_CHECKING:
+    from ..config import Config
 
 
 def model_kwargs(arch: str, input_shape: tuple[int, ...], kwargs: Mapping[str, Any]) -> dict[str, Any]:
@@ -81,7 +83,7 @@ def build_model(cfg: Mapping[str, Mapping[str, Any]], num_classes: int,
     return models.create(arch, num_classes, **kw), kw
 
 
-def train_from_config(cfg: Mapping[str, Mapping[str, Any]], out: str | os.PathLike | None,
+def train_from_config(cfg: "Config", out: str | os.PathLike | None,
                       device: str | torch.device = "auto", *, init_model: nn.Module | None = None,
                       meta: Mapping[str, Any] | None = None,
                       desc: str = "train") -> tuple[nn.Module, dict[str, Any]]:
@@ -96,8 +98,10 @@ def train_from_config(cfg: Mapping[str, Mapping[str, Any]], out: str | os.PathLi
     init``; ``meta``: extra entries for the checkpoint's meta.json (stage, variant);
     ``desc``: the progress bar's label."""
     from .. import data as data_mod
-    from ..config import loss_params
+    from ..config import loss_params, validate
     from ..data import train_val_split
+
+    cfg = validate(cfg)          # a Config, or the sections as plain tables
 
     d, tr = cfg["data"], cfg["train"]
     full = data_mod.load(d["name"], "train", root=d["root"], seed=tr["seed"])
@@ -114,17 +118,13 @@ def train_from_config(cfg: Mapping[str, Mapping[str, Any]], out: str | os.PathLi
         load_state_into(model, init_model.state_dict(), source="the pre-trained model")
     base = {"arch": cfg["model"]["arch"], "num_classes": full.num_classes, "dataset": d["name"],
             "data_root": d["root"], "model_kwargs": kw, "input_shape": list(full.input_shape),
-            "config": json.loads(json.dumps(cfg)), "val_fraction": d["val_fraction"],
+            "config": cfg.to_dict(), "val_fraction": d["val_fraction"],
             "n_train": len(train_ds), "n_val": len(val_ds) if val_ds is not None else 0,
             "loss_params": {k: v for k, v in loss_params(cfg).items() if isinstance(v, (int, float, str, bool))}}
     meta = {**base, **dict(meta or {})}
     t0 = time.perf_counter()
-    model = fit(model, train_ds, loss=tr["loss"], loss_params=loss_params(cfg), epochs=tr["epochs"],
-                batch_size=tr["batch_size"], lr=tr["lr"], schedule=tr["schedule"],
-                momentum=tr["momentum"], weight_decay=tr["weight_decay"], val_data=val_ds, out=out,
-                seed=tr["seed"], device=device, augment=d["augment"], meta=meta, amp=tr["amp"],
-                channels_last=tr["channels_last"], compile=tr["compile"], sync_bn=tr["sync_bn"],
-                select=tr["select"], val_steps=tr["val_steps"], desc=desc)
+    model = fit(model, train_ds, cfg.train, cfg.loss, val_data=val_ds, out=out, device=device,
+                augment=d["augment"], meta=meta, desc=desc)
     summary: dict[str, Any] = {"loss": tr["loss"], "epochs": tr["epochs"],
                                "seconds_this_call": time.perf_counter() - t0,
                                "n_train": len(train_ds), "n_val": meta["n_val"]}

@@ -35,7 +35,6 @@ import sys
 import time
 import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
@@ -43,12 +42,13 @@ import torch
 from torch import nn
 
 from .. import distributed as dist_utils
+from .. import config as config_mod   # a module object: config imports train.schedule
 from ..checkpoint import STATE_FILE, load_state_into, load_train_state, save_checkpoint
 from ..errors import CheckpointError, ConfigError
 from ..utils import progress, resolve_device
 from .feed import BatchFeed
 from ..seeds import derive
-from .schedule import check_schedule, epoch_order, lr_at
+from .schedule import epoch_order, lr_at
 from .select import selection_score, validation_metrics
 from .state import (LOG_FILE, STATE_VERSION, StopFlag, TrainingDiverged, TrainingInterrupted, append_log,
                     cpu_state, merge_sums, optimizer_state_to, rng_state, set_rng_state, truncate_log)
@@ -56,39 +56,6 @@ from .state import (LOG_FILE, STATE_VERSION, StopFlag, TrainingDiverged, Trainin
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 COMPILE_BACKEND_ENV = "ABSTAIN_COMPILE_BACKEND"   # torch.compile backend (default inductor)
 ShouldStop = Callable[[int, int], bool]
-
-
-@dataclass
-class Settings:
-    """The arguments of :func:`fit` that shape the run (see there)."""
-
-    loss: str
-    loss_params: Mapping[str, Any]
-    epochs: int
-    batch_size: int
-    lr: float
-    schedule: str = "constant"
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    seed: int = 0
-    augment: Any = None
-    amp: str = "off"
-    channels_last: bool = False
-    compile: bool = False
-    sync_bn: bool = False
-    select: str = "auto"
-    val_steps: int = 10
-    desc: str = "train"
-
-    def check(self) -> None:
-        for name, value in (("epochs", self.epochs), ("batch_size", self.batch_size)):
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-        if not (isinstance(self.lr, (int, float)) and self.lr > 0 and math.isfinite(self.lr)):
-            raise ConfigError(f"lr must be > 0, got {self.lr!r}")
-        check_schedule(self.schedule)
-        if self.amp not in ("off", *AMP_DTYPES):
-            raise ConfigError(f"amp must be off, bf16 or fp16, got {self.amp!r}")
 
 
 def _build_augment(augment: Any, input_shape: tuple[int, ...]) -> Callable | None:
@@ -121,14 +88,16 @@ def _cudnn_benchmark(cuda: bool) -> Iterator[None]:
 class Trainer:
     """One call of :func:`fit`: the model, optimizer and position, and the best epoch so far."""
 
-    def __init__(self, model: nn.Module, train_data: Any, val_data: Any, s: Settings,
-                 out_dir: Path | None, meta: Mapping[str, Any] | None, device: Any) -> None:
+    def __init__(self, model: nn.Module, train_data: Any, val_data: Any, s: "config_mod.TrainSettings",
+                 loss: "config_mod.LossSettings", out_dir: Path | None, meta: Mapping[str, Any] | None, device: Any,
+                 augment: Any, desc: str) -> None:
         from .. import losses
 
         self.s, self.out_dir, self.meta = s, out_dir, meta
+        self.augment, self.desc = augment, desc
         self.train_data, self.val_data = train_data, val_data
         self.loss_fn = losses.get(s.loss)
-        self.params = dict(s.loss_params)
+        self.params = loss.params()
         device = resolve_device(device)
         self.distributed = dist_utils.init_from_env(device)
         self.device = dist_utils.local_device(device)
@@ -206,7 +175,7 @@ class Trainer:
         self.seconds_before = float(state.get("seconds", 0.0))
         set_rng_state(state["rng"])
         if self.main:
-            print(f"{self.s.desc}: resuming {out_dir} at epoch {self.start_epoch + 1}"
+            print(f"{self.desc}: resuming {out_dir} at epoch {self.start_epoch + 1}"
                   + (f", batch {self.start_batch + 1}" if self.start_batch else ""), file=sys.stderr)
         return False
 
@@ -247,7 +216,7 @@ class Trainer:
             # compiled module (losses.adversarial.attack_view): one graph, no recompiles.
             model = torch.compile(model, backend=os.environ.get(COMPILE_BACKEND_ENV, "inductor"))
         self.train_model = model
-        self.augment_fn = _build_augment(self.s.augment, tuple(self.train_data.x.shape[1:]))
+        self.augment_fn = _build_augment(self.augment, tuple(self.train_data.x.shape[1:]))
         self.feed = BatchFeed(self.train_data.x, self.train_data.y, self.device,
                               math.ceil(self.s.batch_size / self.world))
         self.n_batches = math.ceil(len(self.train_data) / self.s.batch_size)
@@ -336,7 +305,7 @@ class Trainer:
                "position: rerun the same command to continue (abstain train: add --resume)"
                if self.out_dir is not None else f"training stopped at {where} (no out dir)")
         if self.main:
-            print(f"{self.s.desc}: {msg}", file=sys.stderr)
+            print(f"{self.desc}: {msg}", file=sys.stderr)
         return TrainingInterrupted(msg)
 
     def train_epoch(self, epoch: int, flag: StopFlag, should_stop: ShouldStop | None) -> dict[str, float]:
@@ -413,7 +382,7 @@ class Trainer:
             truncate_log(self.out_dir / LOG_FILE, self.start_epoch)
         with StopFlag() as flag, _cudnn_benchmark(self.cuda):
             epoch_bar = progress(range(self.start_epoch, s.epochs), total=s.epochs, initial=self.start_epoch,
-                                 desc=s.desc, leave=False, disable=None if self.main else True)
+                                 desc=self.desc, leave=False, disable=None if self.main else True)
             for epoch in epoch_bar:
                 t_epoch = time.perf_counter()
                 record = self.end_epoch(epoch, self.train_epoch(epoch, flag, should_stop), t_epoch)
@@ -427,24 +396,25 @@ class Trainer:
         return self.raw.eval()
 
 
-def fit(model: nn.Module, train_data: Any, *, loss: str, loss_params: Mapping[str, Any],
-        epochs: int, batch_size: int, lr: float, schedule: str = "constant",
-        momentum: float = 0.9, weight_decay: float = 5e-4, val_data: Any = None,
-        out: str | os.PathLike | None = None, seed: int = 0, device: str | torch.device = "cpu",
-        augment: Any = None, meta: Mapping[str, Any] | None = None, amp: str = "off",
-        channels_last: bool = False, compile: bool = False, sync_bn: bool = False,
-        select: str = "auto", val_steps: int = 10, desc: str = "train",
+def fit(model: nn.Module, train_data: Any, train: "config_mod.TrainSettings",
+        loss: "config_mod.LossSettings | None" = None, *,
+        val_data: Any = None, out: str | os.PathLike | None = None, device: str | torch.device = "cpu",
+        augment: Any = None, meta: Mapping[str, Any] | None = None, desc: str = "train",
         should_stop: ShouldStop | None = None) -> nn.Module:
     """Train ``model`` on ``train_data`` (a dataset with ``.x``/``.y`` tensors) and return the
     epoch that scores best on ``val_data`` (last epoch when ``val_data`` is None), in eval mode.
 
-    ``loss``/``loss_params``: a registered loss (:mod:`abstain.losses`) and its parameters.
-    SGD(lr, momentum, weight_decay) with the lr ``schedule`` of :func:`lr_at`. ``batch_size``
-    is global (over all torchrun ranks). ``out``: checkpoint directory, written after every
-    epoch (rank 0) and resumed from when it holds an unfinished run (a finished run is
-    loaded and returned). ``meta`` must then hold ``arch`` and ``num_classes`` (plus
-    whatever rebuilds the model: ``model_kwargs``, ``dataset``…). ``augment``: None, a name
-    for ``abstain.data.augment.build`` or a callable ``(x, generator) -> x``. ``amp``
+    ``train``: the ``[train]`` section (:class:`abstain.config.TrainSettings`: the loss by
+    name, epochs, global batch size, SGD lr/momentum/weight decay with the lr schedule of
+    :func:`lr_at`, seed, amp, channels_last, compile, sync_bn, model selection); ``loss``:
+    the ``[loss]`` section (:class:`abstain.config.LossSettings`, the loss's parameters;
+    default: all unset), checked against ``train.loss`` by
+    :func:`abstain.config.resolve_loss`. ``batch_size`` is global (over all torchrun
+    ranks). ``out``: checkpoint directory, written after every epoch (rank 0) and resumed
+    from when it holds an unfinished run (a finished run is loaded and returned). ``meta``
+    must then hold ``arch`` and ``num_classes`` (plus whatever rebuilds the model:
+    ``model_kwargs``, ``dataset``…). ``augment``: None, a name for
+    ``abstain.data.augment.build`` or a callable ``(x, generator) -> x``. ``amp``
     ("off"/"bf16"/"fp16") and ``channels_last`` act on CUDA (AMP only wraps the training
     forward passes; the inner attacks and the clean targets p(x), F(x) run in fp32);
     ``compile`` compiles the training forward passes (``$ABSTAIN_COMPILE_BACKEND``, default
@@ -452,17 +422,17 @@ def fit(model: nn.Module, train_data: Any, *, loss: str, loss_params: Mapping[st
     asked after every batch; True stops the run like a SIGINT (checkpoint, then
     :class:`TrainingInterrupted`).
     """
-    s = Settings(loss=loss, loss_params=loss_params, epochs=epochs, batch_size=batch_size, lr=lr,
-                 schedule=schedule, momentum=momentum, weight_decay=weight_decay, seed=seed,
-                 augment=augment, amp=amp, channels_last=channels_last, compile=compile,
-                 sync_bn=sync_bn, select=select, val_steps=val_steps, desc=desc)
-    s.check()
+    if not isinstance(train, config_mod.TrainSettings):
+        raise ConfigError(f"fit(train=...) takes an abstain.config.TrainSettings, got {type(train).__name__}")
+    loss = config_mod.resolve_loss(train, config_mod.LossSettings() if loss is None else loss)
+    if train.epochs == 0:
+        raise ConfigError("epochs must be a positive integer, got 0")
     out_dir = Path(out) if out is not None else None
     if out_dir is not None and (meta is None or "arch" not in meta or "num_classes" not in meta):
         raise ConfigError("fit(out=...) needs meta with 'arch' and 'num_classes' to write checkpoints")
     if len(train_data) == 0:
         raise ConfigError("the training set is empty")
-    trainer = Trainer(model, train_data, val_data, s, out_dir, meta, device)
+    trainer = Trainer(model, train_data, val_data, train, loss, out_dir, meta, device, augment, desc)
     try:
         finished = trainer.resume()
     except CheckpointError:
