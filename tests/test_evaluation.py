@@ -165,7 +165,7 @@ def test_cli_refuses_bad_arguments(extra, needle, tmp_path, capsys) -> None:
 
 
 def test_api_refuses_bad_data_and_exports_lazily() -> None:
-    assert abstain.evaluate is evaluate
+    assert abstain.evaluate is abstain.api.evaluate
     m = nn.Sequential(nn.Flatten(), nn.Linear(2, 3))
     ds = torch.utils.data.TensorDataset(torch.rand(5, 2) * 3, torch.zeros(5, dtype=torch.long))
     with pytest.raises(InputError, match=r"\[0, 1\]"):
@@ -178,20 +178,27 @@ def test_api_refuses_bad_data_and_exports_lazily() -> None:
 
 
 def test_sharded_ranks_give_the_records_of_one_process(trained, monkeypatch) -> None:
-    """Two simulated ranks (shard_indices rank, rank + world, ...) evaluated separately and
-    merged by index give exactly the single-process records."""
+    """Two simulated ranks, each computing its chunks of a :class:`abstain.chunks.ChunkedJob`
+    (chunks rank, rank + world, …; the one place work is sharded), merged by index give
+    exactly the single-process records."""
     from abstain import distributed
+    from abstain.chunks import ChunkedJob
 
     m, _ = trained
     test = data.load("digits", "test").subset(torch.arange(0, 450, 9))
     model = NormalizedModel(m, (MEAN,), (STD,))
     single = evaluate(model, test, eps=0.08, steps=10, batch_size=16, device="cpu")
+
+    def chunk(k, rows):
+        return record_columns(evaluate(model, test.subset(rows), eps=0.08, steps=10, batch_size=16, device="cpu",
+                                       index_offset=int(rows[0])))
+
     parts = []
     monkeypatch.setattr(distributed, "world_size", lambda: 2)
     for r in (0, 1):
         monkeypatch.setattr(distributed, "rank", lambda r=r: r)
-        parts.append(evaluate(model, test, eps=0.08, steps=10, batch_size=16, device="cpu"))
-    assert set(parts[0]["index"]) == set(range(0, 50, 2))
+        parts.append(ChunkedJob(len(test), 7).run(chunk))
+    assert set(parts[0]["index"]) == {i for k in range(0, 8, 2) for i in range(7 * k, min(7 * k + 7, 50))}
     merged = {k: np.concatenate([p[k] for p in parts]) for k in record_columns(single)}
     order = np.argsort(merged["index"])
     for k in record_columns(single):

@@ -87,20 +87,25 @@ def test_certify_command_bad_input(run_dir, capsys, args, msg):
 
 
 def test_sharded_records_equal_one_process(run_dir, monkeypatch):
-    """Two ranks (each certifying its shard of chunks) give exactly the records of one process."""
+    """Two ranks (each certifying its shard of chunks of a :class:`abstain.chunks.ChunkedJob`,
+    the one place work is sharded) give exactly the records of one process."""
     from abstain.checkpoint import load_checkpoint
+    from abstain.chunks import ChunkedJob
     from abstain.data import load
+    from abstain.smoothing.records import certify_chunk, plan_chunks
 
     model, _ = load_checkpoint(run_dir)
     data = load("digits", "test")
     idx = torch.arange(0, 60, 3)
     kw = dict(num_classes=10, sigma=0.5, eps=[0.1], n0=10, n=100, alpha=0.01, batch_size=128, seed=3, chunk=4)
     one = certify_records(model, data.x[idx], data.y[idx], idx, **kw)
+    plan = plan_chunks(model, device=torch.device("cpu"), **kw)
     parts = []
     for r in range(2):
         monkeypatch.setattr(distributed, "rank", lambda r=r: r)
         monkeypatch.setattr(distributed, "world_size", lambda: 2)
-        parts.append(certify_records(model, data.x[idx], data.y[idx], idx, **kw))
+        parts.append(ChunkedJob(len(idx), plan.chunk).run(
+            lambda k, rows: certify_chunk(plan, k, data.x[idx[rows]], data.y[idx[rows]], idx[rows])))
     merged = {k: np.concatenate([p[k] for p in parts]) for k in one}
     order = np.argsort(merged["index"])
     for k in one:

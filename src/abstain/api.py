@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 from . import distributed
 from .abstain_job import AbstainSettings, compose_at
 from .errors import InputError
-from .evaluation import evaluate
+from .evaluation import evaluate as _evaluate
 from .models import NormalizedModel
 from .records import CERTIFIED, ROBUST, RadiusDict, Records, parse_column
 from .utils import resolve_device
@@ -81,6 +81,40 @@ def _eps_list(eps: float | Sequence[float]) -> list[float]:
     return out
 
 
+def evaluate(model: nn.Module, data: Any, *, eps: float | Sequence[float], norm: str = "linf",
+             steps: int = 40, double_eps: bool = True, ensemble: bool = False,
+             batch_size: int | None = None, device: Any = "auto", seed: int = 0,
+             normalize: Normalize | None = None, save_adversarial: str | None = None,
+             show_progress: bool = True, attack: str | None = None) -> Records:
+    """Per-sample natural predictions and empirical robustness of ``model`` on ``data`` at
+    every radius of ``eps`` (and its double): :func:`abstain.evaluation.evaluate`, whose
+    docstring gives the columns and every argument. Under ``torchrun`` the rows are shared
+    out over the ranks in chunks (:class:`abstain.chunks.ChunkedJob`) and every rank gets
+    the gathered records (``save_adversarial`` is then refused: use ``abstain evaluate
+    --save-adversarial``)."""
+    kw = dict(eps=eps, norm=norm, steps=steps, double_eps=double_eps, ensemble=ensemble,
+              batch_size=batch_size, device=device, seed=seed, normalize=normalize, attack=attack)
+    if not distributed.is_distributed():
+        return _evaluate(model, data, save_adversarial=save_adversarial, show_progress=show_progress, **kw)
+    from .chunks import ChunkedJob
+    from .data import TensorDataset
+
+    if save_adversarial is not None:
+        raise InputError("save_adversarial under torchrun: use `abstain evaluate --save-adversarial`")
+    x, y = tensors_of(data)
+    whole = TensorDataset(x, y.reshape(-1).long(), int(y.max()) + 1 if len(y) else 1, "data")
+    job = ChunkedJob(len(y), -(-len(y) // distributed.world_size()), desc="evaluate" if show_progress else None)
+
+    def chunk(k: int, rows: torch.Tensor) -> Records:
+        return _evaluate(model, whole.subset(rows), show_progress=False, index_offset=int(rows[0]), **kw)
+
+    cols = job.run(lambda k, rows: chunk(k, rows).columns)
+    assert cols is not None
+    rec = Records(cols)
+    rec.summary["partition"] = rec.partitions()
+    return rec
+
+
 def certify(model: nn.Module, data: Any, *, sigma: float, eps: float | Sequence[float],
             num_classes: int | None = None, n0: int = 100, n: int = 100_000, alpha: float = 0.001,
             sequential: bool = False, batch_size: int = 1000, chunk: int | None = None, seed: int = 0,
@@ -90,8 +124,9 @@ def certify(model: nn.Module, data: Any, *, sigma: float, eps: float | Sequence[
     forward batches of ``batch_size``), or the sequential test (``sequential=True``), deciding
     every ℓ2 radius of ``eps`` and its double (robust selection of S_CRI, eq. 13/14). The
     records are those of ``abstain certify`` on the same inputs, seed and chunking."""
+    from .chunks import ChunkedJob
     from .jobs import CertifySettings
-    from .smoothing.records import certify_metrics, certify_records
+    from .smoothing.records import certify_chunk, certify_metrics, plan_chunks
 
     x, y = tensors_of(data)
     s = CertifySettings(sigma=sigma, eps=_eps_list(eps), n0=n0, n=n, alpha=alpha, samples=max(len(y), 1),
@@ -101,11 +136,18 @@ def certify(model: nn.Module, data: Any, *, sigma: float, eps: float | Sequence[
     if k is None:
         raise InputError("certify: give num_classes (the data does not say how many classes it has)")
     dev = distributed.local_device(resolve_device(device))
-    cols = certify_records(_wrapped(model, normalize).to(dev), x, y, torch.arange(len(y)), num_classes=int(k),
-                           sigma=s.sigma, eps=list(s.eps), n0=s.n0, n=s.n, alpha=s.alpha,
-                           batch_size=s.batch_size, sequential=s.sequential, seed=s.seed, chunk=s.chunk,
-                           device=dev, on_progress=on_progress)
-    rec = Records(cols)
+    plan = plan_chunks(_wrapped(model, normalize).to(dev), num_classes=int(k), sigma=s.sigma, eps=list(s.eps),
+                       n0=s.n0, n=s.n, alpha=s.alpha, batch_size=s.batch_size, sequential=s.sequential,
+                       seed=s.seed, chunk=s.chunk, device=dev)
+
+    def chunk(k: int, rows: torch.Tensor) -> dict[str, np.ndarray]:
+        cols = certify_chunk(plan, k, x[rows], y[rows], rows)
+        if on_progress is not None:
+            on_progress(len(rows))
+        return cols
+
+    # one place shards the chunks over torchrun ranks (every rank gets the gathered records)
+    rec = Records(ChunkedJob(len(y), plan.chunk).run(chunk))
     metrics = certify_metrics(rec, list(s.eps))
     rec.summary["certified"] = RadiusDict({k: v for k, v in metrics.items() if isinstance(v, dict)})
     rec.summary.update({k: v for k, v in metrics.items() if not isinstance(v, dict)})

@@ -1,6 +1,8 @@
-"""Finished chunks of a long job, kept so that a rerun continues where a kill stopped it.
+"""Long jobs in resumable chunks: :class:`ChunkedJob` (plan, compute one chunk → columns,
+merge), sharded over torchrun ranks, and :class:`ChunkStore`, the finished chunks kept so
+that a rerun continues where a kill stopped it.
 
-``abstain evaluate`` and ``abstain certify`` cut their inputs into chunks and write each
+``abstain evaluate``, ``abstain certify`` and ``abstain abstain`` cut their inputs into chunks and write each
 chunk's per-sample record columns, atomically, as one ``.npz`` file under the output's work
 area (``OUT/.abstain-work/<job>-<key>/``). The key hashes everything the records depend on
 (settings, the model's weights, the data and the subset), so a rerun of the same command
@@ -234,5 +236,91 @@ class ChunkStore:
             pass
 
 
-__all__ = ["ChunkStore", "ChunkError", "columns_checksum", "read_regular_file", "model_digest", "job_key",
+Compute = Callable[[int, torch.Tensor], Mapping[str, Any]]
+
+
+class ChunkedJob:
+    """A computation over ``rows`` rows in chunks of ``chunk``: :meth:`run` calls
+    ``compute(k, positions)`` (positions ``k·chunk …`` into the rows; it returns chunk ``k``'s
+    per-sample record columns) for the chunks this rank owns and returns the merged columns
+    sorted by ``index``.
+
+    This is the one place where work is sharded: under torchrun rank r computes chunks
+    ``r, r + world, …`` (:func:`abstain.distributed.shard_indices`), and science code only
+    returns columns. With a ``store`` (:class:`ChunkStore`) every finished chunk is written
+    to disk with its identity, a rerun skips the chunks already there and valid, and rank 0
+    merges them after a barrier (a shared filesystem, as for the checkpoints); the other
+    ranks get None. Without one the chunks stay in memory and are gathered on every rank.
+    A user error (:class:`abstain.errors.AbstainError`) in a chunk removes the store: a rerun
+    would fail alike. ``desc``: the progress bar's label (None: no bar)."""
+
+    def __init__(self, rows: int, chunk: int, *, store: "ChunkStore | None" = None,
+                 desc: str | None = None) -> None:
+        from .errors import InputError
+
+        if rows < 1:
+            raise InputError("the job has no inputs")
+        self.rows, self.chunk = int(rows), max(1, int(chunk))
+        self.n_chunks = -(-self.rows // self.chunk)
+        self.store, self.desc = store, desc
+
+    def positions(self, k: int) -> torch.Tensor:
+        """The rows of chunk ``k``."""
+        return torch.arange(k * self.chunk, min((k + 1) * self.chunk, self.rows))
+
+    def run(self, compute: Compute, companions: Iterable[str] = ()) -> dict[str, np.ndarray] | None:
+        from . import distributed
+        from .utils import progress
+
+        done = self.store.finished(self.n_chunks) if self.store is not None else set()
+        mine = [k for k in distributed.shard_indices(self.n_chunks).tolist() if k not in done]
+        bar = None
+        if self.desc is not None:
+            bar = progress(total=self.rows, initial=sum(len(self.positions(k)) for k in done),
+                           desc=self.desc, disable=None if distributed.is_main() else True)
+        parts: list[dict[str, np.ndarray]] = []
+        try:
+            for k in mine:
+                cols = {name: _numpy(v) for name, v in compute(k, self.positions(k)).items()}
+                if self.store is not None:
+                    self.store.save(k, cols, companions=companions)
+                else:
+                    parts.append(cols)
+                if bar is not None:
+                    bar.update(len(self.positions(k)))
+        except AbstainError:
+            if self.store is not None:
+                self.store.remove()
+            raise
+        finally:
+            if bar is not None:
+                bar.close()
+        if self.store is not None:
+            distributed.barrier()
+            return self.store.merge(range(self.n_chunks)) if distributed.is_main() else None
+        names = _column_names(parts)
+        local = ({n: np.concatenate([p[n] for p in parts]) for n in names} if parts
+                 else {n: np.zeros(0, dtype=names[n]) for n in names})
+        return distributed.gather_columns(local)
+
+
+def _numpy(v: Any) -> np.ndarray:
+    return v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v)
+
+
+def _column_names(parts: list[dict[str, np.ndarray]]) -> dict[str, Any]:
+    """Column name -> dtype, agreed by every rank (a rank without chunks learns them from
+    the others, so that the gather has the same keys everywhere)."""
+    from . import distributed
+
+    mine = {n: a.dtype.str if a.dtype != object else "O" for n, a in parts[0].items()} if parts else None
+    if not distributed.is_distributed():
+        return {n: np.dtype(d) for n, d in (mine or {"index": "<i8"}).items()}
+    boxes: list[Any] = [None] * distributed.world_size()
+    torch.distributed.all_gather_object(boxes, mine)
+    agreed = next((b for b in boxes if b is not None), {"index": "<i8"})
+    return {n: np.dtype(d) for n, d in agreed.items()}
+
+
+__all__ = ["ChunkedJob", "ChunkStore", "ChunkError", "columns_checksum", "read_regular_file", "model_digest", "job_key",
            "index_digest"]

@@ -22,9 +22,10 @@ On CUDA the default batch is larger (:func:`default_batch_size`) and 4-D inputs 
 model run in ``channels_last`` (:func:`uses_channels_last`; the model's parameters get their
 memory format back afterwards); the attacks stay in fp32.
 
-Under ``torchrun`` each rank evaluates ``abstain.distributed.shard_indices`` and the
-records are gathered; random starts depend only on ``seed`` and the sample index, so the
-records do not depend on the batch size or the number of ranks.
+:func:`evaluate` computes on this process only: under ``torchrun`` the chunks of a job are
+shared out by :class:`abstain.chunks.ChunkedJob` (``abstain evaluate``, and
+:func:`abstain.api.evaluate`). Random starts depend only on ``seed`` and the sample index,
+so the records do not depend on the batch size, the chunking or the number of ranks.
 """
 from __future__ import annotations
 
@@ -82,16 +83,14 @@ def record_columns(result: Mapping[str, Any]) -> dict[str, np.ndarray]:
 
 
 def _batches(data: Dataset | DataLoader, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Yield ``(global indices, x, y)`` of this rank's share of ``data``."""
+    """Yield ``(indices, x, y)`` of ``data`` in order."""
     if isinstance(data, DataLoader):
-        # A loader's order is its own: indices count samples in iteration order; ranks take
-        # every world-th batch.
+        # A loader's order is its own: indices count samples in iteration order
         start = 0
-        for b, batch in enumerate(data):
+        for batch in data:
             x, y = batch[0], batch[1]
             n = x.shape[0]
-            if b % distributed.world_size() == distributed.rank():
-                yield torch.arange(start, start + n), x, y
+            yield torch.arange(start, start + n), x, y
             start += n
         return
     if not isinstance(data, Dataset) and not hasattr(data, "__getitem__"):
@@ -99,7 +98,7 @@ def _batches(data: Dataset | DataLoader, batch_size: int) -> Iterator[tuple[torc
     n = len(data)
     if n == 0:
         raise InputError("data is empty")
-    idx = distributed.shard_indices(n)
+    idx = torch.arange(n)
     tensors = getattr(data, "tensors", None)
     if isinstance(tensors, tuple) and len(tensors) == 2 and all(isinstance(t, torch.Tensor) for t in tensors):
         x_all, y_all = tensors
@@ -138,8 +137,7 @@ def evaluate(model: nn.Module, data: Dataset | DataLoader, *, eps: float | Seque
     (``res["partition"][2/255]``) or by its ``%g`` text. Only the columns grow with
     the dataset; inputs are streamed. ``batch_size``: inputs per batch, default
     :func:`default_batch_size` (256 on CPU, 1024 on CUDA); the records do not depend on it.
-    ``save_adversarial``: a ``.safetensors`` path where
-    rank 0 writes, per radius, the verified adversarial inputs of the non-robust samples
+    ``save_adversarial``: a ``.safetensors`` path where it writes, per radius, the verified adversarial inputs of the non-robust samples
     (``adv@<ε>``, shape (M, ...)) and their indices (``index@<ε>``); kept in memory until
     written, so use it on the subsets you want to inspect. ``index_offset``: added to every
     position, for a chunk of a larger dataset (the random starts follow the index, so a
@@ -166,7 +164,7 @@ def evaluate(model: nn.Module, data: Dataset | DataLoader, *, eps: float | Seque
     adv_idx: dict[float, list[torch.Tensor]] = {e: [] for e in eps_list}
     total, n_blind, n_seen = None, 0, 0
     if not isinstance(data, DataLoader):
-        total = (len(distributed.shard_indices(len(data))) + batch_size - 1) // batch_size
+        total = (len(data) + batch_size - 1) // batch_size
     try:
         for idx, x, y in progress(_batches(data, batch_size), total=total, desc="evaluate",
                                   disable=None if show_progress else True):
@@ -192,9 +190,9 @@ def evaluate(model: nn.Module, data: Dataset | DataLoader, *, eps: float | Seque
     if not cols["index"]:
         raise InputError("data yielded no samples")
     out = _gathered(cols, eps_list)
-    # points where the attack's first loss has no usable input gradient at x (this rank's)
+    # points where the attack's first loss has no usable input gradient at x 
     out.summary["gradient_blind"] = {"points": int(n_blind), "of": int(n_seen), "attack": attack}
-    warning = blind_warning(n_blind, n_seen, attack)     # this rank's points under torchrun
+    warning = blind_warning(n_blind, n_seen, attack)
     if warning is not None:
         warnings.warn(GradientWarning(warning), stacklevel=2)
     if save_adversarial is not None:
@@ -283,9 +281,10 @@ def _robust_flags(model: nn.Module, x: torch.Tensor, ids: torch.Tensor, pred: to
 
 
 def _gathered(cols: dict[str, list[torch.Tensor]], eps_list: list[float]) -> Records:
-    """The columns of every rank, sorted by index, and the partition per radius."""
+    """The columns, sorted by index, and the partition per radius."""
     local = {k: torch.cat(v).numpy() for k, v in cols.items()}
-    out: dict[str, Any] = dict(distributed.gather_columns(local))
+    order = np.argsort(local["index"], kind="stable")
+    out: dict[str, Any] = {k: v[order] for k, v in local.items()}
     for e in eps_list:
         out[column(ROBUST, e)] = out[column(ROBUST, e)].astype(bool)
     rec = Records(out)
@@ -294,7 +293,7 @@ def _gathered(cols: dict[str, list[torch.Tensor]], eps_list: list[float]) -> Rec
 
 
 def _save_adversarial(path: str, eps_list: list[float], adv: dict, adv_idx: dict) -> None:
-    """Write the verified adversarial inputs (rank 0; gathered from all ranks)."""
+    """Write the verified adversarial inputs, sorted by index."""
     from safetensors.torch import save as st_save
 
     from .io import atomic_write_bytes
@@ -303,18 +302,10 @@ def _save_adversarial(path: str, eps_list: list[float], adv: dict, adv_idx: dict
     for e in eps_list:
         a = torch.cat(adv[e]) if adv[e] else torch.zeros(0)
         i = torch.cat(adv_idx[e]) if adv_idx[e] else torch.zeros(0, dtype=torch.long)
-        if distributed.is_distributed():
-            parts: list[Any] = [None] * distributed.world_size()
-            torch.distributed.all_gather_object(parts, (a.numpy(), i.numpy()))
-            arrays = [p for p in parts if p[1].size]
-            if arrays:
-                a = torch.from_numpy(np.concatenate([p[0] for p in arrays]))
-                i = torch.from_numpy(np.concatenate([p[1] for p in arrays]))
         order = torch.argsort(i)
         tensors[column("adv", e)] = a[order].contiguous() if i.numel() else a
         tensors[column("index", e)] = i[order].contiguous()
-    if distributed.is_main():
-        atomic_write_bytes(path, st_save(tensors))
+    atomic_write_bytes(path, st_save(tensors))
 
 
 __all__ = ["evaluate", "radii", "record_columns", "default_batch_size"]

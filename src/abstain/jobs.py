@@ -5,7 +5,6 @@ files: the ``results.json`` section first, the records file LAST (its presence m
 finished job), then the work area is removed."""
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,14 +13,13 @@ from typing import Any, Sequence
 import torch
 
 from . import distributed
-from .chunks import ChunkStore, index_digest, job_key, model_digest
-from .errors import AbstainError, ConfigError
+from .chunks import ChunkedJob, ChunkStore, index_digest, job_key, model_digest
+from .errors import ConfigError
 from .evaluation import record_columns
 from .io import update_json
 from .outputs import Output, work_dir
 from .records import Records, eps_text, write_records
 from .sources import ModelSource
-from .utils import progress
 
 
 def _refuse_existing(path: Path, overwrite: bool) -> None:
@@ -182,37 +180,26 @@ def evaluate_job(source: ModelSource, out: Path, s: EvaluateSettings, device: An
     distributed.init_from_env(device)
     t0 = time.time()
     chunk = s.chunk or s.batch_size
-    n_chunks = math.ceil(len(ds) / chunk)
     key = _key(source, subset, s, chunk=chunk)
-    store = ChunkStore(work_dir(out, "evaluate-" + key), key,
-                       lambda k: torch.arange(k * chunk, min((k + 1) * chunk, len(ds))))
-    done = store.finished(n_chunks)
-    bar = progress(total=len(ds), initial=sum(min(chunk, len(ds) - k * chunk) for k in done),
-                   desc="evaluate", disable=None if distributed.is_main() else True)
-    try:
-        for k in sorted(set(range(n_chunks)) - done):
-            part = ds.subset(torch.arange(k * chunk, min((k + 1) * chunk, len(ds))))
-            adv = str(store.path(k, "safetensors")) if s.save_adversarial else None
-            res = evaluate(source.model, part, eps=s.eps, norm=s.norm, steps=s.steps, double_eps=s.double_eps,
-                           ensemble=s.ensemble, attack=s.attack, batch_size=s.batch_size, device=device,
-                           seed=s.seed, save_adversarial=adv, show_progress=False, index_offset=k * chunk)
-            if distributed.is_main():
-                store.save(k, record_columns(res),    # after the adversarial file: it marks the chunk
-                           companions=("safetensors",) if s.save_adversarial else ())
-            distributed.barrier()
-            bar.update(len(part))
-    except AbstainError:
-        store.remove()      # a user error (NaN logits, bad data): a rerun would fail alike
-        raise
-    finally:
-        bar.close()
-    cols = store.merge(range(n_chunks))
-    section = _evaluate_section(cols, s, eps_list, source, subset, time.time() - t0)
-    if subset is not None:
-        cols["index"] = subset.numpy()[cols["index"]]
+    job = ChunkedJob(len(ds), chunk, desc="evaluate")
+    job.store = store = ChunkStore(work_dir(out, "evaluate-" + key), key, job.positions)
+
+    def evaluate_chunk(k: int, rows: torch.Tensor) -> dict[str, Any]:
+        adv = str(store.path(k, "safetensors")) if s.save_adversarial else None
+        res = evaluate(source.model, ds.subset(rows), eps=s.eps, norm=s.norm, steps=s.steps, double_eps=s.double_eps,
+                       ensemble=s.ensemble, attack=s.attack, batch_size=s.batch_size, device=device,
+                       seed=s.seed, save_adversarial=adv, show_progress=False, index_offset=int(rows[0]))
+        return record_columns(res)     # saved after the adversarial file: the chunk marks both
+
+    cols = job.run(evaluate_chunk, companions=("safetensors",) if s.save_adversarial else ())
+    section: dict[str, Any] = {}
     if distributed.is_main():
+        assert cols is not None
+        section = _evaluate_section(cols, s, eps_list, source, subset, time.time() - t0)
+        if subset is not None:
+            cols["index"] = subset.numpy()[cols["index"]]
         if s.save_adversarial:
-            _merge_adversarial(store, n_chunks, s.save_adversarial, subset, eps_list)
+            _merge_adversarial(store, job.n_chunks, s.save_adversarial, subset, eps_list)
         update_json(out / "results.json", "evaluate", section)
         write_records(records_path, cols)
         store.remove()
@@ -337,29 +324,15 @@ def certify_job(source: ModelSource, out: Path, s: CertifySettings, device: Any,
     plan = plan_chunks(source.model.to(device), num_classes=source.num_classes, sigma=s.sigma, eps=list(s.eps),
                        n0=s.n0, n=s.n, alpha=s.alpha, batch_size=s.batch_size, sequential=s.sequential,
                        seed=s.seed, chunk=s.chunk, device=device)
-    n_chunks = math.ceil(len(idx) / plan.chunk)
     key = _key(source, idx, s, chunk=plan.chunk, device=device.type)
-    store = ChunkStore(work_dir(out, "certify-" + key), key, lambda k: idx[k * plan.chunk:(k + 1) * plan.chunk])
-    done = store.finished(n_chunks)
-    todo = [k for k in distributed.shard_indices(n_chunks).tolist() if k not in done]
+    job = ChunkedJob(len(idx), plan.chunk, desc="certify")
+    job.store = store = ChunkStore(work_dir(out, "certify-" + key), key, lambda k: idx[job.positions(k)])
     t0 = time.perf_counter()
-    bar = progress(total=len(idx), initial=sum(min(plan.chunk, len(idx) - k * plan.chunk) for k in done),
-                   desc="certify", disable=None if distributed.is_main() else True)
-    try:
-        for k in todo:
-            sel = idx[k * plan.chunk:(k + 1) * plan.chunk]
-            store.save(k, certify_chunk(plan, k, data.x[sel], data.y[sel], sel))   # each rank its own chunks
-            bar.update(len(sel))
-    except AbstainError:
-        store.remove()
-        raise
-    finally:
-        bar.close()
-    distributed.barrier()
+    cols = job.run(lambda k, rows: certify_chunk(plan, k, data.x[idx[rows]], data.y[idx[rows]], idx[rows]))
     seconds = time.perf_counter() - t0
     section: dict[str, Any] = {}
     if distributed.is_main():
-        cols = store.merge(range(n_chunks))
+        assert cols is not None
         section = {
             "sigma": s.sigma, "eps": s.eps, "radii": decision_radii(s.eps), "n0": s.n0, "n": s.n,
             "alpha": s.alpha, "samples": len(idx), "split": s.split, "subset": "class-balanced, seeded",

@@ -4,8 +4,8 @@ Used by ``abstain certify`` and the ``digits-certify`` stage (one implementation
 
 Reproducibility and torchrun. The inputs are cut into chunks of ``chunk`` consecutive inputs
 (of the given order); chunk k gets its own generator seeded with ``(seed, k)`` on the model's
-device. Ranks process whole chunks (``shard_indices`` over chunk ids) and the records are
-gathered and sorted by ``index``, so one process and ``torchrun --nproc-per-node N`` write
+device. Under torchrun :class:`abstain.chunks.ChunkedJob` gives ranks whole chunks and merges
+the records sorted by ``index``, so one process and ``torchrun --nproc-per-node N`` write
 identical records for the same ``seed``, ``chunk`` and ``batch_size`` (on the same device type).
 """
 from __future__ import annotations
@@ -19,7 +19,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import distributed
 from ..records import CERTIFIED, Records, column
 from ..errors import InputError
 from ..validate import check_eps
@@ -158,7 +157,8 @@ def certify_records(model: nn.Module, x: torch.Tensor, y: torch.Tensor, index: t
                     double: bool = True,
                     on_progress: Callable[[int], None] | None = None) -> dict[str, np.ndarray]:
     """Certify every row of ``x`` with the smoothed ``model`` and return per-sample record
-    columns (gathered over torchrun ranks, sorted by ``index``):
+    columns (sorted by ``index``; this process only: :class:`abstain.chunks.ChunkedJob`
+    shares chunks out over torchrun ranks):
 
     ``index, label, pred`` (c_A or -1 = abstain), ``radius`` (certified ℓ2 radius, 0 when
     abstained), ``correct`` (pred == label), ``n0, n`` (selection / estimation samples used),
@@ -173,14 +173,16 @@ def certify_records(model: nn.Module, x: torch.Tensor, y: torch.Tensor, index: t
                        device=device if device is not None else x.device, double=double)
     n_chunks = math.ceil(x.shape[0] / plan.chunk)
     parts = []
-    for k in distributed.shard_indices(n_chunks).tolist():
+    for k in range(n_chunks):
         sl = slice(k * plan.chunk, min((k + 1) * plan.chunk, x.shape[0]))
         parts.append(certify_chunk(plan, k, x[sl], y[sl], index[sl]))
         if on_progress is not None:
             on_progress(len(parts[-1]["index"]))
     if not parts:
-        return distributed.gather_columns(empty_columns(plan.radii))
-    return distributed.gather_columns({c: np.concatenate([p[c] for p in parts]) for c in parts[0]})
+        return empty_columns(plan.radii)
+    cols = {c: np.concatenate([p[c] for p in parts]) for c in parts[0]}
+    order = np.argsort(cols["index"], kind="stable")
+    return {c: v[order] for c, v in cols.items()}
 
 
 def certify_metrics(columns: Mapping[str, Any], eps: Sequence[float]) -> dict[str, Any]:
