@@ -57,7 +57,8 @@ def _assert_records_equal(a: dict, b: dict, ignore: tuple[str, ...] = ()) -> Non
 
 
 def test_sharded_evaluate_equals_one_process(run_dir, tmp_path):
-    args = ["--eps", "0.05", "--steps", "5", "--samples", "61", "--device", "cpu", "--seed", "3"]
+    # 7 chunks of 10 (the last of 1): rank 0 computes 4, rank 1 three
+    args = ["--eps", "0.05", "--steps", "5", "--samples", "61", "--device", "cpu", "--seed", "3", "--chunk", "10"]
     one = _copy_run(run_dir, tmp_path / "one")
     two = _copy_run(run_dir, tmp_path / "two")
     assert cli.main(["evaluate", "--run", str(one), *args]) == 0
@@ -68,6 +69,25 @@ def test_sharded_evaluate_equals_one_process(run_dir, tmp_path):
     ja = json.loads((one / "results.json").read_text())["evaluate"]
     jb = json.loads((two / "results.json").read_text())["evaluate"]
     assert ja["eps"] == jb["eps"]  # the partitions per radius
+
+
+def test_sharded_abstain_equals_one_process(run_dir, tmp_path):
+    """``abstain abstain`` shares its chunks out like evaluate (one ChunkedJob): the records and
+    the metrics of two ranks are those of one process."""
+    one = _copy_run(run_dir, tmp_path / "one")
+    two = _copy_run(run_dir, tmp_path / "two")
+
+    def args(run: Path) -> list[str]:
+        return ["abstain", "--robust", str(run), "--core", str(run), "--selector", "sr", "--eps", "0.05",
+                "--steps", "3", "--samples", "41", "--eval-batch-size", "8", "--device", "cpu", "--seed", "2"]
+
+    assert cli.main(args(one)) == 0
+    _torchrun(args(two))
+    name = Path("records") / "abstain-sr-eps0.05.csv"
+    _assert_records_equal(read_records(one / name), read_records(two / name))
+    ja = json.loads((one / "results.json").read_text())["abstain-sr"]
+    jb = json.loads((two / "results.json").read_text())["abstain-sr"]
+    assert ja["0.05"] == jb["0.05"]
 
 
 def test_sharded_certify_equals_one_process(run_dir, tmp_path):

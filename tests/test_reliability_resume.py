@@ -7,6 +7,7 @@ SIGTERM stops ``evaluate`` and ``train`` like Ctrl-C (train keeps a checkpoint).
 """
 from __future__ import annotations
 
+import json
 import shutil
 import signal
 import subprocess
@@ -66,6 +67,37 @@ def test_a_rerun_computes_only_the_chunks_left_and_gives_the_same_records(traine
         col = a[0].split(",").index("seconds")
         a, b = ([",".join(f for i, f in enumerate(r.split(",")) if i != col) for r in rows] for rows in (a, b))
     assert a == b
+    assert not (run / WORK).exists()
+
+
+def test_abstain_is_resumable_and_its_records_do_not_depend_on_the_chunking(trained, tmp_path, capsys,
+                                                                            monkeypatch):
+    """``abstain abstain`` runs in chunks of a ChunkedJob like evaluate and certify: a rerun after
+    an interruption computes only the chunks left, and the records equal an uninterrupted
+    run's, for any chunk size (issue 26, item 4)."""
+    import abstain.abstain_job
+
+    def argv(run: Path, chunk: int) -> list:
+        return ["abstain", "--robust", run, "--core", run, "--selector", "eri", "--eps", "0.05", "--steps", "3",
+                "--samples", "60", "--eval-batch-size", "10", "--chunk", str(chunk), "--device", "cpu"]
+
+    name = Path("records") / "abstain-eri-eps0.05.csv"
+    ref = _run(trained, tmp_path, "ref")
+    assert run_main(argv(ref, 60), capsys)[0] == 0
+    run = _run(trained, tmp_path, "run")
+    with monkeypatch.context() as m:
+        interrupted_after(m, abstain.abstain_job, "compose_columns", 2)
+        rc, _, err = run_main(argv(run, 10), capsys)
+    assert rc == 130 and "interrupted" in err
+    assert len(list((run / WORK).rglob("chunk-*.npz"))) == 2 and not (run / name).exists()
+    with monkeypatch.context() as m:
+        log = interrupted_after(m, abstain.abstain_job, "compose_columns", 10**6)
+        assert run_main(argv(run, 10), capsys)[0] == 0
+    assert len(log) == 4                                # only the chunks left
+    assert (ref / name).read_text() == (run / name).read_text()
+    ref_results = json.loads((ref / "results.json").read_text())["abstain-eri"]
+    run_results = json.loads((run / "results.json").read_text())["abstain-eri"]
+    assert ref_results["0.05"] == run_results["0.05"]
     assert not (run / WORK).exists()
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import records
+from . import distributed, records
 from .errors import ConfigError
 from .selectors.evaluate import KINDS
 from .sources import ModelSource, check_output
@@ -39,6 +39,14 @@ class AbstainSettings:
     attack: str | None = None          # None: abstain.attacks.DEFAULT_ATTACK ("apgd-ce": the paper's)
     sn: dict[str, Any] = field(default_factory=lambda: {"epochs": 60, "samples": None})
     cri: dict[str, Any] | None = None      # sigma, n0, n, alpha, batch_size
+    chunk: int | None = None               # inputs per resumable chunk (None: eval_batch_size)
+
+    def chunk_size(self) -> int:
+        """Inputs per resumable chunk: ``chunk`` rounded up to a multiple of
+        ``eval_batch_size`` (S_CRI's noise follows those batches, so the records do not
+        depend on the chunking)."""
+        b = self.eval_batch_size
+        return b * max(1, -(-(self.chunk or b) // b))
 
     def tag(self) -> str:
         """The name of this selector's results: ``eri``, ``sr``, ``sn``, or ``cri-s<σ>`` when σ
@@ -58,36 +66,42 @@ class AbstainSettings:
             raise ConfigError("--eps must be > 0")
         if self.tau is not None and not 0 <= self.tau <= 1:
             raise ConfigError(f"--tau must lie in [0, 1], got {self.tau}")
+        if self.chunk is not None and self.chunk < 1:
+            raise ConfigError(f"--chunk must be >= 1, got {self.chunk}")
+        if self.eval_batch_size < 1:
+            raise ConfigError(f"--eval-batch-size must be >= 1, got {self.eval_batch_size}")
         from .jobs import check_seed
 
         check_seed(self.seed)
         return eps_list
 
 
-def compose_at(robust: nn.Module, core: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
-               s: AbstainSettings, index: Any = None,
-               train: tuple[torch.Tensor, torch.Tensor] | None = None) -> records.Records:
-    """The abstain model (``robust``, S_selector) and its composition with ``core`` at ``eps``
-    (eq. 15) on ``(x, y)`` (``index``: the samples' dataset indices, which key the attacks'
-    random starts; default their positions). Returns :class:`abstain.records.Records`: the
-    selector's columns, the core's (``core.pred``, ``core.robust@ε``) and the composition's
-    (``h.pred@ε``, ``h.rob_acc@ε``, ``h.rob_acc_paper@ε``), with the summary ``abstain`` (the
-    abstain metrics), ``core`` (its partition), ``robust`` (F alone) and ``composition`` (the
-    sound ``rob_acc``, the authors' ``rob_acc_paper``, ``nat_acc``, ``coverage``).
-    ``train``: the training split, for S_SN."""
-    from .composition import composition_columns
-    from .selectors.evaluate import abstain_records, build_selector, candidate, core_records, summarize
+def compose_columns(selector: Any, core: nn.Module, x: torch.Tensor, y: torch.Tensor, index: Any, *,
+                    eps: float, s: AbstainSettings) -> dict[str, np.ndarray]:
+    """The per-sample columns of one chunk of the abstain model (``selector``, built by
+    :func:`abstain.selectors.evaluate.build_selector`) and of the core at ``eps``: the
+    selector's columns and ``core.pred``, ``core.robust@ε``. Every random draw follows the
+    samples' dataset ``index`` (S_CRI's noise follows the ``eval_batch_size`` batches), so
+    chunks of a multiple of ``eval_batch_size`` give the columns of the whole set."""
+    from .selectors.evaluate import abstain_records, core_records
 
-    index = np.arange(len(y)) if index is None else np.asarray(index)
-    sel = build_selector(s.selector, robust, eps=eps, norm=s.norm, steps=s.steps, seed=s.seed,
-                         tau=s.tau, train=train, sn=s.sn, cri=s.cri, attack=s.attack)
-    rec = records.Records(abstain_records(sel, x, y, index, batch_size=s.eval_batch_size))
+    rec = records.Records(abstain_records(selector, x, y, index, batch_size=s.eval_batch_size))
     crec = records.Records(core_records(core, x, y, index, eps=eps, norm=s.norm, steps=s.steps, seed=s.seed,
                                         batch_size=s.eval_batch_size, attack=s.attack))
-    tau = getattr(sel, "tau", None)
+    return rec.join(crec, "core").columns
+
+
+def compose_summary(rec: records.Records, s: AbstainSettings, eps: float, tau: float | None) -> records.Records:
+    """The composition (eq. 15) from the merged columns of :func:`compose_columns`: the
+    columns ``h.pred@ε``, ``h.rob_acc@ε``, ``h.rob_acc_paper@ε`` and the summary ``abstain``
+    (the abstain metrics), ``core`` (its partition), ``robust`` (F alone), ``composition``
+    (the sound ``rob_acc``, the authors' ``rob_acc_paper``, ``nat_acc``, ``coverage``), ``tau``."""
+    from .composition import composition_columns
+    from .selectors.evaluate import candidate, summarize
+
     cand = candidate(s.selector, s.selector, rec, eps, tau)
-    comp = composition_columns(rec.label, cand, crec.pred(), crec.flag(records.ROBUST, eps))
-    rec = rec.join(crec, "core").with_columns({
+    comp = composition_columns(rec.label, cand, rec.pred("core"), rec.flag(records.ROBUST, eps, "core"))
+    rec = rec.with_columns({
         records.column("pred", eps, "h"): comp["h_pred"],
         records.column("rob_acc", eps, "h"): comp["h_robust_acc"],
         records.column("rob_acc_paper", eps, "h"): comp["h_robust_acc_paper"]})
@@ -102,6 +116,29 @@ def compose_at(robust: nn.Module, core: nn.Module, x: torch.Tensor, y: torch.Ten
         "composition": {k: composition[k] for k in ("nat_acc", "rob_acc", "rob_acc_paper", "coverage")},
         "tau": tau})
     return rec
+
+
+def selector_for(robust: nn.Module, s: AbstainSettings, eps: float,
+                 train: tuple[torch.Tensor, torch.Tensor] | None = None) -> Any:
+    """S_``s.selector`` of ``robust`` at ``eps`` (S_SN trained here on ``train``)."""
+    from .selectors.evaluate import build_selector
+
+    return build_selector(s.selector, robust, eps=eps, norm=s.norm, steps=s.steps, seed=s.seed,
+                          tau=s.tau, train=train, sn=s.sn, cri=s.cri, attack=s.attack)
+
+
+def compose_at(robust: nn.Module, core: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
+               s: AbstainSettings, index: Any = None,
+               train: tuple[torch.Tensor, torch.Tensor] | None = None) -> records.Records:
+    """The abstain model (``robust``, S_selector) and its composition with ``core`` at ``eps``
+    (eq. 15) on ``(x, y)`` in one piece (``index``: the samples' dataset indices, which key the
+    attacks' random starts; default their positions): :func:`compose_columns` then
+    :func:`compose_summary`, as the chunks of :func:`abstain_job` are. ``train``: the
+    training split, for S_SN."""
+    index = np.arange(len(y)) if index is None else np.asarray(index)
+    sel = selector_for(robust, s, eps, train)
+    cols = compose_columns(sel, core, x, y, index, eps=eps, s=s)
+    return compose_summary(records.Records(cols), s, eps, getattr(sel, "tau", None))
 
 
 def _check_pair(robust: ModelSource, core: ModelSource) -> None:
@@ -184,7 +221,13 @@ def abstain_job(robust: ModelSource, core: ModelSource, out: Path, s: AbstainSet
                 device: Any) -> dict[str, Any]:
     """Every ε of ``s``: records ``out/records/abstain-<tag>-eps<ε>.csv``, the section
     ``out/results.json["abstain-<tag>"]`` (returned) and the plots under ``out``, where
-    ``<tag>`` is :meth:`AbstainSettings.tag` (the selector, and σ for S_CRI)."""
+    ``<tag>`` is :meth:`AbstainSettings.tag` (the selector, and σ for S_CRI).
+
+    Resumable like ``abstain evaluate``: each ε is computed in chunks of
+    :meth:`AbstainSettings.chunk_size` inputs (:class:`abstain.chunks.ChunkedJob`, sharded
+    over torchrun ranks) kept under ``out``'s work area until the records are written, so a
+    rerun after a kill skips the finished chunks (S_SN's network is trained again: its
+    training is seeded, so it comes out the same)."""
     from . import data as data_mod
     from .io import update_json
 
@@ -202,19 +245,23 @@ def abstain_job(robust: ModelSource, core: ModelSource, out: Path, s: AbstainSet
     idx = torch.arange(len(test))
     if s.samples:
         idx = data_mod.balanced_subset(test.y, s.samples, test.num_classes, seed=s.seed)
-    x, y = test.x[idx].to(device), test.y[idx].to(device)
     train = None
     if s.selector == "sn":
         tr = robust.load_data("train")
         train = (tr.x.to(device), tr.y.to(device))
     section: dict[str, Any] = {}
     figs = _Plots()
+    done: dict[float, records.Records] = {}
     for eps in eps_list:
-        res = compose_at(robust.model, core.model, x, y, eps=eps, s=s, index=idx.numpy(), train=train)
-        res.write_csv(out / "records" / f"abstain-{tag}-eps{records.eps_text(eps)}.csv")
-        entry = {k: res.summary[k] for k in ("abstain", "core", "robust", "composition")}
-        figs.add(s, eps, res, entry)
-        section[records.eps_text(eps)] = entry
+        res = _compose_chunked(robust, core, test, idx, out, s, eps, tag, train, device)
+        if res is not None:
+            done[eps] = res
+            entry = {k: res.summary[k] for k in ("abstain", "core", "robust", "composition")}
+            figs.add(s, eps, res, entry)
+            section[records.eps_text(eps)] = entry
+    if not distributed.is_main():
+        distributed.barrier()
+        return {}
     figs.write(out, robust.dataset, s, tag)
     section["meta"] = {"robust": robust.describe, "core": core.describe, "selector": s.selector,
                        "norm": s.norm, "steps": s.steps, "seed": s.seed, "samples": int(len(idx)),
@@ -222,7 +269,49 @@ def abstain_job(robust: ModelSource, core: ModelSource, out: Path, s: AbstainSet
                        "seconds": time.perf_counter() - t0}
     section["meta"]["tag"] = tag
     update_json(out / "results.json", f"abstain-{tag}", section)
+    for e, res in done.items():     # the records last: they mark a finished job
+        res.write_csv(out / "records" / f"abstain-{tag}-eps{records.eps_text(e)}.csv")
+    for e in eps_list:
+        _store(robust, core, idx, out, s, e, tag).remove()
+    distributed.barrier()
     return section
+
+
+def _store(robust: ModelSource, core: ModelSource, idx: torch.Tensor, out: Path, s: AbstainSettings,
+           eps: float, tag: str) -> Any:
+    """The finished chunks of one ε under ``out``'s work area, keyed by everything the
+    records depend on (both models' weights, the data and subset, the settings, ε)."""
+    from dataclasses import asdict
+
+    from .chunks import ChunkStore, index_digest, job_key, model_digest
+    from .outputs import work_dir
+
+    chunk = s.chunk_size()
+    key = job_key(settings={k: v for k, v in asdict(s).items() if k not in ("chunk",)}, chunk=chunk,
+                  eps=float(eps), robust=model_digest(robust.model), core=model_digest(core.model),
+                  dataset=robust.dataset, data_root=robust.data_root, data_seed=robust.data_seed,
+                  subset=index_digest(idx))
+    return ChunkStore(work_dir(out, f"abstain-{tag}-eps{records.eps_text(eps)}-{key}"), key,
+                      lambda k: idx[k * chunk:(k + 1) * chunk])
+
+
+def _compose_chunked(robust: ModelSource, core: ModelSource, test: Any, idx: torch.Tensor, out: Path,
+                     s: AbstainSettings, eps: float, tag: str, train: Any, device: Any) -> records.Records | None:
+    """One ε of the job in resumable chunks (:class:`abstain.chunks.ChunkedJob`, sharded over
+    torchrun ranks): the merged records with their summary on rank 0, None elsewhere."""
+    from .chunks import ChunkedJob
+
+    sel = selector_for(robust.model, s, eps, train)
+    job = ChunkedJob(len(idx), s.chunk_size(), store=_store(robust, core, idx, out, s, eps, tag),
+                     desc=f"abstain ε={eps:g}")
+
+    def chunk(k: int, rows: torch.Tensor) -> dict[str, np.ndarray]:
+        ids = idx[rows]
+        return compose_columns(sel, core.model, test.x[ids].to(device), test.y[ids].to(device), ids.numpy(),
+                               eps=eps, s=s)
+
+    cols = job.run(chunk)
+    return None if cols is None else compose_summary(records.Records(cols), s, eps, getattr(sel, "tau", None))
 
 
 __all__ = ["AbstainSettings", "compose_at", "abstain_job", "abstain_outputs", "SELECTORS"]

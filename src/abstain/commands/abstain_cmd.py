@@ -69,6 +69,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (CUDA when available)")
     p.add_argument("--eval-batch-size", type=int, default=512, metavar="B",
                    help="inputs per selector evaluation chunk (memory)")
+    p.add_argument("--chunk", type=int, metavar="N",
+                   help="inputs per resumable chunk, rounded up to a multiple of --eval-batch-size "
+                        "(default: --eval-batch-size); a rerun after a kill skips finished chunks")
     s = p.add_argument_group("selection network (--selector sn)")
     s.add_argument("--sn-epochs", type=int, default=60, help="training epochs of the selection network (S_SN)")
     s.add_argument("--sn-samples", type=int, help="train S_SN on a random subset of the training split")
@@ -90,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
 
     s = AbstainSettings(selector=args.selector, eps=args.eps, norm=args.norm, steps=args.steps,
                         tau=args.tau, tau_grid=args.tau_grid, samples=args.samples, seed=args.seed,
-                        eval_batch_size=args.eval_batch_size, attack=args.attack,
+                        eval_batch_size=args.eval_batch_size, attack=args.attack, chunk=args.chunk,
                         sn={"epochs": args.sn_epochs, "samples": args.sn_samples},
                         cri={"sigma": args.sigma, "n0": args.n0, "n": args.n, "alpha": args.alpha,
                              "batch_size": args.batch_size})
