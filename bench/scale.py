@@ -108,7 +108,7 @@ def _evaluate(run: Path, nproc: int, device: str, steps: int, samples: int | Non
 
 def _certify(run: Path, nproc: int, device: str, samples: int, n: int) -> dict:
     _abstain(["certify", "--run", run, "--sigma", "0.25", "--eps", "0.25", "--n0", "64", "--n", str(n),
-              "--samples", str(samples), "--batch-size", "1000", "--device", device], nproc)
+              "--samples", str(samples), "--noise-batch-size", "1000", "--device", device], nproc)
     sec = json.loads((run / "results.json").read_text())["certify"]
     return {"inputs_per_s": samples / sec["seconds"], "noise_samples_per_s": samples * (n + 64) / sec["seconds"],
             "seconds": sec["seconds"], "samples": samples, "n": n}
@@ -206,7 +206,7 @@ def main() -> None:
         ev_args = ["evaluate", "--run", rss_run, "--eps", "0.1", "--steps", "5", "--attack", "apgd-ce",
                    "--batch-size", "45", "--device", "cpu", "--overwrite"]
         ce_args = ["certify", "--run", rss_run, "--sigma", "0.25", "--eps", "0.25", "--n0", "64",
-                   "--batch-size", "500", "--device", "cpu"]
+                   "--noise-batch-size", "500", "--device", "cpu"]
         result["peak_rss_mib"] = {
             "evaluate_N45": _peak_rss_mb([*ev_args, "--samples", "45"]),
             "evaluate_N450": _peak_rss_mb([*ev_args, "--samples", "450"]),

@@ -67,7 +67,7 @@ def test_normalize_wraps_the_model(setup) -> None:
 @pytest.mark.parametrize("selector", ["eri", "sr", "sn", "cri"])
 def test_compose_takes_every_selector_and_a_list_of_eps(setup, selector) -> None:
     train, robust, core, x, y = setup
-    kw = {"sigma": 0.25, "n0": 16, "n": 64, "cert_batch_size": 64, "norm": "l2"} if selector == "cri" else {}
+    kw = {"sigma": 0.25, "n0": 16, "n": 64, "noise_batch_size": 64, "norm": "l2"} if selector == "cri" else {}
     if selector == "sn":
         kw.update(train=TensorDataset(train.x[:200], train.y[:200]), sn_epochs=2)
     eps = [0.05, 0.1] if selector != "cri" else [0.1, 0.2]

@@ -79,7 +79,7 @@ def test_sharded_abstain_equals_one_process(run_dir, tmp_path):
 
     def args(run: Path) -> list[str]:
         return ["abstain", "--robust", str(run), "--core", str(run), "--selector", "sr", "--eps", "0.05",
-                "--steps", "3", "--samples", "41", "--eval-batch-size", "8", "--device", "cpu", "--seed", "2"]
+                "--steps", "3", "--samples", "41", "--batch-size", "8", "--device", "cpu", "--seed", "2"]
 
     assert cli.main(args(one)) == 0
     _torchrun(args(two))

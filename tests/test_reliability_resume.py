@@ -79,7 +79,7 @@ def test_abstain_is_resumable_and_its_records_do_not_depend_on_the_chunking(trai
 
     def argv(run: Path, chunk: int) -> list:
         return ["abstain", "--robust", run, "--core", run, "--selector", "eri", "--eps", "0.05", "--steps", "3",
-                "--samples", "60", "--eval-batch-size", "10", "--chunk", str(chunk), "--device", "cpu"]
+                "--samples", "60", "--batch-size", "10", "--chunk", str(chunk), "--device", "cpu"]
 
     name = Path("records") / "abstain-eri-eps0.05.csv"
     ref = _run(trained, tmp_path, "ref")

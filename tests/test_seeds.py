@@ -58,7 +58,7 @@ def test_cli_evaluate_and_abstain_agree(tmp_path, capsys) -> None:
     for bs in ("5", "512"):
         out = tmp_path / f"ab{bs}"
         rc, _, err = run_main(["abstain", "--robust", run, "--core", run, "--selector", "eri",
-                               "--out", out, "--eval-batch-size", bs, *common], capsys)
+                               "--out", out, "--batch-size", bs, *common], capsys)
         assert rc == 0, err
         ab = records.read_records(out / "records" / "abstain-eri-eps0.3.csv")
         order = np.argsort(ab["index"])

@@ -93,7 +93,7 @@ class Sizes:
     digits_epochs: int
     bench: bool             # bench/attacks.py and bench/scale.py too
     eval_batch: int         # evaluate --batch-size (GPU: the whole 500 at once)
-    cert_batch: int         # certify --batch-size (noise samples per forward pass)
+    cert_batch: int         # certify --noise-batch-size (noise samples per forward pass)
 
 
 FULL = Sizes(5000, 1000, 140, 0.02, "wrn-28-10", "gpu_check:wrn_16_4", "resnet110", 10, 500, 40,
@@ -330,7 +330,7 @@ def step_certify(ctx: Ctx, rec: dict[str, Any], run: Path) -> None:
     for mode, extra in (("fixed", []), ("sequential", ["--sequential"])):
         out = ctx.work / f"certify-{mode}"
         cli(["certify", "--trust-code", "--run", run, "--out", out, "--sigma", 0.25, "--eps", 0.25, 0.5, "--n0", 100,
-             "--n", sz.cert_n, "--samples", sz.cert_samples, "--batch-size", sz.cert_batch,
+             "--n", sz.cert_n, "--samples", sz.cert_samples, "--noise-batch-size", sz.cert_batch,
              "--device", ctx.device, *extra])
         sec = json.loads((out / "results.json").read_text())["certify"]
         rows = read_records(out / "records" / "certify.csv")

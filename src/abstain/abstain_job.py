@@ -21,6 +21,9 @@ from .selectors.evaluate import KINDS
 from .sources import ModelSource, check_output
 
 SELECTORS = tuple(KINDS)          # the registry of abstain.selectors.evaluate
+# S_CRI's smoothing defaults, for `abstain abstain` and abstain.compose alike (fewer estimation
+# samples than `abstain certify`'s 100,000: the selector certifies every test input at every ε)
+CRI_DEFAULTS: dict[str, Any] = {"n0": 100, "n": 10_000, "alpha": 0.001, "batch_size": 1000}
 
 
 @dataclass
@@ -35,17 +38,18 @@ class AbstainSettings:
     tau_grid: int = 101
     samples: int | None = None
     seed: int = 0
-    eval_batch_size: int = 512
+    batch_size: int = 512
     attack: str | None = None          # None: abstain.attacks.DEFAULT_ATTACK ("apgd-ce": the paper's)
     sn: dict[str, Any] = field(default_factory=lambda: {"epochs": 60, "samples": None})
     cri: dict[str, Any] | None = None      # sigma, n0, n, alpha, batch_size
-    chunk: int | None = None               # inputs per resumable chunk (None: eval_batch_size)
+    chunk: int | None = None               # inputs per resumable chunk (None: batch_size)
+    split: str = "test"
 
     def chunk_size(self) -> int:
         """Inputs per resumable chunk: ``chunk`` rounded up to a multiple of
-        ``eval_batch_size`` (S_CRI's noise follows those batches, so the records do not
+        ``batch_size`` (S_CRI's noise follows those batches, so the records do not
         depend on the chunking)."""
-        b = self.eval_batch_size
+        b = self.batch_size
         return b * max(1, -(-(self.chunk or b) // b))
 
     def tag(self) -> str:
@@ -68,8 +72,8 @@ class AbstainSettings:
             raise ConfigError(f"--tau must lie in [0, 1], got {self.tau}")
         if self.chunk is not None and self.chunk < 1:
             raise ConfigError(f"--chunk must be >= 1, got {self.chunk}")
-        if self.eval_batch_size < 1:
-            raise ConfigError(f"--eval-batch-size must be >= 1, got {self.eval_batch_size}")
+        if self.batch_size < 1:
+            raise ConfigError(f"--batch-size must be >= 1, got {self.batch_size}")
         from .jobs import check_seed
 
         check_seed(self.seed)
@@ -81,13 +85,13 @@ def compose_columns(selector: Any, core: nn.Module, x: torch.Tensor, y: torch.Te
     """The per-sample columns of one chunk of the abstain model (``selector``, built by
     :func:`abstain.selectors.evaluate.build_selector`) and of the core at ``eps``: the
     selector's columns and ``core.pred``, ``core.robust@ε``. Every random draw follows the
-    samples' dataset ``index`` (S_CRI's noise follows the ``eval_batch_size`` batches), so
-    chunks of a multiple of ``eval_batch_size`` give the columns of the whole set."""
+    samples' dataset ``index`` (S_CRI's noise follows the ``batch_size`` batches), so
+    chunks of a multiple of ``batch_size`` give the columns of the whole set."""
     from .selectors.evaluate import abstain_records, core_records
 
-    rec = records.Records(abstain_records(selector, x, y, index, batch_size=s.eval_batch_size))
+    rec = records.Records(abstain_records(selector, x, y, index, batch_size=s.batch_size))
     crec = records.Records(core_records(core, x, y, index, eps=eps, norm=s.norm, steps=s.steps, seed=s.seed,
-                                        batch_size=s.eval_batch_size, attack=s.attack))
+                                        batch_size=s.batch_size, attack=s.attack))
     return rec.join(crec, "core").columns
 
 
@@ -240,7 +244,7 @@ def abstain_job(robust: ModelSource, core: ModelSource, out: Path, s: AbstainSet
         m.to(device)
         for prm in m.parameters():
             prm.requires_grad_(False)
-    test = robust.load_data("test")
+    test = robust.load_data(s.split)
     check_output(core.model, test, core.num_classes, "the --core model")
     idx = torch.arange(len(test))
     if s.samples:
@@ -264,7 +268,7 @@ def abstain_job(robust: ModelSource, core: ModelSource, out: Path, s: AbstainSet
         return {}
     figs.write(out, robust.dataset, s, tag)
     section["meta"] = {"robust": robust.describe, "core": core.describe, "selector": s.selector,
-                       "norm": s.norm, "steps": s.steps, "seed": s.seed, "samples": int(len(idx)),
+                       "norm": s.norm, "steps": s.steps, "seed": s.seed, "samples": int(len(idx)), "split": s.split,
                        "attack": s.attack,
                        "seconds": time.perf_counter() - t0}
     section["meta"]["tag"] = tag
@@ -314,4 +318,4 @@ def _compose_chunked(robust: ModelSource, core: ModelSource, test: Any, idx: tor
     return None if cols is None else compose_summary(records.Records(cols), s, eps, getattr(sel, "tau", None))
 
 
-__all__ = ["AbstainSettings", "compose_at", "abstain_job", "abstain_outputs", "SELECTORS"]
+__all__ = ["CRI_DEFAULTS", "AbstainSettings", "compose_at", "abstain_job", "abstain_outputs", "SELECTORS"]

@@ -27,7 +27,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from . import distributed
-from .abstain_job import AbstainSettings, compose_at
+from .abstain_job import CRI_DEFAULTS, AbstainSettings, compose_at
 from .errors import InputError
 from .evaluation import evaluate as _evaluate
 from .models import NormalizedModel
@@ -157,13 +157,13 @@ def certify(model: nn.Module, data: Any, *, sigma: float, eps: float | Sequence[
 def compose(robust: nn.Module, core: nn.Module, data: Any, *, selector: str, eps: float | Sequence[float],
             norm: str = "linf", steps: int = 40, tau: float | None = None, seed: int = 0, train: Any = None,
             device: Any = "auto", attack: str | None = None, normalize: Normalize | None = None,
-            sigma: float | None = None, n0: int = 100, n: int = 1000, alpha: float = 0.001,
-            cert_batch_size: int = 1000, sn_epochs: int = 60, sn_samples: int | None = None,
-            eval_batch_size: int = 512) -> Records:
+            sigma: float | None = None, n0: int = CRI_DEFAULTS["n0"], n: int = CRI_DEFAULTS["n"],
+            alpha: float = CRI_DEFAULTS["alpha"], noise_batch_size: int = CRI_DEFAULTS["batch_size"],
+            sn_epochs: int = 60, sn_samples: int | None = None, batch_size: int = 512) -> Records:
     """The abstain model (``robust``, S_``selector``) and its 2-compositional model with
     ``core`` (eq. 15) on ``data`` at every radius of ``eps``, as ``abstain abstain`` computes
     them. ``selector``: ``"eri"`` (eq. 12), ``"cri"`` (eq. 13; needs ``sigma``, with ``n0``,
-    ``n``, ``alpha``, ``cert_batch_size``; ℓ2), ``"sr"`` (eq. 16; threshold ``tau``, default
+    ``n``, ``alpha``, ``noise_batch_size``; ℓ2), ``"sr"`` (eq. 16; threshold ``tau``, default
     0.9) or ``"sn"`` (selection network trained on ``train``, an ``(x, y)`` Dataset, for
     ``sn_epochs`` on ``sn_samples`` of it; threshold ``tau``, default 0.5). ``normalize`` wraps
     both models. The rows are the samples of ``data`` (``index`` = position)."""
@@ -172,9 +172,9 @@ def compose(robust: nn.Module, core: nn.Module, data: Any, *, selector: str, eps
         if sigma is None:
             raise InputError("selector 'cri' needs sigma (the smoothing noise level)")
         cri = {"sigma": float(sigma), "n0": int(n0), "n": int(n), "alpha": float(alpha),
-               "batch_size": int(cert_batch_size)}
+               "batch_size": int(noise_batch_size)}
     s = AbstainSettings(selector=selector, eps=_eps_list(eps), norm=norm, steps=steps, tau=tau, seed=seed,
-                        attack=attack, eval_batch_size=eval_batch_size,
+                        attack=attack, batch_size=batch_size,
                         sn={"epochs": int(sn_epochs), "samples": sn_samples}, cri=cri)
     eps_list = s.check()
     dev = resolve_device(device)

@@ -131,6 +131,7 @@ class EvaluateSettings:
     samples: int | None = None
     save_adversarial: str | None = None
     chunk: int | None = None           # inputs per resumable chunk (None: batch_size)
+    split: str = "test"
 
     def check(self) -> list[float]:
         """Refuse bad settings before any model is loaded; the radii to evaluate."""
@@ -172,7 +173,7 @@ def evaluate_job(source: ModelSource, out: Path, s: EvaluateSettings, device: An
     records_path = out / "records" / "evaluate.csv"
     _refuse_existing(records_path, overwrite)
     refuse_foreign_results(out, source, overwrite)
-    ds, subset = test_subset(source, s.samples, s.seed)
+    ds, subset = test_subset(source, s.samples, s.seed, s.split)
     for e in s.eps:
         check_pixel_eps(e, s.norm, dim=int(ds.x[0].numel()))
     check_behaviour(source.model, ds.x, "the model", needs_grad=s.steps > 0)
@@ -226,7 +227,7 @@ def _evaluate_section(cols: dict[str, Any], s: EvaluateSettings, eps_list: list[
         "eps": parts,
         "meta": {"eps": [float(e) for e in s.eps], "radii": eps_list, "norm": s.norm,
                  "steps": s.steps, "attack": resolve_attack(s.attack, s.ensemble), "seed": s.seed,
-                 "dataset": source.dataset, "split": "test", "n": int(len(cols["index"])),
+                 "dataset": source.dataset, "split": s.split, "n": int(len(cols["index"])),
                  "data_seed": source.data_seed, "samples": s.samples,
                  "subset": "class-balanced, seeded" if subset is not None else "all",
                  "seconds": round(seconds, 3), **source.describe},

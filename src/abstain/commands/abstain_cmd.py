@@ -39,7 +39,10 @@ DESCRIPTION = __doc__
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from ..abstain_job import CRI_DEFAULTS
+    from ..abstain_job import AbstainSettings as S
     from ..sources import add_data_arguments, add_trust_arguments
+    from .options import DeprecatedAlias, add_split, default
 
     m = p.add_argument_group("models (a run directory, or MODULE:FACTORY with its weights and --data)")
     m.add_argument("--robust", required=True, metavar="RUN|MODULE:FACTORY", help="the model F that abstains")
@@ -51,36 +54,43 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--selector", required=True, choices=SELECTORS,
                    help="S_ERI (eq. 12), S_CRI (eq. 13, smoothing), S_SR (eq. 16) or S_SN (eq. 18)")
     p.add_argument("--eps", type=float, nargs="+", required=True, metavar="E", help="radii (pixel space)")
-    p.add_argument("--norm", default="linf", choices=("linf", "l2"),
+    p.add_argument("--norm", default=default(S, "norm"), choices=("linf", "l2"),
                    help="threat model: the ℓ∞ or ℓ2 ball (pixel space)")
-    p.add_argument("--steps", type=int, default=40, help="APGD steps")
+    p.add_argument("--steps", type=int, default=default(S, "steps"), help="attack steps (APGD iterations)")
     p.add_argument("--attack", choices=ATTACKS, default=None,
                    help=f"how F's and the core's robustness is checked (default {DEFAULT_ATTACK}; apgd-ce: "
                         "the paper's protocol)")
     p.add_argument("--tau", type=float, help="threshold τ of S_SR / S_SN for the composition "
                                              "(default 0.9 for SR, 0.5 for SN)")
-    p.add_argument("--tau-grid", type=int, default=101, metavar="N",
+    p.add_argument("--tau-grid", type=int, default=default(S, "tau_grid"), metavar="N",
                    help="number of thresholds τ in [0, 1) of the SR/SN sweep")
     p.add_argument("--out", metavar="DIR", help="output directory (default: the --robust run)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the records, plots and results.json section of an earlier `abstain abstain`")
-    p.add_argument("--samples", type=int, metavar="N", help="seeded, class-balanced test subset of N samples")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random starts, of --samples and of S_SN")
+    p.add_argument("--samples", type=int, metavar="N", default=default(S, "samples"),
+                   help="a seeded, class-balanced subset of N samples of --split (default: all)")
+    add_split(p, "compose on")
+    p.add_argument("--seed", type=int, default=default(S, "seed"), help="seed of the random starts, of --samples and of S_SN")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (CUDA when available)")
-    p.add_argument("--eval-batch-size", type=int, default=512, metavar="B",
-                   help="inputs per selector evaluation chunk (memory)")
+    p.add_argument("--batch-size", type=int, default=default(S, "batch_size"), metavar="N",
+                   help="inputs per batch of the selector and core evaluation (memory)")
+    p.add_argument("--eval-batch-size", type=int, dest="batch_size", action=DeprecatedAlias, new="--batch-size",
+                   help=argparse.SUPPRESS)
     p.add_argument("--chunk", type=int, metavar="N",
-                   help="inputs per resumable chunk, rounded up to a multiple of --eval-batch-size "
-                        "(default: --eval-batch-size); a rerun after a kill skips finished chunks")
+                   help="inputs per resumable chunk, rounded up to a multiple of --batch-size "
+                        "(default: --batch-size); a rerun after a kill skips finished chunks")
     s = p.add_argument_group("selection network (--selector sn)")
-    s.add_argument("--sn-epochs", type=int, default=60, help="training epochs of the selection network (S_SN)")
+    s.add_argument("--sn-epochs", type=int, default=default(S, "sn")["epochs"],
+                   help="training epochs of the selection network (S_SN)")
     s.add_argument("--sn-samples", type=int, help="train S_SN on a random subset of the training split")
     c = p.add_argument_group("certified indicator (--selector cri)")
     c.add_argument("--sigma", type=float, help="noise level σ (default: the robust run's loss sigma)")
-    c.add_argument("--n0", type=int, default=100, help="noise samples that pick the class (S_CRI)")
-    c.add_argument("--n", type=int, default=10000, help="noise samples that bound its probability (S_CRI)")
-    c.add_argument("--alpha", type=float, default=0.001, help="failure probability of each certificate (S_CRI)")
-    c.add_argument("--batch-size", type=int, default=1000, help="noise samples per forward pass (S_CRI)")
+    c.add_argument("--n0", type=int, default=CRI_DEFAULTS["n0"], help="noise samples that pick the class (S_CRI)")
+    c.add_argument("--n", type=int, default=CRI_DEFAULTS["n"], help="noise samples that bound its probability (S_CRI)")
+    c.add_argument("--alpha", type=float, default=CRI_DEFAULTS["alpha"],
+                   help="failure probability of each certificate (S_CRI)")
+    c.add_argument("--noise-batch-size", type=int, default=CRI_DEFAULTS["batch_size"], metavar="N",
+                   help="noise samples per forward pass (S_CRI)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -93,10 +103,10 @@ def run(args: argparse.Namespace) -> int:
 
     s = AbstainSettings(selector=args.selector, eps=args.eps, norm=args.norm, steps=args.steps,
                         tau=args.tau, tau_grid=args.tau_grid, samples=args.samples, seed=args.seed,
-                        eval_batch_size=args.eval_batch_size, attack=args.attack, chunk=args.chunk,
+                        batch_size=args.batch_size, attack=args.attack, chunk=args.chunk, split=args.split,
                         sn={"epochs": args.sn_epochs, "samples": args.sn_samples},
                         cri={"sigma": args.sigma, "n0": args.n0, "n": args.n, "alpha": args.alpha,
-                             "batch_size": args.batch_size})
+                             "batch_size": args.noise_batch_size})
     s.check()
     for e in args.eps:
         check_pixel_eps(e, args.norm)

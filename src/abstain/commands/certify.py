@@ -17,26 +17,34 @@ DESCRIPTION = (
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from ..jobs import CertifySettings as S
     from ..sources import add_arguments as add_source_arguments
+    from .options import DeprecatedAlias, add_split, default
 
     add_source_arguments(p, out_help="output directory (records/ and results.json; default: the --run directory)")
     c = p.add_argument_group("smoothing")
     c.add_argument("--sigma", type=float, required=True, help="Gaussian noise level of the smoothing")
     c.add_argument("--eps", type=float, nargs="+", required=True, help="l2 radii to decide")
-    c.add_argument("--n0", type=int, default=100, help="selection samples per input")
-    c.add_argument("--n", type=int, default=100_000, help="estimation samples per input (maximum with --sequential)")
-    c.add_argument("--alpha", type=float, default=0.001, help="failure probability of each certificate")
+    c.add_argument("--n0", type=int, default=default(S, "n0"), help="selection samples per input")
+    c.add_argument("--n", type=int, default=default(S, "n"),
+                   help="estimation samples per input (maximum with --sequential)")
+    c.add_argument("--alpha", type=float, default=default(S, "alpha"), help="failure probability of each certificate")
     c.add_argument("--sequential", action="store_true",
                    help="sequential certification (stops once every eps decision is settled)")
     r = p.add_argument_group("run")
-    r.add_argument("--samples", type=int, default=500, help="size of the class-balanced test subset")
-    r.add_argument("--split", default="test", choices=("test", "train"), help="dataset split")
-    r.add_argument("--batch-size", type=int, default=1000, help="noisy samples per forward pass")
+    r.add_argument("--samples", type=int, default=default(S, "samples"),
+                   help="certify a seeded, class-balanced subset of N samples of --split (default 500, not "
+                        "all as in evaluate: each input costs up to n0 + n forward passes)")
+    add_split(r, "certify")
+    r.add_argument("--noise-batch-size", type=int, default=default(S, "batch_size"), dest="batch_size",
+                   metavar="N", help="noise samples per forward pass")
+    r.add_argument("--batch-size", type=int, dest="batch_size", action=DeprecatedAlias, new="--noise-batch-size",
+                   help=argparse.SUPPRESS)
     r.add_argument("--chunk", type=int, default=None,
-                   help="inputs per certification call (default: from --n and --batch-size); "
+                   help="inputs per certification call (default: from --n and --noise-batch-size); "
                         "records depend on it through the per-chunk generators")
     r.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-    r.add_argument("--seed", type=int, default=0, help="seed of the subset and of the noise")
+    r.add_argument("--seed", type=int, default=default(S, "seed"), help="seed of the subset and of the noise")
     r.add_argument("--overwrite", action="store_true", help="replace an existing records/certify.csv")
 
 

@@ -31,14 +31,16 @@ DESCRIPTION = (
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from ..jobs import EvaluateSettings as S
     from ..sources import add_arguments as add_source_arguments
+    from .options import add_split, default
 
     add_source_arguments(p, out_help="output directory (records/ and results.json; default: the --run directory)")
     a = p.add_argument_group("attack")
     a.add_argument("--eps", type=float, nargs="+", required=True, metavar="E", help="radii (pixel space)")
-    a.add_argument("--norm", default="linf", choices=("linf", "l2"),
+    a.add_argument("--norm", default=default(S, "norm"), choices=("linf", "l2"),
                    help="threat model: the ℓ∞ or ℓ2 ball (pixel space)")
-    a.add_argument("--steps", type=int, default=40, help="APGD steps")
+    a.add_argument("--steps", type=int, default=default(S, "steps"), help="attack steps (APGD iterations)")
     a.add_argument("--attack", choices=ATTACKS, default=None,
                    help=f"how robustness is checked (default {DEFAULT_ATTACK}: agrees with exact oracles near "
                         "the boundary; apgd-ce: the paper's protocol, for numbers compared with the paper; "
@@ -49,9 +51,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     r.add_argument("--batch-size", type=int, default=None,
                    help="inputs per batch (default: 256 on CPU, 1024 on CUDA); records do not depend on it")
     r.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (CUDA when available)")
-    r.add_argument("--seed", type=int, default=0, help="seed of the random starts and of --samples")
-    r.add_argument("--samples", type=int, metavar="N",
-                   help="evaluate a seeded, class-balanced subset of N test samples")
+    r.add_argument("--seed", type=int, default=default(S, "seed"), help="seed of the random starts and of --samples")
+    r.add_argument("--samples", type=int, metavar="N", default=default(S, "samples"),
+                   help="evaluate a seeded, class-balanced subset of N samples of --split (default: all)")
+    add_split(r)
     r.add_argument("--save-adversarial", metavar="FILE.safetensors",
                    help="save the verified adversarial inputs of the non-robust samples")
     r.add_argument("--chunk", type=int, default=None, metavar="N",
@@ -74,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     settings = EvaluateSettings(eps=args.eps, norm=args.norm, steps=args.steps,
                                 double_eps=not args.no_double_eps, ensemble=args.ensemble, attack=args.attack,
                                 batch_size=batch_size, seed=args.seed, samples=args.samples,
-                                save_adversarial=args.save_adversarial, chunk=args.chunk)
+                                save_adversarial=args.save_adversarial, chunk=args.chunk, split=args.split)
     settings.check()
     out = out_of(args)
     with claim(out, evaluate_outputs(out, settings), args.overwrite):
@@ -82,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
         res = evaluate_job(source, out, settings, device, overwrite=args.overwrite,
                            allow_batch_dependent=args.allow_batch_dependent)
     if distributed.is_main():
-        print(f"evaluated {res['meta']['n']} samples of {source.dataset} (test) -> {res['records']}")
+        print(f"evaluated {res['meta']['n']} samples of {source.dataset} ({args.split}) -> {res['records']}")
         for e in res["radii"]:
             p = res["eps"][f"{e:g}"]
             print(f"  {column(ROBUST, e)}: nat_acc={p['nat_acc']:.4f} rob_acc={p['rob_acc']:.4f} "
