@@ -105,6 +105,51 @@ def forget_missing(paths: Sequence[Path]) -> None:
             _write_manifest(d, keep)
 
 
+def is_stale_tmp(path: Path) -> bool:
+    """An interrupted atomic write (``.<name>.<random>.tmp``, :mod:`abstain.io`)."""
+    return path.is_file() and path.name.startswith(".") and path.name.endswith(".tmp")
+
+
+def ours(out: Path, flag: str = "--overwrite") -> list[Path]:
+    """Every file under ``out`` that this project wrote: listed in a manifest, the manifests
+    and the lock themselves, the work area, interrupted temporary files. Refuses (naming
+    ``flag``) when any other file is there (not an abstain output, or a source directory):
+    the one rule by which every command decides what it may remove."""
+    from .errors import ConfigError
+
+    mine, foreign = [], []
+    for d, _, files in os.walk(out):
+        dpath = Path(d)
+        if dpath.name == WORK or WORK in dpath.relative_to(out).parts:
+            mine += [dpath / f for f in files]
+            continue
+        listed = read_manifest(dpath)
+        for f in files:
+            p = dpath / f
+            (mine if f in listed or f in (MANIFEST, LOCK) or is_stale_tmp(p) else foreign).append(p)
+    if foreign:
+        raise ConfigError(f"{flag} refused: {out} holds files abstain did not write "
+                          f"({', '.join(str(p.relative_to(out)) for p in foreign[:3])}"
+                          f"{', ...' if len(foreign) > 3 else ''}); {flag} removes only the "
+                          f"files listed in {MANIFEST}: choose another --out")
+    return mine
+
+
+def remove_ours(out: Path, flag: str = "--overwrite") -> None:
+    """Remove this project's files under ``out`` (refusing, before removing anything, if
+    others are there; :func:`ours`), then the directories left empty (not ``out`` itself;
+    the lock stays: its holder removes it)."""
+    for p in ours(out, flag):
+        if p.name != LOCK:
+            p.unlink(missing_ok=True)
+    for d, _, _ in sorted(os.walk(out), key=lambda t: -len(Path(t[0]).parts)):
+        if Path(d) != out:
+            try:
+                Path(d).rmdir()
+            except OSError:
+                pass
+
+
 # --------------------------------------------------------------------------- checks
 def _refuse_not_ours(path: Path, writer: str) -> None:
     owner = written_by(path)
@@ -362,5 +407,5 @@ def work_dir(out: Path, name: str) -> Path:
     return out / WORK / name
 
 
-__all__ = ["Output", "claim", "check", "record", "read_manifest", "written_by", "DirLock", "work_dir", "locked_target",
+__all__ = ["ours", "remove_ours", "is_stale_tmp", "Output", "claim", "check", "record", "read_manifest", "written_by", "DirLock", "work_dir", "locked_target",
            "MANIFEST", "LOCK", "WORK", "forget_missing"]

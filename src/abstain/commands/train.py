@@ -2,11 +2,10 @@
 from __future__ import annotations
 
 import argparse
-import os
 from typing import Any
 from pathlib import Path
 
-from ..outputs import LOCK
+from ..outputs import LOCK, is_stale_tmp, ours, remove_ours
 
 HELP = "train or fine-tune a model from a TOML config (resumable; torchrun for several processes)"
 DESCRIPTION = (
@@ -62,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     with claim(out, [], overwrite=False):          # creates and locks --out
         if distributed.is_main():
             if args.overwrite and existing:
-                _remove_ours(out)
+                remove_ours(out, "--overwrite")
             record({out / name: "train" for name in RUN_FILES})
             if not args.resume:
                 atomic_write_text(out / "config.toml", config_mod.dumps(cfg))
@@ -74,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
             # a loss that diverged at once): leave no half-made run behind, so the corrected
             # command can run as it is
             if distributed.is_main() and not args.resume and not (out / "train_state.pt").exists():
-                _remove_ours(out)
+                remove_ours(out, "--overwrite")
             raise
         if distributed.is_main():
             update_json(out / "results.json", "train", summary)
@@ -98,7 +97,7 @@ def _check_out(out: Path, cfg: dict, resume: bool, overwrite: bool) -> bool:
             raise ConfigError(f"--out {out}: {parent} is a file, not a directory")
     # leftover ".<name>.<random>.tmp" files are interrupted atomic writes, and the lock of a
     # killed run is free: neither is a run
-    existing = out.is_dir() and any(not _is_stale_tmp(p) and p.name != LOCK for p in out.iterdir())
+    existing = out.is_dir() and any(not is_stale_tmp(p) and p.name != LOCK for p in out.iterdir())
     if resume:
         saved = out / "config.toml"
         if not saved.is_file():
@@ -115,49 +114,8 @@ def _check_out(out: Path, cfg: dict, resume: bool, overwrite: bool) -> bool:
         raise ConfigError(f"{out} already holds files; pass --resume to continue that run or "
                           "--overwrite to replace it")
     elif existing:
-        _ours(out)      # refuse before removing anything
+        ours(out, "--overwrite")      # refuse before removing anything
     return existing
-
-
-def _ours(out: Path) -> list[Path]:
-    """Every file under ``out`` that this project wrote (listed in the manifests, the
-    manifests themselves, the work area, interrupted temporary files); refuses when any
-    other file is there (not an abstain run, or a source directory)."""
-    from ..errors import ConfigError
-    from ..outputs import MANIFEST, WORK, read_manifest
-
-    ours, foreign = [], []
-    for d, dirs, files in os.walk(out):
-        dpath = Path(d)
-        if dpath.name == WORK or WORK in dpath.relative_to(out).parts:
-            ours += [dpath / f for f in files]
-            continue
-        listed = read_manifest(dpath)
-        for f in files:
-            p = dpath / f
-            (ours if f in listed or f in (MANIFEST, LOCK) or _is_stale_tmp(p) else foreign).append(p)
-    if foreign:
-        raise ConfigError(f"--overwrite refused: {out} holds files abstain did not write "
-                          f"({', '.join(str(p.relative_to(out)) for p in foreign[:3])}"
-                          f"{', ...' if len(foreign) > 3 else ''}); --overwrite removes only the "
-                          "files listed in abstain-files.json: choose another --out")
-    return ours
-
-
-def _remove_ours(out: Path) -> None:
-    """Remove this project's files under ``out`` (refusing if others are there), then the
-    directories left empty (not ``out`` itself)."""
-    from ..outputs import LOCK as lock
-
-    for p in _ours(out):
-        if p.name != lock:
-            p.unlink(missing_ok=True)
-    for d, _, _ in sorted(os.walk(out), key=lambda t: -len(Path(t[0]).parts)):
-        if Path(d) != out:
-            try:
-                Path(d).rmdir()
-            except OSError:
-                pass
 
 
 def _with_init(cfg: Any, init: str | None, weights: str | None) -> Any:
@@ -182,5 +140,3 @@ def _with_init(cfg: Any, init: str | None, weights: str | None) -> Any:
     return config_mod.validate({**cfg.to_dict(), "model": model})
 
 
-def _is_stale_tmp(path: Path) -> bool:
-    return path.is_file() and path.name.startswith(".") and path.name.endswith(".tmp")
