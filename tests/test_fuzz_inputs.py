@@ -499,7 +499,7 @@ CLI_CASES = [
     ("certify", "--alpha", ["0", "1", "1.5", "-0.01", _NAN], "alpha"),
     ("certify", "--n", ["0", "-100"], "n"),
     ("certify", "--n0", ["0", "-1"], "n0"),
-    ("certify", "--batch-size", ["0", "-5"], "batch"),
+    ("certify", "--noise-batch-size", ["0", "-5"], "batch"),
     ("certify", "--samples", ["0", "-1"], "samples"),
     ("certify", "--eps", ["-0.5", _NAN, _INF], "eps"),
     ("certify", "--chunk", ["0", "-2"], "chunk"),
@@ -538,7 +538,7 @@ def test_cli_refuses_bad_arguments_and_writes_nothing(cli_run, capsys, command, 
                 "--device", "cpu", f"{option}={value}"]
     else:
         argv = ["certify", "--run", cli_run / "run", "--sigma", "0.25", "--eps", "0.1", "--n0", "8", "--n", "40",
-                "--samples", "3", "--batch-size", "40", "--device", "cpu", f"{option}={value}"]
+                "--samples", "3", "--noise-batch-size", "40", "--device", "cpu", f"{option}={value}"]
     rc, _, err = run_main(argv, capsys)
     msg = assert_clean_refusal(rc, err)
     assert any(w in msg.lower() for w in needle.split("|")), (argv, msg)
