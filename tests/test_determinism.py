@@ -86,7 +86,7 @@ def test_evaluate_is_deterministic(runs, tmp_path):
 
 def _certify(run: Path, seed: int, samples: int = 20, n: int = 200) -> dict:
     assert cli.main(["certify", "--run", str(run), "--sigma", "0.25", "--eps", "0.2", "--n0", "16",
-                     "--n", str(n), "--samples", str(samples), "--batch-size", "100", "--seed", str(seed),
+                     "--n", str(n), "--samples", str(samples), "--noise-batch-size", "100", "--seed", str(seed),
                      "--device", "cpu", "--overwrite"]) == 0
     return read_records(run / "records" / "certify.csv")
 

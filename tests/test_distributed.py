@@ -92,7 +92,7 @@ def test_sharded_abstain_equals_one_process(run_dir, tmp_path):
 
 def test_sharded_certify_equals_one_process(run_dir, tmp_path):
     args = ["--sigma", "0.25", "--eps", "0.1", "--n0", "16", "--n", "120", "--samples", "31",
-            "--batch-size", "60", "--device", "cpu", "--seed", "5"]
+            "--noise-batch-size", "60", "--device", "cpu", "--seed", "5"]
     one = _copy_run(run_dir, tmp_path / "one")
     two = _copy_run(run_dir, tmp_path / "two")
     assert cli.main(["certify", "--run", str(one), *args]) == 0
@@ -107,7 +107,7 @@ def test_sharded_certify_equals_one_process(run_dir, tmp_path):
 
 def test_sharded_sequential_certify_equals_one_process(run_dir, tmp_path):
     args = ["--sigma", "0.25", "--eps", "0.1", "--n0", "16", "--n", "400", "--samples", "15",
-            "--batch-size", "100", "--device", "cpu", "--seed", "1", "--sequential"]
+            "--noise-batch-size", "100", "--device", "cpu", "--seed", "1", "--sequential"]
     one = _copy_run(run_dir, tmp_path / "one")
     two = _copy_run(run_dir, tmp_path / "two")
     assert cli.main(["certify", "--run", str(one), *args]) == 0

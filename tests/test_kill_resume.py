@@ -63,13 +63,13 @@ REPORT: dict[str, dict] = {}
 EVAL_ARGS = ["--eps", "0.05", "--steps", "40", "--samples", "600", "--batch-size", "25", "--attack", "ensemble",
              "--device", "cpu"]
 CERT_ARGS = ["--sigma", "0.25", "--eps", "0.1", "--n0", "32", "--n", "400", "--samples", "60",
-             "--batch-size", "200", "--chunk", "6", "--device", "cpu"]
+             "--noise-batch-size", "200", "--chunk", "6", "--device", "cpu"]
 # the 60% test: jobs of a few seconds' work in CI; under ABSTAIN_FULL_KILL_TEST=1 ~10 s, which
 # outweighs the interpreter's start (~3 s here), so that the wall times are compared too
 LONG_EVAL_ARGS = ["--eps", "0.05", "--steps", "100" if FULL else "40", "--samples", "1000" if FULL else "400",
                   "--batch-size", "50", "--chunk", "50", "--attack", "ensemble", "--device", "cpu"]
 LONG_CERT_ARGS = ["--sigma", "0.25", "--eps", "0.1", "--n0", "32", "--n", "40000" if FULL else "4000",
-                  "--samples", "240" if FULL else "60", "--batch-size", "1000", "--chunk", "6", "--device", "cpu"]
+                  "--samples", "240" if FULL else "60", "--noise-batch-size", "1000", "--chunk", "6", "--device", "cpu"]
 
 
 class Proc:

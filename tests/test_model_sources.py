@@ -115,7 +115,7 @@ def test_python_api_mirrors_the_commands(run_dir, tmp_path):
     sub = test.subset(balanced_subset(test.y, 20, test.num_classes, seed=0))
     cols = abstain.certify(src.model, sub, sigma=0.25, eps=[0.1], n0=20, n=200, batch_size=100, device="cpu")
     assert main(["certify", "--run", str(run_dir), "--trust-code", "--out", str(tmp_path / "c"), "--sigma", "0.25",
-                 "--eps", "0.1", "--n0", "20", "--n", "200", "--samples", "20", "--batch-size", "100",
+                 "--eps", "0.1", "--n0", "20", "--n", "200", "--samples", "20", "--noise-batch-size", "100",
                  "--device", "cpu"]) == 0
     cli = read_records(tmp_path / "c" / "records" / "certify.csv")
     for k in ("pred", "count", "certified@0.1", "certified@0.2"):

@@ -29,7 +29,7 @@ def run_dir(tmp_path_factory):
 
 def test_certify_command_writes_records_and_results(run_dir, capsys):
     rc = main(["certify", "--run", str(run_dir), "--sigma", "0.5", "--eps", "0.1", "0.2", "--n0", "10",
-               "--n", "200", "--alpha", "0.01", "--samples", "30", "--batch-size", "256", "--device", "cpu"])
+               "--n", "200", "--alpha", "0.01", "--samples", "30", "--noise-batch-size", "256", "--device", "cpu"])
     assert rc == 0
     rec = read_records(run_dir / "records" / "certify.csv")
     for col in ("index", "label", "pred", "radius", "correct", "n0", "n", "count", "alpha", "p_lower",
