@@ -290,7 +290,7 @@ def test_run_dir_with_gadget_train_state(tmp_path, capsys, trained_run):
                                "--device", "cpu"], capsys)
         assert rc == 0 or assert_clean_refusal(rc, err, "train_state.pt")
         rc, _, err = run_main(["certify", "--run", run, "--sigma", "0.25", "--eps", "0.1", "--n0", "8",
-                               "--n", "50", "--samples", "3", "--batch-size", "50", "--device", "cpu"], capsys)
+                               "--n", "50", "--samples", "3", "--noise-batch-size", "50", "--device", "cpu"], capsys)
         assert rc == 0 or assert_clean_refusal(rc, err, "train_state.pt")
         rc, _, err = run_main(["train", "--config", run / "config.toml", "--out", run, "--resume",
                                "--device", "cpu"], capsys)
@@ -308,7 +308,7 @@ def test_run_dir_with_gadget_weights(tmp_path, capsys, trained_run):
                                "--device", "cpu"], capsys)
         assert_clean_refusal(rc, err, "model.safetensors")
         rc, _, err = run_main(["certify", "--run", run, "--sigma", "0.25", "--eps", "0.1", "--n0", "8",
-                               "--n", "50", "--samples", "3", "--batch-size", "50", "--device", "cpu"], capsys)
+                               "--n", "50", "--samples", "3", "--noise-batch-size", "50", "--device", "cpu"], capsys)
         assert_clean_refusal(rc, err, "model.safetensors")
     _no_marker(tmp_path)
 
