@@ -54,10 +54,10 @@ def test_normalize_wraps_the_model(setup) -> None:
     wrapped = abstain.evaluate(Expects(robust), data, eps=EPS, steps=5, attack="apgd-ce", show_progress=False,
                                normalize=([0.5], [2.0]))
     np.testing.assert_array_equal(plain["pred"], wrapped["pred"])
-    got = abstain.certify(Expects(robust), data, sigma=0.25, eps=[0.1, 0.2], n0=16, n=64, batch_size=64,
+    got = abstain.certify(Expects(robust), data, sigma=0.25, eps=[0.1, 0.2], n0=16, n=64, noise_batch_size=64,
                           num_classes=10, normalize=([0.5], [2.0]), device="cpu")
     ref = abstain.certify(robust, DataLoader(data, batch_size=7), sigma=0.25, eps=[0.1, 0.2], n0=16, n=64,
-                          batch_size=64, num_classes=10, device="cpu")
+                          noise_batch_size=64, num_classes=10, device="cpu")
     assert isinstance(got, Records)
     np.testing.assert_array_equal(got["count"], ref["count"])
     assert got.summary["certified"][0.2] == got.summary["certified"]["0.2"]

@@ -113,7 +113,7 @@ def test_python_api_mirrors_the_commands(run_dir, tmp_path):
     src = from_run(run_dir, trust_code=True)
     test = src.load_data("test")
     sub = test.subset(balanced_subset(test.y, 20, test.num_classes, seed=0))
-    cols = abstain.certify(src.model, sub, sigma=0.25, eps=[0.1], n0=20, n=200, batch_size=100, device="cpu")
+    cols = abstain.certify(src.model, sub, sigma=0.25, eps=[0.1], n0=20, n=200, noise_batch_size=100, device="cpu")
     assert main(["certify", "--run", str(run_dir), "--trust-code", "--out", str(tmp_path / "c"), "--sigma", "0.25",
                  "--eps", "0.1", "--n0", "20", "--n", "200", "--samples", "20", "--noise-batch-size", "100",
                  "--device", "cpu"]) == 0

@@ -30,6 +30,7 @@ from . import distributed
 from .abstain_job import CRI_DEFAULTS, AbstainSettings, compose_at
 from .errors import InputError
 from .evaluation import evaluate as _evaluate
+from .jobs import CertifySettings
 from .models import NormalizedModel
 from .records import CERTIFIED, ROBUST, RadiusDict, Records, parse_column
 from .utils import resolve_device
@@ -116,21 +117,21 @@ def evaluate(model: nn.Module, data: Any, *, eps: float | Sequence[float], norm:
 
 
 def certify(model: nn.Module, data: Any, *, sigma: float, eps: float | Sequence[float],
-            num_classes: int | None = None, n0: int = 100, n: int = 100_000, alpha: float = 0.001,
-            sequential: bool = False, batch_size: int = 1000, chunk: int | None = None, seed: int = 0,
+            num_classes: int | None = None, n0: int = CertifySettings.n0, n: int = CertifySettings.n,
+            alpha: float = CertifySettings.alpha, sequential: bool = False,
+            noise_batch_size: int = CertifySettings.batch_size, chunk: int | None = None, seed: int = 0,
             device: Any = "auto", normalize: Normalize | None = None, on_progress: Any = None) -> Records:
     """Randomized-smoothing records of ``model`` on ``data``: Cohen et al.'s CERTIFY at level
     ``alpha`` (``n0`` selection and ``n`` estimation noise samples of level ``sigma``, in
-    forward batches of ``batch_size``), or the sequential test (``sequential=True``), deciding
+    forward batches of ``noise_batch_size``), or the sequential test (``sequential=True``), deciding
     every ℓ2 radius of ``eps`` and its double (robust selection of S_CRI, eq. 13/14). The
     records are those of ``abstain certify`` on the same inputs, seed and chunking."""
     from .chunks import ChunkedJob
-    from .jobs import CertifySettings
     from .smoothing.records import certify_chunk, certify_metrics, plan_chunks
 
     x, y = tensors_of(data)
     s = CertifySettings(sigma=sigma, eps=_eps_list(eps), n0=n0, n=n, alpha=alpha, samples=max(len(y), 1),
-                        sequential=sequential, batch_size=batch_size, chunk=chunk, seed=seed)
+                        sequential=sequential, batch_size=noise_batch_size, chunk=chunk, seed=seed)
     s.check()
     k = num_classes if num_classes is not None else getattr(data, "num_classes", None)
     if k is None:
