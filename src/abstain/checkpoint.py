@@ -37,14 +37,20 @@ def save_checkpoint(directory: str | os.PathLike, model: nn.Module, meta: Mappin
                     train_state: Mapping[str, Any] | None = None) -> Path:
     """Write weights, meta and (optionally) trainer state atomically into ``directory``.
 
-    ``meta`` must hold at least ``arch`` and ``num_classes`` so the model can be rebuilt.
+    ``meta`` must hold at least ``arch`` and ``num_classes`` so the model can be rebuilt: it
+    is checked to be a :class:`abstain.modelspec.ModelSpec` that :func:`load_checkpoint` reads
+    back (``arch`` a built-in or a recorded ``MODULE:FACTORY``, with ``model_kwargs``).
     The meta file is written last: its presence marks a complete checkpoint.
     """
     from safetensors.torch import save as st_save
 
+    from .modelspec import ModelSpec
+
     for key in ("arch", "num_classes"):
         if key not in meta:
             raise CheckpointError(f"checkpoint meta needs {key!r}")
+    # the meta must be a model spec this project reads back (a built-in or a recorded factory)
+    ModelSpec.from_meta(meta, "the checkpoint's meta", trust_code=True)
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(d / MODEL_FILE, st_save(_state_dict_cpu(model)))

@@ -11,14 +11,62 @@ only when the user names the same factory again (``--model MODULE:FACTORY``) or 
 """
 from __future__ import annotations
 
+import importlib
+import inspect
+import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
 
-from .errors import CheckpointError
+from .errors import CheckpointError, ConfigError
+
+
+def import_factory(spec: str, flag: str = "--model") -> Callable[..., Any]:
+    """The callable named by ``package.module:factory``."""
+    if ":" not in spec:
+        raise ConfigError(f"{flag} must be 'package.module:factory' or a run directory, got {spec!r}")
+    mod_name, attr = spec.split(":", 1)
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
+    try:
+        module = importlib.import_module(mod_name)
+    except ImportError as e:
+        raise ConfigError(f"{flag}: cannot import module {mod_name!r}: {e}") from None
+    except (Exception, SystemExit) as e:  # noqa: BLE001 - the user's module failed while importing
+        raise ConfigError(f"{flag}: importing module {mod_name!r} failed: {type(e).__name__}: "
+                          f"{(str(e).splitlines() or [''])[0][:200]}") from None
+    factory = getattr(module, attr, None)
+    if factory is None or not callable(factory):
+        raise ConfigError(f"{flag}: module {mod_name!r} has no callable {attr!r}")
+    return factory
+
+
+def build_factory(spec: str, num_classes: int, flag: str = "--model") -> nn.Module:
+    """``FACTORY(num_classes=K)`` (or ``FACTORY()``) with its fresh weights; every failure
+    of the user's code is one :class:`abstain.errors.ConfigError` naming ``flag``."""
+    factory = import_factory(spec, flag)
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        params = {}
+    needed = [n for n, p in params.items() if p.default is inspect.Parameter.empty and n != "num_classes"
+              and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    if needed:
+        raise ConfigError(f"{flag}: {spec} needs the arguments {', '.join(needed)}; give it a factory "
+                          "that takes none (or only num_classes)")
+    try:
+        model = factory(num_classes=num_classes) if "num_classes" in params else factory()
+    except (Exception, SystemExit) as e:  # noqa: BLE001 - the user's factory failed
+        raise ConfigError(f"{flag}: {spec}() raised {type(e).__name__}: "
+                          f"{(str(e).splitlines() or [''])[0][:200]}") from None
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"{flag}: {spec} returned {type(model).__name__}, not a torch nn.Module")
+    return model
 
 
 def builtin_names() -> tuple[str, ...]:
@@ -77,9 +125,7 @@ class ModelSpec:
         current default device, e.g. ``meta`` for the size guard); ``overrides`` update a
         built-in's kwargs."""
         if self.factory is not None:
-            from .sources import build_factory_model
-
-            model = build_factory_model(self.factory, self.num_classes, flag="--model")
+            model = build_factory(self.factory, self.num_classes, flag="--model")
         else:
             from . import models
 
@@ -91,4 +137,4 @@ class ModelSpec:
         return {"arch": self.arch} if self.arch is not None else {"factory": self.factory}
 
 
-__all__ = ["ModelSpec", "builtin_names"]
+__all__ = ["ModelSpec", "builtin_names", "import_factory", "build_factory"]

@@ -18,19 +18,17 @@ classes, the dataset it belongs to and a description for ``results.json``.
 from __future__ import annotations
 
 import argparse
-import importlib
-import inspect
 import math
 import os
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import nn
 
 from .errors import CheckpointError, ConfigError
+from .modelspec import build_factory, import_factory
 
 DATA_HELP = "gauss3, digits, mnist1d, cifar10, cifar100, folder, mtsd"
 
@@ -59,49 +57,13 @@ class ModelSource:
         return ds
 
 
-def import_factory(spec: str, flag: str = "--model") -> Callable[..., Any]:
-    """The callable named by ``package.module:factory``."""
-    if ":" not in spec:
-        raise ConfigError(f"{flag} must be 'package.module:factory' or a run directory, got {spec!r}")
-    mod_name, attr = spec.split(":", 1)
-    cwd = os.getcwd()
-    if cwd not in sys.path:
-        sys.path.insert(0, cwd)
-    try:
-        module = importlib.import_module(mod_name)
-    except ImportError as e:
-        raise ConfigError(f"{flag}: cannot import module {mod_name!r}: {e}") from None
-    except (Exception, SystemExit) as e:  # noqa: BLE001 - the user's module failed while importing
-        raise ConfigError(f"{flag}: importing module {mod_name!r} failed: {type(e).__name__}: "
-                          f"{(str(e).splitlines() or [''])[0][:200]}") from None
-    factory = getattr(module, attr, None)
-    if factory is None or not callable(factory):
-        raise ConfigError(f"{flag}: module {mod_name!r} has no callable {attr!r}")
-    return factory
-
-
 def build_factory_model(spec: str, num_classes: int, weights: str | None = None,
                         flag: str = "--model") -> nn.Module:
-    """``FACTORY(num_classes=K)`` (or ``FACTORY()``) with ``weights`` loaded safely."""
+    """``FACTORY(num_classes=K)`` (or ``FACTORY()``, :func:`abstain.modelspec.build_factory`)
+    with ``weights`` loaded safely."""
     from .checkpoint import load_foreign_state_dict, load_state_into
 
-    factory = import_factory(spec, flag)
-    try:
-        params = inspect.signature(factory).parameters
-    except (TypeError, ValueError):
-        params = {}
-    needed = [n for n, p in params.items() if p.default is inspect.Parameter.empty and n != "num_classes"
-              and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
-    if needed:
-        raise ConfigError(f"{flag}: {spec} needs the arguments {', '.join(needed)}; give it a factory "
-                          "that takes none (or only num_classes)")
-    try:
-        model = factory(num_classes=num_classes) if "num_classes" in params else factory()
-    except (Exception, SystemExit) as e:  # noqa: BLE001 - the user's factory failed
-        raise ConfigError(f"{flag}: {spec}() raised {type(e).__name__}: "
-                          f"{(str(e).splitlines() or [''])[0][:200]}") from None
-    if not isinstance(model, nn.Module):
-        raise ConfigError(f"{flag}: {spec} returned {type(model).__name__}, not a torch nn.Module")
+    model = build_factory(spec, num_classes, flag)
     if weights:
         load_state_into(model, load_foreign_state_dict(weights), source=weights)
     return model
