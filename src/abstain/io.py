@@ -49,6 +49,8 @@ def _default(obj: Any) -> Any:
         return obj.tolist()
     if isinstance(obj, Path):
         return str(obj)
+    if callable(getattr(obj, "to_dict", None)):      # a validated config (abstain.config.Config)
+        return obj.to_dict()
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 

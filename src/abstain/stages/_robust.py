@@ -131,7 +131,9 @@ def experiments(specs: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, A
     optionally with a few keys overridden (a sweep's ε, β or γ)."""
     from ..config import load_named
 
-    return {v: load_named(spec["config"], spec.get("set")) for v, spec in specs.items()}
+    # plain tables: a stage's config is JSON data (hashed for caching, written to results.json);
+    # train_experiment and with_overrides validate them again
+    return {v: load_named(spec["config"], spec.get("set")).to_dict() for v, spec in specs.items()}
 
 
 def with_overrides(cfg: Mapping[str, Any], overrides: Mapping[str, Any]) -> Any:
