@@ -181,10 +181,13 @@ def abstain_outputs(out: Path, s: AbstainSettings) -> list:
 
 
 def abstain_job(robust: ModelSource, core: ModelSource, out: Path, s: AbstainSettings,
-                device: Any) -> dict[str, Any]:
+                device: Any, allow_batch_dependent: bool = False) -> dict[str, Any]:
     """Every ε of ``s``: records ``out/records/abstain-<tag>-eps<ε>.csv``, the section
     ``out/results.json["abstain-<tag>"]`` (returned) and the plots under ``out``, where
-    ``<tag>`` is :meth:`AbstainSettings.tag` (the selector, and σ for S_CRI)."""
+    ``<tag>`` is :meth:`AbstainSettings.tag` (the selector, and σ for S_CRI). F and the core
+    whose logits depend on the batch are refused unless ``allow_batch_dependent``
+    (:func:`abstain.model_checks.check_batch_independent`, as evaluate and certify)."""
+    from .model_checks import check_batch_independent
     from . import data as data_mod
     from .io import update_json
 
@@ -203,6 +206,8 @@ def abstain_job(robust: ModelSource, core: ModelSource, out: Path, s: AbstainSet
     if s.samples:
         idx = data_mod.balanced_subset(test.y, s.samples, test.num_classes, seed=s.seed)
     x, y = test.x[idx].to(device), test.y[idx].to(device)
+    for source, what in ((robust, "the --robust model"), (core, "the --core model")):
+        check_batch_independent(source.model, x, what, allow=allow_batch_dependent)
     train = None
     if s.selector == "sn":
         tr = robust.load_data("train")
