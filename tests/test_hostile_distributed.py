@@ -137,3 +137,19 @@ def test_the_timeout_defaults_to_torchs_and_reads_the_environment(monkeypatch):
     assert timeout_seconds() == 1800.0
     monkeypatch.setenv(TIMEOUT_ENV, "12.5")
     assert timeout_seconds() == 12.5
+
+
+def test_the_timeout_reaches_the_process_group(monkeypatch):
+    from datetime import timedelta
+
+    import torch
+
+    from abstain import distributed
+
+    seen: dict = {}
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv(TIMEOUT_ENV, "7")
+    monkeypatch.setattr(torch.distributed, "init_process_group", lambda backend, **kw: seen.update(kw, backend=backend))
+    assert distributed.init_from_env(torch.device("cpu"))
+    assert seen == {"backend": "gloo", "timeout": timedelta(seconds=7)}
