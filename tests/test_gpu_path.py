@@ -159,7 +159,7 @@ def two_ranks_one_gpu(monkeypatch):
     calls: dict[str, object] = {}
     monkeypatch.setattr(torch.cuda, "set_device", lambda i: calls.setdefault("set_device", i))
     monkeypatch.setattr(torch.distributed, "init_process_group",
-                        lambda backend: calls.setdefault("backend", backend))
+                        lambda backend, **kw: calls.setdefault("backend", backend))
     return calls
 
 

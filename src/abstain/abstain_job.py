@@ -222,16 +222,19 @@ def abstain_outputs(out: Path, s: AbstainSettings) -> list:
 
 
 def abstain_job(robust: ModelSource, core: ModelSource, out: Path, s: AbstainSettings,
-                device: Any) -> dict[str, Any]:
+                device: Any, allow_batch_dependent: bool = False) -> dict[str, Any]:
     """Every ε of ``s``: records ``out/records/abstain-<tag>-eps<ε>.csv``, the section
     ``out/results.json["abstain-<tag>"]`` (returned) and the plots under ``out``, where
-    ``<tag>`` is :meth:`AbstainSettings.tag` (the selector, and σ for S_CRI).
+    ``<tag>`` is :meth:`AbstainSettings.tag` (the selector, and σ for S_CRI). F and the core
+    whose logits depend on the batch are refused unless ``allow_batch_dependent``
+    (:func:`abstain.model_checks.check_batch_independent`, as evaluate and certify).
 
     Resumable like ``abstain evaluate``: each ε is computed in chunks of
     :meth:`AbstainSettings.chunk_size` inputs (:class:`abstain.chunks.ChunkedJob`, sharded
     over torchrun ranks) kept under ``out``'s work area until the records are written, so a
     rerun after a kill skips the finished chunks (S_SN's network is trained again: its
     training is seeded, so it comes out the same)."""
+    from .model_checks import check_batch_independent
     from . import data as data_mod
     from .io import update_json
 
@@ -249,6 +252,9 @@ def abstain_job(robust: ModelSource, core: ModelSource, out: Path, s: AbstainSet
     idx = torch.arange(len(test))
     if s.samples:
         idx = data_mod.balanced_subset(test.y, s.samples, test.num_classes, seed=s.seed)
+    probe = test.x[idx[:64]].to(device)       # the first inputs, as evaluate checks them
+    for source, what in ((robust, "the --robust model"), (core, "the --core model")):
+        check_batch_independent(source.model, probe, what, allow=allow_batch_dependent)
     train = None
     if s.selector == "sn":
         tr = robust.load_data("train")

@@ -49,6 +49,8 @@ _COLUMN = re.compile(
     r"(?P<flag>is_rob|is_cert|adv_conf)(?P<num>\d+(?:\.\d+)?)_(?P<den>\d+))$")
 _SMOOTHING_COLUMNS = ("sample_idx", "label", "prediction")
 _TRUE = {"1", "1.0", "true", "True"}
+MAX_BYTES = 256 * 2**20      # the authors' largest files (MTSD test sets) are a few MB
+_MAX_INT = 2**53             # integers a float holds exactly (pandas may write 3.0 for 3)
 _FALSE = {"0", "0.0", "false", "False"}
 
 
@@ -131,9 +133,15 @@ def _dataset_from_path(path: Path) -> str | None:
     return None
 
 
+def _show(v: str) -> str:
+    """A field as an error message quotes it: at most 40 characters."""
+    return repr(v if len(v) <= 40 else v[:40] + "…")
+
+
 def _read_rows(path: Path) -> tuple[list[str], list[list[str]]]:
-    if not path.is_file():
-        raise DataError(f"missing authors' records file {path}")
+    from .safefiles import check_regular
+
+    check_regular(path, MAX_BYTES, "authors' records file", DataError)   # no FIFO, device, huge file
     try:
         text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError:
@@ -167,10 +175,13 @@ def _ints(path: Path, name: str, raw: Sequence[str], minimum: int) -> np.ndarray
         vals = np.asarray([float(v) for v in raw])
     except ValueError:
         bad = next(v for v in raw if not _is_float(v))
-        raise DataError(f"authors' records file {path}: column {name} holds {bad!r}, "
+        raise DataError(f"authors' records file {path}: column {name} holds {_show(bad)}, "
                         "expected integers") from None
     if not np.isfinite(vals).all() or (vals != np.round(vals)).any():
         raise DataError(f"authors' records file {path}: column {name} holds non-integer values")
+    if vals.size and np.abs(vals).max() > _MAX_INT:
+        raise DataError(f"authors' records file {path}: column {name} holds {np.abs(vals).max():.3g}, "
+                        "out of range for a sample index or class")
     out = vals.astype(np.int64)
     if out.size and out.min() < minimum:
         raise DataError(f"authors' records file {path}: column {name} holds {int(out.min())}, "
@@ -195,7 +206,7 @@ def _flags(path: Path, name: str, raw: Sequence[str]) -> np.ndarray:
         elif v in _FALSE:
             out[i] = False
         else:
-            raise DataError(f"authors' records file {path}: column {name} holds {v!r} in row {i + 1}, "
+            raise DataError(f"authors' records file {path}: column {name} holds {_show(v)} in row {i + 1}, "
                             "expected 0 or 1")
     return out
 
@@ -205,7 +216,8 @@ def _floats(path: Path, name: str, raw: Sequence[str]) -> np.ndarray:
         out = np.asarray([float(v) for v in raw])
     except ValueError:
         bad = next(v for v in raw if not _is_float(v))
-        raise DataError(f"authors' records file {path}: column {name} holds {bad!r}, expected numbers") from None
+        raise DataError(f"authors' records file {path}: column {name} holds {_show(bad)}, "
+                        "expected numbers") from None
     if not np.isfinite(out).all():
         raise DataError(f"authors' records file {path}: column {name} holds NaN or infinite values")
     return out
@@ -286,6 +298,11 @@ def _smoothing(path: Path, col: dict[str, list[str]], idx: np.ndarray, m: re.Mat
     label = _ints(path, "label", col["label"], 0)
     pred = _ints(path, "prediction", col["prediction"], -1)
     radius = {c.split("_")[0]: _floats(path, c, col[c]) for c in radius_cols}
+    for c in radius_cols:
+        r = radius[c.split("_")[0]]
+        if r.size and r.min() < 0:       # Cohen et al.'s radius σ·Φ⁻¹(p_A) is >= 0 where not abstaining
+            raise DataError(f"authors' records file {path}: column {c} holds {r.min():g}, a certified "
+                            "radius is >= 0")
     extra = {}
     if "base_prediction" in col:
         extra["base_pred"] = _ints(path, "base_prediction", col["base_prediction"], 0)

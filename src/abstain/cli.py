@@ -89,7 +89,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if debug or e.errno not in _USER_OS_ERRORS:
             raise
         where = f" ({e.filename})" if e.filename else ""
-        print(f"abstain {args.command}: error: cannot write{where}: {e.strerror or e}; free space or "
+        fix = "raise the file-size limit (ulimit -f)" if e.errno == errno.EFBIG else "free space"
+        print(f"abstain {args.command}: error: cannot write{where}: {e.strerror or e}; {fix} or "
               "choose a writable --out, then rerun the same command", file=sys.stderr)
         return 2
     except RecursionError:
@@ -124,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 # a full disk, a read-only or forbidden output: the user's to fix, said in one line
 _USER_OS_ERRORS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.ENOTDIR,
-                   errno.EISDIR, errno.ENAMETOOLONG}
+                   errno.EISDIR, errno.ENAMETOOLONG, errno.EFBIG}
 
 
 def _raise_interrupt(signum: int, frame: object) -> None:

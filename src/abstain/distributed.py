@@ -10,18 +10,62 @@ single-process run (exactly on CPU; on CUDA see docs/scale.md). Backends: NCCL o
 from __future__ import annotations
 
 import gc
+import math
 import os
+import re
+from datetime import timedelta
 from typing import Any, Mapping
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
-from .errors import ConfigError
+from .errors import AbstainError, ConfigError
 
 
 BACKEND_ENV = "ABSTAIN_DIST_BACKEND"
+TIMEOUT_ENV = "ABSTAIN_DIST_TIMEOUT"
+DEFAULT_TIMEOUT_S = 1800.0
 _HOST_GROUP: Any = None
+
+
+class RankError(AbstainError):
+    """Another rank of the process group failed, died or stopped answering during a
+    collective: this rank stops with one line instead of a backend traceback."""
+
+
+def timeout_seconds() -> float:
+    """How long a rank waits for the others at any collective before it fails:
+    ``$ABSTAIN_DIST_TIMEOUT`` seconds, default 1800 (torch's own default; a resumed certify
+    may leave one rank with many more chunks than another, each rank waiting at the final
+    barrier meanwhile). A rank killed outright is seen at once (its sockets close); the
+    timeout bounds the wait for one that hangs."""
+    raw = os.environ.get(TIMEOUT_ENV, "").strip()
+    if not raw:
+        return DEFAULT_TIMEOUT_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise ConfigError(f"{TIMEOUT_ENV}={raw!r}: give the seconds a rank waits for the others "
+                          "(a positive number)")
+    return value
+
+
+def _collective(what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)``, a collective; a backend error (gloo's "Connection reset by
+    peer" of a dead rank, "Timed out" of a silent one: RuntimeErrors) becomes a
+    :class:`RankError` naming the collective and the timeout."""
+    try:
+        return fn(*args, **kwargs)
+    except RuntimeError as e:
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        cause = re.sub(r"^\[[^\]]*\]\s*", "", lines[0] if lines else type(e).__name__)
+        cause = cause.split(". This is typically")[0][:160]
+        raise RankError(f"rank {dist.get_rank()}/{dist.get_world_size()}: another rank failed, died or did "
+                        f"not answer within {timeout_seconds():g} s ({TIMEOUT_ENV}) at {what} ({cause}); "
+                        "see the other ranks' output") from None
 
 
 def is_distributed() -> bool:
@@ -78,7 +122,7 @@ def init_from_env(device: torch.device | None = None) -> bool:
     backend = backend_for(device)
     if device is not None and torch.device(device).type == "cuda":
         torch.cuda.set_device(cuda_index(backend))
-    dist.init_process_group(backend=backend)
+    dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_seconds()))
     return True
 
 
@@ -106,7 +150,7 @@ def any_rank(flag: bool) -> bool:
     if not is_distributed():
         return flag
     t = torch.tensor([1 if flag else 0], dtype=torch.int32)
-    dist.all_reduce(t, group=host_group())
+    _collective("a flag all-reduce", dist.all_reduce, t, group=host_group())
     return bool(t.item() > 0)
 
 
@@ -124,7 +168,7 @@ def is_main() -> bool:
 
 def barrier() -> None:
     if is_distributed():
-        dist.barrier()
+        _collective("a barrier", dist.barrier)
 
 
 def shard_indices(n: int) -> torch.Tensor:
@@ -142,7 +186,7 @@ def gather_columns(columns: Mapping[str, Any], index_key: str = "index") -> dict
              for k, v in columns.items()}
     if is_distributed():
         parts: list[Any] = [None] * world_size()
-        dist.all_gather_object(parts, local)
+        _collective("the gather of the records", dist.all_gather_object, parts, local)
         local = {k: np.concatenate([p[k] for p in parts]) for k in local}
     order = np.argsort(local[index_key], kind="stable")
     return {k: v[order] for k, v in local.items()}
@@ -152,7 +196,7 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     if not is_distributed():
         return obj
     box = [obj]
-    dist.broadcast_object_list(box, src=src)
+    _collective("a broadcast", dist.broadcast_object_list, box, src=src)
     return box[0]
 
 
@@ -171,6 +215,6 @@ def shutdown(synchronise: bool = True) -> None:
     # would otherwise be freed after the group is gone, and its reducer then aborts the rank
     gc.collect()
     if synchronise:
-        dist.barrier()
+        barrier()
     _HOST_GROUP = None
     dist.destroy_process_group()

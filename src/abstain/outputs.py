@@ -36,6 +36,7 @@ from .errors import AbstainError, ConfigError
 MANIFEST = "abstain-files.json"
 LOCK = ".abstain.lock"
 WORK = ".abstain-work"          # resumable jobs keep their finished chunks here
+BACKUP = ".abstain-backup"      # suffix of the hard link that keeps an output during a command
 
 
 @dataclass(frozen=True)
@@ -336,13 +337,66 @@ def _undo(out: Path, outputs: Sequence[Output], created: list[Path], work: bool 
             pass   # not empty: something else lives there now
 
 
+def _keep(outputs: Sequence[Output]) -> dict[Path, Path | None]:
+    """Before a command writes: a hard link ``.<name>.abstain-backup`` beside each output that
+    is a regular file (no data copied, so it works on a full disk too), or None for an output
+    that does not exist yet. An output whose link cannot be made (a filesystem without hard
+    links) is not kept. A backup left by a SIGKILL is stale and replaced."""
+    import stat as stat_mod
+
+    kept: dict[Path, Path | None] = {}
+    for o in outputs:
+        p = o.path
+        if p in kept:
+            continue
+        try:
+            st = os.lstat(p)
+        except FileNotFoundError:
+            kept[p] = None
+            continue
+        except OSError:
+            continue
+        if not stat_mod.S_ISREG(st.st_mode):
+            continue
+        b = p.parent / f".{p.name}{BACKUP}"
+        try:
+            b.unlink(missing_ok=True)
+            os.link(p, b)
+        except OSError:
+            continue
+        kept[p] = b
+    return kept
+
+
+def _put_back(kept: dict[Path, Path | None], failed: bool) -> None:
+    """After the command: drop the backups (success), or (``failed``) put every output back as
+    it was before, so that a command that fails half-way (a full disk after the records were
+    written, say) leaves no new records beside old results, nor new results beside old
+    records: an output it created is removed, one it replaced gets its old file back."""
+    for p, b in kept.items():
+        try:
+            if not failed:
+                if b is not None:
+                    b.unlink(missing_ok=True)
+            elif b is None:
+                if p.is_file() and not p.is_symlink():
+                    p.unlink()
+            elif os.path.exists(p) and os.path.samefile(p, b):
+                b.unlink()
+            else:
+                os.replace(b, p)
+        except OSError:
+            pass      # best effort: the error that made the command fail is the one to report
+
+
 @contextmanager
 def claim(out: str | os.PathLike, outputs: Sequence[Output], overwrite: bool, *,
           lock: bool = True) -> Iterator[Path]:
     """Check ``outputs`` (:func:`check`), create and lock the directory ``out``, record the
-    outputs in its manifests, and yield ``out``. On a user error (:class:`AbstainError`)
-    the manifest entries of outputs never written and the directories created here are
-    removed; the lock is released in any case. Only rank 0 of a torchrun job locks and
+    outputs in its manifests, and yield ``out``. When the command fails (any exception but an
+    interruption) its outputs are put back as they were (:func:`_put_back`). On a user
+    error (:class:`AbstainError`) the manifest entries of outputs never written and the
+    directories created here are removed; the lock is released in any case. Only rank 0 of a torchrun job locks and
     records (every rank checks)."""
     out = Path(out)
     for parent in [out, *out.parents]:
@@ -363,7 +417,13 @@ def claim(out: str | os.PathLike, outputs: Sequence[Output], overwrite: bool, *,
             created += record({o.path: o.writer for o in outputs if o.section is None or not o.path.exists()})
         except OSError as e:
             raise ConfigError(f"cannot write into {out}: {e.strerror or e}") from None
-        yield out
+        kept = _keep(outputs)
+        try:
+            yield out
+        except Exception:
+            _put_back(kept, failed=True)
+            raise
+        _put_back(kept, failed=False)
     except AbstainError:
         _undo(out, outputs, created)
         raise

@@ -522,6 +522,33 @@ def _stage_worker(stage: Stage, config: dict, h: str, out: str, scale: str, demo
     return run_stage(StagePlan(stage, config, h), ctx, env, resume)
 
 
+def _exit_with_parent(poll_s: float = 0.05) -> None:
+    """Initializer of the worker processes of :func:`_run_parallel`: a daemon thread that ends
+    this worker at once (``os._exit``) when the pipeline process that spawned it is gone.
+
+    The lock of the output directory belongs to the pipeline process; a SIGKILL of it releases
+    the lock (:class:`abstain.outputs.DirLock`), and a worker left running would go on writing
+    its stage (checkpoints, records, even ``.done``) while a rerun of the command, which now
+    holds the lock, prepares the same stage (issue 25, item 7). Exiting leaves the stage as an
+    interruption leaves it: resumable from ``work/``, without ``.done``.
+
+    A worker also ignores SIGINT: Ctrl-C reaches the whole process group, and the pipeline
+    process alone handles it (it stops the workers); a worker's own KeyboardInterrupt would
+    print a traceback from the middle of ``concurrent.futures``."""
+    import signal
+    import threading
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="abstain-parent-watch", daemon=True).start()
+
+
 def _critical_path(p: StagePlan, plans: Sequence[StagePlan], prog: Progress) -> float:
     """The expected seconds of ``p`` plus those of its longest chain of dependents."""
     after = [q for q in plans if p.name in q.depends]
@@ -544,7 +571,8 @@ def _run_parallel(plans: Sequence[StagePlan], todo: Sequence[StagePlan], out: Pa
     tags = {p.name: f"[{i}/{n}] {p.name}" for i, p in enumerate(plans, 1)}
     status = result.status.get        # set by settle()
 
-    pool = cf.ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"))
+    pool = cf.ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
+                                  initializer=_exit_with_parent)
     try:
         while pending or running:
             for p in list(pending):
@@ -579,8 +607,11 @@ def _run_parallel(plans: Sequence[StagePlan], todo: Sequence[StagePlan], out: Pa
     except KeyboardInterrupt:
         for p, _, _ in running.values():
             _update_manifest(out, scale, demo, {p.name: {"status": "interrupted", "hash": p.hash}})
-        for proc in list(getattr(pool, "_processes", {}).values()):
+        procs = list(getattr(pool, "_processes", {}).values())
+        for proc in procs:
             proc.terminate()
+        for proc in procs:      # gone before the command reports the interruption
+            proc.join(10)
         pool.shutdown(wait=False, cancel_futures=True)
         raise
     pool.shutdown(wait=True)

@@ -50,7 +50,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     m.add_argument("--core", required=True, metavar="RUN|MODULE:FACTORY", help="the core model")
     m.add_argument("--core-weights", metavar="FILE", help="weights of --core MODULE:FACTORY")
     add_data_arguments(m)
-    add_trust_arguments(m, batch=False)
+    add_trust_arguments(m)
     p.add_argument("--selector", required=True, choices=SELECTORS,
                    help="S_ERI (eq. 12), S_CRI (eq. 13, smoothing), S_SR (eq. 16) or S_SN (eq. 18)")
     p.add_argument("--eps", type=float, nargs="+", required=True, metavar="E", help="radii (pixel space)")
@@ -122,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
     with claim(out, abstain_outputs(out, s), args.overwrite):
         robust = resolve(args.robust, args.robust_weights, flag="--robust", **common)
         core = resolve(args.core, args.core_weights, flag="--core", **common)
-        section = abstain_job(robust, core, out, s, device)
+        section = abstain_job(robust, core, out, s, device, allow_batch_dependent=args.allow_batch_dependent)
     for key, entry in section.items():
         if key == "meta":
             continue

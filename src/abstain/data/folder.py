@@ -5,6 +5,16 @@ RGB (or grey with ``mode="L"``) and resized to ``size`` x ``size`` (bilinear, wi
 Pillow's antialiasing when shrinking). Class names are the sorted union of the class
 directories of all splits under ``root``, so a class index means the same in ``train``
 and ``test`` even when a split lacks a class.
+
+Conversions of other pixel formats (stated here, applied silently): 16-bit grey images
+(Pillow modes ``I;16*``, and ``I`` with values in 0–65535) are scaled from the full 16-bit
+range, v·255/65535 rounded (Pillow's own conversion clips them at 255, which turned a
+16-bit image white); float images (mode ``F``, no known range) and 32-bit values outside
+0–65535 are refused. An alpha channel (RGBA, LA, a palette's transparency) is dropped, not
+composited: transparent pixels keep their stored colour. CMYK becomes RGB by Pillow's
+formula (no colour profile). An animated file gives its first frame. Files whose name has
+an image extension but that are not regular files (a directory, a FIFO, a broken link or a
+link loop) are not images and are skipped.
 """
 from __future__ import annotations
 
@@ -50,19 +60,41 @@ def check_pixels(im, path: Path, limit: int = MAX_PIXELS) -> None:
                         "(a decompression bomb?)")
 
 
+def to_8bit(im, path: Path):
+    """``im`` with 16-bit grey pixels scaled to 8 bits (v·255/65535, rounded: see the module
+    docstring); other modes unchanged. Refuses float pixels and 32-bit values outside
+    0–65535, whose range is not known."""
+    from PIL import Image
+
+    if im.mode == "F":
+        raise DataError(f"image {path} has floating-point pixels (mode F) of no known range; "
+                        "save it with 8 or 16 bits per channel")
+    if not (im.mode == "I" or im.mode.startswith("I;16")):
+        return im
+    a = np.asarray(im).astype(np.int64)
+    if a.size and (a.min() < 0 or a.max() > 65535):
+        raise DataError(f"image {path} has 32-bit pixels in [{a.min()}, {a.max()}], outside the 16-bit "
+                        "range 0-65535; save it with 8 or 16 bits per channel")
+    return Image.fromarray(((a * 255 + 32767) // 65535).astype(np.uint8), "L")
+
+
 def read_image(path: Path, size: int | None, mode: str = "RGB") -> np.ndarray:
-    """One image as a uint8 array (H, W, C), resized to ``size`` x ``size`` when given."""
+    """One image as a uint8 array (H, W, C), resized to ``size`` x ``size`` when given
+    (pixel formats converted as the module docstring states)."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as im:
             check_pixels(im, path)
-            im = im.convert(mode)
+            im = to_8bit(im, path).convert(mode)
             if size is not None and im.size != (size, size):
                 im = im.resize((size, size), Image.BILINEAR)
             arr = np.asarray(im, dtype=np.uint8)
+    except DataError:
+        raise
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise DataError(f"cannot read image {path}: {e}") from None
+        detail = str(e).replace(f" '{path}'", "").replace(str(path), "the file")   # Pillow repeats the path
+        raise DataError(f"cannot read image {path}: {detail}") from None
     return arr.reshape(arr.shape[0], arr.shape[1], -1)
 
 

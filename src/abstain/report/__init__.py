@@ -59,6 +59,40 @@ def _seconds(v: Any) -> str:
     return f"{fmt_seconds(v)} ({v:.1f} s)"
 
 
+MAX_STAGE_FILE = 256 * 2**20      # a stage's records of 10k samples are a few MB
+
+
+def unreadable(out: Path, sdir: Path) -> str | None:
+    """Why the files of a stage directory that the report reads (``.done``, ``results.json``,
+    ``records/*``) cannot be read safely, or None: each must be a regular file of at most
+    :data:`MAX_STAGE_FILE` bytes inside the run directory once links are resolved. A FIFO
+    blocked the report forever, a sparse 3 GB ``results.json`` was read whole, and a records
+    file linked to a file elsewhere would put that file's first line into the report."""
+    from ..safefiles import check_regular
+
+    rdir = sdir / "records"
+    files = [sdir / ".done", sdir / "results.json"]
+    if rdir.is_dir() and not rdir.is_symlink():
+        files += sorted(rdir.iterdir())
+    elif os.path.lexists(rdir):
+        files.append(rdir)
+    root = out.resolve()
+    for f in files:
+        if not os.path.lexists(f):
+            continue
+        try:
+            real = f.resolve(strict=True)
+        except (OSError, RuntimeError):
+            return f"{f} is a broken or looping link"
+        if root not in real.parents:
+            return f"{f} links outside the run directory"
+        try:
+            check_regular(f, MAX_STAGE_FILE, "file", DataError)
+        except DataError as e:
+            return str(e)
+    return None
+
+
 def _stage_section(out: Path, name: str, entry: dict) -> tuple[Section, str]:
     """The section of stage ``name`` (its report blocks, or why there are none) and its status."""
     from ..pipeline import is_done
@@ -67,6 +101,10 @@ def _stage_section(out: Path, name: str, entry: dict) -> tuple[Section, str]:
     sdir = out / name
     stage = get_stage(name)
     sec = Section(name=name, title=stage.title if stage else name, base=sdir, link=name, root=out)
+    why = unreadable(out, sdir)
+    if why:
+        sec.notes.append(f"not shown: {why}")
+        return sec, "unreadable"
     if not is_done(sdir):
         st = STATUS_TEXT.get(entry.get("status", ""), entry.get("status") or "not run")
         reason = entry.get("reason") or entry.get("error") or ""

@@ -17,8 +17,10 @@ Verdict = tuple[str, str]          # (numbers, verdict)
 def _load(out: Path, stage: str) -> dict | None:
     from ..io import read_json
 
+    from . import unreadable
+
     f = out / stage / "results.json"
-    if not f.is_file():
+    if not f.is_file() or unreadable(out, out / stage):
         return None
     try:
         data = read_json(f)
