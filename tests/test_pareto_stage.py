@@ -28,10 +28,14 @@ def stage_dir(tmp_path_factory) -> Path:
     std_cfg = _tiny(R.experiments({"s": {"config": "mnist1d-std"}})["s"])
     R.train_experiment(StageContext(name="mnist1d-partition", out=root / "mnist1d-partition", root=root),
                        "std", 0, std_cfg)
+    pre = _tiny(R.experiments({"p": {"config": "mnist1d-trades-pretrain"}})["p"])
+    for s in (0, 1):
+        R.train_experiment(StageContext(name="mnist1d-pretrain", out=root / "mnist1d-pretrain", root=root),
+                           "pretrain", s, pre)
     cfg = pareto.config("mini", False)
     methods = {"trades": [["trades-g1", 1.0], ["trades-g6", 6.0]], "era": [["era-b0.25", 0.25], ["era-b4", 4.0]],
                "dga": [["dga-b1", 1.0]]}
-    cfg.update({"pretrain": _tiny(cfg["pretrain"]), "pretrain_seeds": [0, 1], "eval_steps": 2, "test_samples": 60,
+    cfg.update({"pretrain_seeds": [0, 1], "eval_steps": 2, "test_samples": 60,
                 "compare_attack": None, "n_boot": 200, "methods": methods,
                 "points": {n: _tiny(cfg["points"][n]) for ps in methods.values() for n, _ in ps},
                 "tau_fronts": {**cfg["tau_fronts"], "steps": 2, "sn": {"epochs": 2, "hidden": 16, "samples": 100},
@@ -50,11 +54,10 @@ def test_config_is_the_issue_grid_with_one_selection_rule():
     assert {c["train"]["select"] for c in cfg["points"].values()} == {"last"}
     assert cfg["points"]["era-authors-b1"]["loss"]["variant"] == "authors"
     assert cfg["points"]["trades-g12"]["loss"]["gamma"] == 12.0
-    assert cfg["pretrain"]["loss"]["eps"] == pytest.approx(2 * cfg["eps"])
     demo = pareto.config("mini", True)
-    assert len(demo["points"]) == 2 and demo["pretrain_seeds"] == [0] and demo["pretrain"]["train"]["epochs"] == 10
-    assert cfg["pretrain"]["train"]["epochs"] == 20
-    assert get("mnist1d-pareto").depends == ("mnist1d-partition",)
+    assert len(demo["points"]) == 2 and demo["pretrain_seeds"] == [0]
+    assert cfg["pretrain_stage"] == "mnist1d-pretrain"
+    assert get("mnist1d-pareto").depends == ("mnist1d-partition", "mnist1d-pretrain")
 
 
 def test_results_schema_and_numbers_recomputed_from_records(stage_dir):

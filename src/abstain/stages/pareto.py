@@ -2,7 +2,9 @@
 on MNIST-1D, instead of one ERA point against one TRADES point.
 
 * Pre-training: the TRADES pre-training at 2ε (``configs/mnist1d-trades-pretrain.toml``), one
-  per pre-training seed (``pretrain_seeds``, 3 at mini scale).
+  per pre-training seed (``pretrain_seeds``, 3 at mini scale), trained by the stage
+  ``mnist1d-pretrain`` (shared with ``mnist1d-finetune``, ``mnist1d-certify`` and
+  ``mnist1d-compose-2eps``; its records hold the pre-trained models' evaluation).
 * Fine-tunes of each pre-trained model at ε = 0.02 (the study's fine-tune configs, the weight
   overridden): TRADES γ ∈ {0.5, 1, 2, 4, 6, 12, 24}; ERA (the paper's loss) β ∈ {0.1, 0.25, 0.5,
   1, 2, 4}; ERA (the authors' variant) and DGA β ∈ {0.25, 1, 4}. Each fine-tune is seeded with
@@ -33,7 +35,7 @@ on MNIST-1D, instead of one ERA point against one TRADES point.
   with one-sample t-test p-values of the per-seed differences.
 
 Records: ``records/<point>-s<seed>.csv`` (``point`` = ``trades-g6``, ``era-b1``,
-``era-authors-b1``, ``dga-b1``, ``pretrain``), ``strong--…``, ``compose--<point>-s<seed>.csv``,
+``era-authors-b1``, ``dga-b1``), ``strong--…``, ``compose--<point>-s<seed>.csv``,
 ``tau-sr--trades-g6-s<seed>.csv`` / ``tau-sn--…`` and ``core-s0.csv``. Figures: ``fig2_fronts.png``, ``fig4_fronts.png``.
 """
 from __future__ import annotations
@@ -45,10 +47,11 @@ from typing import Any, Mapping
 import numpy as np
 
 from . import _robust as R
-from . import tau_fronts
+from . import pretrain, tau_fronts
 from .base import Stage
 
 PARTITION = "mnist1d-partition"
+PRETRAIN = pretrain.NAME
 CONFIGS = {"trades": ("mnist1d-trades-finetune", "gamma", "g"), "era": ("mnist1d-era-finetune", "beta", "b"),
            "era-authors": ("mnist1d-era-authors-finetune", "beta", "b"), "dga": ("mnist1d-dga-finetune", "beta", "b")}
 WEIGHTS = {"trades": [0.5, 1.0, 2.0, 4.0, 6.0, 12.0, 24.0], "era": [0.1, 0.25, 0.5, 1.0, 2.0, 4.0],
@@ -71,11 +74,12 @@ def config(scale: str, demo: bool) -> dict:
     eps = {c["loss"]["eps"] for c in points.values()}
     if len(eps) != 1:
         raise ValueError(f"the pareto fine-tunes disagree on ε: {sorted(eps)}")
-    # the demo pre-trains 10 of the 20 epochs (measured under load: 10.7 s per epoch) to stay in
-    # make demo's 10 minutes; its 2 points show the pipeline, not the fronts
-    pre = {"train.epochs": 10} if demo else {}
-    return {"pretrain": R.experiments({"p": {"config": "mnist1d-trades-pretrain", "set": pre}})["p"],
-            "pretrain_seeds": [0] if demo else [0, 1, 2], "eps": eps.pop(), "norm": "linf",
+    # the demo's 2 points (one pre-training seed) show the pipeline, not the fronts
+    up = pretrain.config(scale, demo)
+    eps = eps.pop()
+    if abs(up["eps"] - eps) > 1e-12:
+        raise ValueError(f"{PRETRAIN} evaluates at ε = {up['eps']:g}, the fronts are at {eps:g}")
+    return {"pretrain_stage": PRETRAIN, "pretrain_seeds": list(up["seeds"]), "eps": eps, "norm": "linf",
             "points": points, "methods": {m: [[point_name(m, p), p] for p in ps] for m, ps in weights.items()},
             "eval_steps": 40, "attack": R.PAPER_ATTACK, "compare_attack": None if demo else R.STRONG_ATTACK,
             "test_samples": None, "core_stage": PARTITION, "n_boot": 2000, "losses": list(LOSSES),
@@ -93,11 +97,12 @@ def _test_subset(test: Any, n: int | None) -> Any:
 def _run(ctx: Any, cfg: dict) -> dict:
     from ..composition import composition_columns
     from ..selectors.evaluate import candidate, core_records
+    from .abstain_models import load_pretrained
     from .compose import load_core
 
     t0 = time.perf_counter()
     eps = cfg["eps"]
-    _, _, test = R.splits(cfg["pretrain"], 0)
+    _, _, test = R.splits(next(iter(cfg["points"].values())), 0)
     test = _test_subset(test, cfg["test_samples"])
     index = np.arange(len(test))            # the row of the (sub)set, as evaluate() numbers it
     core, core_seed = load_core(ctx.root, cfg["core_stage"], "std", 0, ctx.device)
@@ -109,9 +114,7 @@ def _run(ctx: Any, cfg: dict) -> dict:
     pretrained: dict[int, Any] = {}
     for seed, name, c in R.progress_iter(ctx, jobs, "MNIST-1D fronts"):
         if seed not in pretrained:
-            pretrained[seed] = R.train_experiment(ctx, "pretrain", seed, cfg["pretrain"]).cpu()
-            R.evaluate_records(ctx, pretrained[seed], test, eps=[eps], config=cfg, name="pretrain", seed=seed,
-                               double_eps=True)
+            pretrained[seed] = load_pretrained(ctx.root, cfg["pretrain_stage"], seed)
         model = R.train_experiment(ctx, name, seed, c, init_from=pretrained[seed])
         cols = R.evaluate_records(ctx, model, test, eps=[eps], config=cfg, name=name, seed=seed, double_eps=True)
         tf = cfg.get("tau_fronts")
@@ -365,5 +368,5 @@ def report(stage_dir: Path) -> list[dict]:
 STAGE = Stage(name="mnist1d-pareto",
               title="mnist1d-pareto — fronts of TRADES / ERA / DGA over their weights, compositions from every "
                     "point (paper Fig. 2, 4; Sec. 8)",
-              depends=(PARTITION,), config=config, run=R.one_thread(_run), report=report,
+              depends=(PARTITION, PRETRAIN), config=config, run=R.one_thread(_run), report=report,
               expected_seconds=(60.0, 1800.0))
