@@ -129,4 +129,4 @@ STAGE = Stage(name="mnist1d-compose-2eps",
               title="mnist1d-compose-2eps — compositions of models fine-tuned at 2ε, composed at ε (paper Sec. 7.3, "
                     "Tables 4, 6)",
               depends=(pareto.PARTITION, pareto.PRETRAIN, "mnist1d-pareto"), config=config, run=R.one_thread(_run), report=report,
-              expected_seconds=(40.0, 400.0))
+              expected_seconds=(40.0, 200.0))

@@ -209,4 +209,4 @@ def report(stage_dir: Path) -> list[dict]:
 STAGE = Stage(name="mnist1d-certify",
               title="mnist1d-certify — Gaussian noise vs CRA fine-tunes of a TRADES model, certified (paper Tables 2, 3)",
               depends=(PRETRAIN_STAGE,), config=config, run=R.one_thread(_run), report=report,
-              expected_seconds=(60.0, 2400.0))
+              expected_seconds=(60.0, 1450.0))

@@ -369,4 +369,4 @@ STAGE = Stage(name="mnist1d-pareto",
               title="mnist1d-pareto — fronts of TRADES / ERA / DGA over their weights, compositions from every "
                     "point (paper Fig. 2, 4; Sec. 8)",
               depends=(PARTITION, PRETRAIN), config=config, run=R.one_thread(_run), report=report,
-              expected_seconds=(60.0, 1800.0))
+              expected_seconds=(100.0, 1600.0))

@@ -68,4 +68,4 @@ def report(stage_dir: Path) -> list[dict]:
 
 
 STAGE = Stage(name=NAME, title="mnist1d-pretrain — the TRADES pre-trainings at 2ε shared by the MNIST-1D fine-tunes",
-              depends=(), config=config, run=R.one_thread(_run), report=report, expected_seconds=(150.0, 600.0))
+              depends=(), config=config, run=R.one_thread(_run), report=report, expected_seconds=(100.0, 260.0))
