@@ -38,7 +38,7 @@ def stage_dir(tmp_path_factory) -> Path:
     cfg.update({"pretrain_seeds": [0, 1], "eval_steps": 2, "test_samples": 60,
                 "compare_attack": None, "n_boot": 200, "methods": methods,
                 "points": {n: _tiny(cfg["points"][n]) for ps in methods.values() for n, _ in ps},
-                "tau_fronts": {**cfg["tau_fronts"], "steps": 2, "sn": {"epochs": 2, "hidden": 16, "samples": 100},
+                "tau_fronts": {**cfg["tau_fronts"], "steps": 2,                 # = eval_steps "sn": {"epochs": 2, "hidden": 16, "samples": 100},
                                "tau_points": 10}})
     ctx = StageContext(name="mnist1d-pareto", out=root / "mnist1d-pareto", root=root)
     res = pareto.STAGE.run(ctx, cfg)
@@ -58,6 +58,9 @@ def test_config_is_the_issue_grid_with_one_selection_rule():
     assert len(demo["points"]) == 2 and demo["pretrain_seeds"] == [0]
     assert cfg["pretrain_stage"] == "mnist1d-pretrain"
     assert get("mnist1d-pareto").depends == ("mnist1d-partition", "mnist1d-pretrain")
+    for c in (cfg, demo):       # the selectors attack like the evaluation: same robust@ε
+        assert c["tau_fronts"]["steps"] == c["eval_steps"] and c["tau_fronts"]["attack"] == c["attack"]
+        assert c["tau_fronts"]["point"] in c["points"]
 
 
 def test_results_schema_and_numbers_recomputed_from_records(stage_dir):
@@ -203,6 +206,12 @@ def test_tau_fronts_by_hand_from_the_selector_records(stage_dir):
         p0 = tau_fronts.point_at("sr", sr, 0.02, 0.0)
         part = R.partition_at(f, 0.02)
         assert p0["rob_acc"] <= part["rob_acc"] + 1e-12 and p0["rob_inacc"] <= part["rob_inacc"] + 1e-12
+        # S_SN adds no attack: its robust@ε is the evaluation's (same attack, seed and starts),
+        # so at τ = 0 its point is the fine-tune's point
+        sn = read_records(out / f"records/tau-sn--trades-g6-s{s}.csv")
+        assert np.array_equal(sn["robust@0.02"].astype(bool), f["robust@0.02"].astype(bool))
+        q0 = tau_fronts.point_at("sn", sn, 0.02, 0.0)
+        assert q0["rob_acc"] == pytest.approx(part["rob_acc"]) and q0["rob_inacc"] == pytest.approx(part["rob_inacc"])
     sr0 = [tau_fronts.point_at("sr", read_records(out / f"records/tau-sr--trades-g6-s{s}.csv"), 0.02, 0.5)
            for s in (0, 1)]
     row = res["tau_fronts"]["sr"][5]
