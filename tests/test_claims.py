@@ -33,13 +33,18 @@ def test_claims_table_reads_the_stage_results(tmp_path: Path):
                                          "compose-eri-trades": {"nat_acc": 0.90, "rob_acc": 0.4178}})
     _write(tmp_path, "mnist1d-pareto", {"matched": {
         "era_minus_trades_rob_inacc@0.5": {"mean": -0.02, "ci95_low": -0.03, "ci95_high": -0.01, "holm_reject": True},
-        "dga_minus_trades_rob_inacc@0.5": {"mean": 0.0, "ci95_low": -0.01, "ci95_high": 0.01}}})
+        "dga_minus_trades_rob_inacc@0.5": {"mean": 0.0, "ci95_low": -0.01, "ci95_high": 0.01},
+        "era_minus_sr_rob_inacc@0.45": {"mean": -0.01, "ci95_low": -0.015, "ci95_high": -0.005},
+        "era_minus_sn_rob_inacc@0.45": {"mean": 0.01, "ci95_low": 0.005, "ci95_high": 0.015}}})
     rows = {r[0]: r for r in claims.blocks(tmp_path)[0]["rows"]}
     assert len(rows) == len(claims.CLAIMS)
     comp = rows["Tables 4 / 6, Fig. 4, Sec. 7.3"]
     assert comp[4] == "held as a trade-off" and "+1.48" in comp[3] and "-1.78" in comp[3]
     front = rows["Fig. 2 / Table 5"]
     assert front[4] == "held" and "survive Holm: 1 of 1" in front[3]
+    tau = rows["Fig. 3 on Fig. 2's axes"]
+    assert tau[4] == "mixed across selectors / levels" and "era minus sr @0.45: -1.00 [-1.50, -0.50]" in tau[3]
+    assert "survive Holm: 0 of 2" in tau[3]
     assert rows["Tables 2 / 3"][4] == "not run in this directory"
     assert rows["Sec. 7.3 (the paper's setup)"][4] == "not run in this directory"
 
@@ -51,5 +56,6 @@ def test_claims_of_a_demo_run(tmp_path: Path):
         "era_minus_trades_rob_acc@2eps": {"mean": -0.1295, "ci95_low": -0.1295, "ci95_high": -0.1295}})
     rows = {r[0]: r for r in claims.blocks(tmp_path)[0]["rows"]}
     assert rows["Fig. 2 / Table 5"][4].startswith("not shown (no robust-accuracy level")
+    assert rows["Fig. 3 on Fig. 2's axes"][4].startswith("not shown (no matched level")
     assert rows["Sec. 7.3 (the paper's setup)"][4] == "did not hold" and "-0.65" in rows["Sec. 7.3 (the paper's setup)"][3]
     assert rows["Tables 4, 5, 9; MTSD (paper scale)"][4].startswith("not testable here")

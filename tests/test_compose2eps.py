@@ -24,7 +24,7 @@ def test_config_fine_tunes_at_twice_the_composition_radius():
     assert set(cfg["points"]) == {"trades", "era", "dga"} and cfg["pretrain_seeds"] == [0, 1, 2]
     assert {c["loss"]["eps"] for c in cfg["points"].values()} == {2 * cfg["eps"]} and cfg["eps"] == 0.02
     assert {c["train"]["select"] for c in cfg["points"].values()} == {"last"}
-    assert get("mnist1d-compose-2eps").depends == ("mnist1d-partition", "mnist1d-pareto")
+    assert get("mnist1d-compose-2eps").depends == ("mnist1d-partition", "mnist1d-pretrain", "mnist1d-pareto")
 
 
 def test_tiny_run_composes_at_eps(tmp_path: Path):
@@ -32,7 +32,7 @@ def test_tiny_run_composes_at_eps(tmp_path: Path):
     std = _tiny(R.experiments({"s": {"config": "mnist1d-std"}})["s"])
     R.train_experiment(StageContext(name="mnist1d-partition", out=root / "mnist1d-partition", root=root), "std", 0, std)
     pre = _tiny(R.experiments({"p": {"config": "mnist1d-trades-pretrain"}})["p"])
-    R.train_experiment(StageContext(name="mnist1d-pareto", out=root / "mnist1d-pareto", root=root), "pretrain", 0, pre)
+    R.train_experiment(StageContext(name="mnist1d-pretrain", out=root / "mnist1d-pretrain", root=root), "pretrain", 0, pre)
     cfg = C.config("mini", True)
     cfg.update({"points": {k: _tiny(v) for k, v in cfg["points"].items()}, "pretrain_seeds": [0], "eval_steps": 2,
                 "test_samples": 40, "n_boot": 50})

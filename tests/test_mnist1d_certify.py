@@ -31,13 +31,13 @@ def test_config_follows_the_issue_and_the_radius_rule():
     exps = {v: e for v, e, _ in C._models(cfg)}
     assert exps["cra-authors@0.01"]["loss"]["variant"] == "authors" and exps["cra-b4@0.02"]["loss"]["beta"] == 4.0
     assert {e["train"]["epochs"] for e in exps.values()} == {5}                    # equal epochs
-    assert get("mnist1d-certify").depends == ("mnist1d-pareto",)
+    assert get("mnist1d-certify").depends == ("mnist1d-pretrain",)
 
 
 def test_tiny_run_and_the_difference_by_hand(tmp_path: Path):
     root = tmp_path
     pre = _tiny(R.experiments({"p": {"config": "mnist1d-trades-pretrain"}})["p"])
-    R.train_experiment(StageContext(name="mnist1d-pareto", out=root / "mnist1d-pareto", root=root), "pretrain", 0, pre)
+    R.train_experiment(StageContext(name="mnist1d-pretrain", out=root / "mnist1d-pretrain", root=root), "pretrain", 0, pre)
     cfg = C.config("mini", True)
     cfg["experiments"] = {k: _tiny(v) for k, v in cfg["experiments"].items()}
     cfg.update({"samples": 20, "n": 500, "n0": 50, "n_boot": 100})
@@ -66,5 +66,5 @@ def test_missing_pretraining_is_a_clear_error(tmp_path: Path):
     from abstain.errors import DataError
 
     cfg = C.config("mini", True)
-    with pytest.raises(DataError, match="mnist1d-pareto"):
+    with pytest.raises(DataError, match="mnist1d-pretrain"):
         C.STAGE.run(StageContext(name="mnist1d-certify", out=tmp_path / "c", root=tmp_path), cfg)

@@ -13,7 +13,7 @@ from abstain import stats
 from abstain.records import read_records
 from abstain.stages import StageContext, get
 from abstain.stages import _robust as R
-from abstain.stages import pareto
+from abstain.stages import pareto, tau_fronts
 
 
 def _tiny(cfg: dict, epochs: int = 1, steps: int = 2) -> dict:
@@ -28,12 +28,18 @@ def stage_dir(tmp_path_factory) -> Path:
     std_cfg = _tiny(R.experiments({"s": {"config": "mnist1d-std"}})["s"])
     R.train_experiment(StageContext(name="mnist1d-partition", out=root / "mnist1d-partition", root=root),
                        "std", 0, std_cfg)
+    pre = _tiny(R.experiments({"p": {"config": "mnist1d-trades-pretrain"}})["p"])
+    for s in (0, 1):
+        R.train_experiment(StageContext(name="mnist1d-pretrain", out=root / "mnist1d-pretrain", root=root),
+                           "pretrain", s, pre)
     cfg = pareto.config("mini", False)
     methods = {"trades": [["trades-g1", 1.0], ["trades-g6", 6.0]], "era": [["era-b0.25", 0.25], ["era-b4", 4.0]],
                "dga": [["dga-b1", 1.0]]}
-    cfg.update({"pretrain": _tiny(cfg["pretrain"]), "pretrain_seeds": [0, 1], "eval_steps": 2, "test_samples": 60,
+    cfg.update({"pretrain_seeds": [0, 1], "eval_steps": 2, "test_samples": 60,
                 "compare_attack": None, "n_boot": 200, "methods": methods,
-                "points": {n: _tiny(cfg["points"][n]) for ps in methods.values() for n, _ in ps}})
+                "points": {n: _tiny(cfg["points"][n]) for ps in methods.values() for n, _ in ps},
+                "tau_fronts": {**cfg["tau_fronts"], "steps": 2,                 # = eval_steps "sn": {"epochs": 2, "hidden": 16, "samples": 100},
+                               "tau_points": 10}})
     ctx = StageContext(name="mnist1d-pareto", out=root / "mnist1d-pareto", root=root)
     res = pareto.STAGE.run(ctx, cfg)
     return ctx.out, res, cfg
@@ -48,11 +54,13 @@ def test_config_is_the_issue_grid_with_one_selection_rule():
     assert {c["train"]["select"] for c in cfg["points"].values()} == {"last"}
     assert cfg["points"]["era-authors-b1"]["loss"]["variant"] == "authors"
     assert cfg["points"]["trades-g12"]["loss"]["gamma"] == 12.0
-    assert cfg["pretrain"]["loss"]["eps"] == pytest.approx(2 * cfg["eps"])
     demo = pareto.config("mini", True)
-    assert len(demo["points"]) == 2 and demo["pretrain_seeds"] == [0] and demo["pretrain"]["train"]["epochs"] == 10
-    assert cfg["pretrain"]["train"]["epochs"] == 20
-    assert get("mnist1d-pareto").depends == ("mnist1d-partition",)
+    assert len(demo["points"]) == 2 and demo["pretrain_seeds"] == [0]
+    assert cfg["pretrain_stage"] == "mnist1d-pretrain"
+    assert get("mnist1d-pareto").depends == ("mnist1d-partition", "mnist1d-pretrain")
+    for c in (cfg, demo):       # the selectors attack like the evaluation: same robust@ε
+        assert c["tau_fronts"]["steps"] == c["eval_steps"] and c["tau_fronts"]["attack"] == c["attack"]
+        assert c["tau_fronts"]["point"] in c["points"]
 
 
 def test_results_schema_and_numbers_recomputed_from_records(stage_dir):
@@ -170,3 +178,55 @@ def test_matched_fronts_and_budget_on_hand_written_records(tmp_path):
     assert np.isnan(res["budget"]["era@0.5"]["mean"])
     era1 = next(p for p in res["fronts"]["era"] if p["param"] == 1.0)
     assert era1["compose_nat_acc"] == pytest.approx(0.895) and era1["compose_rob_acc_std"] == pytest.approx(0.06)
+
+
+def test_tau_fronts_by_hand_from_the_selector_records(stage_dir):
+    out, res, _ = stage_dir
+    assert set(res["tau_fronts"]) == {"sr", "sn"}
+    for kind, pts in res["tau_fronts"].items():
+        assert [p["tau"] for p in pts] == pytest.approx([i / 10 for i in range(10)])
+        assert all({"rob_acc", "rob_inacc", "rob_sel", "rob_acc_std", "rob_inacc_std", "rob_sel_std"} <= set(p)
+                   for p in pts)
+        # raising τ only removes selected points
+        for k in ("rob_acc", "rob_inacc"):
+            assert all(a[k] >= b[k] - 1e-12 for a, b in zip(pts, pts[1:]))
+    for s in (0, 1):
+        sr = read_records(out / f"records/tau-sr--trades-g6-s{s}.csv")
+        f = read_records(out / f"records/trades-g6-s{s}.csv")
+        assert np.array_equal(sr["index"], f["index"]) and np.array_equal(sr["pred"], f["pred"])
+        # S_SR (eq. 16) by hand at τ = 0.5: the smallest max-softmax the attacks found in B_ε
+        sel = np.minimum(sr["minconf_apgd@0.02"], sr["minconf_conf@0.02"]) >= 0.5
+        rob = sr["robust@0.02"].astype(bool) & ~sr["flip_apgd@0.02"].astype(bool) & ~sr["flip_conf@0.02"].astype(bool)
+        acc = sr["pred"] == sr["label"]
+        got = tau_fronts.point_at("sr", sr, 0.02, 0.5)
+        assert got["rob_acc"] == pytest.approx(np.mean(sel & rob & acc))
+        assert got["rob_inacc"] == pytest.approx(np.mean(sel & rob & ~acc))
+        # at τ = 0 everything is selected: F's partition at ε, never above the fine-tune's point
+        # (the selector's attacks are added to the evaluation's)
+        p0 = tau_fronts.point_at("sr", sr, 0.02, 0.0)
+        part = R.partition_at(f, 0.02)
+        assert p0["rob_acc"] <= part["rob_acc"] + 1e-12 and p0["rob_inacc"] <= part["rob_inacc"] + 1e-12
+        # S_SN adds no attack: its robust@ε is the evaluation's (same attack, seed and starts),
+        # so at τ = 0 its point is the fine-tune's point
+        sn = read_records(out / f"records/tau-sn--trades-g6-s{s}.csv")
+        assert np.array_equal(sn["robust@0.02"].astype(bool), f["robust@0.02"].astype(bool))
+        q0 = tau_fronts.point_at("sn", sn, 0.02, 0.0)
+        assert q0["rob_acc"] == pytest.approx(part["rob_acc"]) and q0["rob_inacc"] == pytest.approx(part["rob_inacc"])
+    sr0 = [tau_fronts.point_at("sr", read_records(out / f"records/tau-sr--trades-g6-s{s}.csv"), 0.02, 0.5)
+           for s in (0, 1)]
+    row = res["tau_fronts"]["sr"][5]
+    assert row["rob_acc"] == pytest.approx(np.mean([p["rob_acc"] for p in sr0]))
+    assert row["rob_acc_std"] == pytest.approx(np.std([p["rob_acc"] for p in sr0]))
+    blocks = pareto.report(out)
+    tau_table = next(b for b in blocks if b["kind"] == "table" and b["caption"].startswith("τ-fronts"))
+    assert {r[0] for r in tau_table["rows"]} == {"sr", "sn"}
+
+
+def test_the_eri_reading_of_a_tau_point_is_the_partition(tmp_path):
+    """The τ-front formula applied to S_ERI (selected = robust at ε) gives F's partition: the
+    fine-tune points and the τ-fronts are on the same axes."""
+    _write(tmp_path / "r.csv", 40, 7, n_correct=70)
+    rec = read_records(tmp_path / "r.csv")
+    got = tau_fronts.point_at("eri", rec, 0.02, None)
+    assert got["rob_acc"] == pytest.approx(0.40) and got["rob_inacc"] == pytest.approx(0.07)
+    assert got["rob_sel"] == pytest.approx(0.47)          # robust at 2ε as well (same column here)

@@ -9,7 +9,7 @@ writing such a module and adding it here (docs/architecture.md, "Adding a stage"
 from __future__ import annotations
 
 from . import (abstain_models, compose, compose2eps, digits_certify, fig1, finetune, mnist1d_certify, paper,
-               paper_records, pareto, partition)
+               paper_records, pareto, partition, pretrain)
 from .base import Block, Stage, StageContext
 from .study import DIGITS, MNIST1D, Study
 
@@ -26,9 +26,10 @@ STAGES: list[Stage] = [
     *_digits[:2],                 # digits-partition, digits-finetune
     digits_certify.STAGE,
     *_digits[2:],                 # digits-abstain, digits-compose
-    *study_stages(MNIST1D),
+    pretrain.STAGE,               # mnist1d-pretrain (the TRADES pre-trainings the MNIST-1D stages share)
+    *study_stages(MNIST1D),       # mnist1d-finetune starts from mnist1d-pretrain's seed 0
     pareto.STAGE,                 # mnist1d-pareto (needs mnist1d-partition's core)
-    mnist1d_certify.STAGE,        # mnist1d-certify (fine-tunes mnist1d-pareto's pre-trainings)
+    mnist1d_certify.STAGE,        # mnist1d-certify (fine-tunes mnist1d-pretrain's pre-trainings)
     compose2eps.STAGE,            # mnist1d-compose-2eps (the same pre-trainings, fine-tuned at 2ε)
     *paper.STAGES,
     paper_records.STAGE,

@@ -1,7 +1,7 @@
 """Stage ``mnist1d-compose-2eps``: compositions as the paper builds them (Sec. 7.3, Tables 4/6):
 the robust models are fine-tuned at 2ε and composed at ε.
 
-From each TRADES pre-training of ``mnist1d-pareto`` (``work/pretrain-s<seed>``, at 2ε = 0.04)
+From each TRADES pre-training of ``mnist1d-pretrain`` (``work/pretrain-s<seed>``, at 2ε = 0.04)
 TRADES (γ = 6), ERA (β = 1, the paper's loss) and DGA (β = 1) are fine-tuned at 2ε (the study's
 configs with ``loss.eps`` = 2ε, selected at the last epoch as in ``mnist1d-pareto``), evaluated on
 the whole test set with APGD-CE 40 at ε and 2ε, and composed (eq. 15) at ε with the standard core
@@ -34,7 +34,7 @@ def config(scale: str, demo: bool) -> dict:
     specs = {m: {"config": pareto.CONFIGS[m][0], "set": {"loss.eps": 2 * eps, "train.select": "last"}} for m in methods}
     return {"eps": eps, "norm": "linf", "pretrain_seeds": up["pretrain_seeds"], "points": R.experiments(specs),
             "eval_steps": 40, "attack": R.PAPER_ATTACK, "compare_attack": None, "test_samples": None,
-            "core_stage": pareto.PARTITION, "pretrain_stage": "mnist1d-pareto", "n_boot": 2000}
+            "core_stage": pareto.PARTITION, "pretrain_stage": pareto.PRETRAIN, "n_boot": 2000}
 
 
 def _run(ctx: Any, cfg: dict) -> dict:
@@ -62,7 +62,7 @@ def _run(ctx: Any, cfg: dict) -> dict:
             ctx.write_records(f"compose--{name}-s{seed}", {"index": cols["index"], "label": y, "pred": cc["h_pred"],
                                                            "rob_acc": cc["h_robust_acc"],
                                                            "rob_acc_paper": cc["h_robust_acc_paper"]})
-    res = summarize(ctx.out, ctx.stage_dir(cfg["pretrain_stage"]), n_boot=cfg["n_boot"])
+    res = summarize(ctx.out, ctx.stage_dir("mnist1d-pareto"), n_boot=cfg["n_boot"])
     res["meta"]["seconds"] = time.perf_counter() - t0
     return res
 
@@ -128,5 +128,5 @@ def report(stage_dir: Path) -> list[dict]:
 STAGE = Stage(name="mnist1d-compose-2eps",
               title="mnist1d-compose-2eps — compositions of models fine-tuned at 2ε, composed at ε (paper Sec. 7.3, "
                     "Tables 4, 6)",
-              depends=(pareto.PARTITION, "mnist1d-pareto"), config=config, run=R.one_thread(_run), report=report,
-              expected_seconds=(40.0, 400.0))
+              depends=(pareto.PARTITION, pareto.PRETRAIN, "mnist1d-pareto"), config=config, run=R.one_thread(_run), report=report,
+              expected_seconds=(40.0, 200.0))

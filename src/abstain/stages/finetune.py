@@ -14,7 +14,8 @@ fine-tuned at ε for the same number of epochs with the study's fine-tune config
 
 all from the same pre-trained weights, with the same schedule (finetune preset: ×0.1 at
 75%), over several seeds (a pre-training per seed, or with ``shared_pretrain`` one
-pre-trained model fine-tuned with every seed, as the paper fine-tunes one published model). Each model is evaluated on the test split with 40-step APGD-CE at
+pre-trained model fine-tuned with every seed, as the paper fine-tunes one published model; with
+``pretrain_stage`` the pre-trained model is that stage's, trained once for several stages). Each model is evaluated on the test split with 40-step APGD-CE at
 ε and 2ε (and with the strong default attack beside it): the four-way partition at ε
 (eq. 2, 3), and the robustness-indicator abstain model (F, S_ERI) (Section 5): coverage,
 robust selection ``rob_sel`` (eq. 14, robustness at 2ε) and ``sel_rob_acc``. Every variant
@@ -54,8 +55,14 @@ def config(scale: str, demo: bool, study: Study) -> dict:
         if c["experiment"]["init_from"] != study.pretrain:
             raise ValueError(f"fine-tune {name} must start from {study.pretrain} "
                              f"([experiment] init_from), not {c['experiment']['init_from']!r}")
+    if study.pretrain_stage:
+        from . import get as get_stage
+
+        theirs = get_stage(study.pretrain_stage).config(scale, demo)["pretrain"]
+        if theirs != pretrain:
+            raise ValueError(f"{study.pretrain_stage} pre-trains another model than {study.pretrain}")
     return {"seeds": list(study.demo_seeds if demo else study.seeds), "eps": eps, "norm": norm,
-            "pretrain": pretrain, "shared_pretrain": study.shared_pretrain,
+            "pretrain": pretrain, "shared_pretrain": study.shared_pretrain, "pretrain_stage": study.pretrain_stage,
             "variants": variants, "sweep": sweep, "sweep_seeds": [0],
             "eval_steps": 40, "label": study.label,
             # the paper's APGD-CE for every number; the strong default attack beside it
@@ -98,7 +105,12 @@ def _run(ctx: Any, config: dict) -> dict:
     for seed, variant, cfg in R.progress_iter(ctx, jobs, f"{config['label']} fine-tunes"):
         pseed = config["seeds"][0] if config.get("shared_pretrain") else seed
         if pseed not in pretrained:
-            pretrained[pseed] = R.train_experiment(ctx, "pretrain", pseed, config["pretrain"]).cpu()
+            if config.get("pretrain_stage"):
+                from .abstain_models import load_pretrained
+
+                pretrained[pseed] = load_pretrained(ctx.root, config["pretrain_stage"], pseed)
+            else:
+                pretrained[pseed] = R.train_experiment(ctx, "pretrain", pseed, config["pretrain"]).cpu()
             record("pretrain", pseed, pretrained[pseed], config["pretrain"])
         model = R.train_experiment(ctx, variant, seed, cfg, init_from=pretrained[pseed])
         record(variant, seed, model, cfg)
@@ -231,5 +243,6 @@ def make_stage(study: Study) -> Stage:
     return Stage(name=study.name("finetune"),
                  title=f"{study.name('finetune')} — TRADES / ERA / DGA fine-tunes, S_ERI abstain metrics "
                        "(paper Tables 4, 5)",
-                 depends=(), config=partial(config, study=study), run=R.one_thread(_run),
+                 depends=(study.pretrain_stage,) if study.pretrain_stage else (),
+                 config=partial(config, study=study), run=R.one_thread(_run),
                  report=partial(report, study=study), expected_seconds=study.expected["finetune"])

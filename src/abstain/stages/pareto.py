@@ -2,7 +2,9 @@
 on MNIST-1D, instead of one ERA point against one TRADES point.
 
 * Pre-training: the TRADES pre-training at 2ε (``configs/mnist1d-trades-pretrain.toml``), one
-  per pre-training seed (``pretrain_seeds``, 3 at mini scale).
+  per pre-training seed (``pretrain_seeds``, 3 at mini scale), trained by the stage
+  ``mnist1d-pretrain`` (shared with ``mnist1d-finetune``, ``mnist1d-certify`` and
+  ``mnist1d-compose-2eps``; its records hold the pre-trained models' evaluation).
 * Fine-tunes of each pre-trained model at ε = 0.02 (the study's fine-tune configs, the weight
   overridden): TRADES γ ∈ {0.5, 1, 2, 4, 6, 12, 24}; ERA (the paper's loss) β ∈ {0.1, 0.25, 0.5,
   1, 2, 4}; ERA (the authors' variant) and DGA β ∈ {0.25, 1, 4}. Each fine-tune is seeded with
@@ -14,6 +16,12 @@ on MNIST-1D, instead of one ERA point against one TRADES point.
   (eq. 15) with the standard core of ``mnist1d-partition`` through S_ERI (selected = robust at
   ε, robust selection = robust at 2ε): natural and sound robust accuracy, the authors' count
   beside.
+* τ-fronts (:mod:`abstain.stages.tau_fronts`): the softmax-response (eq. 16) and
+  selection-network selectors of each seed's TRADES γ = 6 fine-tune (the settings of
+  ``mnist1d-abstain``), swept over τ ∈ [0, 1) (20 values), each τ a point (robust accuracy,
+  robust inaccuracy of the abstain model, robust selection beside) on Fig. 2 beside the
+  fine-tune fronts: ``tau_fronts`` → ``sr`` / ``sn`` → points, and ``era_minus_sr`` /
+  ``era_minus_sn`` at the matched levels the τ-front reaches.
 * Decisions (:func:`summarize`, recomputed by the report from the records):
   ``matched``: each front (the lower hull of its points in the plane robust accuracy → robust
   inaccuracy, Fig. 2) read at robust-accuracy levels inside every front's range on every seed,
@@ -27,8 +35,8 @@ on MNIST-1D, instead of one ERA point against one TRADES point.
   with one-sample t-test p-values of the per-seed differences.
 
 Records: ``records/<point>-s<seed>.csv`` (``point`` = ``trades-g6``, ``era-b1``,
-``era-authors-b1``, ``dga-b1``, ``pretrain``), ``strong--…``, ``compose--<point>-s<seed>.csv``
-and ``core-s0.csv``. Figures: ``fig2_fronts.png``, ``fig4_fronts.png``.
+``era-authors-b1``, ``dga-b1``), ``strong--…``, ``compose--<point>-s<seed>.csv``,
+``tau-sr--trades-g6-s<seed>.csv`` / ``tau-sn--…`` and ``core-s0.csv``. Figures: ``fig2_fronts.png``, ``fig4_fronts.png``.
 """
 from __future__ import annotations
 
@@ -39,9 +47,11 @@ from typing import Any, Mapping
 import numpy as np
 
 from . import _robust as R
+from . import pretrain, tau_fronts
 from .base import Stage
 
 PARTITION = "mnist1d-partition"
+PRETRAIN = pretrain.NAME
 CONFIGS = {"trades": ("mnist1d-trades-finetune", "gamma", "g"), "era": ("mnist1d-era-finetune", "beta", "b"),
            "era-authors": ("mnist1d-era-authors-finetune", "beta", "b"), "dga": ("mnist1d-dga-finetune", "beta", "b")}
 WEIGHTS = {"trades": [0.5, 1.0, 2.0, 4.0, 6.0, 12.0, 24.0], "era": [0.1, 0.25, 0.5, 1.0, 2.0, 4.0],
@@ -64,14 +74,16 @@ def config(scale: str, demo: bool) -> dict:
     eps = {c["loss"]["eps"] for c in points.values()}
     if len(eps) != 1:
         raise ValueError(f"the pareto fine-tunes disagree on ε: {sorted(eps)}")
-    # the demo pre-trains 10 of the 20 epochs (measured under load: 10.7 s per epoch) to stay in
-    # make demo's 10 minutes; its 2 points show the pipeline, not the fronts
-    pre = {"train.epochs": 10} if demo else {}
-    return {"pretrain": R.experiments({"p": {"config": "mnist1d-trades-pretrain", "set": pre}})["p"],
-            "pretrain_seeds": [0] if demo else [0, 1, 2], "eps": eps.pop(), "norm": "linf",
+    # the demo's 2 points (one pre-training seed) show the pipeline, not the fronts
+    up = pretrain.config(scale, demo)
+    eps = eps.pop()
+    if abs(up["eps"] - eps) > 1e-12:
+        raise ValueError(f"{PRETRAIN} evaluates at ε = {up['eps']:g}, the fronts are at {eps:g}")
+    return {"pretrain_stage": PRETRAIN, "pretrain_seeds": list(up["seeds"]), "eps": eps, "norm": "linf",
             "points": points, "methods": {m: [[point_name(m, p), p] for p in ps] for m, ps in weights.items()},
             "eval_steps": 40, "attack": R.PAPER_ATTACK, "compare_attack": None if demo else R.STRONG_ATTACK,
-            "test_samples": None, "core_stage": PARTITION, "n_boot": 2000, "losses": list(LOSSES)}
+            "test_samples": None, "core_stage": PARTITION, "n_boot": 2000, "losses": list(LOSSES),
+            "tau_fronts": tau_fronts.config(demo)}
 
 
 def _test_subset(test: Any, n: int | None) -> Any:
@@ -85,11 +97,12 @@ def _test_subset(test: Any, n: int | None) -> Any:
 def _run(ctx: Any, cfg: dict) -> dict:
     from ..composition import composition_columns
     from ..selectors.evaluate import candidate, core_records
+    from .abstain_models import load_pretrained
     from .compose import load_core
 
     t0 = time.perf_counter()
     eps = cfg["eps"]
-    _, _, test = R.splits(cfg["pretrain"], 0)
+    _, _, test = R.splits(next(iter(cfg["points"].values())), 0)
     test = _test_subset(test, cfg["test_samples"])
     index = np.arange(len(test))            # the row of the (sub)set, as evaluate() numbers it
     core, core_seed = load_core(ctx.root, cfg["core_stage"], "std", 0, ctx.device)
@@ -101,16 +114,18 @@ def _run(ctx: Any, cfg: dict) -> dict:
     pretrained: dict[int, Any] = {}
     for seed, name, c in R.progress_iter(ctx, jobs, "MNIST-1D fronts"):
         if seed not in pretrained:
-            pretrained[seed] = R.train_experiment(ctx, "pretrain", seed, cfg["pretrain"]).cpu()
-            R.evaluate_records(ctx, pretrained[seed], test, eps=[eps], config=cfg, name="pretrain", seed=seed,
-                               double_eps=True)
+            pretrained[seed] = load_pretrained(ctx.root, cfg["pretrain_stage"], seed)
         model = R.train_experiment(ctx, name, seed, c, init_from=pretrained[seed])
         cols = R.evaluate_records(ctx, model, test, eps=[eps], config=cfg, name=name, seed=seed, double_eps=True)
+        tf = cfg.get("tau_fronts")
+        if tf and name == tf["point"]:
+            tau_fronts.run(ctx, tf, model, R.splits(c, seed)[0], test, eps=eps, norm=cfg["norm"], seed=seed)
         cc = composition_columns(y, candidate(name, "eri", cols, eps), cpred, crob)
         ctx.write_records(f"compose--{name}-s{seed}", {"index": cols["index"], "label": y, "pred": cc["h_pred"],
                                                        "rob_acc": cc["h_robust_acc"],
                                                        "rob_acc_paper": cc["h_robust_acc_paper"]})
-    results = summarize(ctx.out, cfg["methods"], n_boot=cfg["n_boot"], losses=cfg["losses"])
+    results = summarize(ctx.out, cfg["methods"], n_boot=cfg["n_boot"], losses=cfg["losses"],
+                        tau_points=(cfg.get("tau_fronts") or {}).get("tau_points", 20))
     figures(ctx.out, results)
     results["meta"].update({"core_seed": core_seed, "seconds": time.perf_counter() - t0,
                             "finetune_epochs": next(iter(cfg["points"].values()))["train"]["epochs"],
@@ -124,10 +139,12 @@ def _mean_std(vals: list[float]) -> tuple[float, float]:
 
 
 def summarize(stage_dir: Path, methods: Mapping[str, list], *, n_boot: int = 2000,
-              losses: tuple[float, ...] | list[float] = LOSSES) -> dict[str, Any]:
-    """``fronts``, ``matched``, ``budget``, ``core`` and ``meta`` (module doc) recomputed from
-    the records under ``stage_dir/records``: per point and pre-training seed the partition at ε
-    (eq. 2, 3) and the composition's natural / sound robust accuracy (eq. 15)."""
+              losses: tuple[float, ...] | list[float] = LOSSES, tau_points: int = 20) -> dict[str, Any]:
+    """``fronts``, ``matched``, ``budget``, ``core``, ``tau_fronts`` and ``meta`` (module doc)
+    recomputed from the records under ``stage_dir/records``: per point and pre-training seed the
+    partition at ε (eq. 2, 3) and the composition's natural / sound robust accuracy (eq. 15);
+    per selector of :mod:`abstain.stages.tau_fronts` and τ the abstain model's robust accuracy
+    and inaccuracy (eq. 2, 3) and robust selection (eq. 14)."""
     from scipy.stats import ttest_1samp
 
     from .. import stats
@@ -170,12 +187,18 @@ def summarize(stage_dir: Path, methods: Mapping[str, list], *, n_boot: int = 200
         if hi > lo:
             levels = sorted({round(lo + (hi - lo) * q, 3) for q in (0.25, 0.5, 0.75)})
 
+    # the τ-fronts of S_SR / S_SN (Fig. 2's axes), compared with ERA at the same levels where
+    # they reach them (a τ-front runs from the TRADES γ = 6 point down to (0, 0))
+    tper = tau_fronts.per_seed(stage_dir, eps, tau_points)
+    curves = {**per, **{k: v for k, v in tper.items() if set(seeds) <= set(v)}}
+
     def at(method: str, s: int, level: float) -> float:
-        pts = per[method][s]
+        pts = curves[method][s]
         return stats.front_at([m["rob_acc"] for m in pts], [m["rob_inacc"] for m in pts], level, "lower")
 
     matched: dict[str, Any] = {}
     pairs = [(m, "trades") for m in per if m != "trades"] + ([("era", "dga")] if {"era", "dga"} <= set(per) else [])
+    pairs += [("era", k) for k in tau_fronts.KINDS if k in curves and "era" in per]
     for a, b in pairs:
         for level in levels:
             d = [at(a, s, level) - at(b, s, level) for s in seeds]
@@ -206,20 +229,26 @@ def summarize(stage_dir: Path, methods: Mapping[str, list], *, n_boot: int = 200
                                "per_seed": [float(v) for v in best],
                                "note": "no composition within this loss on some seed"}
     return {"fronts": fronts, "matched": matched, "budget": budget, "core": core_m,
+            "tau_fronts": tau_fronts.summarize(tper, seeds),
             "meta": {"pretrain_seeds": seeds, "eps": eps, "levels": levels, "losses": list(losses),
                      "n_test": int(len(core["label"])), "selection": "last epoch for every loss",
                      "interval": ("percentile bootstrap over pre-training seeds (fine-tunes resampled within; one "
                                   "fine-tune per seed and point, seeded like its pre-training); one dataset draw, "
                                   "one test set"),
-                     "holm": "over the matched comparisons, one-sample t-test p-values of the per-seed differences"}}
+                     "holm": "over the matched comparisons, one-sample t-test p-values of the per-seed differences",
+                     "tau_fronts": ("S_SR / S_SN of the trades-g6 fine-tune over τ: rob_acc / rob_inacc = "
+                                    "selected, robust at ε and (in)accurate, fractions of the test set; rob_sel "
+                                    "eq. 14")}}
 
 
 STYLE = {"trades": ("^", "#d94801"), "era": ("o", "#08519c"), "era-authors": ("D", "#6baed6"), "dga": ("s", "#238b45")}
+TAU_STYLE = {"sr": ("--", "#756bb1", "TRADES γ 6 + S_SR (τ sweep)"), "sn": (":", "#636363", "TRADES γ 6 + S_SN (τ sweep)")}
 
 
 def figures(stage_dir: Path, results: Mapping[str, Any]) -> list[str]:
-    """Fig. 2 (robust inaccuracy vs robust accuracy, points and lower hulls) and Fig. 4
-    (composition natural vs sound robust accuracy, upper hulls, the core) from seed means."""
+    """Fig. 2 (robust inaccuracy vs robust accuracy, points and lower hulls, the S_SR / S_SN
+    τ-fronts as lines) and Fig. 4 (composition natural vs sound robust accuracy, upper hulls,
+    the core) from seed means."""
     import io
 
     import matplotlib
@@ -241,6 +270,11 @@ def figures(stage_dir: Path, results: Mapping[str, Any]) -> list[str]:
             ax.plot(x, y, marker, color=color, ls="none", label=method)
             hx, hy = hull(x, y)
             ax.plot(hx, hy, "-", color=color, lw=1)
+        if fname.startswith("fig2"):
+            for kind, pts in results.get("tau_fronts", {}).items():
+                ls, color, label = TAU_STYLE.get(kind, ("-.", "grey", kind))
+                ax.plot([100 * p["rob_acc"] for p in pts], [100 * p["rob_inacc"] for p in pts], ls, color=color,
+                        lw=1.2, label=label)
         if fname.startswith("fig4"):
             c = results["core"]
             ax.plot([100 * c["nat_acc"]], [100 * c["rob_acc"]], "*", color="black", ms=12, ls="none", label="core")
@@ -312,7 +346,19 @@ def report(stage_dir: Path) -> list[dict]:
     blocks.append({"kind": "table", "caption": "Best sound robust accuracy of a method's compositions within a "
                    "natural-accuracy loss (points) against the core: mean [95% bootstrap interval], per seed (%)",
                    "columns": ["method@loss", "best rob_acc", "per seed"], "rows": brows, "paper": None})
-    for f, cap in (("fig2_fronts.png", "Fig. 2: robust inaccuracy vs robust accuracy, each method's lower hull"),
+    trows = [[kind, f"{p['tau']:.2f}"] + [f"{100 * p[k]:.2f} ± {100 * p[k + '_std']:.2f}"
+                                          for k in ("rob_acc", "rob_inacc", "rob_sel")]
+             for kind, pts in res["tau_fronts"].items() for p in pts[::2]]
+    if trows:
+        blocks.append({"kind": "table", "caption": "τ-fronts of the TRADES γ = 6 fine-tune with softmax response "
+                       "(S_SR, eq. 16; APGD and APGDconf) and a selection network (S_SN), every second τ of the grid: "
+                       "robust accuracy / inaccuracy of the abstain model (selected, robust at ε, accurate / wrong; "
+                       "% of the test set) and robust selection (eq. 14), mean ± std over pre-training seeds; the "
+                       "era_minus_sr / era_minus_sn rows of the matched table compare them with ERA's front",
+                       "columns": ["selector", "τ", "rob_acc", "rob_inacc", "rob_sel"], "rows": trows,
+                       "paper": None})
+    for f, cap in (("fig2_fronts.png", "Fig. 2: robust inaccuracy vs robust accuracy, each method's lower hull, "
+                                       "the S_SR / S_SN τ-fronts of TRADES γ = 6 as lines"),
                    ("fig4_fronts.png", "Fig. 4: compositions, natural vs sound robust accuracy, upper hulls")):
         if (stage_dir / f).is_file():
             blocks.append({"kind": "image", "path": f, "caption": cap})
@@ -322,5 +368,5 @@ def report(stage_dir: Path) -> list[dict]:
 STAGE = Stage(name="mnist1d-pareto",
               title="mnist1d-pareto — fronts of TRADES / ERA / DGA over their weights, compositions from every "
                     "point (paper Fig. 2, 4; Sec. 8)",
-              depends=(PARTITION,), config=config, run=R.one_thread(_run), report=report,
-              expected_seconds=(60.0, 1800.0))
+              depends=(PARTITION, PRETRAIN), config=config, run=R.one_thread(_run), report=report,
+              expected_seconds=(100.0, 1600.0))

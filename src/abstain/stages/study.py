@@ -36,6 +36,9 @@ class Study:
     # one pre-trained model fine-tuned with every seed (like the paper's fine-tunes of one
     # published model), instead of a pre-training per seed
     shared_pretrain: bool = False
+    # the stage whose work/pretrain-s<seed> the fine-tunes start from (trained once, shared with
+    # other stages), instead of a pre-training inside <prefix>-finetune
+    pretrain_stage: str | None = None
     # how <prefix>-partition chooses ε from its sweep: "gap" or "table1" (stages/partition.py)
     eps_rule: str = "gap"
     expected: Mapping[str, tuple[float, float]] = field(default_factory=dict)
@@ -84,7 +87,7 @@ MNIST1D = Study(
     # the full sweep the study's ε was chosen from is in configs/mnist1d-trades-pretrain.toml
     partition_sweep=(0.01, 0.02, 0.04), demo_partition_sweep=(0.02,),
     seeds=(0, 1, 2, 3, 4), abstain_samples=1000, demo_abstain_samples=300, sn_samples=3000,
-    shared_pretrain=True, eps_rule="table1",
+    shared_pretrain=True, pretrain_stage="mnist1d-pretrain", eps_rule="table1",
     expected={"partition": (60.0, 300.0), "finetune": (120.0, 900.0), "abstain": (120.0, 400.0),
               "compose": (10.0, 30.0)},
     note=("MNIST-1D (generated offline, 2,000 test signals) at ε∞ = 0.02 was chosen so that TRADES' "
