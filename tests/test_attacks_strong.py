@@ -44,7 +44,8 @@ def bn_cnn(k: int, g: torch.Generator) -> nn.Sequential:
 
 
 class Residual(nn.Module):
-    """A model the bounds do not support (a skip connection): nothing may be skipped."""
+    """A model the bounds do not support (a gated skip connection: the product of two
+    bounded values): nothing may be skipped."""
 
     def __init__(self, d: int, k: int, g: torch.Generator) -> None:
         super().__init__()
@@ -52,7 +53,7 @@ class Residual(nn.Module):
         self.b = affine(d, k, g)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.b(x + torch.relu(self.a(x)))
+        return self.b(x * torch.relu(self.a(x)))
 
 
 def ball_points(x: torch.Tensor, eps: float, norm: str, n: int, g: torch.Generator) -> torch.Tensor:
@@ -227,7 +228,7 @@ class Counter(nn.Module):
         self.cost = 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.cost += x.shape[0] * (3 if torch.is_grad_enabled() and x.requires_grad else 1)
+        self.cost += int(x.shape[0]) * (3 if torch.is_grad_enabled() and x.requires_grad else 1)
         return self.model(x)
 
 

@@ -19,9 +19,11 @@ point found so far is already close to a flip, so they are spent there alone:
   2nd- and 3rd-ranked classes (two each per round), from a uniform random point of the
   ball (APGD's start) and from a random vertex ``x + ε·sign(u)`` of the ℓ∞ ball (Square's
   initialisation; ℓ2: a random point of the sphere); then a third round of 6 only on the
-  points whose best margin is still ≤ :data:`VERY_THIN` (0.1) × the clean margin. Each run
-  attacks the points not yet flipped, seeded by ``(seed, run, sample id)``: the result is a
-  function of the sample alone.
+  points whose best margin is still ≤ :data:`VERY_THIN` (0.1) × the clean margin. The 6
+  runs of a round go in one batch (:data:`ROUND`; a point's rows are independent, so it
+  flips where a run in turn would, or more: one call instead of six), on the points not yet
+  flipped and thin at the round's start, seeded by ``(seed, run, sample id)``: the result is
+  a function of the sample alone.
 
 Budget: on a thin point at most ``12 · (steps // 10)`` more steps (``18 · (steps // 10)``
 on a very thin one) plus one forward pass per run; nothing on points whose margin stays
@@ -46,6 +48,7 @@ VERY_THIN = 0.1           # the later extra runs: best margin ≤ VERY_THIN × c
 VERTEX_SALT = 0xC0FFEE    # mixed into the seed of the vertex starts
 # (rank of the target, start, threshold) of the extra runs, in order, each on the points not
 # yet flipped whose best margin so far is within the threshold × their clean margin
+ROUND = 6                 # runs per round, each round one batch (3 ranks × 2 kinds of start)
 EXTRA: tuple[tuple[int, str, float], ...] = tuple(
     (rank, start, THIN if rep < 2 else VERY_THIN)
     for rep in range(3) for rank in (0, 1, 2) for start in ("random", "vertex"))
@@ -75,23 +78,32 @@ def random_vertex(x: torch.Tensor, eps: float, norm: str, seed: int, ids: torch.
     return project(x + eps * s, x, eps, norm)
 
 
-def diversify(run: Callable[[torch.Tensor, int, torch.Tensor], None], alive: torch.Tensor,
+def diversify(run: Callable[[list[tuple[torch.Tensor, int, torch.Tensor]]], None], alive: torch.Tensor,
               best_margin: torch.Tensor, clean_logits: torch.Tensor, pred: torch.Tensor, xs: torch.Tensor,
               ids: torch.Tensor, *,
               eps: float, norm: str, n_ranked: int, seed: int) -> int:
-    """Run :data:`EXTRA` on the thin points still ``alive``; ``run(sel, rank, start)`` runs the
-    targeted margin attack on the rows ``sel`` towards their ``rank``-ranked class from
-    ``start`` and clears ``alive`` where it flips. Returns the number of thin points."""
+    """Run :data:`EXTRA` on the thin points still ``alive``, one round (one batch) per
+    repetition; ``run(jobs)`` runs, for every job ``(rows, rank, start)``, the targeted margin
+    attack on ``rows`` towards their ``rank``-ranked class from ``start`` (all jobs of a round
+    in one batch: a point's rows are independent, so the flips are those of running them in
+    turn, or more) and clears ``alive`` where one flips. Who is thin is decided at the start
+    of each round. Returns the number of thin points."""
     n_thin = int(thin(best_margin, clean_logits, pred)[alive].sum())
-    for j, (rank, start, limit) in enumerate(EXTRA):
-        if rank >= n_ranked:
-            continue
-        sel = torch.nonzero(alive & thin(best_margin, clean_logits, pred, limit)).flatten()
-        if sel.numel() == 0:
-            continue
-        s = (seed ^ (VERTEX_SALT + 97 * j)) & 0xFFFFFFFF
-        make = random_vertex if start == "vertex" else random_start
-        run(sel, rank, make(xs[sel], eps, norm, s, ids[sel]))
+    for r in range(0, len(EXTRA), ROUND):
+        js = range(r, min(r + ROUND, len(EXTRA)))
+        jobs = []
+        for j in js:
+            rank, start, limit = EXTRA[j]
+            if rank >= n_ranked:
+                continue
+            sel = torch.nonzero(alive & thin(best_margin, clean_logits, pred, limit)).flatten()
+            if sel.numel() == 0:
+                continue
+            s = (seed ^ (VERTEX_SALT + 97 * j)) & 0xFFFFFFFF
+            make = random_vertex if start == "vertex" else random_start
+            jobs.append((sel, rank, make(xs[sel], eps, norm, s, ids[sel])))
+        if jobs:
+            run(jobs)
     return n_thin
 
 

@@ -136,6 +136,21 @@ def rank_targets(model: nn.Module, x: torch.Tensor, pred: torch.Tensor, logits: 
     return order, corners, flips.any(dim=1)
 
 
+def best_rows(sel: torch.Tensor, margin: torch.Tensor, success: torch.Tensor
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For rows ``sel`` (point indices, repeats allowed) with the margin and success of each
+    row: ``(points, row, flipped)``, the distinct points, the first row of each that flips,
+    else its first row of smallest margin (NaN counts as +inf), and whether one flips."""
+    pts, inv = torch.unique(sel, return_inverse=True)
+    key = torch.where(success, torch.full_like(margin, float("-inf")), torch.nan_to_num(margin, nan=float("inf")))
+    low = torch.full((pts.numel(),), float("inf"), dtype=key.dtype, device=key.device)
+    low = low.scatter_reduce(0, inv, key, "amin")
+    r = torch.arange(sel.numel(), device=sel.device)
+    cand = torch.where(key == low[inv], r, sel.numel())
+    row = torch.full((pts.numel(),), sel.numel(), dtype=r.dtype, device=r.device).scatter_reduce(0, inv, cand, "amin")
+    return pts, row, success[row]
+
+
 def strong_candidates(model: nn.Module, x: torch.Tensor, pred: torch.Tensor, logits: torch.Tensor, *,
                       eps: float, norm: str, steps: int, ids: torch.Tensor,
                       targets: int | None = None, use_bounds: bool = True, seed: int = 0,
@@ -169,18 +184,31 @@ def strong_candidates(model: nn.Module, x: torch.Tensor, pred: torch.Tensor, log
     best_margin = torch.full((xs.shape[0],), float("inf"), dtype=zs.dtype, device=x.device)
 
     def run(sel: torch.Tensor, loss: object, y: torch.Tensor, start: torch.Tensor, n_steps: int) -> None:
+        """``n_steps`` of APGD on the rows ``sel`` of the survivors (a point may have several
+        rows: several starts or targets in one batch); per point, a flipping row, else the
+        row of smallest margin, updates its candidate."""
         if sel.numel() == 0 or n_steps < 1:
             return
         res = attack(model, xs[sel], y, eps=eps, norm=norm, steps=n_steps, loss=loss, step_size=None,
                      momentum=MOMENTUM, checkpoints=Checkpoints(n_steps, RHO), random_init=False,
-                     x_init=start, early_stop=True, sample_ids=ids_s[sel], return_result=True)
-        ok = res.success
+                     x_init=start, early_stop=True, sample_ids=ids_s[sel], return_result=True, check=False)
         with torch.no_grad():   # the margin reached (one forward pass): who is thin
             m = margin_to_flip(model(res.x_adv), ps[sel]).to(best_margin.dtype)
-        better = ok | (m < best_margin[sel])
-        cand[sel[better]] = res.x_adv[better]
-        best_margin[sel] = torch.minimum(best_margin[sel], m)
-        alive[sel[ok]] = False
+        pts, row, ok = best_rows(sel, m, res.success)
+        m = m[row]
+        better = ok | (m < best_margin[pts])
+        cand[pts[better]] = res.x_adv[row[better]]
+        best_margin[pts] = torch.minimum(best_margin[pts], m)
+        alive[pts[ok]] = False
+
+    def run_targeted(jobs: list[tuple[torch.Tensor, int, torch.Tensor]], n_steps: int) -> None:
+        """The targeted margin attack for every job ``(rows, rank of the target, start)`` in one batch."""
+        jobs = [j for j in jobs if j[0].numel()]
+        if not jobs:
+            return
+        sel = torch.cat([j[0] for j in jobs])
+        tgt = torch.cat([order[j[0], j[1]] for j in jobs])
+        run(sel, TargetedMargin(), torch.stack([ps[sel], tgt], dim=1), torch.cat([j[2] for j in jobs]), n_steps)
 
     n_random = 0
     for loss, rank, start, frac in PLAN:
@@ -203,8 +231,7 @@ def strong_candidates(model: nn.Module, x: torch.Tensor, pred: torch.Tensor, log
             run(sel, TargetedMargin(), torch.stack([ps[sel], order[sel, rank]], dim=1), st, n_steps)
     if diversity:   # extra random starts on the thin survivors only (abstain.attacks.diversity)
         n_extra = int(steps * EXTRA_FRACTION + 1e-9)
-        diversify(lambda sel, rank, st: run(sel, TargetedMargin(), torch.stack([ps[sel], order[sel, rank]], dim=1),
-                                             st, n_extra),
+        diversify(lambda jobs: run_targeted(jobs, n_extra),
                   alive, best_margin, zs, ps, xs, ids_s, eps=eps, norm=norm, n_ranked=n_t, seed=seed)
     x_cand[todo] = cand
     return x_cand, proven
