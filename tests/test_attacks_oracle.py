@@ -94,7 +94,7 @@ def test_linf_exact_oracle_on_affine_models() -> None:
             idx = _selection(r / eps, g)
             x = pool[idx]
             truth = linf_min_margin(m, x, eps) >= 0
-            rob, adv = is_robust(m, x, eps=eps, ensemble=True, return_adv=True,
+            rob, adv = is_robust(m, x, eps=eps, attack="ensemble", return_adv=True,
                                  generator=torch.Generator().manual_seed(1))
             check_evidence(m, x, rob, adv, eps, "linf")
             assert not (~rob & truth).any(), "flagged non-robust where the exact answer is robust"
@@ -134,7 +134,7 @@ def test_l2_exact_oracle_where_the_optimum_stays_in_the_box() -> None:
             # the unconstrained optimum x - ε ŵ_t of every pair lies inside the box
             assert (x.min() - eps >= 0) and (x.max() + eps <= 1)
             truth = r[idx] >= eps
-            rob, adv = is_robust(m, x, eps=eps, norm="l2", ensemble=True, return_adv=True,
+            rob, adv = is_robust(m, x, eps=eps, norm="l2", attack="ensemble", return_adv=True,
                                  generator=torch.Generator().manual_seed(2))
             check_evidence(m, x, rob, adv, eps, "l2")
             assert not (~rob & truth).any()
@@ -182,7 +182,7 @@ def test_gauss3_mlp_dense_sampling_finds_no_missed_flip(gauss3_mlp, norm, eps) -
     m, x = gauss3_mlp
     rob = is_robust(m, x, eps=eps, norm=norm, attack="apgd-ce", generator=torch.Generator().manual_seed(0))
     rob_def = is_robust(m, x, eps=eps, norm=norm, generator=torch.Generator().manual_seed(0))
-    rob_ens = is_robust(m, x, eps=eps, norm=norm, ensemble=True, generator=torch.Generator().manual_seed(0))
+    rob_ens = is_robust(m, x, eps=eps, norm=norm, attack="ensemble", generator=torch.Generator().manual_seed(0))
     t = torch.linspace(-1, 1, 41)
     grid = torch.stack(torch.meshgrid(t, t, indexing="ij"), -1).view(-1, 2) * eps
     if norm == "l2":

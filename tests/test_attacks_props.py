@@ -56,7 +56,7 @@ def test_eps_zero_returns_x_and_everything_is_robust() -> None:
     y = torch.zeros(5, dtype=torch.long)
     for fn in (pgd, apgd):
         assert torch.equal(fn(m, x, y, eps=0.0), x)
-    rob, adv = is_robust(m, x, eps=0.0, return_adv=True, ensemble=True)
+    rob, adv = is_robust(m, x, eps=0.0, return_adv=True, attack="ensemble")
     assert rob.all() and torch.equal(adv, x)
 
 
@@ -81,7 +81,7 @@ def test_batch_of_one_and_vector_inputs(norm) -> None:
     for fn in (pgd, apgd):
         out = fn(m, x, y, eps=0.3, norm=norm, early_stop=True)
         assert out.shape == (1, 6) and in_ball_and_box(out, x, 0.3, norm)
-    rob, adv = is_robust(m, x, eps=0.3, norm=norm, ensemble=True, return_adv=True)
+    rob, adv = is_robust(m, x, eps=0.3, norm=norm, attack="ensemble", return_adv=True)
     assert rob.shape == (1,) and adv.shape == (1, 6)
     img = torch.rand(1, 3, 5, 5)
     mi = flat_model((3, 5, 5), 3)
@@ -154,9 +154,9 @@ def test_batch_size_independence_mode_restore_and_no_param_grads() -> None:
     flags = {name: p.requires_grad for name, p in m.named_parameters()}
     stats = m.bn.running_mean.clone(), m.bn.running_var.clone()
     x = torch.rand(12, 1, 6, 6)
-    full, adv_full = is_robust(m, x, eps=0.1, ensemble=True, return_adv=True,
+    full, adv_full = is_robust(m, x, eps=0.1, attack="ensemble", return_adv=True,
                                generator=torch.Generator().manual_seed(3))
-    parts = [is_robust(m, x[i:i + 5], eps=0.1, ensemble=True, return_adv=True,
+    parts = [is_robust(m, x[i:i + 5], eps=0.1, attack="ensemble", return_adv=True,
                        generator=torch.Generator().manual_seed(3), sample_ids=torch.arange(i, min(i + 5, 12)))
              for i in range(0, 12, 5)]
     # the verdicts are the contract: exactly equal on every CPU
@@ -264,9 +264,9 @@ def test_two_class_model_and_class_count_from_output() -> None:
     x = torch.rand(20, 5)
     for loss in ("dlr", "ce", "margin"):
         apgd(m2, x, m2(x).argmax(1), eps=0.3, loss=loss)
-    assert is_robust(m2, x, eps=0.3, ensemble=True).shape == (20,)
+    assert is_robust(m2, x, eps=0.3, attack="ensemble").shape == (20,)
     m12 = flat_model((5,), 12)
-    assert is_robust(m12, x, eps=0.3, ensemble=True).shape == (20,)
+    assert is_robust(m12, x, eps=0.3, attack="ensemble").shape == (20,)
     with pytest.raises(InputError, match="class indices >= 2"):
         apgd(m2, x, torch.full((20,), 2), eps=0.1)
 

@@ -273,10 +273,8 @@ def test_attack_names_defaults_and_errors() -> None:
     assert DEFAULT_ATTACK == "strong" and set(ATTACKS) == {"strong", "apgd-ce", "ensemble"}
     with pytest.raises(InputError, match="unknown attack"):
         is_robust(m, x, eps=0.1, attack="pgd")
-    with pytest.raises(InputError, match="contradicts"):
-        is_robust(m, x, eps=0.1, attack="apgd-ce", ensemble=True)
-    assert torch.equal(is_robust(m, x, eps=0.1, ensemble=True, generator=torch.Generator().manual_seed(0)),
-                       is_robust(m, x, eps=0.1, attack="ensemble", generator=torch.Generator().manual_seed(0)))
+    with pytest.raises(TypeError):         # the legacy ensemble= flag is gone: attack="ensemble"
+        is_robust(m, x, eps=0.1, ensemble=True)
     ds = torch.utils.data.TensorDataset(x, torch.zeros(6, dtype=torch.long))
     with pytest.raises(InputError, match="unknown attack"):
         evaluate(m, ds, eps=0.1, attack="nope", device="cpu", show_progress=False)
@@ -284,4 +282,4 @@ def test_attack_names_defaults_and_errors() -> None:
     assert torch.equal(torch.as_tensor(res["robust@0.3"]), is_robust(m, x, eps=0.3, sample_ids=torch.arange(6)))
     assert RobustnessIndicator(m, eps=0.1).attack == DEFAULT_ATTACK
     assert RobustnessIndicator(m, eps=0.1, attack="apgd-ce").attack == "apgd-ce"
-    assert RobustnessIndicator(m, eps=0.1, ensemble=True).attack == "ensemble"
+    assert RobustnessIndicator(m, eps=0.1, attack="ensemble").attack == "ensemble"

@@ -83,7 +83,7 @@ def _eps_list(eps: float | Sequence[float]) -> list[float]:
 
 
 def evaluate(model: nn.Module, data: Any, *, eps: float | Sequence[float], norm: str = "linf",
-             steps: int = 40, double_eps: bool = True, ensemble: bool = False,
+             steps: int = 40, double_eps: bool = True,
              batch_size: int | None = None, device: Any = "auto", seed: int = 0,
              normalize: Normalize | None = None, save_adversarial: str | None = None,
              show_progress: bool = True, attack: str | None = None) -> Records:
@@ -93,7 +93,7 @@ def evaluate(model: nn.Module, data: Any, *, eps: float | Sequence[float], norm:
     out over the ranks in chunks (:class:`abstain.chunks.ChunkedJob`) and every rank gets
     the gathered records (``save_adversarial`` is then refused: use ``abstain evaluate
     --save-adversarial``)."""
-    kw = dict(eps=eps, norm=norm, steps=steps, double_eps=double_eps, ensemble=ensemble,
+    kw = dict(eps=eps, norm=norm, steps=steps, double_eps=double_eps,
               batch_size=batch_size, device=device, seed=seed, normalize=normalize, attack=attack)
     if not distributed.is_distributed():
         return _evaluate(model, data, save_adversarial=save_adversarial, show_progress=show_progress, **kw)

@@ -115,7 +115,7 @@ def _batches(data: Dataset | DataLoader, batch_size: int) -> Iterator[tuple[torc
 
 
 def evaluate(model: nn.Module, data: Dataset | DataLoader, *, eps: float | Sequence[float],
-             norm: str = "linf", steps: int = 40, double_eps: bool = True, ensemble: bool = False,
+             norm: str = "linf", steps: int = 40, double_eps: bool = True,
              batch_size: int | None = None, device: str | torch.device = "auto", seed: int = 0,
              normalize: tuple[Sequence[float], Sequence[float]] | None = None,
              save_adversarial: str | None = None, show_progress: bool = True,
@@ -128,7 +128,7 @@ def evaluate(model: nn.Module, data: Dataset | DataLoader, *, eps: float | Seque
     and attacked in eval mode (its mode is restored) by :func:`abstain.attacks.is_robust`
     with ``attack`` (default :data:`abstain.attacks.DEFAULT_ATTACK`, ``"strong"``; the
     paper's protocol is ``attack="apgd-ce"``, ``steps``-step APGD-CE aimed at the
-    prediction; ``ensemble=True`` is ``attack="ensemble"``).
+    prediction; ``attack="ensemble"``: APGD-CE, APGD-DLR and targeted APGD).
 
     Returns :class:`abstain.records.Records`: per-sample columns ``index`` (position in
     ``data``), ``label``, ``pred`` and ``robust@<ε:g>`` for each radius of :func:`radii`
@@ -153,7 +153,7 @@ def evaluate(model: nn.Module, data: Dataset | DataLoader, *, eps: float | Seque
     dev = distributed.local_device(resolve_device(device))
     batch_size = default_batch_size(dev) if batch_size is None else batch_size
     _check_args(norm, steps, batch_size)
-    attack = resolve_attack(attack, ensemble)
+    attack = resolve_attack(attack)
     eps_list = radii(eps, double_eps)
     modes = [(mod, mod.training) for mod in model.modules()]   # restored at the end
     nchw = all(p.is_contiguous() for p in model.parameters() if p.dim() == 4)   # restored at the end

@@ -124,7 +124,6 @@ class EvaluateSettings:
     norm: str = "linf"
     steps: int = 40
     double_eps: bool = True
-    ensemble: bool = False
     attack: str | None = None          # None: abstain.attacks.DEFAULT_ATTACK
     batch_size: int = 256
     seed: int = 0
@@ -188,7 +187,7 @@ def evaluate_job(source: ModelSource, out: Path, s: EvaluateSettings, device: An
     def evaluate_chunk(k: int, rows: torch.Tensor) -> dict[str, Any]:
         adv = str(store.path(k, "safetensors")) if s.save_adversarial else None
         res = evaluate(source.model, ds.subset(rows), eps=s.eps, norm=s.norm, steps=s.steps, double_eps=s.double_eps,
-                       ensemble=s.ensemble, attack=s.attack, batch_size=s.batch_size, device=device,
+                       attack=s.attack, batch_size=s.batch_size, device=device,
                        seed=s.seed, save_adversarial=adv, show_progress=False, index_offset=int(rows[0]))
         return record_columns(res)     # saved after the adversarial file: the chunk marks both
 
@@ -226,7 +225,7 @@ def _evaluate_section(cols: dict[str, Any], s: EvaluateSettings, eps_list: list[
         "nat_acc": parts[f"{eps_list[0]:g}"]["nat_acc"],
         "eps": parts,
         "meta": {"eps": [float(e) for e in s.eps], "radii": eps_list, "norm": s.norm,
-                 "steps": s.steps, "attack": resolve_attack(s.attack, s.ensemble), "seed": s.seed,
+                 "steps": s.steps, "attack": resolve_attack(s.attack), "seed": s.seed,
                  "dataset": source.dataset, "split": s.split, "n": int(len(cols["index"])),
                  "data_seed": source.data_seed, "samples": s.samples,
                  "subset": "class-balanced, seeded" if subset is not None else "all",

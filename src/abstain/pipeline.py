@@ -479,13 +479,38 @@ def _settle_without_running(p: StagePlan, tag: str, todo: Sequence[StagePlan], o
     return True
 
 
+def _begin(p: StagePlan, out: Path, scale: str, demo: bool, forced: bool) -> tuple[bool, Path]:
+    """Start a stage: whether it resumes (an unfinished run of the same hash), its prepared
+    directory, and ``running`` in the manifest."""
+    resume = not forced and _read_text(out / p.name / STARTED) == p.hash
+    sdir = _prepare(out, p, resume)
+    _update_manifest(out, scale, demo, {p.name: {"status": "running", "hash": p.hash}})
+    return resume, sdir
+
+
+def _settle_failed(p: StagePlan, tag: str, seconds: float, e: BaseException, settle: Callable[..., None]) -> None:
+    msg = _error_text(e)
+    settle(p, "failed", f"{tag}: FAILED after {fmt_seconds(seconds)}: {msg}", msg,
+           {"status": "failed", "hash": p.hash, "error": msg, "seconds": seconds}, seconds)
+
+
+def _settle_done(p: StagePlan, tag: str, res: Mapping[str, Any], settle: Callable[..., None],
+                 announce: bool = True) -> str:
+    """Settle a finished stage; its one-line announcement (printed by ``settle`` unless
+    ``announce`` is False)."""
+    secs = float(res["meta"]["seconds"])
+    line = summarize(dict(res))
+    text = f"{tag}: done in {fmt_seconds(secs)}" + (f" — {line}" if line else "")
+    settle(p, "done", text if announce else None, entry={"status": "done", "hash": p.hash, "seconds": secs},
+           seconds=secs)
+    return text
+
+
 def _run_one(p: StagePlan, tag: str, out: Path, scale: str, demo: bool, dev: torch.device,
              root: Path | None, quiet: bool, env: Mapping[str, Any], forced: bool, prog: Progress,
              settle: Callable[..., None], raise_errors: bool) -> None:
     """Run one stage of the pipeline and settle its status (done or failed)."""
-    resume = not forced and _read_text(out / p.name / STARTED) == p.hash
-    sdir = _prepare(out, p, resume)
-    _update_manifest(out, scale, demo, {p.name: {"status": "running", "hash": p.hash}})
+    resume, sdir = _begin(p, out, scale, demo, forced)
     prog.running(p.name)
     ctx = StageContext(name=p.name, out=sdir, root=out, scale=scale, demo=demo, device=dev,
                        data_root=root, quiet=quiet, progress=prog.stage_bar)
@@ -498,16 +523,10 @@ def _run_one(p: StagePlan, tag: str, out: Path, scale: str, demo: bool, dev: tor
     except Exception as e:  # noqa: BLE001 - a failing stage must not lose the others
         if raise_errors:
             raise
-        secs = time.perf_counter() - t0
-        msg = _error_text(e)
-        settle(p, "failed", f"{tag}: FAILED after {fmt_seconds(secs)}: {msg}", msg,
-               {"status": "failed", "hash": p.hash, "error": msg, "seconds": secs}, secs)
+        _settle_failed(p, tag, time.perf_counter() - t0, e, settle)
         return
-    secs = float(res["meta"]["seconds"])
-    line = summarize(res)
-    settle(p, "done", None, entry={"status": "done", "hash": p.hash, "seconds": secs}, seconds=secs)
-    prog.emit(f"{tag}: done in {fmt_seconds(secs)}" + (f" — {line}" if line else "")
-              + (f" (~{prog.eta()} left)" if prog.remaining_expected > 0 else ""))
+    text = _settle_done(p, tag, res, settle, announce=False)
+    prog.emit(text + (f" (~{prog.eta()} left)" if prog.remaining_expected > 0 else ""))
 
 
 def _stage_worker(stage: Stage, config: dict, h: str, out: str, scale: str, demo: bool, device: str,
@@ -581,9 +600,7 @@ def _run_parallel(plans: Sequence[StagePlan], todo: Sequence[StagePlan], out: Pa
                 if _settle_without_running(p, tags[p.name], todo, out, result, settle):
                     pending.remove(p)
                 elif len(running) < jobs:
-                    resume = not forced(p) and _read_text(out / p.name / STARTED) == p.hash
-                    _prepare(out, p, resume)
-                    _update_manifest(out, scale, demo, {p.name: {"status": "running", "hash": p.hash}})
+                    resume, _ = _begin(p, out, scale, demo, forced(p))
                     fut = pool.submit(_stage_worker, p.stage, p.config, p.hash, str(out), scale, demo,
                                       str(dev), str(root) if root else None, dict(env), resume)
                     running[fut] = (p, tags[p.name], time.perf_counter())
@@ -596,14 +613,9 @@ def _run_parallel(plans: Sequence[StagePlan], todo: Sequence[StagePlan], out: Pa
                 try:
                     res = fut.result()
                 except Exception as e:  # noqa: BLE001 - a failing stage must not lose the others
-                    secs, msg = time.perf_counter() - t0, _error_text(e)
-                    settle(p, "failed", f"{tag}: FAILED after {fmt_seconds(secs)}: {msg}", msg,
-                           {"status": "failed", "hash": p.hash, "error": msg, "seconds": secs}, secs)
+                    _settle_failed(p, tag, time.perf_counter() - t0, e, settle)
                     continue
-                secs = float(res["meta"]["seconds"])
-                line = summarize(res)
-                settle(p, "done", f"{tag}: done in {fmt_seconds(secs)}" + (f" — {line}" if line else ""),
-                       entry={"status": "done", "hash": p.hash, "seconds": secs}, seconds=secs)
+                _settle_done(p, tag, res, settle)
     except KeyboardInterrupt:
         for p, _, _ in running.values():
             _update_manifest(out, scale, demo, {p.name: {"status": "interrupted", "hash": p.hash}})

@@ -26,9 +26,8 @@ from ..validate import check_eps, check_inputs, check_norm
 from .apgd import apgd
 from .core import draw_seed, frozen_eval, project
 from .objectives import TargetedMargin
-from .strong import strong_candidates
+from .strong import MAX_TARGETS, strong_candidates
 
-MAX_TARGETS = 9
 ATTACKS = ("strong", "apgd-ce", "ensemble")
 DEFAULT_ATTACK = "strong"
 
@@ -38,7 +37,7 @@ def _stage_generator(seed: int, stage: int) -> torch.Generator:
 
 
 def is_robust(model: nn.Module, x: torch.Tensor, *, eps: float, norm: str = "linf", steps: int = 40,
-              ensemble: bool = False, generator: torch.Generator | None = None,
+              generator: torch.Generator | None = None,
               return_adv: bool = False, restarts: int = 1, targets: int | None = None,
               sample_ids: torch.Tensor | None = None, attack: str | None = None,
               diversity: bool = True) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
@@ -47,7 +46,7 @@ def is_robust(model: nn.Module, x: torch.Tensor, *, eps: float, norm: str = "lin
 
     ``attack`` (default :data:`DEFAULT_ATTACK` = ``"strong"``, see the module doc):
     ``"apgd-ce"`` is ``steps``-step APGD-CE aimed at F(x), the paper's evaluation
-    (Section 7); ``"ensemble"`` (also ``ensemble=True``): APGD-CE, then APGD-DLR on the
+    (Section 7); ``"ensemble"``: APGD-CE, then APGD-DLR on the
     survivors, then APGD on the targeted logit margin ``z_t - z_{F(x)}`` towards each of
     the ``targets`` classes with the highest clean logits (default ``min(K-1, 9)``, K =
     number of model outputs) on the survivors; ``"strong"``: :mod:`abstain.attacks.strong`
@@ -70,7 +69,7 @@ def is_robust(model: nn.Module, x: torch.Tensor, *, eps: float, norm: str = "lin
         raise InputError(f"model must be an nn.Module, got {type(model).__name__}")
     if targets is not None and (isinstance(targets, bool) or not isinstance(targets, int) or targets < 0):
         raise InputError(f"targets must be a non-negative integer, got {targets!r}")
-    attack = resolve_attack(attack, ensemble)
+    attack = resolve_attack(attack)
     # validated here for every attack: the strong one may prove all points and run none
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise InputError(f"steps must be a non-negative integer, got {steps!r}")
@@ -129,14 +128,11 @@ def is_robust(model: nn.Module, x: torch.Tensor, *, eps: float, norm: str = "lin
     return (robust, x_adv) if return_adv else robust
 
 
-def resolve_attack(attack: str | None, ensemble: bool = False) -> str:
-    """The attack name for ``attack`` / the legacy flag ``ensemble=True`` (= ``"ensemble"``);
-    ``None`` means :data:`DEFAULT_ATTACK`. Raises :class:`InputError` on unknown names or a
-    contradiction."""
+def resolve_attack(attack: str | None) -> str:
+    """The attack name for ``attack`` (one of :data:`ATTACKS`); ``None`` means
+    :data:`DEFAULT_ATTACK`. Raises :class:`InputError` on unknown names."""
     if attack is None:
-        return "ensemble" if ensemble else DEFAULT_ATTACK
+        return DEFAULT_ATTACK
     if not isinstance(attack, str) or attack not in ATTACKS:
         raise InputError(f"unknown attack {attack!r}; expected one of {', '.join(ATTACKS)}")
-    if ensemble and attack != "ensemble":
-        raise InputError(f"ensemble=True contradicts attack={attack!r}; pass attack='ensemble'")
     return attack

@@ -33,7 +33,7 @@ DESCRIPTION = (
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from ..jobs import EvaluateSettings as S
     from ..sources import add_arguments as add_source_arguments
-    from .options import add_split, default
+    from .options import DeprecatedAlias, add_split, default
 
     add_source_arguments(p, out_help="output directory (records/ and results.json; default: the --run directory)")
     a = p.add_argument_group("attack")
@@ -45,7 +45,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"how robustness is checked (default {DEFAULT_ATTACK}: agrees with exact oracles near "
                         "the boundary; apgd-ce: the paper's protocol, for numbers compared with the paper; "
                         "ensemble: APGD-CE, APGD-DLR and targeted APGD run to the end; docs/attacks.md)")
-    a.add_argument("--ensemble", action="store_true", help="same as --attack ensemble")
+    a.add_argument("--ensemble", dest="attack", nargs=0, action=DeprecatedAlias, new="--attack ensemble",
+                   const="ensemble", help=argparse.SUPPRESS)
     a.add_argument("--no-double-eps", action="store_true", help="skip the 2ε flags (needed for S_ERI)")
     r = p.add_argument_group("run")
     r.add_argument("--batch-size", type=int, default=None,
@@ -75,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     batch_size = default_batch_size(device) if args.batch_size is None else args.batch_size
     settings = EvaluateSettings(eps=args.eps, norm=args.norm, steps=args.steps,
-                                double_eps=not args.no_double_eps, ensemble=args.ensemble, attack=args.attack,
+                                double_eps=not args.no_double_eps, attack=args.attack,
                                 batch_size=batch_size, seed=args.seed, samples=args.samples,
                                 save_adversarial=args.save_adversarial, chunk=args.chunk, split=args.split)
     settings.check()

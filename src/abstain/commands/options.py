@@ -13,7 +13,7 @@ and old option names kept as deprecated aliases for one release.
 
 Renamed (the old name still works for a release and prints a notice): ``abstain abstain
 --eval-batch-size`` is ``--batch-size``; ``abstain certify --batch-size`` is
-``--noise-batch-size``. ``abstain abstain --batch-size`` (noise samples of S_CRI before) now
+``--noise-batch-size``; ``abstain evaluate --ensemble`` is ``--attack ensemble``. ``abstain abstain --batch-size`` (noise samples of S_CRI before) now
 means inputs per batch, as in ``evaluate``: S_CRI's is ``--noise-batch-size``.
 """
 from __future__ import annotations
@@ -48,7 +48,7 @@ class DeprecatedAlias(argparse.Action):
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
                  option_string: str | None = None) -> None:
         print(f"notice: {option_string} is deprecated and will be removed; use {self.new}", file=sys.stderr)
-        setattr(namespace, self.dest, values)
+        setattr(namespace, self.dest, self.const if self.nargs == 0 else values)
 
 
 def add_split(g: Any, what: str = "evaluate") -> None:

@@ -87,7 +87,7 @@ class Selector(ABC):
         self.seed = int(seed)
         # how F's robustness is checked (abstain.attacks.is_robust): the default attack, or
         # "apgd-ce" for the paper's protocol
-        self.attack = resolve_attack(attack, False)
+        self.attack = resolve_attack(attack)
 
     def _generator(self, *tags: int | str) -> torch.Generator:
         """A fresh generator of the stream ``tags`` (:func:`abstain.seeds.generator`), so

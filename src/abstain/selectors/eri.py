@@ -24,12 +24,11 @@ class RobustnessIndicator(Selector):
     name = "eri"
 
     def __init__(self, model: torch.nn.Module, *, eps: float, norm: str = "linf", steps: int = 40,
-                 seed: int = 0, ensemble: bool = False, attack: str | None = None) -> None:
+                 seed: int = 0, attack: str | None = None) -> None:
         from ..attacks import resolve_attack
 
         super().__init__(model, eps=eps, norm=norm, steps=steps, seed=seed,
-                         attack=resolve_attack(attack, ensemble))
-        self.ensemble = self.attack == "ensemble"
+                         attack=resolve_attack(attack))
 
     def select(self, x: torch.Tensor) -> torch.Tensor:
         """eq. 12 on clean inputs: F robust in B_ε(x)."""
