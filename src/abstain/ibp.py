@@ -64,6 +64,18 @@ def _per_channel(lo: torch.Tensor, hi: torch.Tensor, scale: torch.Tensor,
     return torch.minimum(a, b), torch.maximum(a, b)
 
 
+def batchnorm_affine(m: nn.modules.batchnorm._BatchNorm) -> tuple[torch.Tensor, torch.Tensor]:
+    """The per-channel ``(scale, shift)`` of a BatchNorm in eval mode, ``y = scale·x + shift``
+    (running statistics; the caller checks the mode)."""
+    scale = torch.rsqrt(m.running_var + m.eps)
+    if m.weight is not None:
+        scale = scale * m.weight
+    shift = -m.running_mean * scale
+    if m.bias is not None:
+        shift = shift + m.bias
+    return scale, shift
+
+
 def interval_forward(module: nn.Module, lo: torch.Tensor, hi: torch.Tensor) -> Bounds:
     """Propagate the box ``[lo, hi]`` through ``module``; returns output bounds."""
     if isinstance(module, (nn.Sequential,)):
@@ -96,13 +108,7 @@ def interval_forward(module: nn.Module, lo: torch.Tensor, hi: torch.Tensor) -> B
             raise IBPUnsupportedError(
                 f"IBP: {type(module).__name__} must be in eval mode with running statistics "
                 "(call model.eval())")
-        scale = torch.rsqrt(module.running_var + module.eps)
-        if module.weight is not None:
-            scale = scale * module.weight
-        shift = -module.running_mean * scale
-        if module.bias is not None:
-            shift = shift + module.bias
-        return _per_channel(lo, hi, scale, shift)
+        return _per_channel(lo, hi, *batchnorm_affine(module))
     raise IBPUnsupportedError(
         f"IBP: layer {type(module).__name__} is not supported; supported: {', '.join(SUPPORTED)}")
 

@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..ibp import _affine as _ibp_affine
+from ..ibp import batchnorm_affine
 from ..ibp import _per_channel
 from ..models import Normalize
 
@@ -131,13 +132,7 @@ def _monotone(b: Box, f: Callable[[torch.Tensor], torch.Tensor], keeps_diag: boo
 def _batchnorm(m: nn.modules.batchnorm._BatchNorm, b: Box) -> Box:
     if m.training or m.running_mean is None or m.running_var is None:
         raise Unsupported(f"{type(m).__name__} not in eval mode with running statistics")
-    scale = torch.rsqrt(m.running_var + m.eps)
-    if m.weight is not None:
-        scale = scale * m.weight
-    shift = -m.running_mean * scale
-    if m.bias is not None:
-        shift = shift + m.bias
-    return _channel(b, scale, shift)
+    return _channel(b, *batchnorm_affine(m))
 
 
 def _conv_op(m: nn.Conv1d | nn.Conv2d) -> Callable:
