@@ -124,3 +124,27 @@ def test_reproduce_jobs2_interrupted_then_rerun(reference, tmp_path, how):
     for n in "abcd":
         assert (out / n / DONE).read_text() == (reference / n / DONE).read_text()
     assert not (out / LOCK).exists()
+
+
+def test_a_fifo_or_huge_stage_marker_reads_as_not_done_without_blocking(tmp_path):
+    """``.done`` / ``.started`` are read only as small regular files: a FIFO there blocked
+    ``abstain reproduce`` forever (found by the report probes, issue 25)."""
+    import os
+    import threading
+
+    from abstain.pipeline import DONE, is_done
+
+    stage = tmp_path / "s"
+    stage.mkdir()
+    (stage / "results.json").write_text("{}")
+    os.mkfifo(stage / DONE)
+    answer: list[bool] = []
+    t = threading.Thread(target=lambda: answer.append(is_done(stage, "h")), daemon=True)
+    t.start()
+    t.join(10)
+    assert not t.is_alive() and answer == [False]
+    (stage / DONE).unlink()
+    (stage / DONE).write_text("h" * 10_000)        # not a hash
+    assert not is_done(stage, "h")
+    (stage / DONE).write_text("h")
+    assert is_done(stage, "h")

@@ -142,9 +142,15 @@ def plan(scale: str, demo: bool, only: Sequence[str] | None = None) -> list[Stag
 
 
 def _read_text(path: Path) -> str | None:
+    """A stage's marker (``.done``, ``.started``: a hash): None unless it is a small regular
+    file (a FIFO there blocked ``reproduce``; issue 25)."""
+    from .safefiles import read_regular
+
+    if not os.path.lexists(path):
+        return None
     try:
-        return path.read_text().strip()
-    except (FileNotFoundError, NotADirectoryError):
+        return read_regular(path, 4096, ValueError).decode("utf-8", "replace").strip()
+    except (ValueError, OSError):
         return None
 
 
