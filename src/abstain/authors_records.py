@@ -120,8 +120,9 @@ def _at(table: Mapping[float, np.ndarray], eps: float) -> np.ndarray | None:
     return None
 
 
-def eps_text(eps: float) -> str:
-    """``k/255`` when ε is a whole multiple of 1/255, else ``%g``."""
+def eps_label(eps: float) -> str:
+    """ε as the paper writes it: ``k/255`` when ε is a whole multiple of 1/255, else ``%g`` (not
+    a column name: those are :func:`abstain.records.eps_text`)."""
     k = eps * 255
     return f"{round(k)}/255" if round(k) > 0 and abs(k - round(k)) < 1e-6 else f"{eps:g}"
 
@@ -364,4 +365,4 @@ def _merge(label: np.ndarray, rows: np.ndarray, pred: np.ndarray, acc: np.ndarra
     label[r] = p
 
 
-__all__ = ["AuthorsRecords", "ModelRecords", "read_authors_csv", "infer_labels", "eps_text", "DATASETS"]
+__all__ = ["AuthorsRecords", "ModelRecords", "read_authors_csv", "infer_labels", "eps_label", "DATASETS"]

@@ -64,13 +64,10 @@ def fmt_cell(v: Any) -> str:
         if math.isinf(v):
             return "inf" if v > 0 else "-inf"
         return f"{v:.4g}"
-    try:  # numpy scalars
-        import numpy as np
+    import numpy as np
 
-        if isinstance(v, np.generic):
-            return fmt_cell(v.item())
-    except ImportError:  # pragma: no cover
-        pass
+    if isinstance(v, np.generic):      # numpy scalars
+        return fmt_cell(v.item())
     return str(v)
 
 

@@ -31,7 +31,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from .. import records
-from ..authors_records import eps_text as eps_label
+from ..authors_records import eps_label
 from ..config import configs_dir
 from ..errors import DataError
 from .base import Stage
