@@ -59,3 +59,9 @@ def test_claims_of_a_demo_run(tmp_path: Path):
     assert rows["Fig. 3 on Fig. 2's axes"][4].startswith("not shown (no matched level")
     assert rows["Sec. 7.3 (the paper's setup)"][4] == "did not hold" and "-0.65" in rows["Sec. 7.3 (the paper's setup)"][3]
     assert rows["Tables 4, 5, 9; MTSD (paper scale)"][4].startswith("not testable here")
+
+
+def test_a_claim_held_only_before_holm_says_so() -> None:
+    assert claims._holm_qualified("held", []) == "held by the 95% intervals, but no comparison survives Holm's correction"
+    assert claims._holm_qualified("held", ["era_minus_sr_rob_inacc@0.49"]) == "held"
+    assert claims._holm_qualified("not shown (interval covers 0)", []) == "not shown (interval covers 0)"

@@ -82,7 +82,7 @@ def _pareto(out: Path) -> Verdict | None:
     held_holm = [k for k, v in m.items() if v.get("holm_reject")]
     text = "; ".join(f"@{k.rsplit('@', 1)[1]}: {_ci(v)}" for k, v in m.items())
     verdict = verdicts.pop() if len(verdicts) == 1 else "mixed across levels"
-    return f"{text} (survive Holm: {len(held_holm)} of {len(m)})", verdict
+    return f"{text} (survive Holm: {len(held_holm)} of {len(m)})", _holm_qualified(verdict, held_holm)
 
 
 def _tau_fronts(out: Path) -> Verdict | None:
@@ -96,8 +96,16 @@ def _tau_fronts(out: Path) -> Verdict | None:
                      for k, v in m.items())
     verdicts = {interval_verdict(v) for v in m.values()}
     held_holm = [k for k, v in m.items() if v.get("holm_reject")]
-    return (f"{text} (survive Holm: {len(held_holm)} of {len(m)})",
-            verdicts.pop() if len(verdicts) == 1 else "mixed across selectors / levels")
+    verdict = verdicts.pop() if len(verdicts) == 1 else "mixed across selectors / levels"
+    return f"{text} (survive Holm: {len(held_holm)} of {len(m)})", _holm_qualified(verdict, held_holm)
+
+
+def _holm_qualified(verdict: str, survivors: list) -> str:
+    """A claim the intervals support, but no comparison of which survives Holm's correction
+    across the stage's comparisons, is *held* only before that correction."""
+    if verdict == "held" and not survivors:
+        return "held by the 95% intervals, but no comparison survives Holm's correction"
+    return verdict
 
 
 def _compose(out: Path) -> Verdict | None:
