@@ -65,3 +65,19 @@ def test_a_claim_held_only_before_holm_says_so() -> None:
     assert claims._holm_qualified("held", []) == "held by the 95% intervals, but no comparison survives Holm's correction"
     assert claims._holm_qualified("held", ["era_minus_sr_rob_inacc@0.49"]) == "held"
     assert claims._holm_qualified("not shown (interval covers 0)", []) == "not shown (interval covers 0)"
+
+
+def test_the_abstract_row_reads_the_budget(tmp_path) -> None:
+    import json
+
+    stage = tmp_path / "mnist1d-pareto"
+    stage.mkdir()
+    budget = {"era@1.0": {"mean": 0.305, "ci95_low": 0.30, "ci95_high": 0.31},
+              "trades@1.0": {"mean": 0.27, "ci95_low": 0.25, "ci95_high": 0.29}}
+    (stage / "results.json").write_text(json.dumps({"core": {"nat_acc": 0.97, "rob_acc": 0.24}, "budget": budget}))
+    numbers, verdict = claims._abstract(tmp_path)
+    assert verdict == "held" and "30.50%" in numbers and "core 24.00%" in numbers
+    budget["era@1.0"]["ci95_low"] = 0.23                 # the interval reaches the core's 24%
+    (stage / "results.json").write_text(json.dumps({"core": {"nat_acc": 0.97, "rob_acc": 0.24}, "budget": budget}))
+    assert claims._abstract(tmp_path)[1].startswith("not shown")
+    assert claims._abstract(tmp_path / "nowhere") is None
