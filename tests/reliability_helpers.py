@@ -266,3 +266,12 @@ def interrupted_after(monkeypatch, module, attr: str, calls: int) -> list:
 
     monkeypatch.setattr(module, attr, spy)
     return log
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 for a test's own torch.distributed rendezvous."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -4,11 +4,12 @@ every rank gets exactly the records of one process."""
 from __future__ import annotations
 
 import os
-import socket
 
 import numpy as np
 import torch
 import torch.multiprocessing as mp
+
+from reliability_helpers import free_port
 
 
 def _model() -> torch.nn.Module:
@@ -49,15 +50,11 @@ def _worker(rank: int, world: int, port: int, tmp: str) -> None:
         distributed.shutdown(synchronise=True)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_the_api_under_two_ranks_gives_the_records_of_one_process(tmp_path) -> None:
     one = _both()
-    mp.start_processes(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True, start_method="spawn")
+    mp.start_processes(_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True, start_method="spawn")
     for rank in (0, 1):
         with np.load(tmp_path / f"rank{rank}.npz", allow_pickle=False) as z:
             for job, cols in one.items():

@@ -4,7 +4,6 @@ size."""
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import pytest
@@ -17,6 +16,8 @@ from abstain.checkpoint import load_train_state, read_meta
 from abstain.data import load, train_val_split
 from abstain.train import TrainingInterrupted, fit
 from abstain.train.feed import BatchFeed
+
+from reliability_helpers import free_port
 
 META = {"arch": "mlp", "num_classes": 3, "dataset": "gauss3", "model_kwargs": {"in_features": 2}}
 
@@ -56,16 +57,12 @@ def _worker(rank: int, world: int, port: int, tmp: str) -> None:
         shutdown(synchronise=True)      # as the CLI ends a torchrun job
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def ddp_runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ddp")
-    mp.start_processes(_worker, args=(2, _free_port(), str(tmp)), nprocs=2, join=True,
+    mp.start_processes(_worker, args=(2, free_port(), str(tmp)), nprocs=2, join=True,
                        start_method="spawn")
     return tmp
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -30,6 +29,8 @@ from abstain.errors import ConfigError
 from abstain.losses import adversarial, get
 from abstain.config import LossSettings, TrainSettings, resolve_loss
 from abstain.train import fit
+
+from reliability_helpers import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 torch.set_num_threads(1)
@@ -118,14 +119,10 @@ def _noise_worker(rank: int, world: int, port: int, tmp: str) -> None:
         distributed.shutdown(synchronise=False)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_two_gloo_ranks_draw_distinct_noise(tmp_path):
-    mp.start_processes(_noise_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True,
+    mp.start_processes(_noise_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True,
                        start_method="spawn")
     for loss, n_seen in (("noise", 4), ("cra", 8)):
         a = torch.load(tmp_path / f"{loss}-rank0.pt", weights_only=True)

@@ -16,7 +16,6 @@ collective, and the process group's timeout is ``$ABSTAIN_DIST_TIMEOUT`` seconds
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -27,7 +26,7 @@ import pytest
 from abstain.distributed import TIMEOUT_ENV, timeout_seconds
 from abstain.errors import ConfigError
 
-from reliability_helpers import check_tree_consistent, cli_env
+from reliability_helpers import free_port, check_tree_consistent, cli_env
 
 DYING = '''
 import os, signal, time
@@ -60,10 +59,6 @@ ARGS = ["evaluate", "--model", "dying:make", "--random-init", "--data", "gauss3"
         "--samples", "200", "--chunk", "20", "--attack", "ensemble", "--device", "cpu"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _env(tmp_path: Path, how: str, timeout_s: float, **extra: str) -> dict[str, str]:
@@ -83,7 +78,7 @@ def _assert_one_line_rank_error(text: str) -> str:
 
 @pytest.mark.parametrize("how,timeout_s", [("kill", 600.0), ("hang", 3.0)])
 def test_the_survivor_of_a_dead_or_hung_rank_fails_with_one_line(tmp_path, how, timeout_s):
-    port = str(_free_port())
+    port = str(free_port())
     out = tmp_path / "out"
     procs = []
     t0 = time.perf_counter()
