@@ -138,6 +138,63 @@ def _mean_std(vals: list[float]) -> tuple[float, float]:
     return float(a.mean()), float(a.std())
 
 
+def _fronts(methods: Mapping[str, list], recs: Mapping[str, Any], comp: Mapping[str, Any], seeds: list[int],
+            eps: float) -> tuple[dict[str, dict[int, list[dict[str, float]]]], dict[str, list[dict[str, float]]]]:
+    """Per method: every seed's points (the partition at ε, eq. 2/3, and the composition's
+    natural / sound robust accuracy, eq. 15), and the front of their means and deviations."""
+    per: dict[str, dict[int, list[dict[str, float]]]] = {}     # method -> seed -> points
+    fronts: dict[str, list[dict[str, float]]] = {}
+    for method, ps in methods.items():
+        for name, param in ps:
+            if name not in recs or name not in comp:
+                continue
+            vals = {}
+            for s in seeds:
+                p = R.partition_at(recs[name][s], eps)
+                c = comp[name][s]
+                m = {"param": float(param), "nat_acc": p["nat_acc"], "rob_acc": p["rob_acc"], "rob_inacc": p["rob_inacc"],
+                     "compose_nat_acc": float(np.mean(c["pred"] == c["label"])),
+                     "compose_rob_acc": float(np.mean(c["rob_acc"].astype(bool))),
+                     "compose_rob_acc_paper": float(np.mean(c["rob_acc_paper"].astype(bool)))}
+                per.setdefault(method, {}).setdefault(s, []).append(m)
+                vals.setdefault("per", []).append(m)
+            point: dict[str, float] = {"param": float(param)}
+            for k in ("nat_acc", "rob_acc", "rob_inacc", "compose_nat_acc", "compose_rob_acc", "compose_rob_acc_paper"):
+                point[k], point[f"{k}_std"] = _mean_std([m[k] for m in vals["per"]])
+            fronts.setdefault(method, []).append(point)
+    return per, fronts
+
+
+def _interval(values: list[float], n_boot: int) -> dict[str, Any]:
+    """Mean and 95% percentile-bootstrap interval over pre-training seeds (one value each)."""
+    from .. import stats
+
+    bs = stats.hierarchical_bootstrap([[v] for v in values], n_boot=n_boot, seed=0)
+    return {"mean": bs["mean"], "ci95_low": bs["ci95_low"], "ci95_high": bs["ci95_high"],
+            "per_seed": [float(v) for v in values]}
+
+
+def _budget(per: Mapping[str, dict[int, list[dict[str, float]]]], seeds: list[int], core_nat: float,
+            losses: Any, n_boot: int) -> dict[str, Any]:
+    """Per method and natural-accuracy loss: the best sound robust accuracy of its compositions
+    within that loss against the core (eq. 15), with its interval over seeds."""
+    from .. import stats
+
+    budget: dict[str, Any] = {}
+    for method, by_seed in per.items():
+        for loss in losses:
+            best = [stats.best_within([m["compose_nat_acc"] for m in by_seed[s]],
+                                      [m["compose_rob_acc"] for m in by_seed[s]], core_nat, loss) for s in seeds]
+            key = f"{method}@{100 * loss:.1f}"
+            if np.isfinite(best).all():
+                budget[key] = _interval(best, n_boot)
+            else:
+                budget[key] = {"mean": float("nan"), "ci95_low": float("nan"), "ci95_high": float("nan"),
+                               "per_seed": [float(v) for v in best],
+                               "note": "no composition within this loss on some seed"}
+    return budget
+
+
 def summarize(stage_dir: Path, methods: Mapping[str, list], *, n_boot: int = 2000,
               losses: tuple[float, ...] | list[float] = LOSSES, tau_points: int = 20) -> dict[str, Any]:
     """``fronts``, ``matched``, ``budget``, ``core``, ``tau_fronts`` and ``meta`` (module doc)
@@ -159,26 +216,7 @@ def summarize(stage_dir: Path, methods: Mapping[str, list], *, n_boot: int = 200
     core_m = {"nat_acc": core_nat, "rob_acc": float(np.mean((core["pred"] == core["label"]) & R.robust_column(core, eps)))}
     present = [set(recs[n]) & set(comp.get(n, {})) for ps in methods.values() for n, _ in ps if n in recs]
     seeds = sorted(set.intersection(*present)) if present else []
-    per: dict[str, dict[int, list[dict[str, float]]]] = {}     # method -> seed -> points
-    fronts: dict[str, list[dict[str, float]]] = {}
-    for method, ps in methods.items():
-        for name, param in ps:
-            if name not in recs or name not in comp:
-                continue
-            vals = {}
-            for s in seeds:
-                p = R.partition_at(recs[name][s], eps)
-                c = comp[name][s]
-                m = {"param": float(param), "nat_acc": p["nat_acc"], "rob_acc": p["rob_acc"], "rob_inacc": p["rob_inacc"],
-                     "compose_nat_acc": float(np.mean(c["pred"] == c["label"])),
-                     "compose_rob_acc": float(np.mean(c["rob_acc"].astype(bool))),
-                     "compose_rob_acc_paper": float(np.mean(c["rob_acc_paper"].astype(bool)))}
-                per.setdefault(method, {}).setdefault(s, []).append(m)
-                vals.setdefault("per", []).append(m)
-            point: dict[str, float] = {"param": float(param)}
-            for k in ("nat_acc", "rob_acc", "rob_inacc", "compose_nat_acc", "compose_rob_acc", "compose_rob_acc_paper"):
-                point[k], point[f"{k}_std"] = _mean_std([m[k] for m in vals["per"]])
-            fronts.setdefault(method, []).append(point)
+    per, fronts = _fronts(methods, recs, comp, seeds, eps)
     # matched robust-accuracy levels inside every front of every seed (Fig. 2's lower hulls)
     ranges = [[m["rob_acc"] for m in pts] for by_seed in per.values() for pts in by_seed.values()]
     levels: list[float] = []
@@ -204,30 +242,14 @@ def summarize(stage_dir: Path, methods: Mapping[str, list], *, n_boot: int = 200
             d = [at(a, s, level) - at(b, s, level) for s in seeds]
             if not np.isfinite(d).all():
                 continue
-            bs = stats.hierarchical_bootstrap([[v] for v in d], n_boot=n_boot, seed=0)
             p = float(ttest_1samp(d, 0.0).pvalue) if len(d) > 1 and np.ptp(d) > 0 else float("nan")
-            matched[f"{a.replace('-', '_')}_minus_{b}_rob_inacc@{level:g}"] = {
-                "mean": bs["mean"], "ci95_low": bs["ci95_low"], "ci95_high": bs["ci95_high"],
-                "per_seed": [float(v) for v in d], "t_p": p}
+            matched[f"{a.replace('-', '_')}_minus_{b}_rob_inacc@{level:g}"] = {**_interval(d, n_boot), "t_p": p}
     finite = [k for k, v in matched.items() if np.isfinite(v["t_p"])]
     if finite:
         h = stats.holm([matched[k]["t_p"] for k in finite])
         for k, adj, rej in zip(finite, h["adjusted"], h["reject"]):
             matched[k].update({"holm_p": adj, "holm_reject": rej})
-    budget: dict[str, Any] = {}
-    for method, by_seed in per.items():
-        for loss in losses:
-            best = [stats.best_within([m["compose_nat_acc"] for m in by_seed[s]],
-                                      [m["compose_rob_acc"] for m in by_seed[s]], core_nat, loss) for s in seeds]
-            key = f"{method}@{100 * loss:.1f}"
-            if np.isfinite(best).all():
-                bs = stats.hierarchical_bootstrap([[v] for v in best], n_boot=n_boot, seed=0)
-                budget[key] = {"mean": bs["mean"], "ci95_low": bs["ci95_low"], "ci95_high": bs["ci95_high"],
-                               "per_seed": [float(v) for v in best]}
-            else:
-                budget[key] = {"mean": float("nan"), "ci95_low": float("nan"), "ci95_high": float("nan"),
-                               "per_seed": [float(v) for v in best],
-                               "note": "no composition within this loss on some seed"}
+    budget = _budget(per, seeds, core_nat, losses, n_boot)
     return {"fronts": fronts, "matched": matched, "budget": budget, "core": core_m,
             "tau_fronts": tau_fronts.summarize(tper, seeds),
             "meta": {"pretrain_seeds": seeds, "eps": eps, "levels": levels, "losses": list(losses),
