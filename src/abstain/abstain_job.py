@@ -262,8 +262,9 @@ def abstain_job(robust: ModelSource, core: ModelSource, out: Path, s: AbstainSet
     section: dict[str, Any] = {}
     figs = _Plots()
     done: dict[float, records.Records] = {}
+    stores = {e: _store(robust, core, idx, out, s, e, tag) for e in eps_list}    # the weights hashed once
     for eps in eps_list:
-        res = _compose_chunked(robust, core, test, idx, out, s, eps, tag, train, device)
+        res = _compose_chunked(robust, core, test, idx, stores[eps], s, eps, train, device)
         if res is not None:
             done[eps] = res
             entry = {k: res.summary[k] for k in ("abstain", "core", "robust", "composition")}
@@ -282,7 +283,7 @@ def abstain_job(robust: ModelSource, core: ModelSource, out: Path, s: AbstainSet
     for e, res in done.items():     # the records last: they mark a finished job
         res.write_csv(out / "records" / f"abstain-{tag}-eps{records.eps_text(e)}.csv")
     for e in eps_list:
-        _store(robust, core, idx, out, s, e, tag).remove()
+        stores[e].remove()
     distributed.barrier()
     return section
 
@@ -305,15 +306,14 @@ def _store(robust: ModelSource, core: ModelSource, idx: torch.Tensor, out: Path,
                       lambda k: idx[k * chunk:(k + 1) * chunk])
 
 
-def _compose_chunked(robust: ModelSource, core: ModelSource, test: Any, idx: torch.Tensor, out: Path,
-                     s: AbstainSettings, eps: float, tag: str, train: Any, device: Any) -> records.Records | None:
+def _compose_chunked(robust: ModelSource, core: ModelSource, test: Any, idx: torch.Tensor, store: Any,
+                     s: AbstainSettings, eps: float, train: Any, device: Any) -> records.Records | None:
     """One ε of the job in resumable chunks (:class:`abstain.chunks.ChunkedJob`, sharded over
     torchrun ranks): the merged records with their summary on rank 0, None elsewhere."""
     from .chunks import ChunkedJob
 
     sel = selector_for(robust.model, s, eps, train)
-    job = ChunkedJob(len(idx), s.chunk_size(), store=_store(robust, core, idx, out, s, eps, tag),
-                     desc=f"abstain ε={eps:g}")
+    job = ChunkedJob(len(idx), s.chunk_size(), store=store, desc=f"abstain ε={eps:g}")
 
     def chunk(k: int, rows: torch.Tensor) -> dict[str, np.ndarray]:
         ids = idx[rows]
