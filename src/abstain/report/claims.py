@@ -146,6 +146,59 @@ def _certify(out: Path) -> Verdict | None:
     return text, verdicts.pop() if len(verdicts) == 1 else "mixed across σ"
 
 
+def _pct_seeds(row: dict, key: str) -> str:
+    vals = row[key]
+    return (f"{100 * sum(vals) / len(vals):.1f}% mean, {100 * row[f'{key}_median']:.1f}% median "
+            f"over {len(vals)} seed{'s' if len(vals) != 1 else ''}")
+
+
+def fig1_verdict(era: list[float], trades: list[float]) -> str:
+    """Fig. 1 (Sec. 1): ERA has 0.0% robust inaccuracy where TRADES has 1.6%. Per seed (both
+    models see the seed's data draw) ERA *removes* TRADES' robust-inaccurate points when its
+    robust inaccuracy is 0 or below TRADES'; *held* when that is so on every seed, *did not hold*
+    on none, *held on k of n seeds* between, *not shown* where TRADES has none to remove."""
+    if not era or len(era) != len(trades):
+        return "not shown (ERA and TRADES not on the same seeds)"
+    if all(t == 0.0 for t in trades):
+        return "not shown (TRADES has no robust-inaccurate points to remove)"
+    k = sum(e == 0.0 or e < t for e, t in zip(era, trades))
+    if k == len(era):
+        return "held"
+    return "did not hold" if k == 0 else f"held on {k} of {len(era)} seeds"
+
+
+def _fig1(out: Path) -> Verdict | None:
+    """The Fig. 1 row from fig1's ``per_seed`` (:func:`abstain.stages.fig1.seed_summary`): the
+    paper-text protocol (test set) judges the claim; the authors' protocol (training set, where
+    the paper's numbers come from) gives TRADES' collapse rate and the lr 0.01 diagnosis."""
+    r = _load(out, "fig1")
+    if not r:
+        return None
+    ps = r.get("per_seed")
+    if not isinstance(ps, dict):
+        return "–", "not shown (fig1's results.json has no per-seed numbers: rerun fig1)"
+    parts, verdict = [], None
+    for protocol, era, trades in (("paper-text protocol, test set", "text-era", "text-trades"),
+                                  ("authors' protocol, training set", "era", "trades")):
+        if era not in ps or trades not in ps:
+            continue
+        e, t = ps[era], ps[trades]
+        parts.append(f"{protocol}: robust inaccuracy ERA {_pct_seeds(e, 'rob_inacc')} (0.0% on "
+                     f"{e['n_zero_rob_inacc']} of {len(e['rob_inacc'])}), TRADES {_pct_seeds(t, 'rob_inacc')}; "
+                     f"TRADES collapsed on {len(t['collapsed'])} of {len(t['seeds'])} seeds")
+        if verdict is None:
+            verdict = fig1_verdict(e["rob_inacc"], t["rob_inacc"])
+            if protocol.startswith("authors"):
+                verdict += " (the authors' protocol only; the paper-text protocol did not run)"
+    lr = ps.get("trades-lr0.01")
+    if lr:
+        parts.append(f"TRADES at lr 0.01 (authors' protocol): {_pct_seeds(lr, 'rob_inacc')}, collapsed on "
+                     f"{len(lr['collapsed'])} of {len(lr['seeds'])} seeds")
+    if verdict is None:
+        return "–", "not shown (no ERA and TRADES runs in fig1)"
+    return "; ".join(parts) + " (paper: ERA 0.0%, TRADES 1.6%)", verdict
+
+
 # (claim, how the paper states it, where tested, reader or the reason it is not testable here)
 def _abstract(out: Path) -> Verdict | None:
     """The abstract's claim on the compositions: within a natural-accuracy loss of 0.5 / 1 point
@@ -168,7 +221,7 @@ def _abstract(out: Path) -> Verdict | None:
 
 CLAIMS: list[tuple[str, str, str, Callable[[Path], Verdict | None] | str]] = [
     ("Fig. 1", "on the 3-Gaussian toy data ERA removes the robust-inaccurate points TRADES keeps",
-     "fig1 (gauss3, paper-text and authors' protocols)", "see the fig1 section (collapse rates per seed)"),
+     "fig1 (gauss3, paper-text and authors' protocols)", _fig1),
     ("Table 1 / 8", "robust inaccuracy of adversarially trained models is 1–8% (CIFAR-10/100)",
      "digits-partition, mnist1d-partition (miniature), paper-records", "see those sections (partition over ε)"),
     ("Fig. 2 / Table 5", "ERA lowers robust inaccuracy at a small cost of robust accuracy, along a front",

@@ -112,6 +112,7 @@ def _run(ctx: Any, config: dict) -> dict:
             trained[variant] = (model.cpu(), test)
     figures = _figures(ctx.out, trained, eps, config["grid"])
     results: dict[str, Any] = {v: mean_std(vals) for v, vals in per_variant.items()}
+    results["per_seed"] = seed_summary(ctx.out, {v: config["eval"][p][0] for v, p in config["protocols"].items()})
     results["meta"] = {"eps": eps, "norm": config["norm"], "seeds": config["seeds"],
                        "protocols": config["protocols"],
                        "eval": {p: f"{split} set, APGD-CE {steps} steps aimed at the prediction"
@@ -193,6 +194,28 @@ def _table(stage_dir: Path, prefix: str, names: list[str], caption: str, with_pa
             "columns": ["variant", "seeds", "nat_acc %", "rob_acc %", "rob_inacc %", "nonrob_acc %",
                         "nonrob_inacc %", "median rob_acc %", "median rob_inacc %", "collapsed"],
             "rows": rows, "paper": paper if with_paper else None}
+
+
+def seed_summary(stage_dir: Path, primary: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """Per variant, from its records on its primary split (``primary``: variant -> ``"train"`` or
+    ``"test"``): the per-seed natural accuracy, robust accuracy and robust inaccuracy, their
+    medians, how many seeds reach 0.0% robust inaccuracy (Fig. 1's ERA: 0.0%, TRADES: 1.6%) and
+    the seeds whose model predicts one class on every point (collapsed; kept in every number)."""
+    out: dict[str, dict[str, Any]] = {}
+    for split, prefix in (("train", "train--"), ("test", "")):
+        recs = R.read_stage_records(stage_dir, prefix)
+        for variant in (v for v in recs if primary.get(v) == split):
+            seeds = recs[variant]
+            eps = R.eps_of_columns(next(iter(seeds.values())))[0]
+            vals = R.per_seed(seeds, lambda c, e=eps: R.partition_at(c, e))
+            row: dict[str, Any] = {"split": split, "seeds": sorted(seeds)}
+            for k in ("nat_acc", "rob_acc", "rob_inacc"):
+                row[k] = [float(x) for x in vals[k]]
+                row[f"{k}_median"] = float(np.median(vals[k]))
+            row["n_zero_rob_inacc"] = int(sum(x == 0.0 for x in vals["rob_inacc"]))
+            row["collapsed"] = [s for s in sorted(seeds) if np.unique(seeds[s]["pred"]).size == 1]
+            out[variant] = row
+    return out
 
 
 def collapsed_runs(stage_dir: Path) -> list[str]:
