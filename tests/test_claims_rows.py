@@ -56,3 +56,34 @@ def test_fig1_row_of_a_demo_reads_the_authors_protocol(tmp_path: Path):
     assert "ERA 0.0% mean, 0.0% median over 1 seed (0.0% on 1 of 1), TRADES 1.6%" in numbers
     _write(tmp_path, "fig1", {"era": {"rob_inacc": 0.0}})           # a results.json before per_seed
     assert _row(tmp_path, "Fig. 1")[4].startswith("not shown (fig1's results.json has no per-seed")
+
+
+def _partition(eps: float, rob_inacc: dict[float, float], rule: str) -> dict:
+    res: dict = {f"trades@{e:g}": {"rob_inacc": v, "nat_acc": 0.9} for e, v in rob_inacc.items()}
+    res["trades"] = res[f"trades@{eps:g}"]
+    res["meta"] = {"eps": eps, "seeds": [0], "eval": "APGD-CE 40 steps aimed at the prediction",
+                   "config": {"eps_rule": rule}}
+    return res
+
+
+def test_table1_verdict_branches():
+    assert claims.table1_verdict(0.01) == "held" and claims.table1_verdict(0.08) == "held"
+    assert claims.table1_verdict(0.0022) == "did not hold (0.22%: below 1%)"
+    assert claims.table1_verdict(0.12) == "did not hold (12.00%: above 8%)"
+
+
+def test_table1_row_reads_both_partitions(tmp_path: Path):
+    _write(tmp_path, "digits-partition", _partition(0.1, {0.1: 0.0022, 0.2: 0.0044}, "gap"))
+    _write(tmp_path, "mnist1d-partition", _partition(0.02, {0.01: 0.012, 0.02: 0.031, 0.04: 0.09}, "table1"))
+    numbers, verdict = _row(tmp_path, "Table 1 / 8")[3:]
+    assert "digits: TRADES at the study ε∞ = 0.1: 0.22% robust inaccuracy (APGD-CE 40 steps" in numbers
+    assert "0.22–0.44% over ε∞ 0.1–0.2" in numbers and "MNIST-1D: TRADES at the study ε∞ = 0.02: 3.10%" in numbers
+    assert verdict == ("digits: did not hold (0.22%: below 1%); "
+                       "MNIST-1D: held by construction (its ε was chosen to put TRADES in 1–8%)")
+    _write(tmp_path, "digits-partition", _partition(0.1, {0.1: 0.05}, "gap"))     # one ε: no sweep range
+    numbers, verdict = _row(tmp_path, "Table 1 / 8")[3:]
+    assert verdict.startswith("digits: held; ") and "over ε∞" not in numbers.split(";")[0]
+
+
+def test_table1_row_not_run(tmp_path: Path):
+    assert _row(tmp_path, "Table 1 / 8")[4] == "not run in this directory"
