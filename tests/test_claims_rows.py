@@ -87,3 +87,34 @@ def test_table1_row_reads_both_partitions(tmp_path: Path):
 
 def test_table1_row_not_run(tmp_path: Path):
     assert _row(tmp_path, "Table 1 / 8")[4] == "not run in this directory"
+
+
+def _ci(mean: float, lo: float, hi: float) -> dict:
+    return {"mean": mean, "ci95_low": lo, "ci95_high": hi}
+
+
+def test_tradeoff_interval_verdict_branches():
+    v = claims.tradeoff_interval_verdict
+    assert v(_ci(0.01, 0.005, 0.02), _ci(0.01, 0.002, 0.02)) == "held"
+    assert v(_ci(0.01, 0.005, 0.02), _ci(-0.02, -0.03, -0.01)) == "held as a trade-off"
+    assert v(_ci(0.01, 0.005, 0.02), _ci(0.0, -0.01, 0.01)) == "held (robust: interval covers 0)"
+    assert v(_ci(-0.01, -0.02, -0.005), _ci(0.01, 0.002, 0.02)) == "did not hold (natural lower); robust higher"
+    assert v(_ci(0.0, 0.0, 0.0), _ci(0.0, 0.0, 0.0)) == "not shown (one seed, no interval)"
+    assert v(_ci(0.0, float("nan"), float("nan")), _ci(0.0, 0.0, 0.1)) == "not shown (no interval)"
+    assert (v(_ci(0.01, 0.005, 0.02), _ci(-0.02, -0.02, -0.02), ("R_rob^acc", "R_rob^sel"))
+            == "held (R_rob^sel: one seed, no interval)")
+
+
+def test_compose_2eps_row_judges_the_intervals(tmp_path: Path):
+    """The paper's setup on MNIST-1D (mnist1d-compose-2eps, 3 pre-training seeds): natural
+    −0.93 [−2.40, +0.05] covers 0, sound robust −11.77 [−12.20, −10.90] lies below."""
+    _write(tmp_path, "mnist1d-compose-2eps", {
+        "era_minus_trades_nat_acc@2eps": _ci(-0.0093, -0.0240, 0.0005),
+        "era_minus_trades_rob_acc@2eps": _ci(-0.1177, -0.1220, -0.1090)})
+    numbers, verdict = _row(tmp_path, "Sec. 7.3 (the paper's setup)")[3:]
+    assert verdict == "not shown (natural interval covers 0); robust lower"
+    assert "natural -0.93 [-2.40, +0.05], sound robust -11.77 [-12.20, -10.90]" in numbers
+    _write(tmp_path, "mnist1d-compose-2eps", {
+        "era_minus_trades_nat_acc@2eps": _ci(0.0058, 0.002, 0.009),
+        "era_minus_trades_rob_acc@2eps": _ci(-0.0275, -0.04, -0.01)})
+    assert _row(tmp_path, "Sec. 7.3 (the paper's setup)")[4] == "held as a trade-off"

@@ -134,6 +134,8 @@ def run(ctx: Any, cfg: dict) -> dict:
     results, curves = summarize_dir(ctx.out, cfg)
     figures(ctx.out, results, curves, eps, cfg["label"])
     results["curves"] = curves
+    results["fig3"] = fig3_comparisons(read_all(ctx.out), selector_model=cfg["sr_model"],
+                                       points=int(cfg.get("tau_points", 101)))
     results["meta"] = {"eps": eps, "norm": norm, "seeds": up["seeds"], "steps": cfg["steps"],
                        "samples": int(len(index)), "subset": "class-balanced test subset, seed 0",
                        "sr_tau": cfg["sr_tau"], "sn_tau": cfg["sn_tau"],
@@ -194,6 +196,49 @@ def summarize_dir(stage_dir: Path, cfg: dict | None = None) -> tuple[dict[str, A
                         curves[f"{model}-sr-{attack}-{radius}"] = tau_curve(
                             kind, pooled, eps, attacks=(attack,), points=points, ball=ball)
     return results, curves
+
+
+def front_gap(curve: list[dict[str, float]], rob_sel: float, sel_rob_acc: float) -> float | None:
+    """How far the point (R_rob^sel, R_rob^acc) lies above a selector's τ-front (Fig. 3): its
+    R_rob^acc minus the best R_rob^acc of the τ points that select at least as much robustly
+    (> 0: above the front). None when no τ reaches its robust selection (the point lies beyond
+    the front's end, outside it)."""
+    reach = [c["sel_rob_acc"] for c in curve if c["rob_sel"] >= rob_sel]
+    return None if not reach else float(sel_rob_acc - max(reach))
+
+
+def fig3_comparisons(data: dict[tuple[str, str], dict[int, dict[str, np.ndarray]]], selector_model: str = "trades",
+                     points: int = 101) -> dict[str, Any]:
+    """Fig. 3's comparisons, per seed from the records: ERA_RI − TRADES_RI in R_rob^acc and
+    R_rob^sel (paired over seeds, t-interval; the paper: +1.18 R_rob^acc at −3.78 R_rob^sel on
+    CIFAR-10) and ERA_RI's distance above the S_SR / S_SN τ-fronts of ``selector_model`` on the
+    same seed (:func:`front_gap`; the paper: ERA_RI "mostly improves both robust selection and
+    robust accuracy" against them, Sec. 7.2 and App. A.9)."""
+    from ..metrics import paired_difference
+    from ..selectors.evaluate import summarize, tau_curve
+
+    era, trades = data.get(("era", "eri"), {}), data.get(("trades", "eri"), {})
+    seeds = sorted(set(era) & set(trades))
+    if not seeds:
+        return {}
+    eps = eps_of(era[seeds[0]])
+    pts = {m: {s: summarize("eri", recs[s], eps) for s in seeds} for m, recs in (("era", era), ("trades", trades))}
+    out: dict[str, Any] = {"seeds": seeds}
+    for metric in ("sel_rob_acc", "rob_sel"):
+        a, b = [pts["era"][s][metric] for s in seeds], [pts["trades"][s][metric] for s in seeds]
+        out[f"era_minus_trades_ri_{metric}"] = {**paired_difference(a, b), "per_seed": [x - y for x, y in zip(a, b)]}
+    for kind in ("sr", "sn"):
+        recs = data.get((selector_model, kind), {})
+        both = [s for s in seeds if s in recs]
+        if not both:
+            continue
+        gaps = [front_gap(tau_curve(kind, recs[s], eps, points=points), pts["era"][s]["rob_sel"],
+                          pts["era"][s]["sel_rob_acc"]) for s in both]
+        shown = [g for g in gaps if g is not None]
+        d = paired_difference(shown, [0.0] * len(shown)) if shown else {"mean": float("nan"), "n": 0}
+        out[f"era_ri_above_{selector_model}_{kind}_front"] = {**d, "per_seed": gaps,
+                                                               "beyond_front": len(gaps) - len(shown)}
+    return out
 
 
 def _xy(curve: list[dict[str, float]]) -> list[tuple[float, float]]:
