@@ -53,7 +53,7 @@ def test_fig1_row_of_a_demo_reads_the_authors_protocol(tmp_path: Path):
                                            "trades": _seeds([0.016], split="train")}})
     numbers, verdict = _row(tmp_path, "Fig. 1")[3:]
     assert verdict.startswith("held (the authors' protocol only")
-    assert "ERA 0.0% mean, 0.0% median over 1 seed (0.0% on 1 of 1), TRADES 1.6%" in numbers
+    assert "ERA 0.0% mean, 0.0% median over 1 seed (0.0% on 1 of 1), TRADES 1.6%" in numbers and "collapsed on 0 of 1 seed (paper" in numbers
     _write(tmp_path, "fig1", {"era": {"rob_inacc": 0.0}})           # a results.json before per_seed
     assert _row(tmp_path, "Fig. 1")[4].startswith("not shown (fig1's results.json has no per-seed")
 
@@ -118,3 +118,12 @@ def test_compose_2eps_row_judges_the_intervals(tmp_path: Path):
         "era_minus_trades_nat_acc@2eps": _ci(0.0058, 0.002, 0.009),
         "era_minus_trades_rob_acc@2eps": _ci(-0.0275, -0.04, -0.01)})
     assert _row(tmp_path, "Sec. 7.3 (the paper's setup)")[4] == "held as a trade-off"
+
+
+def test_one_seed_shows_the_mean_without_an_interval(tmp_path: Path):
+    nan = float("nan")
+    one = {"mean": 0.0171, "ci95_low": nan, "ci95_high": nan, "n": 1}
+    assert claims.interval_verdict(one) == "not shown (one seed, no interval)"
+    assert claims._ci(one) == "+1.71 (no interval)"
+    assert claims.tradeoff_interval_verdict(one, one) == "not shown (one seed, no interval)"
+    assert claims.interval_verdict({**one, "n": 3}) == "not shown (no interval)"

@@ -78,7 +78,7 @@ def test_fig3_row_verdicts(tmp_path: Path):
         "era_minus_trades_ri_sel_rob_acc": _d(0.0, -0.01, 0.01), "era_minus_trades_ri_rob_sel": _d(0.01, 0.005, 0.02)})
     row = next(r for r in claims.blocks(tmp_path)[0]["rows"] if r[0] == "Fig. 3")
     numbers, verdict = row[3:]
-    assert verdict == ("digits: vs TRADES_RI: not shown (R_rob^acc interval covers 0); R_rob^sel higher | "
+    assert verdict == ("digits: vs TRADES_RI: not shown (R_rob^acc interval covers 0); R_rob^sel higher — "
                        "MNIST-1D: vs TRADES_RI: held as a trade-off; vs S_SR: held; vs S_SN: did not hold")
     assert "MNIST-1D: ERA_RI − TRADES_RI: R_rob^acc +1.18 [+0.50, +2.00], R_rob^sel -3.78 [-5.00, -2.00] points (3 seeds)" in numbers
     assert "above the S_SR τ-front by +1.00 [+0.40, +2.00] points R_rob^acc (1 seed beyond the front's robust selection)" in numbers

@@ -34,6 +34,9 @@ def _pts(v: float) -> str:
 
 
 def _ci(d: dict) -> str:
+    """``mean [low, high]`` in points; a mean without an interval (one seed) alone."""
+    if not (math.isfinite(d.get("ci95_low", math.nan)) and math.isfinite(d.get("ci95_high", math.nan))):
+        return f"{_pts(d['mean'])} (no interval)"
     return f"{_pts(d['mean'])} [{_pts(d['ci95_low'])}, {_pts(d['ci95_high'])}]"
 
 
@@ -41,6 +44,8 @@ def interval_verdict(d: dict, lower_is_claim: bool = True) -> str:
     """``held`` when the 95% interval lies on the claimed side of 0, ``did not hold`` when it lies
     on the other side, ``not shown`` when it covers 0 (or is undefined)."""
     lo, hi = d.get("ci95_low", math.nan), d.get("ci95_high", math.nan)
+    if d.get("n") == 1:    # a paired t-interval over one seed is undefined
+        return "not shown (one seed, no interval)"
     if not (math.isfinite(lo) and math.isfinite(hi)):
         return "not shown (no interval)"
     if lo == hi:           # one seed (a demo): a bootstrap over one value is no interval
@@ -174,6 +179,11 @@ def _pct_seeds(row: dict, key: str) -> str:
             f"over {len(vals)} seed{'s' if len(vals) != 1 else ''}")
 
 
+def _n_seeds(row: dict) -> str:
+    n = len(row["seeds"])
+    return f"{n} seed{'s' if n != 1 else ''}"
+
+
 def fig1_verdict(era: list[float], trades: list[float]) -> str:
     """Fig. 1 (Sec. 1): ERA has 0.0% robust inaccuracy where TRADES has 1.6%. Per seed (both
     models see the seed's data draw) ERA *removes* TRADES' robust-inaccurate points when its
@@ -207,7 +217,7 @@ def _fig1(out: Path) -> Verdict | None:
         e, t = ps[era], ps[trades]
         parts.append(f"{protocol}: robust inaccuracy ERA {_pct_seeds(e, 'rob_inacc')} (0.0% on "
                      f"{e['n_zero_rob_inacc']} of {len(e['rob_inacc'])}), TRADES {_pct_seeds(t, 'rob_inacc')}; "
-                     f"TRADES collapsed on {len(t['collapsed'])} of {len(t['seeds'])} seeds")
+                     f"TRADES collapsed on {len(t['collapsed'])} of {_n_seeds(t)}")
         if verdict is None:
             verdict = fig1_verdict(e["rob_inacc"], t["rob_inacc"])
             if protocol.startswith("authors"):
@@ -215,7 +225,7 @@ def _fig1(out: Path) -> Verdict | None:
     lr = ps.get("trades-lr0.01")
     if lr:
         parts.append(f"TRADES at lr 0.01 (authors' protocol): {_pct_seeds(lr, 'rob_inacc')}, collapsed on "
-                     f"{len(lr['collapsed'])} of {len(lr['seeds'])} seeds")
+                     f"{len(lr['collapsed'])} of {_n_seeds(lr)}")
     if verdict is None:
         return "–", "not shown (no ERA and TRADES runs in fig1)"
     return "; ".join(parts) + " (paper: ERA 0.0%, TRADES 1.6%)", verdict
@@ -262,7 +272,7 @@ def _fig3(out: Path) -> Verdict | None:
         verdicts.append(f"{label}: {got[1]}")
     if not parts:
         return None
-    return "; ".join(parts) + " (paper, CIFAR-10: +1.18 R_rob^acc at −3.78 R_rob^sel)", " | ".join(verdicts)
+    return "; ".join(parts) + " (paper, CIFAR-10: +1.18 R_rob^acc at −3.78 R_rob^sel)", " — ".join(verdicts)
 
 
 TABLE1_RANGE = (0.01, 0.08)        # the robust inaccuracy of the paper's Table 1 models
