@@ -61,7 +61,7 @@ def test_fig1_row_of_a_demo_reads_the_authors_protocol(tmp_path: Path):
 def _partition(eps: float, rob_inacc: dict[float, float], rule: str) -> dict:
     res: dict = {f"trades@{e:g}": {"rob_inacc": v, "nat_acc": 0.9} for e, v in rob_inacc.items()}
     res["trades"] = res[f"trades@{eps:g}"]
-    res["meta"] = {"eps": eps, "seeds": [0], "eval": "APGD-CE 40 steps aimed at the prediction",
+    res["meta"] = {"eps": eps, "chosen_eps": eps, "seeds": [0], "eval": "APGD-CE 40 steps aimed at the prediction",
                    "config": {"eps_rule": rule}}
     return res
 
@@ -80,9 +80,12 @@ def test_table1_row_reads_both_partitions(tmp_path: Path):
     assert "0.22–0.44% over ε∞ 0.1–0.2" in numbers and "MNIST-1D: TRADES at the study ε∞ = 0.02: 3.10%" in numbers
     assert verdict == ("digits: did not hold (0.22%: below 1%); "
                        "MNIST-1D: held by construction (its ε was chosen to put TRADES in 1–8%)")
+    mnist = _partition(0.02, {0.02: 0.031}, "table1")
+    mnist["meta"]["chosen_eps"] = 0.01                  # the rule chose another ε: in range, not by construction
+    _write(tmp_path, "mnist1d-partition", mnist)
     _write(tmp_path, "digits-partition", _partition(0.1, {0.1: 0.05}, "gap"))     # one ε: no sweep range
     numbers, verdict = _row(tmp_path, "Table 1 / 8")[3:]
-    assert verdict.startswith("digits: held; ") and "over ε∞" not in numbers.split(";")[0]
+    assert verdict == "digits: held; MNIST-1D: held" and "over ε∞" not in numbers.split(";")[0]
 
 
 def test_table1_row_not_run(tmp_path: Path):

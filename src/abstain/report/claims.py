@@ -308,7 +308,7 @@ def _partition(out: Path) -> Verdict | None:
                      f"{min(float(k.split('@')[1]) for k in sweep):g}–{max(float(k.split('@')[1]) for k in sweep):g}")
         parts.append(text)
         v = table1_verdict(ri)
-        if rule == "table1" and v == "held":
+        if rule == "table1" and v == "held" and meta.get("chosen_eps") == eps:
             v = "held by construction (its ε was chosen to put TRADES in 1–8%)"
         verdicts.append(f"{label}: {v}")
     if not parts:
