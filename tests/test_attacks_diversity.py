@@ -12,7 +12,7 @@ from torch import nn
 
 from abstain.attacks import is_robust
 from abstain.attacks.core import frozen_eval
-from abstain.attacks.diversity import EXTRA, THIN, margin_to_flip, random_vertex, thin
+from abstain.attacks.diversity import EXTRA, THIN, VERY_THIN, margin_to_flip, random_vertex, thin
 from abstain.attacks.strong import strong_candidates
 
 DT = torch.float64
@@ -113,8 +113,10 @@ def test_thin_rule_is_relative_to_the_clean_margin() -> None:
     best = torch.tensor([THIN * 2.0, THIN * 2.0 + 1e-6, float("nan")], dtype=DT)
     assert thin(best, z, pred).tolist() == [True, False, True]
     assert thin(best * 1e30, z * 1e30, pred).tolist() == [True, False, True]      # scale-free
-    assert len(EXTRA) == 18 and {r for r, _, _ in EXTRA} == {0, 1, 2}
+    assert len(EXTRA) == 24 and {r for r, _, _ in EXTRA} == set(range(9))
     assert sum(lim == THIN for _, _, lim in EXTRA) == 12       # the rest only where very thin
+    # the 4th- to 9th-ranked classes: once each, only where very thin
+    assert sorted(r for r, _, lim in EXTRA if r >= 3 and lim == VERY_THIN) == list(range(3, 9))
 
 
 def test_random_vertices_are_vertices_of_the_ball_in_the_box() -> None:

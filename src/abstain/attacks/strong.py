@@ -29,8 +29,8 @@ APGD-CE runs on robust points (fewer where bounds or early flips end it):
 5. **Start diversity** (:mod:`abstain.attacks.diversity`) on the survivors whose smallest
    margin reached is thin (≤ 0.3 × its clean margin): 12 more runs of ``steps // 10``
    steps on the targeted margin towards the 1st/2nd/3rd-ranked class from random points
-   and random vertices of the ball (6 more where ≤ 0.1×); points with a larger margin get
-   nothing extra.
+   and random vertices of the ball (where ≤ 0.1×, 6 more and one towards each of the
+   4th- to 9th-ranked classes); points with a larger margin get nothing extra.
 
 Cost on a point that stays robust and is not proven: ``T`` forward-backward + ``T``
 forward passes, then ``4·steps // 5 + 3·(steps // 5)`` steps: ≈ 1.7× the forward/backward
