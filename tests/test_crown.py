@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from abstain.attacks.bounds import certified, margin_lower_bound
 from abstain.attacks.crown import crown_margin_lower_bound
 from abstain.attacks.diversity import margin_to_flip
 from abstain.attacks.strong import strong_candidates
@@ -161,3 +162,27 @@ def test_bad_intermediate_is_an_error() -> None:
     x = torch.rand(3, 6, dtype=DT)
     with pytest.raises(ValueError):
         crown_margin_lower_bound(m, x, m(x).argmax(1), 0.1, intermediate="lp")
+
+
+@pytest.mark.parametrize("name", ["conv2d_chain", "resnet2d_bn", "project_cnn1d"])
+def test_bounds_modes_take_the_larger_bound_and_prove_a_superset(name: str) -> None:
+    """``bounds="crown"`` / ``"crown-full"`` = max(IBP, CROWN) ≥ each of them; their proofs
+    contain IBP's, in ``certified`` and in the strong attack (whose proven points keep x)."""
+    m = make(name, 1)
+    x = torch.rand((12,) + ALL[name][1], generator=torch.Generator().manual_seed(5), dtype=DT)
+    with torch.no_grad():
+        z = m(x)
+    pred = z.argmax(1)
+    for eps in (0.005, 0.05):
+        ibp = margin_lower_bound(m, x, pred, eps)
+        for mode, inter in (("crown", "ibp"), ("crown-full", "crown")):
+            both = margin_lower_bound(m, x, pred, eps, bounds=mode)
+            cb = crown_margin_lower_bound(m, x, pred, eps, intermediate=inter)
+            assert torch.equal(both, torch.maximum(ibp, cb))
+            assert (certified(m, x, pred, z, eps, bounds=mode) >= certified(m, x, pred, z, eps)).all()
+            cand, proven = strong_candidates(m, x, pred, z, eps=eps, norm="linf", steps=5, ids=torch.arange(12),
+                                             bounds=mode)
+            assert torch.equal(proven, certified(m, x, pred, z, eps, bounds=mode))
+            assert torch.equal(cand[proven], x[proven])
+    with pytest.raises(ValueError):
+        margin_lower_bound(m, x, pred, 0.1, bounds="lp")
