@@ -94,8 +94,9 @@ def _relu_back(a: torch.Tensor, box: Box) -> tuple[torch.Tensor, torch.Tensor]:
     up = torch.where(unstable, hi / (hi - lo).clamp_min(torch.finfo(lo.dtype).tiny), (lo >= 0).to(lo.dtype))
     low = torch.where(unstable, (hi >= -lo).to(lo.dtype), (lo >= 0).to(lo.dtype))
     icpt = torch.where(unstable, -up * lo, torch.zeros_like(lo))
-    pos, neg = a.clamp_min(0), a.clamp_max(0)
-    return pos * low.unsqueeze(1) + neg * up.unsqueeze(1), (neg * icpt.unsqueeze(1)).flatten(2).sum(-1)
+    neg = a.clamp_max(0)
+    slope = torch.where(a >= 0, low.unsqueeze(1), up.unsqueeze(1))
+    return a * slope, (neg * icpt.unsqueeze(1)).flatten(2).sum(-1)
 
 
 def _maxpool_back(m: nn.MaxPool1d | nn.MaxPool2d, a: torch.Tensor, box: Box
