@@ -21,7 +21,7 @@ backward step where it is free:
 ReLUs and max pools (:mod:`abstain.attacks.crown`, interval or CROWN intermediate bounds)
 and keeps the larger bound. Not the default: on the digits and MNIST-1D TRADES models at the
 study radii it proves no more points and costs 0.4-0.6 of an APGD-CE-40 run (CROWN
-intermediates: 8 % of the MNIST-1D points at 160× the cost; ``bench/bounds.py``).
+intermediates: 8 % of the MNIST-1D points at about 100× the cost; ``bench/bounds.py``).
 
 Bounds are used by :mod:`abstain.attacks.strong` to skip points that are *provably*
 robust. A model with a node the walk does not handle gets ``None``: no point is skipped.

@@ -20,7 +20,7 @@ coefficients that reach a node from all its users (residual additions):
 
 The boxes of the nonlinear nodes' inputs come from interval bounds (``intermediate="ibp"``,
 the CROWN-IBP variant of Zhang et al. 2020) or, with ``intermediate="crown"``, are tightened
-by a CROWN pass of their own (full CROWN; one backward per neuron, much slower). At the
+by a CROWN pass of their own (full CROWN; one backward per unstable neuron, much slower). At the
 input the linear bound is minimised over the box ``[max(x-ε,0), min(x+ε,1)]`` (ℓ∞: exactly
 the ball ∩ box) and, for ℓ2, also over the ball ``x - ε||A||₂`` (the larger of two sound
 bounds). A model the interval walk does not handle, or a max pooling called as a function,
@@ -169,29 +169,39 @@ def _concretize(a: torch.Tensor, const: torch.Tensor, x: torch.Tensor, eps: floa
     return m + const
 
 
-def _nonlinear_inputs(model: nn.Module, graph: fx.Graph) -> list[fx.Node]:
-    """The inputs of the ReLU / max-pool nodes, in forward order."""
-    out: list[fx.Node] = []
+def _nonlinear_inputs(model: nn.Module, graph: fx.Graph) -> dict[fx.Node, bool]:
+    """The inputs of the ReLU / max-pool nodes in forward order, each with whether all the
+    nonlinear nodes it feeds are ReLUs (then only its unstable neurons need bounds)."""
+    out: dict[fx.Node, bool] = {}
     for node in graph.nodes:
         if node.op in ("call_module", "call_function", "call_method") and _kind(model, node) != "affine":
             src = node.args[0]
-            if isinstance(src, fx.Node) and src not in out:
-                out.append(src)
+            if isinstance(src, fx.Node):
+                out[src] = out.get(src, True) and _kind(model, node) == "relu"
     return out
 
 
 def _tighten(model: nn.Module, graph: fx.Graph, env: dict[fx.Node, Any], x: torch.Tensor,
              eps: float, norm: str) -> None:
-    """Full CROWN: every nonlinear input's box ∩ its CROWN bounds (forward order, in place)."""
-    for node in _nonlinear_inputs(model, graph):
+    """Full CROWN: every nonlinear input's box ∩ its CROWN bounds (forward order, in place;
+    a ReLU input only on the neurons unstable in some sample: the others are exact)."""
+    for node, relu_only in _nonlinear_inputs(model, graph).items():
         b = env[node]
         n, shape = b.lo.shape[0], b.lo.shape[1:]
-        k = b.lo[0].numel()
-        eye = torch.eye(k, dtype=x.dtype, device=x.device)
+        lo, hi = b.lo.flatten(1).clone(), b.hi.flatten(1).clone()
+        idx = torch.arange(lo.shape[1], device=x.device)
+        if relu_only:
+            idx = idx[((lo < 0) & (hi > 0)).any(0)]
+        k = idx.numel()
+        if k == 0:
+            continue
+        eye = torch.zeros(k, lo.shape[1], dtype=x.dtype, device=x.device)
+        eye[torch.arange(k, device=x.device), idx] = 1.0
         a0 = torch.cat([eye, -eye]).view((1, 2 * k) + shape).expand((n, 2 * k) + shape)
         bound = _concretize(*_backward(model, graph, env, node, a0), x, eps, norm)
-        env[node] = Box(torch.maximum(b.lo, bound[:, :k].view_as(b.lo)),
-                        torch.minimum(b.hi, -bound[:, k:].view_as(b.hi)))
+        lo[:, idx] = torch.maximum(lo[:, idx], bound[:, :k])
+        hi[:, idx] = torch.minimum(hi[:, idx], -bound[:, k:])
+        env[node] = Box(lo.view_as(b.lo), hi.view_as(b.hi))
 
 
 def _chunk(model: nn.Module, x: torch.Tensor, pred: torch.Tensor, eps: float, norm: str,
