@@ -317,6 +317,14 @@ def why_unbounded(model: nn.Module, x: torch.Tensor, eps: float = 0.0, norm: str
 
 
 def _walk(model: nn.Module, x: torch.Tensor, eps: float, norm: str) -> Traced:
+    return walk_boxes(model, x, eps, norm)[0]
+
+
+def walk_boxes(model: nn.Module, x: torch.Tensor, eps: float, norm: str
+               ) -> tuple[Traced, fx.Graph, dict[fx.Node, Any]]:
+    """The walk behind :func:`trace_intervals`: ``(traced, graph, env)``, ``env`` the value
+    of every node (a :class:`Box` for a bounded value, else the constant). Raises
+    :class:`Unsupported` (or the error of a node it cannot evaluate) instead of ``None``."""
     graph = graph_of(model)
     if graph is None:
         raise Unsupported("the model cannot be traced by torch.fx")
@@ -364,8 +372,8 @@ def _walk(model: nn.Module, x: torch.Tensor, eps: float, norm: str) -> Traced:
         raise Unsupported(f"the output has shape {tuple(out.lo.shape)}, not (N, K)")
     if out_node in linear_in:
         w, bias, last_in = linear_in[out_node]
-        return Traced(out, (w, bias), last_in)
-    return Traced(out, None, None)
+        return Traced(out, (w, bias), last_in), graph, env
+    return Traced(out, None, None), graph, env
 
 
-__all__ = ["Box", "Traced", "trace_intervals", "why_unbounded", "graph_of"]
+__all__ = ["Box", "Traced", "trace_intervals", "why_unbounded", "graph_of", "walk_boxes"]

@@ -154,7 +154,7 @@ def best_rows(sel: torch.Tensor, margin: torch.Tensor, success: torch.Tensor
 def strong_candidates(model: nn.Module, x: torch.Tensor, pred: torch.Tensor, logits: torch.Tensor, *,
                       eps: float, norm: str, steps: int, ids: torch.Tensor,
                       targets: int | None = None, use_bounds: bool = True, seed: int = 0,
-                      diversity: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+                      diversity: bool = True, bounds: str = "ibp") -> tuple[torch.Tensor, torch.Tensor]:
     """Candidate adversarial inputs for the prediction ``pred`` at ``x`` (see module doc).
 
     Returns ``(x_cand, proven)``: ``x_cand`` (N, ...) in ball ∩ box, the attack's best
@@ -162,6 +162,8 @@ def strong_candidates(model: nn.Module, x: torch.Tensor, pred: torch.Tensor, log
     candidate is x; for the others the point of smallest margin reached, or a flip).
     ``seed`` and the sample ids ``ids`` fix the random starts. ``diversity=False`` leaves
     out the extra starts on thin points (:mod:`abstain.attacks.diversity`; for comparisons).
+    ``bounds`` picks the proof (:func:`abstain.attacks.bounds.margin_lower_bound`: ``"ibp"``,
+    or the slower ``"crown"`` / ``"crown-full"``, which on the study models proves no more).
     The caller re-checks the candidates with a fresh forward pass.
     The model is in eval mode with frozen parameters (the caller's :func:`frozen_eval`).
     """
@@ -169,7 +171,7 @@ def strong_candidates(model: nn.Module, x: torch.Tensor, pred: torch.Tensor, log
     x_cand = x.detach().clone()
     proven = torch.zeros(n, dtype=torch.bool, device=x.device)
     if use_bounds:
-        cert = certified(model, x, pred, logits, eps, norm)
+        cert = certified(model, x, pred, logits, eps, norm, bounds)
         if cert is not None:
             proven = cert
     todo = torch.nonzero(~proven).flatten()
