@@ -29,9 +29,12 @@ import shutil
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+import stat as stat_mod
 from typing import Iterator, Sequence
 
+from . import distributed
 from .errors import AbstainError, ConfigError
+from .io import atomic_write_json
 
 MANIFEST = "abstain-files.json"
 LOCK = ".abstain.lock"
@@ -68,8 +71,6 @@ def read_manifest(directory: str | os.PathLike) -> dict[str, str]:
 
 
 def _write_manifest(directory: Path, entries: dict[str, str]) -> None:
-    from .io import atomic_write_json
-
     if entries:
         atomic_write_json(_manifest_path(directory), entries)
     else:
@@ -116,8 +117,6 @@ def ours(out: Path, flag: str = "--overwrite") -> list[Path]:
     and the lock themselves, the work area, interrupted temporary files. Refuses (naming
     ``flag``) when any other file is there (not an abstain output, or a source directory):
     the one rule by which every command decides what it may remove."""
-    from .errors import ConfigError
-
     mine, foreign = [], []
     for d, _, files in os.walk(out):
         dpath = Path(d)
@@ -224,8 +223,6 @@ class DirLock:
         self.path, self.what, self.fd = path, what, -1
 
     def _check_dir(self) -> None:
-        import stat as stat_mod
-
         d = self.path.parent
         try:
             st = os.lstat(d)
@@ -247,8 +244,6 @@ class DirLock:
         return f" (PID {pid})" if _process_start(pid) == start else ""
 
     def acquire(self) -> "DirLock":
-        import stat as stat_mod
-
         self._check_dir()
         flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
         for _ in range(10):
@@ -301,8 +296,6 @@ class DirLock:
 
 
 def _is_main() -> bool:
-    from . import distributed
-
     if distributed.is_distributed():
         return distributed.is_main()
     return int(os.environ.get("RANK", "0") or 0) == 0
@@ -342,8 +335,6 @@ def _keep(outputs: Sequence[Output]) -> dict[Path, Path | None]:
     is a regular file (no data copied, so it works on a full disk too), or None for an output
     that does not exist yet. An output whose link cannot be made (a filesystem without hard
     links) is not kept. A backup left by a SIGKILL is stale and replaced."""
-    import stat as stat_mod
-
     kept: dict[Path, Path | None] = {}
     for o in outputs:
         p = o.path

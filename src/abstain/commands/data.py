@@ -3,6 +3,10 @@ from __future__ import annotations
 
 import argparse
 
+from ..data.mtsd import convert_mtsd
+from ..errors import DataError
+from ..outputs import locked_target
+
 HELP = "prepare datasets: convert the Mapillary Traffic Sign Dataset (MTSD) to 64x64 sign crops"
 DESCRIPTION = (
     "`abstain data mtsd` converts MTSD's street-level images and per-image JSON annotations "
@@ -49,10 +53,6 @@ def _format(summary: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..data.mtsd import convert_mtsd
-    from ..errors import DataError
-    from ..outputs import locked_target
-
     if args.dataset != "mtsd":  # pragma: no cover - argparse restricts the choices
         raise DataError(f"unknown dataset {args.dataset!r}")
     if args.workers < 1:

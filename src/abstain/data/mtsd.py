@@ -72,10 +72,14 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save
 import torch
 
 from ..errors import DataError
 from ..io import atomic_write_bytes, atomic_write_json
+from ..records import read_records, write_records
+from ..utils import progress as bar
 from .base import TensorDataset
 from .folder import IMAGE_EXTENSIONS, check_pixels, read_image_tree
 
@@ -273,7 +277,7 @@ def _plan(annotations_dir: Path, images_dir: Path, splits: dict[str, str] | None
 def _crop_image(task: _Task, staging: str, size: int) -> tuple[list[dict[str, Any]], list[np.ndarray], bool]:
     """Crop, resize and write one image's boxes; returns manifest rows, uint8 crops (H, W, 3)
     and False when the image's size differs from its annotation."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image, UnidentifiedImageError  # noqa: PLC0415  heavy: Pillow, image files only
 
     try:
         with Image.open(task.image_path) as im:
@@ -302,8 +306,6 @@ def _crop_image(task: _Task, staging: str, size: int) -> tuple[list[dict[str, An
 
 
 def _pack(crops: list[np.ndarray], labels: list[int], size: int) -> bytes:
-    from safetensors.torch import save
-
     x = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).contiguous() if crops else \
         torch.zeros((0, 3, size, size), dtype=torch.uint8)
     return save({"x": x, "y": torch.tensor(labels, dtype=torch.long)})
@@ -423,8 +425,6 @@ def _our_files(out: Path) -> list[str]:
     """The files an earlier conversion wrote into ``out`` (by its summary and manifest)."""
     try:
         summary = json.loads((out / SUMMARY_FILE).read_text())
-        from ..records import read_records
-
         files = [str(f) for f in read_records(out / MANIFEST_FILE).get("file", [])] \
             if (out / MANIFEST_FILE).is_file() else []
     except (OSError, ValueError, RecursionError, DataError):
@@ -436,8 +436,6 @@ def _our_files(out: Path) -> list[str]:
 
 def _run_tasks(tasks: list[_Task], staging: str, size: int, workers: int,
                progress: bool) -> list[tuple[list[dict[str, Any]], list[np.ndarray], bool]]:
-    from ..utils import progress as bar
-
     if workers <= 1:
         return [_crop_image(t, staging, size) for t in bar(tasks, desc="mtsd crops", disable=None if progress else True)]
     with ProcessPoolExecutor(max_workers=workers) as pool:
@@ -446,8 +444,6 @@ def _run_tasks(tasks: list[_Task], staging: str, size: int, workers: int,
 
 
 def _write_manifest(path: Path, rows: list[dict[str, Any]]) -> None:
-    from ..records import write_records
-
     cols = ["file", "split", "label", "class_index", "image_key", "object_key", "source_image",
             "image_width", "image_height", "box_xmin", "box_ymin", "box_xmax", "box_ymax",
             "alpha_x", "alpha_y", "crop_xmin", "crop_ymin", "crop_xmax", "crop_ymax"]
@@ -477,9 +473,6 @@ def mtsd(split: str = "train", root: str | os.PathLike = ".", seed: int = 0, siz
 
     Reads ``<split>.safetensors`` when it matches ``size``, else the PNG tree (resized).
     ``seed`` is unused: the split was fixed at conversion."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     root = Path(root)
     summary = read_summary(root)
     classes = list(summary["classes"])
