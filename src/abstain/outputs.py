@@ -26,11 +26,13 @@ import fcntl
 import json
 import os
 import shutil
+import stat as stat_mod
+import sys
+import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-import stat as stat_mod
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence, TypeVar
 
 from . import distributed
 from .errors import AbstainError, ConfigError
@@ -453,10 +455,64 @@ def locked_target(out: str | os.PathLike) -> Iterator[Path]:
         held.release()
 
 
+T = TypeVar("T")
+
+
+def replace_dir(out: str | os.PathLike, write: Callable[[Path], T], writer: str, overwrite: bool) -> T:
+    """A directory that a command writes as a whole (``data mtsd --out``), under
+    :func:`locked_target`: an existing ``out`` is refused without ``overwrite``, and with it
+    unless every file there is ours (:func:`ours`), before any work. ``write(new)`` creates and
+    fills ``new``, a fresh path beside ``out``; every file in it is recorded as ``writer``'s
+    (:func:`record`) and ``new`` is renamed to ``out``. An earlier output is moved aside first
+    and only our files are removed from it (:func:`remove_ours`). After an error ``out`` is as
+    it was and nothing is left beside it. Returns what ``write`` returned."""
+    out = Path(out)
+    with locked_target(out):
+        if out.exists() or out.is_symlink():
+            if not overwrite:
+                raise ConfigError(f"output directory {out} exists; pass --overwrite to replace it "
+                                  "(only the files abstain wrote there)")
+            ours(out)
+        work = Path(tempfile.mkdtemp(prefix=f".{out.name}.new-", dir=out.parent))
+        try:
+            new = work / out.name
+            result = write(new)
+            record({Path(d) / f: writer for d, _, files in os.walk(new) for f in files})
+            _swap(out, new, work / "old")
+        finally:
+            if not os.path.lexists(work / "old"):   # else it keeps files we may not remove
+                shutil.rmtree(work, ignore_errors=True)
+    return result
+
+
+def _swap(out: Path, new: Path, old: Path) -> None:
+    """Rename ``new`` to ``out``; an ``out`` already there goes to ``old`` first, and then only
+    our files are removed from it (a file that appeared there meanwhile is kept, with a note)."""
+    if not (out.exists() or out.is_symlink()):
+        os.replace(new, out)
+        return
+    ours(out)                       # again, just before the swap
+    os.replace(out, old)
+    try:
+        os.replace(new, out)
+    except BaseException:
+        os.replace(old, out)        # put the earlier output back
+        raise
+    if old.is_symlink():            # --out named a link: the link is replaced, its target left alone
+        old.unlink()
+        return
+    try:
+        remove_ours(old)
+        old.rmdir()
+    except (ConfigError, OSError) as e:
+        print(f"abstain: kept what the earlier {out} held besides our files in {old} ({e})", file=sys.stderr)
+
+
 def work_dir(out: Path, name: str) -> Path:
     """The work area of a resumable job ``name`` under the output directory ``out``."""
     return out / WORK / name
 
 
 __all__ = ["ours", "remove_ours", "is_stale_tmp", "Output", "claim", "check", "record", "read_manifest", "written_by", "DirLock", "work_dir", "locked_target",
+           "replace_dir",
            "MANIFEST", "LOCK", "WORK", "forget_missing"]
