@@ -6,6 +6,7 @@ a directory of someone else's files emptied by --overwrite, two writers mixing t
 """
 from __future__ import annotations
 
+import json
 import shutil
 import signal
 import subprocess
@@ -211,6 +212,76 @@ def test_mtsd_overwrite_replaces_only_its_own_output(tmp_path, capsys):
     (out / "train" / "notes.txt").unlink()
     assert run_main(argv + ["--overwrite"], capsys)[0] == 0
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_mtsd_refuses_a_foreign_directory_and_overwrite_keeps_its_files(tmp_path, capsys):
+    """Issue 26, item 2: the command decides which files are ours (abstain.outputs), the
+    converter only writes a new tree."""
+    ann, img = _mtsd(tmp_path)
+    out = tmp_path / "crops"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    argv = ["data", "mtsd", "--annotations", ann, "--images", img, "--out", out]
+    before = tree_snapshot(tmp_path)
+    rc, _, err = run_main(argv, capsys)
+    assert "exists" in assert_clean_refusal(rc, err)
+    rc, _, err = run_main(argv + ["--overwrite"], capsys)
+    assert "notes.txt" in assert_clean_refusal(rc, err)
+    assert tree_snapshot(tmp_path) == before            # nothing written, the foreign file kept
+
+    # an earlier conversion (every file recorded as ours) with a foreign file added to it
+    out2 = tmp_path / "crops2"
+    argv2 = ["data", "mtsd", "--annotations", ann, "--images", img, "--out", out2]
+    assert run_main(argv2, capsys)[0] == 0
+    assert read_manifest(out2)["summary.json"] == "data mtsd"
+    assert all(read_manifest(p.parent).get(p.name) == "data mtsd"
+               for p in out2.rglob("*.png"))
+    (out2 / "train" / "notes.txt").write_text("mine")
+    before = tree_snapshot(tmp_path)
+    rc, _, err = run_main(argv2 + ["--overwrite", "--seed", "5"], capsys)
+    assert "notes.txt" in assert_clean_refusal(rc, err)
+    assert tree_snapshot(tmp_path) == before
+    (out2 / "train" / "notes.txt").unlink()
+    assert run_main(argv2 + ["--overwrite", "--seed", "5"], capsys)[0] == 0
+    assert json.loads((out2 / "summary.json").read_text())["seed"] == 5
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_replace_dir_refuses_a_file_that_appears_during_the_write(tmp_path):
+    from abstain.errors import ConfigError
+    from abstain.outputs import replace_dir
+
+    out = tmp_path / "tree"
+
+    def write(new, late=False):
+        (new / "sub").mkdir(parents=True)
+        (new / "sub" / "a.txt").write_text("new" if late else "ours")
+        if late:
+            (out / "late.txt").write_text("theirs")    # another program, while we convert
+        return "done"
+
+    assert replace_dir(out, write, "test", overwrite=False) == "done"
+    with pytest.raises(ConfigError, match="late.txt"):
+        replace_dir(out, lambda new: write(new, late=True), "test", overwrite=True)
+    assert (out / "sub" / "a.txt").read_text() == "ours" and (out / "late.txt").read_text() == "theirs"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_replace_dir_leaves_nothing_after_a_failed_write(tmp_path):
+    from abstain.outputs import replace_dir
+
+    out = tmp_path / "tree"
+    assert replace_dir(out, lambda new: (new.mkdir(), (new / "a").write_text("1")), "test", False)
+    before = tree_snapshot(tmp_path)
+
+    def fail(new):
+        new.mkdir()
+        (new / "a").write_text("2")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        replace_dir(out, fail, "test", overwrite=True)
+    assert tree_snapshot(tmp_path) == before and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
 def test_mtsd_workers_are_capped(tmp_path, monkeypatch):

@@ -18,7 +18,7 @@ def __getattr__(name: str):
     ``abstain.compose``   abstain model + core (eq. 14, 15), every selector.
     """
     if name in ("evaluate", "certify", "compose", "Records"):
-        from . import api, records
+        from . import api, records  # noqa: PLC0415  heavy: torch; `import abstain` stays light
 
         return records.Records if name == "Records" else getattr(api, name)
     raise AttributeError(f"module 'abstain' has no attribute {name!r}")

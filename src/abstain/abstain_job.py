@@ -7,7 +7,7 @@ radius); :func:`abstain_job` adds the data, the files and the plots.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -15,10 +15,18 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import data as data_mod
 from . import distributed, records
+from .chunks import ChunkStore, ChunkedJob, index_digest, job_key, model_digest
+from .composition import composition_columns
 from .errors import ConfigError
-from .selectors.evaluate import KINDS
+from .io import update_json
+from .jobs import check_seed
+from .model_checks import check_batch_independent
+from .outputs import Output, work_dir
+from .selectors.evaluate import KINDS, abstain_records, build_selector, candidate, core_records, summarize, tau_curve
 from .sources import ModelSource, check_output
+from .validate import check_eps
 
 SELECTORS = tuple(KINDS)          # the registry of abstain.selectors.evaluate
 # S_CRI's smoothing defaults, for `abstain abstain` and abstain.compose alike (fewer estimation
@@ -61,8 +69,6 @@ class AbstainSettings:
         return f"cri-s{float(sigma):g}" if sigma is not None else self.selector
 
     def check(self) -> list[float]:
-        from .validate import check_eps
-
         if self.selector not in SELECTORS:
             raise ConfigError(f"unknown selector {self.selector!r}; known: {', '.join(SELECTORS)}")
         eps_list = [check_eps(e) for e in self.eps]
@@ -74,8 +80,6 @@ class AbstainSettings:
             raise ConfigError(f"--chunk must be >= 1, got {self.chunk}")
         if self.batch_size < 1:
             raise ConfigError(f"--batch-size must be >= 1, got {self.batch_size}")
-        from .jobs import check_seed
-
         check_seed(self.seed)
         return eps_list
 
@@ -87,8 +91,6 @@ def compose_columns(selector: Any, core: nn.Module, x: torch.Tensor, y: torch.Te
     selector's columns and ``core.pred``, ``core.robust@ε``. Every random draw follows the
     samples' dataset ``index`` (S_CRI's noise follows the ``batch_size`` batches), so
     chunks of a multiple of ``batch_size`` give the columns of the whole set."""
-    from .selectors.evaluate import abstain_records, core_records
-
     rec = records.Records(abstain_records(selector, x, y, index, batch_size=s.batch_size))
     crec = records.Records(core_records(core, x, y, index, eps=eps, norm=s.norm, steps=s.steps, seed=s.seed,
                                         batch_size=s.batch_size, attack=s.attack))
@@ -100,9 +102,6 @@ def compose_summary(rec: records.Records, s: AbstainSettings, eps: float, tau: f
     columns ``h.pred@ε``, ``h.rob_acc@ε``, ``h.rob_acc_paper@ε`` and the summary ``abstain``
     (the abstain metrics), ``core`` (its partition), ``robust`` (F alone), ``composition``
     (the sound ``rob_acc``, the authors' ``rob_acc_paper``, ``nat_acc``, ``coverage``), ``tau``."""
-    from .composition import composition_columns
-    from .selectors.evaluate import candidate, summarize
-
     cand = candidate(s.selector, s.selector, rec, eps, tau)
     comp = composition_columns(rec.label, cand, rec.pred("core"), rec.flag(records.ROBUST, eps, "core"))
     rec = rec.with_columns({
@@ -125,8 +124,6 @@ def compose_summary(rec: records.Records, s: AbstainSettings, eps: float, tau: f
 def selector_for(robust: nn.Module, s: AbstainSettings, eps: float,
                  train: tuple[torch.Tensor, torch.Tensor] | None = None) -> Any:
     """S_``s.selector`` of ``robust`` at ``eps`` (S_SN trained here on ``train``)."""
-    from .selectors.evaluate import build_selector
-
     return build_selector(s.selector, robust, eps=eps, norm=s.norm, steps=s.steps, seed=s.seed,
                           tau=s.tau, train=train, sn=s.sn, cri=s.cri, attack=s.attack)
 
@@ -174,8 +171,6 @@ class _Plots:
         self.core_pt: tuple[float, float] | None = None
 
     def add(self, s: AbstainSettings, eps: float, cols: dict[str, Any], entry: dict[str, Any]) -> None:
-        from .selectors.evaluate import tau_curve
-
         key, abst = records.eps_text(eps), entry["abstain"]
         if s.selector in ("sr", "sn"):
             entry["tau_curve"] = tau_curve(s.selector, cols, eps, points=s.tau_grid)
@@ -199,7 +194,7 @@ class _Plots:
         return [f"abstain_pareto-{tag}.png", f"composition-{tag}.png"] + (["sr_ablation.png"] if s.selector == "sr" else [])
 
     def write(self, out: Path, dataset: str, s: AbstainSettings, tag: str) -> None:
-        from .selectors import plots
+        from .selectors import plots  # noqa: PLC0415  heavy: matplotlib, figures only
 
         plots.abstain_pareto(self.pareto_pts, self.pareto_curves, out / f"abstain_pareto-{tag}.png",
                              title=f"{dataset}: abstain model (S_{s.selector.upper()})")
@@ -212,8 +207,6 @@ class _Plots:
 def abstain_outputs(out: Path, s: AbstainSettings) -> list:
     """What ``abstain abstain`` writes (checked and locked before any model is loaded): the
     records per ε, the plots and the ``abstain`` section of ``results.json``."""
-    from .outputs import Output
-
     tag = s.tag()
     outs = [Output(out / "records" / f"abstain-{tag}-eps{records.eps_text(e)}.csv", "abstain")
             for e in s.check()]
@@ -234,10 +227,6 @@ def abstain_job(robust: ModelSource, core: ModelSource, out: Path, s: AbstainSet
     over torchrun ranks) kept under ``out``'s work area until the records are written, so a
     rerun after a kill skips the finished chunks (S_SN's network is trained again: its
     training is seeded, so it comes out the same)."""
-    from .model_checks import check_batch_independent
-    from . import data as data_mod
-    from .io import update_json
-
     t0 = time.perf_counter()
     eps_list = s.check()
     tag = s.tag()            # before σ is filled in from the model, as abstain_outputs named it
@@ -292,11 +281,6 @@ def _store(robust: ModelSource, core: ModelSource, idx: torch.Tensor, out: Path,
            eps: float, tag: str) -> Any:
     """The finished chunks of one ε under ``out``'s work area, keyed by everything the
     records depend on (both models' weights, the data and subset, the settings, ε)."""
-    from dataclasses import asdict
-
-    from .chunks import ChunkStore, index_digest, job_key, model_digest
-    from .outputs import work_dir
-
     chunk = s.chunk_size()
     key = job_key(settings={k: v for k, v in asdict(s).items() if k not in ("chunk",)}, chunk=chunk,
                   eps=float(eps), robust=model_digest(robust.model), core=model_digest(core.model),
@@ -310,8 +294,6 @@ def _compose_chunked(robust: ModelSource, core: ModelSource, test: Any, idx: tor
                      s: AbstainSettings, eps: float, train: Any, device: Any) -> records.Records | None:
     """One ε of the job in resumable chunks (:class:`abstain.chunks.ChunkedJob`, sharded over
     torchrun ranks): the merged records with their summary on rank 0, None elsewhere."""
-    from .chunks import ChunkedJob
-
     sel = selector_for(robust.model, s, eps, train)
     job = ChunkedJob(len(idx), s.chunk_size(), store=store, desc=f"abstain ε={eps:g}")
 

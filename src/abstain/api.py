@@ -28,6 +28,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from . import distributed
 from .abstain_job import CRI_DEFAULTS, AbstainSettings, compose_at
+from .chunks import ChunkedJob
+from .data import TensorDataset
 from .errors import InputError
 from .evaluation import evaluate as _evaluate
 from .jobs import CertifySettings
@@ -97,9 +99,6 @@ def evaluate(model: nn.Module, data: Any, *, eps: float | Sequence[float], norm:
               batch_size=batch_size, device=device, seed=seed, normalize=normalize, attack=attack)
     if not distributed.is_distributed():
         return _evaluate(model, data, save_adversarial=save_adversarial, show_progress=show_progress, **kw)
-    from .chunks import ChunkedJob
-    from .data import TensorDataset
-
     if save_adversarial is not None:
         raise InputError("save_adversarial under torchrun: use `abstain evaluate --save-adversarial`")
     x, y = tensors_of(data)
@@ -126,8 +125,8 @@ def certify(model: nn.Module, data: Any, *, sigma: float, eps: float | Sequence[
     forward batches of ``noise_batch_size``), or the sequential test (``sequential=True``), deciding
     every ℓ2 radius of ``eps`` and its double (robust selection of S_CRI, eq. 13/14). The
     records are those of ``abstain certify`` on the same inputs, seed and chunking."""
-    from .chunks import ChunkedJob
-    from .smoothing.records import certify_chunk, certify_metrics, plan_chunks
+    from .smoothing.records import (  # noqa: PLC0415  heavy: scipy, certify only
+        certify_chunk, certify_metrics, plan_chunks)
 
     x, y = tensors_of(data)
     s = CertifySettings(sigma=sigma, eps=_eps_list(eps), n0=n0, n=n, alpha=alpha, samples=max(len(y), 1),

@@ -37,6 +37,7 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 
 from .errors import DataError
+from .safefiles import check_regular
 
 DATASETS = ("cifar10", "cifar100", "mtsd_l", "sbb_l", "mtsd", "sbb")
 
@@ -140,8 +141,6 @@ def _show(v: str) -> str:
 
 
 def _read_rows(path: Path) -> tuple[list[str], list[list[str]]]:
-    from .safefiles import check_regular
-
     check_regular(path, MAX_BYTES, "authors' records file", DataError)   # no FIFO, device, huge file
     try:
         text = path.read_bytes().decode("utf-8")

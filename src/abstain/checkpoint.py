@@ -13,12 +13,18 @@ import os
 import pickle
 from pathlib import Path
 from typing import Any, Mapping
+import zipfile
 
+from safetensors import safe_open
+from safetensors.torch import load_file
+from safetensors.torch import save as st_save
 import torch
 from torch import nn
 
 from .errors import AbstainError, CheckpointError
 from .io import atomic_write_bytes, atomic_write_json
+from .modelspec import ModelSpec
+from .safefiles import check_regular
 
 MODEL_FILE = "model.safetensors"
 META_FILE = "meta.json"
@@ -42,10 +48,6 @@ def save_checkpoint(directory: str | os.PathLike, model: nn.Module, meta: Mappin
     back (``arch`` a built-in or a recorded ``MODULE:FACTORY``, with ``model_kwargs``).
     The meta file is written last: its presence marks a complete checkpoint.
     """
-    from safetensors.torch import save as st_save
-
-    from .modelspec import ModelSpec
-
     for key in ("arch", "num_classes"):
         if key not in meta:
             raise CheckpointError(f"checkpoint meta needs {key!r}")
@@ -70,8 +72,6 @@ MAX_WEIGHTS_BYTES = 64 << 30   # 64 GiB: above any classifier this project evalu
 def read_meta(directory: str | os.PathLike) -> dict[str, Any]:
     """A checkpoint's ``meta.json``, with the types of the keys that rebuild the model
     checked (a hand-edited or hostile file gets one clear error, not a traceback)."""
-    from .safefiles import check_regular
-
     path = Path(directory) / META_FILE
     if not os.path.lexists(path):
         raise CheckpointError(f"not a checkpoint directory (no {META_FILE}): {directory}")
@@ -110,10 +110,6 @@ def _check_meta_types(meta: Mapping[str, Any], path: Path) -> None:
 
 def load_weights_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read a safetensors file into a CPU state dict with a clear error when corrupt."""
-    from safetensors.torch import load_file
-
-    from .safefiles import check_regular
-
     path = Path(path)
     check_regular(path, MAX_WEIGHTS_BYTES, "weights file", CheckpointError)
     try:
@@ -152,9 +148,6 @@ def load_checkpoint(directory: str | os.PathLike, device: str | torch.device = "
     architecture, or the recorded ``MODULE:FACTORY`` only when the caller names it again
     (``factory``) or passes ``trust_code``. The weights file must be a regular file, and a
     model larger than it is refused before it is allocated (:func:`_check_size_before_building`)."""
-    from .modelspec import ModelSpec
-    from .safefiles import check_regular
-
     meta = read_meta(directory)
     weights = Path(directory) / MODEL_FILE
     check_regular(weights, MAX_WEIGHTS_BYTES, "weights file", CheckpointError)   # before safe_open reads it
@@ -178,8 +171,6 @@ def load_checkpoint(directory: str | os.PathLike, device: str | torch.device = "
 
 def weights_numel(path: Path) -> int | None:
     """The number of elements in a safetensors file, from its header (nothing is loaded)."""
-    from safetensors import safe_open
-
     try:
         with safe_open(str(path), framework="pt") as f:
             total = 0
@@ -222,8 +213,6 @@ _STATE_TYPES: dict[str, tuple[type, ...]] = {
 def load_train_state(directory: str | os.PathLike) -> dict[str, Any] | None:
     """A run's ``train_state.pt`` (None when absent), read with ``weights_only=True`` and
     refused, with one message, when its structure is not the trainer's."""
-    from .safefiles import check_regular
-
     path = Path(directory) / STATE_FILE
     if not os.path.lexists(path):
         return None
@@ -257,8 +246,6 @@ def _sniff(path: Path) -> str:
 def _check_zip_size(path: Path) -> None:
     """Refuse a ``.pt`` zip that decompresses to far more than its size: ``torch.save`` stores
     its entries uncompressed, so a large ratio is a zip bomb, refused before reading."""
-    import zipfile
-
     try:
         if not zipfile.is_zipfile(path):
             return
@@ -297,8 +284,6 @@ def load_foreign_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     ``{"model_state_dict": ...}`` nesting (RobustBench, Cohen et al.) and ``module.``
     prefixes (DataParallel). Never unpickles arbitrary objects.
     """
-    from .safefiles import check_regular
-
     path = Path(path)
     if not os.path.lexists(path):
         raise CheckpointError(f"no such checkpoint file: {path}")

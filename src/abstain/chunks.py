@@ -27,8 +27,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import AbstainError
+from . import distributed
+from .errors import AbstainError, InputError
 from .io import atomic_write_bytes
+from .safefiles import read_regular
+from .utils import progress
 
 _ORDER = "__columns__"
 _OBJECT = "__object_columns__"
@@ -78,8 +81,6 @@ def read_regular_file(path: Path, max_bytes: int = MAX_CHUNK_BYTES) -> bytes:
     """The bytes of ``path`` if it is a regular file (never through a link, never blocking
     on a FIFO) of at most ``max_bytes`` (:func:`abstain.safefiles.read_regular`); else
     raises :class:`ChunkError`."""
-    from .safefiles import read_regular
-
     return read_regular(path, max_bytes, ChunkError)
 
 
@@ -256,8 +257,6 @@ class ChunkedJob:
 
     def __init__(self, rows: int, chunk: int, *, store: "ChunkStore | None" = None,
                  desc: str | None = None) -> None:
-        from .errors import InputError
-
         if rows < 1:
             raise InputError("the job has no inputs")
         self.rows, self.chunk = int(rows), max(1, int(chunk))
@@ -269,9 +268,6 @@ class ChunkedJob:
         return torch.arange(k * self.chunk, min((k + 1) * self.chunk, self.rows))
 
     def run(self, compute: Compute, companions: Iterable[str] = ()) -> dict[str, np.ndarray] | None:
-        from . import distributed
-        from .utils import progress
-
         done = self.store.finished(self.n_chunks) if self.store is not None else set()
         mine = [k for k in distributed.shard_indices(self.n_chunks).tolist() if k not in done]
         bar = None
@@ -311,8 +307,6 @@ def _numpy(v: Any) -> np.ndarray:
 def _column_names(parts: list[dict[str, np.ndarray]]) -> dict[str, Any]:
     """Column name -> dtype, agreed by every rank (a rank without chunks learns them from
     the others, so that the gather has the same keys everywhere)."""
-    from . import distributed
-
     mine = {n: a.dtype.str if a.dtype != object else "O" for n, a in parts[0].items()} if parts else None
     if not distributed.is_distributed():
         return {n: np.dtype(d) for n, d in (mine or {"index": "<i8"}).items()}

@@ -15,11 +15,13 @@ import threading
 from types import ModuleType
 from typing import Sequence
 
+from . import __version__, distributed
+from .commands import abstain_cmd, certify, data, evaluate, report, reproduce, train
+from .errors import AbstainError
+
 
 def commands() -> dict[str, ModuleType]:
     """Sub-command name -> its module under ``abstain.commands``."""
-    from .commands import abstain_cmd, certify, data, evaluate, report, reproduce, train
-
     return {"train": train, "evaluate": evaluate, "certify": certify, "abstain": abstain_cmd,
             "reproduce": reproduce, "report": report, "data": data}
 
@@ -45,8 +47,6 @@ class HelpFormatter(argparse.HelpFormatter):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
-
     parser = argparse.ArgumentParser(
         prog="abstain",
         description="Find and remove robust misclassifications: evaluate the robustness-accuracy "
@@ -67,8 +67,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from .errors import AbstainError
-
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "command", None):
@@ -145,8 +143,6 @@ def _stop_signals_interrupt() -> tuple[object, object]:
 
 
 def _shutdown_distributed(synchronise: bool) -> None:
-    from . import distributed
-
     distributed.shutdown(synchronise)
 
 

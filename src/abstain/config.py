@@ -52,6 +52,7 @@ import tomli_w
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
+from . import losses
 from .errors import ConfigError
 from .validate import NORMS
 from .losses.adversarial import ERA_INNER   # each option list is defined where it is used
@@ -211,8 +212,6 @@ class TrainSettings(Section):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        from . import losses
-
         if self.loss not in losses.LOSSES:
             raise ConfigError(f"[train] loss must be one of {', '.join(losses.LOSSES)}, got {self.loss!r}")
         preset = PRESETS[self.schedule]

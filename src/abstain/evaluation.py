@@ -33,6 +33,7 @@ import warnings
 from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
+from safetensors.torch import save as st_save
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
@@ -41,6 +42,9 @@ from . import distributed
 from .attacks import is_robust, resolve_attack
 from .attacks.gradients import GradientWarning, blind_points, blind_warning
 from .errors import InputError
+from .io import atomic_write_bytes
+from .model_checks import FiniteGuard, first_nonfinite, refuse_nonfinite
+from .models import NormalizedModel
 from .records import ROBUST, Records, column, eps_text
 from .seeds import generator
 from .utils import progress, resolve_device
@@ -212,8 +216,6 @@ def _prepared_model(model: nn.Module, normalize: tuple[Sequence[float], Sequence
                     dev: torch.device) -> nn.Module:
     """``model`` (wrapped with ``normalize``) on ``dev`` in eval mode."""
     if normalize is not None:
-        from .models import NormalizedModel
-
         try:
             mean, std = normalize
             model = NormalizedModel(model, mean, std)
@@ -260,8 +262,6 @@ def _robust_flags(model: nn.Module, x: torch.Tensor, ids: torch.Tensor, pred: to
     """Per radius (increasing), the robustness flags of one batch and (``keep_adv``) the
     verified adversarial inputs of its non-robust samples. Only the samples still robust
     are attacked at the next radius (the balls are nested)."""
-    from .model_checks import FiniteGuard, first_nonfinite, refuse_nonfinite
-
     robust = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
     x_adv = x.clone()
     flags: dict[float, tuple[torch.Tensor, torch.Tensor | None]] = {}
@@ -294,10 +294,6 @@ def _gathered(cols: dict[str, list[torch.Tensor]], eps_list: list[float]) -> Rec
 
 def _save_adversarial(path: str, eps_list: list[float], adv: dict, adv_idx: dict) -> None:
     """Write the verified adversarial inputs, sorted by index."""
-    from safetensors.torch import save as st_save
-
-    from .io import atomic_write_bytes
-
     tensors: dict[str, torch.Tensor] = {}
     for e in eps_list:
         a = torch.cat(adv[e]) if adv[e] else torch.zeros(0)

@@ -5,21 +5,30 @@ files: the ``results.json`` section first, the records file LAST (its presence m
 finished job), then the work area is removed."""
 from __future__ import annotations
 
+import json
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from safetensors.torch import load, save
 import torch
 
-from . import distributed
+from . import data as data_mod
+from . import distributed, evaluation  # evaluation.evaluate is looked up at call time (tests spy on it)
+from .attacks import resolve_attack
+from .checkpoint import MAX_META_BYTES, META_FILE
 from .chunks import ChunkedJob, ChunkStore, index_digest, job_key, model_digest
+from .data import balanced_subset
 from .errors import ConfigError
-from .evaluation import record_columns
-from .io import update_json
+from .evaluation import radii, record_columns
+from .io import atomic_write_bytes, update_json
+from .model_checks import check_batch_independent, check_behaviour
 from .outputs import Output, work_dir
 from .records import Records, eps_text, write_records
+from .safefiles import check_regular
 from .sources import ModelSource
+from .validate import check_eps, check_pixel_eps
 
 
 def _refuse_existing(path: Path, overwrite: bool) -> None:
@@ -43,11 +52,6 @@ def refuse_foreign_results(out: Path, source: ModelSource, overwrite: bool) -> N
     """Refuse (unless ``overwrite``) to write beside results of another dataset or model:
     ``out/meta.json`` (a run directory of another dataset) or a ``results.json`` section
     whose dataset, run or model differs from ``source``'s (issue 25, item 4)."""
-    import json
-
-    from .checkpoint import META_FILE, MAX_META_BYTES
-    from .safefiles import check_regular
-
     if overwrite:
         return
     ours = {"dataset": source.dataset, **{k: source.describe.get(k) for k in _IDENTITY if k in source.describe}}
@@ -107,8 +111,6 @@ def certify_outputs(out: Path) -> list[Output]:
 def test_subset(source: ModelSource, samples: int | None, seed: int, split: str = "test"):
     """The split of the source's dataset, or a seeded class-balanced subset of ``samples``;
     returns (dataset, subset indices or None)."""
-    from . import data as data_mod
-
     ds = source.load_data(split)
     if samples is None:
         return ds, None
@@ -134,10 +136,6 @@ class EvaluateSettings:
 
     def check(self) -> list[float]:
         """Refuse bad settings before any model is loaded; the radii to evaluate."""
-        from .evaluation import radii
-
-        from .validate import check_pixel_eps
-
         eps_list = radii(self.eps, self.double_eps)   # validates every ε
         for e in self.eps:
             check_pixel_eps(e, self.norm)
@@ -164,10 +162,6 @@ def evaluate_job(source: ModelSource, out: Path, s: EvaluateSettings, device: An
     random starts follow the sample index). A model whose logits depend on the batch is
     refused unless ``allow_batch_dependent`` (:func:`abstain.model_checks.check_batch_independent`),
     and so is an ℓ2 radius beyond the inputs' box (:func:`abstain.validate.check_pixel_eps`)."""
-    from .evaluation import evaluate
-    from .model_checks import check_batch_independent, check_behaviour
-    from .validate import check_pixel_eps
-
     eps_list = s.check()
     records_path = out / "records" / "evaluate.csv"
     _refuse_existing(records_path, overwrite)
@@ -186,9 +180,9 @@ def evaluate_job(source: ModelSource, out: Path, s: EvaluateSettings, device: An
 
     def evaluate_chunk(k: int, rows: torch.Tensor) -> dict[str, Any]:
         adv = str(store.path(k, "safetensors")) if s.save_adversarial else None
-        res = evaluate(source.model, ds.subset(rows), eps=s.eps, norm=s.norm, steps=s.steps, double_eps=s.double_eps,
-                       attack=s.attack, batch_size=s.batch_size, device=device,
-                       seed=s.seed, save_adversarial=adv, show_progress=False, index_offset=int(rows[0]))
+        res = evaluation.evaluate(source.model, ds.subset(rows), eps=s.eps, norm=s.norm, steps=s.steps,
+                                  double_eps=s.double_eps, attack=s.attack, batch_size=s.batch_size, device=device,
+                                  seed=s.seed, save_adversarial=adv, show_progress=False, index_offset=int(rows[0]))
         return record_columns(res)     # saved after the adversarial file: the chunk marks both
 
     cols = job.run(evaluate_chunk, companions=("safetensors",) if s.save_adversarial else ())
@@ -209,8 +203,6 @@ def evaluate_job(source: ModelSource, out: Path, s: EvaluateSettings, device: An
 
 def _key(source: ModelSource, subset: Any, settings: Any, **extra: Any) -> str:
     """What a job's records depend on: the settings, the model's weights, the data, the subset."""
-    from dataclasses import asdict
-
     return job_key(settings=asdict(settings), model=model_digest(source.model), dataset=source.dataset,
                    data_root=source.data_root, data_seed=source.data_seed, subset=index_digest(subset),
                    **extra)
@@ -218,8 +210,6 @@ def _key(source: ModelSource, subset: Any, settings: Any, **extra: Any) -> str:
 
 def _evaluate_section(cols: dict[str, Any], s: EvaluateSettings, eps_list: list[float],
                       source: ModelSource, subset: Any, seconds: float) -> dict[str, Any]:
-    from .attacks import resolve_attack
-
     parts = {eps_text(e): Records(cols).partition(e) for e in eps_list}
     return {
         "nat_acc": parts[f"{eps_list[0]:g}"]["nat_acc"],
@@ -237,10 +227,6 @@ def _merge_adversarial(store: ChunkStore, n_chunks: int, path: str, subset: torc
                        eps_list: list[float]) -> None:
     """One ``--save-adversarial`` file from the chunks' files; saved ``index@<ε>`` are dataset
     indices (positions in the subset mapped through it)."""
-    from safetensors.torch import load, save
-
-    from .io import atomic_write_bytes
-
     parts = [load(store.companion(k, "safetensors")) for k in range(n_chunks)]
     tensors: dict[str, torch.Tensor] = {}
     for e in eps_list:
@@ -269,9 +255,7 @@ class CertifySettings:
 
     def check(self) -> None:
         """Refuse bad settings before any model is loaded (normalises sigma, alpha, eps)."""
-        from .smoothing.smooth import check_alpha, check_count, check_sigma
-        from .validate import check_eps
-
+        from .smoothing.smooth import check_alpha, check_count, check_sigma  # noqa: PLC0415  heavy: scipy, certify only
         self.sigma, self.alpha = check_sigma(self.sigma), check_alpha(self.alpha)
         self.n0, self.n = check_count(self.n0, "n0"), check_count(self.n, "n")
         check_count(self.batch_size, "batch_size")
@@ -287,7 +271,7 @@ class CertifySettings:
         """Refuse an ε that no input can be certified at: with every one of ``n`` noise
         samples on the top class the Clopper–Pearson bound is α^{1/n} and the radius
         σ·Φ⁻¹(α^{1/n}) (Cohen et al.'s CERTIFY); larger radii are never certified."""
-        from .smoothing.smooth import max_certifiable_radius
+        from .smoothing.smooth import max_certifiable_radius  # noqa: PLC0415  heavy: scipy, certify only
 
         r = max_certifiable_radius(self.n, self.alpha, self.sigma)
         for e in self.eps:
@@ -307,9 +291,8 @@ def certify_job(source: ModelSource, out: Path, s: CertifySettings, device: Any,
     generator of ``(seed, k)``) is kept under ``out``'s work area; a rerun skips finished
     chunks. Only one chunk's inputs are on the device at a time and the finished records
     live on disk, so memory does not grow with ``--samples``."""
-    from .data import balanced_subset
-    from .model_checks import check_batch_independent, check_behaviour
-    from .smoothing.records import certify_chunk, certify_metrics, decision_radii, plan_chunks
+    from .smoothing.records import (  # noqa: PLC0415  heavy: scipy, certify only
+        certify_chunk, certify_metrics, decision_radii, plan_chunks)
 
     s.check()
     records_path = out / "records" / "certify.csv"

@@ -240,7 +240,7 @@ def paired_difference(a: Sequence[float], b: Sequence[float]) -> dict[str, float
     """The mean of the paired differences ``a[i] - b[i]`` (one pair per seed: both models
     fine-tuned from the same pre-trained weights on the same data order) and its two-sided
     95% Student-t confidence interval (n - 1 degrees of freedom; NaN for n < 2)."""
-    from scipy.stats import ttest_rel
+    from scipy.stats import ttest_rel  # noqa: PLC0415  heavy: scipy, paired tests only
 
     a_arr, b_arr = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if a_arr.ndim != 1 or a_arr.size == 0 or a_arr.shape != b_arr.shape:

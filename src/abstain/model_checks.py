@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from .errors import InputError
+from .utils import eval_mode
 
 
 class FiniteGuard(nn.Module):
@@ -80,8 +81,6 @@ def check_batch_independent(model: nn.Module, x: torch.Tensor, what: str, *, all
     """Refuse (unless ``allow``) a model whose logits on the first inputs depend on the batch:
     ``f(x[:m])`` against ``f(x[:2m])[:m]`` (m = min(4, N // 2)) and ``f(x[:1])`` against
     ``f(x[:2m])[:1]``, in eval mode, beyond :func:`batch_tolerance`."""
-    from .utils import eval_mode
-
     if allow or x.shape[0] < 2:
         return
     m = min(4, x.shape[0] // 2)
@@ -110,8 +109,6 @@ def check_behaviour(model: nn.Module, x: torch.Tensor, what: str, *, needs_grad:
     """Refuse, with one line, a model that changes its input in place (every attack and noise
     point would be corrupted), and (``needs_grad``: the attacks follow the gradient of the
     logits, Sec. 7) one whose output carries no gradient with respect to its input."""
-    from .utils import eval_mode
-
     dev = next((p.device for p in model.parameters()), torch.device("cpu"))
     x = x[:2].to(dev)
     if any(p.dtype == torch.float64 for p in model.parameters()):

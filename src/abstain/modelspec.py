@@ -22,7 +22,9 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
+from . import models
 from .errors import CheckpointError, ConfigError
+from .models import MODELS
 
 
 def import_factory(spec: str, flag: str = "--model") -> Callable[..., Any]:
@@ -71,8 +73,6 @@ def build_factory(spec: str, num_classes: int, flag: str = "--model") -> nn.Modu
 
 def builtin_names() -> tuple[str, ...]:
     """The built-in architectures (:data:`abstain.models.MODELS`)."""
-    from .models import MODELS
-
     return tuple(MODELS)
 
 
@@ -127,8 +127,6 @@ class ModelSpec:
         if self.factory is not None:
             model = build_factory(self.factory, self.num_classes, flag="--model")
         else:
-            from . import models
-
             model = models.create(self.arch, self.num_classes, **{**dict(self.kwargs), **overrides})
         return model if device is None else model.to(device)
 

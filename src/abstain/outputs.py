@@ -26,12 +26,17 @@ import fcntl
 import json
 import os
 import shutil
+import stat as stat_mod
+import sys
+import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence, TypeVar
 
+from . import distributed
 from .errors import AbstainError, ConfigError
+from .io import atomic_write_json
 
 MANIFEST = "abstain-files.json"
 LOCK = ".abstain.lock"
@@ -68,8 +73,6 @@ def read_manifest(directory: str | os.PathLike) -> dict[str, str]:
 
 
 def _write_manifest(directory: Path, entries: dict[str, str]) -> None:
-    from .io import atomic_write_json
-
     if entries:
         atomic_write_json(_manifest_path(directory), entries)
     else:
@@ -116,8 +119,6 @@ def ours(out: Path, flag: str = "--overwrite") -> list[Path]:
     and the lock themselves, the work area, interrupted temporary files. Refuses (naming
     ``flag``) when any other file is there (not an abstain output, or a source directory):
     the one rule by which every command decides what it may remove."""
-    from .errors import ConfigError
-
     mine, foreign = [], []
     for d, _, files in os.walk(out):
         dpath = Path(d)
@@ -224,8 +225,6 @@ class DirLock:
         self.path, self.what, self.fd = path, what, -1
 
     def _check_dir(self) -> None:
-        import stat as stat_mod
-
         d = self.path.parent
         try:
             st = os.lstat(d)
@@ -247,8 +246,6 @@ class DirLock:
         return f" (PID {pid})" if _process_start(pid) == start else ""
 
     def acquire(self) -> "DirLock":
-        import stat as stat_mod
-
         self._check_dir()
         flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
         for _ in range(10):
@@ -301,8 +298,6 @@ class DirLock:
 
 
 def _is_main() -> bool:
-    from . import distributed
-
     if distributed.is_distributed():
         return distributed.is_main()
     return int(os.environ.get("RANK", "0") or 0) == 0
@@ -342,8 +337,6 @@ def _keep(outputs: Sequence[Output]) -> dict[Path, Path | None]:
     is a regular file (no data copied, so it works on a full disk too), or None for an output
     that does not exist yet. An output whose link cannot be made (a filesystem without hard
     links) is not kept. A backup left by a SIGKILL is stale and replaced."""
-    import stat as stat_mod
-
     kept: dict[Path, Path | None] = {}
     for o in outputs:
         p = o.path
@@ -462,10 +455,64 @@ def locked_target(out: str | os.PathLike) -> Iterator[Path]:
         held.release()
 
 
+T = TypeVar("T")
+
+
+def replace_dir(out: str | os.PathLike, write: Callable[[Path], T], writer: str, overwrite: bool) -> T:
+    """A directory that a command writes as a whole (``data mtsd --out``), under
+    :func:`locked_target`: an existing ``out`` is refused without ``overwrite``, and with it
+    unless every file there is ours (:func:`ours`), before any work. ``write(new)`` creates and
+    fills ``new``, a fresh path beside ``out``; every file in it is recorded as ``writer``'s
+    (:func:`record`) and ``new`` is renamed to ``out``. An earlier output is moved aside first
+    and only our files are removed from it (:func:`remove_ours`). After an error ``out`` is as
+    it was and nothing is left beside it. Returns what ``write`` returned."""
+    out = Path(out)
+    with locked_target(out):
+        if out.exists() or out.is_symlink():
+            if not overwrite:
+                raise ConfigError(f"output directory {out} exists; pass --overwrite to replace it "
+                                  "(only the files abstain wrote there)")
+            ours(out)
+        work = Path(tempfile.mkdtemp(prefix=f".{out.name}.new-", dir=out.parent))
+        try:
+            new = work / out.name
+            result = write(new)
+            record({Path(d) / f: writer for d, _, files in os.walk(new) for f in files})
+            _swap(out, new, work / "old")
+        finally:
+            if not os.path.lexists(work / "old"):   # else it keeps files we may not remove
+                shutil.rmtree(work, ignore_errors=True)
+    return result
+
+
+def _swap(out: Path, new: Path, old: Path) -> None:
+    """Rename ``new`` to ``out``; an ``out`` already there goes to ``old`` first, and then only
+    our files are removed from it (a file that appeared there meanwhile is kept, with a note)."""
+    if not (out.exists() or out.is_symlink()):
+        os.replace(new, out)
+        return
+    ours(out)                       # again, just before the swap
+    os.replace(out, old)
+    try:
+        os.replace(new, out)
+    except BaseException:
+        os.replace(old, out)        # put the earlier output back
+        raise
+    if old.is_symlink():            # --out named a link: the link is replaced, its target left alone
+        old.unlink()
+        return
+    try:
+        remove_ours(old)
+        old.rmdir()
+    except (ConfigError, OSError) as e:
+        print(f"abstain: kept what the earlier {out} held besides our files in {old} ({e})", file=sys.stderr)
+
+
 def work_dir(out: Path, name: str) -> Path:
     """The work area of a resumable job ``name`` under the output directory ``out``."""
     return out / WORK / name
 
 
 __all__ = ["ours", "remove_ours", "is_stale_tmp", "Output", "claim", "check", "record", "read_manifest", "written_by", "DirLock", "work_dir", "locked_target",
+           "replace_dir",
            "MANIFEST", "LOCK", "WORK", "forget_missing"]

@@ -24,12 +24,16 @@ stage into its directory), :class:`Progress` (bars, messages, time left) and
 """
 from __future__ import annotations
 
+import concurrent.futures as cf
 import hashlib
 import json
+import multiprocessing
 import os
 import platform
 import shutil
+import signal
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -37,14 +41,17 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
+import numpy as np
 import torch
 
 from . import __version__
 from . import stages as stages_pkg
 from .errors import AbstainError, ConfigError, DataError
 from .io import atomic_write_json, atomic_write_text, read_json
+from .outputs import DirLock, LOCK
+from .safefiles import read_regular
 from .stages.base import Stage, StageContext
-from .utils import fmt_seconds
+from .utils import fmt_seconds, progress, resolve_device
 
 SCALES = ("mini", "paper")
 DONE = ".done"
@@ -144,8 +151,6 @@ def plan(scale: str, demo: bool, only: Sequence[str] | None = None) -> list[Stag
 def _read_text(path: Path) -> str | None:
     """A stage's marker (``.done``, ``.started``: a hash): None unless it is a small regular
     file (a FIFO there blocked ``reproduce``; issue 25)."""
-    from .safefiles import read_regular
-
     if not os.path.lexists(path):
         return None
     try:
@@ -178,8 +183,6 @@ def _clear(stage_dir: Path, keep_work: bool) -> None:
 
 def environment(device: torch.device) -> dict[str, Any]:
     """Versions and device for ``results.json``'s meta and the report."""
-    import numpy as np
-
     dev = str(device)
     if device.type == "cuda" and torch.cuda.is_available():
         dev = f"{dev} ({torch.cuda.get_device_name(device)})"
@@ -215,8 +218,6 @@ def _lock(out: Path) -> Iterator[None]:
     """One writer per output directory at a time: the lock of every command
     (:class:`abstain.outputs.DirLock` on ``out/.abstain.lock``), so ``abstain reproduce`` and
     an ``abstain evaluate --out`` into the same directory exclude each other too."""
-    from .outputs import LOCK, DirLock
-
     held = DirLock(out / LOCK, str(out)).acquire()
     try:
         yield
@@ -297,8 +298,6 @@ class Progress:
 
     def __init__(self, total: int, *, demo: bool, quiet: bool, previous: Mapping[str, Any],
                  log: Callable[[str], None] | None = None) -> None:
-        from .utils import progress
-
         self.demo, self.quiet, self.previous, self.log = demo, quiet, previous, log
         self.bar = progress(total=total, desc="reproduce", leave=True, position=0, unit="stage",
                             disable=True if quiet else None,
@@ -333,15 +332,11 @@ class Progress:
     @staticmethod
     def quiet_bar(*a: Any, **kw: Any):
         """A disabled bar (stages running in worker processes)."""
-        from .utils import progress
-
         kw.update({"disable": True, "leave": False})
         return progress(*a, **kw)
 
     def stage_bar(self, *a: Any, **kw: Any):
         """A progress bar for a stage's own loops (``StageContext.progress``)."""
-        from .utils import progress
-
         kw.setdefault("position", 1)
         kw.setdefault("leave", False)
         if self.quiet:
@@ -417,8 +412,6 @@ def run_pipeline(out: str | os.PathLike, *, scale: str = "mini", demo: bool = Fa
     in its own process (:func:`_run_parallel`); the records are the same as with one job,
     since every stage seeds its own work.
     """
-    from .utils import resolve_device
-
     out = Path(out)
     dev = resolve_device(device)
     root = Path(data_root) if data_root is not None else None
@@ -560,9 +553,6 @@ def _exit_with_parent(poll_s: float = 0.05) -> None:
     A worker also ignores SIGINT: Ctrl-C reaches the whole process group, and the pipeline
     process alone handles it (it stops the workers); a worker's own KeyboardInterrupt would
     print a traceback from the middle of ``concurrent.futures``."""
-    import signal
-    import threading
-
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     parent = os.getppid()
 
@@ -587,9 +577,6 @@ def _run_parallel(plans: Sequence[StagePlan], todo: Sequence[StagePlan], out: Pa
     """Run the plan with up to ``jobs`` stages at once: a stage starts when every stage it
     depends on is done or cached. Workers are spawned processes (no fork of a process that
     holds torch threads). On Ctrl-C the workers are stopped; their stages stay resumable."""
-    import concurrent.futures as cf
-    import multiprocessing
-
     pending = sorted(plans, key=lambda p: -_critical_path(p, plans, prog))   # longest chains first
     running: dict[cf.Future, tuple[StagePlan, str, float]] = {}
     n = len(plans)

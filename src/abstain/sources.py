@@ -27,7 +27,10 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
+from . import data as data_mod
+from .checkpoint import load_checkpoint, load_foreign_state_dict, load_state_into
 from .errors import CheckpointError, ConfigError
+from .models import NormalizedModel
 from .modelspec import build_factory, import_factory
 
 DATA_HELP = "gauss3, digits, mnist1d, cifar10, cifar100, folder, mtsd"
@@ -49,8 +52,6 @@ class ModelSource:
     def load_data(self, split: str = "test"):
         """The ``split`` of the model's dataset (seeded as the model was trained), after a
         check that the model gives finite logits, one per class of it (:func:`check_output`)."""
-        from . import data as data_mod
-
         ds = data_mod.load(self.dataset, split, root=self.data_root, seed=self.data_seed)
         what = f"the model {self.describe.get('run') or self.describe.get('model') or ''}".rstrip()
         check_output(self.model, ds, self.num_classes, what)
@@ -61,8 +62,6 @@ def build_factory_model(spec: str, num_classes: int, weights: str | None = None,
                         flag: str = "--model") -> nn.Module:
     """``FACTORY(num_classes=K)`` (or ``FACTORY()``, :func:`abstain.modelspec.build_factory`)
     with ``weights`` loaded safely."""
-    from .checkpoint import load_foreign_state_dict, load_state_into
-
     model = build_factory(spec, num_classes, flag)
     if weights:
         load_state_into(model, load_foreign_state_dict(weights), source=weights)
@@ -97,28 +96,26 @@ def check_output(model: nn.Module, data: Any, num_classes: int, what: str) -> No
     """One forward pass on the first inputs of ``data``: the model must return finite logits
     with one column per class of the dataset (a 3-logit model on a 10-class dataset is
     refused here, not evaluated into nonsense)."""
-    import torch as _t
-
     k_data = int(getattr(data, "num_classes", num_classes))
     if num_classes != k_data:
         raise ConfigError(f"{what} has {num_classes} classes but the dataset has {k_data}")
     x = data.x[:2]
-    dev = next((p.device for p in model.parameters()), _t.device("cpu"))
+    dev = next((p.device for p in model.parameters()), torch.device("cpu"))
     try:
-        with _t.no_grad():
+        with torch.no_grad():
             logits = model(x.to(dev))
     except (RuntimeError, TypeError, ValueError, IndexError) as e:
         raise ConfigError(f"{what} fails on inputs of shape {tuple(x.shape[1:])} of the dataset: "
                           f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}") from None
-    if not isinstance(logits, _t.Tensor) or logits.dim() != 2 or logits.shape[0] != x.shape[0]:
-        shape = tuple(logits.shape) if isinstance(logits, _t.Tensor) else type(logits).__name__
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 2 or logits.shape[0] != x.shape[0]:
+        shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
         raise ConfigError(f"{what} must return logits of shape (N, {k_data}), got {shape}")
     if logits.shape[1] != k_data:
         raise ConfigError(f"{what} returns {logits.shape[1]} logits but the dataset has {k_data} classes")
-    if logits.dtype != _t.float32 and logits.dtype != _t.float64:
+    if logits.dtype != torch.float32 and logits.dtype != torch.float64:
         raise ConfigError(f"{what} returns {logits.dtype} logits; use a float32 model "
                           "(inputs are float32 in [0, 1])")
-    if not bool(_t.isfinite(logits).all()):
+    if not bool(torch.isfinite(logits).all()):
         raise ConfigError(f"{what} returns NaN or infinite logits on the dataset's first inputs")
 
 
@@ -126,8 +123,6 @@ def _normalized(model: nn.Module, normalize: tuple[list[float], list[float]] | N
     check_finite_weights(model, "the model")
     if normalize is None:
         return model
-    from .models import NormalizedModel
-
     return NormalizedModel(model, *normalize)
 
 
@@ -141,8 +136,6 @@ def from_run(run_dir: str | os.PathLike, device: Any = "cpu",
     """The model of a run directory and the dataset named in its ``meta.json``. A run made
     from ``MODULE:FACTORY`` loads only with that ``factory`` named again or ``trust_code``
     (:meth:`abstain.modelspec.ModelSpec.from_meta`): a run directory never runs code."""
-    from .checkpoint import load_checkpoint
-
     run_dir = Path(run_dir)
     model, meta = load_checkpoint(run_dir, device=device, factory=factory, trust_code=trust_code)
     if not meta.get("dataset"):
@@ -173,8 +166,6 @@ def from_factory(spec: str, weights: str | None, *, data: str, data_root: str | 
     """Your model (``MODULE:FACTORY`` + weights) on the dataset ``data``. Without weights the
     model is refused unless ``random_init`` (its random initialisation is then evaluated, on
     purpose, and ``results.json`` says so)."""
-    from . import data as data_mod
-
     import_factory(spec, flag)        # an unimportable module is named first
     if weights is None and not random_init:
         raise ConfigError(f"{flag} {spec} has no weights: give {weights_flag(flag)} FILE, or --random-init "

@@ -131,7 +131,7 @@ def mcnemar_exact(a: Sequence[bool], b: Sequence[bool]) -> dict[str, float]:
     """McNemar's exact test of two paired per-point outcomes (e.g. certified robust inaccuracy
     of two models on the same test points): with n01 = #(a ∧ ¬b) and n10 = #(¬a ∧ b), the
     two-sided p-value min(1, 2·P[Bin(n01 + n10, ½) ≤ min(n01, n10)]); 1 when no point differs."""
-    from scipy.stats import binom
+    from scipy.stats import binom  # noqa: PLC0415  heavy: scipy, this test only
 
     aa, bb = np.asarray(a, dtype=bool), np.asarray(b, dtype=bool)
     if aa.shape != bb.shape or aa.ndim != 1:

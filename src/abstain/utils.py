@@ -9,6 +9,9 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
+
+from .errors import AbstainError
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
@@ -17,8 +20,6 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        from .errors import AbstainError
-
         raise AbstainError("--device cuda asked for, but no CUDA device is available")
     return dev
 
@@ -57,8 +58,6 @@ def progress(iterable: Iterable | None = None, *, total: int | None = None, desc
              leave: bool = False, disable: bool | None = None, **kw: Any):
     """A tqdm bar on stderr; disabled when ``ABSTAIN_QUIET=1`` or stderr is not a TTY
     (unless ``ABSTAIN_PROGRESS=1``)."""
-    from tqdm.auto import tqdm
-
     if disable is None:
         if os.environ.get("ABSTAIN_QUIET") == "1":
             disable = True

@@ -36,7 +36,7 @@ from torch import nn
 
 from ..errors import InputError
 from ..validate import check_eps, check_inputs, check_norm
-from .objectives import LossSpec, Objective, Success
+from .objectives import LossSpec, Objective, Success, resolve
 
 _MASK32 = 0xFFFFFFFF
 
@@ -190,7 +190,6 @@ class Checkpoints:
     2. the step size was not reduced at the last checkpoint and the best objective has not
        improved since.
     """
-
     steps: int
     rho: float = 0.75
 
@@ -428,8 +427,6 @@ def attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, no
     count probed by a forward pass, ``x_init`` finite), 3 to 5 device synchronisations per
     attack on CUDA. Types, shapes and arguments are still checked; results are identical.
     """
-    from .objectives import resolve
-
     objective, success, needs_labels = resolve(loss)
     eps = check_attack_args(model, x, y, eps, norm, steps, needs_labels, x_init, values=check)
     if isinstance(restarts, bool) or not isinstance(restarts, int) or restarts < 1:

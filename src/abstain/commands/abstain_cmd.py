@@ -31,19 +31,21 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..abstain_job import SELECTORS
+from ..abstain_job import AbstainSettings as S
+from ..abstain_job import AbstainSettings, CRI_DEFAULTS, SELECTORS, abstain_job, abstain_outputs
 from ..attacks import ATTACKS, DEFAULT_ATTACK
+from ..errors import ConfigError
+from ..outputs import claim
+from ..sources import add_data_arguments, add_trust_arguments, is_run_dir, parse_normalize, resolve
+from ..utils import resolve_device
+from ..validate import check_pixel_eps
+from .options import DeprecatedAlias, add_split, default
 
 HELP = "abstain models (robustness indicator, softmax response, selection network) and compositions"
 DESCRIPTION = __doc__
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ..abstain_job import CRI_DEFAULTS
-    from ..abstain_job import AbstainSettings as S
-    from ..sources import add_data_arguments, add_trust_arguments
-    from .options import DeprecatedAlias, add_split, default
-
     m = p.add_argument_group("models (a run directory, or MODULE:FACTORY with its weights and --data)")
     m.add_argument("--robust", required=True, metavar="RUN|MODULE:FACTORY", help="the model F that abstains")
     m.add_argument("--robust-weights", metavar="FILE", help="weights of --robust MODULE:FACTORY")
@@ -94,13 +96,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..abstain_job import AbstainSettings, abstain_job, abstain_outputs
-    from ..outputs import claim
-    from ..errors import ConfigError
-    from ..sources import is_run_dir, parse_normalize, resolve
-    from ..utils import resolve_device
-    from ..validate import check_pixel_eps
-
     s = AbstainSettings(selector=args.selector, eps=args.eps, norm=args.norm, steps=args.steps,
                         tau=args.tau, tau_grid=args.tau_grid, samples=args.samples, seed=args.seed,
                         batch_size=args.batch_size, attack=args.attack, chunk=args.chunk, split=args.split,

@@ -3,6 +3,15 @@ from __future__ import annotations
 
 import argparse
 
+from .. import distributed
+from ..jobs import CertifySettings as S
+from ..jobs import CertifySettings, certify_job, certify_outputs
+from ..outputs import claim
+from ..sources import add_arguments as add_source_arguments
+from ..sources import from_args, out_of
+from ..utils import resolve_device
+from .options import DeprecatedAlias, add_split, default
+
 HELP = "certify a model with randomized smoothing (Cohen et al.; optional sequential test)"
 DESCRIPTION = (
     "Certify the smoothed classifier of a model (--run DIR, or your own --model MODULE:FACTORY "
@@ -17,10 +26,6 @@ DESCRIPTION = (
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ..jobs import CertifySettings as S
-    from ..sources import add_arguments as add_source_arguments
-    from .options import DeprecatedAlias, add_split, default
-
     add_source_arguments(p, out_help="output directory (records/ and results.json; default: the --run directory)")
     c = p.add_argument_group("smoothing")
     c.add_argument("--sigma", type=float, required=True, help="Gaussian noise level of the smoothing")
@@ -49,12 +54,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .. import distributed
-    from ..jobs import CertifySettings, certify_job, certify_outputs
-    from ..outputs import claim
-    from ..sources import from_args, out_of
-    from ..utils import resolve_device
-
     s = CertifySettings(sigma=args.sigma, eps=args.eps, n0=args.n0, n=args.n, alpha=args.alpha,
                         samples=args.samples, split=args.split, sequential=args.sequential,
                         batch_size=args.batch_size, chunk=args.chunk, seed=args.seed)

@@ -2,6 +2,13 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+
+from ..data.mtsd import check_output_dir, convert_mtsd, source_dirs
+from ..errors import DataError
+from ..outputs import replace_dir
+
+WRITER = "data mtsd"
 
 HELP = "prepare datasets: convert the Mapillary Traffic Sign Dataset (MTSD) to 64x64 sign crops"
 DESCRIPTION = (
@@ -34,7 +41,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="fraction of images in the test split when there are no split files")
     m.add_argument("--workers", type=int, default=1,
                    help="processes decoding and cropping images (at most the number of CPU cores)")
-    m.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    m.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier conversion in --out (refused when it holds files abstain did not write)")
 
 
 def _format(summary: dict) -> str:
@@ -49,18 +57,16 @@ def _format(summary: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..data.mtsd import convert_mtsd
-    from ..errors import DataError
-    from ..outputs import locked_target
-
     if args.dataset != "mtsd":  # pragma: no cover - argparse restricts the choices
         raise DataError(f"unknown dataset {args.dataset!r}")
     if args.workers < 1:
         raise DataError(f"--workers must be >= 1, got {args.workers}")
-    with locked_target(args.out):
-        summary = convert_mtsd(args.annotations, args.images, args.out, seed=args.seed, size=args.size,
-                               slack=args.slack, splits_dir=args.splits, test_fraction=args.test_fraction,
-                               workers=args.workers, overwrite=args.overwrite, progress=True)
+    check_output_dir(Path(args.out), source_dirs(args.annotations, args.images, args.splits))
+    summary = replace_dir(
+        args.out, lambda new: convert_mtsd(args.annotations, args.images, new, seed=args.seed, size=args.size,
+                                           slack=args.slack, splits_dir=args.splits,
+                                           test_fraction=args.test_fraction, workers=args.workers, progress=True),
+        WRITER, args.overwrite)
     print(_format(summary))
     print(f"wrote {args.out} (ImageFolder train/ test/, manifest.csv, summary.json)")
     return 0

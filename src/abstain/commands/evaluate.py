@@ -20,7 +20,17 @@ from __future__ import annotations
 
 import argparse
 
+from .. import distributed
 from ..attacks import ATTACKS, DEFAULT_ATTACK
+from ..evaluation import default_batch_size
+from ..jobs import EvaluateSettings as S
+from ..jobs import EvaluateSettings, evaluate_job, evaluate_outputs
+from ..outputs import claim
+from ..records import ROBUST, column
+from ..sources import add_arguments as add_source_arguments
+from ..sources import from_args, out_of
+from ..utils import resolve_device
+from .options import DeprecatedAlias, add_split, default
 
 HELP = "robustness-accuracy partition of a trained run or of your own model (APGD)"
 DESCRIPTION = (
@@ -31,10 +41,6 @@ DESCRIPTION = (
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from ..jobs import EvaluateSettings as S
-    from ..sources import add_arguments as add_source_arguments
-    from .options import DeprecatedAlias, add_split, default
-
     add_source_arguments(p, out_help="output directory (records/ and results.json; default: the --run directory)")
     a = p.add_argument_group("attack")
     a.add_argument("--eps", type=float, nargs="+", required=True, metavar="E", help="radii (pixel space)")
@@ -65,14 +71,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .. import distributed
-    from ..evaluation import default_batch_size
-    from ..jobs import EvaluateSettings, evaluate_job, evaluate_outputs
-    from ..records import ROBUST, column
-    from ..outputs import claim
-    from ..sources import from_args, out_of
-    from ..utils import resolve_device
-
     device = resolve_device(args.device)
     batch_size = default_batch_size(device) if args.batch_size is None else args.batch_size
     settings = EvaluateSettings(eps=args.eps, norm=args.norm, steps=args.steps,

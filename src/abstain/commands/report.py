@@ -17,7 +17,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..report import build_report
+    from ..report import build_report  # noqa: PLC0415  heavy: every stage; keeps --help fast
 
     md, page = build_report(args.dir)
     print(f"report: {page} and {md}")

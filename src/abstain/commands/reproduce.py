@@ -14,6 +14,9 @@ import sys
 import time
 from pathlib import Path
 
+from ..errors import ConfigError
+from ..utils import resolve_device
+
 HELP = "run the paper's experiments (miniature or paper scale) and write the report"
 DESCRIPTION = (
     "Run the experiment stages in order, each cached under OUT/<stage>/ by a hash of its "
@@ -49,15 +52,13 @@ def _command_line() -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..pipeline import run_pipeline
-    from ..report import build_report
+    from ..pipeline import run_pipeline  # noqa: PLC0415  heavy: every stage; keeps --help fast
+    from ..report import build_report  # noqa: PLC0415  heavy: every stage; keeps --help fast
 
     if args.quiet:
         os.environ["ABSTAIN_QUIET"] = "1"
     if args.scale == "paper":
-        from ..pipeline import resolve, stage_table
-        from ..utils import resolve_device
-
+        from ..pipeline import resolve, stage_table  # noqa: PLC0415  heavy: every stage; keeps --help fast
         table = stage_table("paper")
         heavy = any(table[n].trains_large_models for n in resolve("paper", args.only))
         if heavy and resolve_device(args.device).type == "cpu":
@@ -65,8 +66,6 @@ def run(args: argparse.Namespace) -> int:
                   "WideResNet-28-10 models on CIFAR and MTSD, which takes days; use a GPU "
                   "(--device cuda)", file=sys.stderr)
     if args.jobs < 1:
-        from ..errors import ConfigError
-
         raise ConfigError(f"--jobs must be >= 1, got {args.jobs}")
     t0 = time.perf_counter()
     try:

@@ -5,7 +5,15 @@ import argparse
 from typing import Any
 from pathlib import Path
 
-from ..outputs import LOCK, is_stale_tmp, ours, remove_ours
+from .. import config as config_mod
+from .. import distributed
+from ..errors import AbstainError, ConfigError
+from ..io import atomic_write_text, update_json
+from ..jobs import check_seed
+from ..outputs import LOCK, claim, is_stale_tmp, ours, record, remove_ours
+from ..sources import import_factory, is_run_dir
+from ..train import train_from_config
+from ..utils import resolve_device
 
 HELP = "train or fine-tune a model from a TOML config (resumable; torchrun for several processes)"
 DESCRIPTION = (
@@ -38,15 +46,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .. import config as config_mod
-    from .. import distributed
-    from ..errors import AbstainError, ConfigError
-    from ..io import atomic_write_text, update_json
-    from ..jobs import check_seed
-    from ..outputs import claim, record
-    from ..train import train_from_config
-    from ..utils import resolve_device
-
     try:
         cfg = config_mod.load(args.config, args.set)
     except RecursionError:
@@ -89,9 +88,6 @@ def run(args: argparse.Namespace) -> int:
 def _check_out(out: Path, cfg: dict, resume: bool, overwrite: bool) -> bool:
     """Refuse an --out we may not write (read-only; before any lock or file); whether it
     holds files."""
-    from .. import config as config_mod
-    from ..errors import ConfigError
-
     for parent in [out, *out.parents]:
         if parent.exists() and not parent.is_dir():
             raise ConfigError(f"--out {out}: {parent} is a file, not a directory")
@@ -120,10 +116,6 @@ def _check_out(out: Path, cfg: dict, resume: bool, overwrite: bool) -> bool:
 
 def _with_init(cfg: Any, init: str | None, weights: str | None) -> Any:
     """The config with ``[model]`` taken from ``--init`` (a run directory, or MODULE:FACTORY)."""
-    from .. import config as config_mod
-    from ..errors import ConfigError
-    from ..sources import import_factory, is_run_dir
-
     if init is None:
         raise ConfigError("--init-weights needs --init MODULE:FACTORY")
     model = dict(cfg["model"])

@@ -77,7 +77,7 @@ class BatchAugment:
 def _kornia_augmentation(name: str):
     """``kornia.augmentation``, or a ConfigError saying that augmentation ``name`` needs kornia."""
     try:
-        import kornia.augmentation as K
+        import kornia.augmentation as K  # noqa: PLC0415  heavy: kornia, augmentation only
     except ImportError as e:
         raise ConfigError(
             f"augment = {name!r} needs kornia, which this Python cannot import ({e}). kornia is a "
@@ -88,7 +88,7 @@ def _kornia_augmentation(name: str):
 
 
 def _crop_flip(h: int, w: int, flip: bool) -> nn.Module:
-    import kornia.augmentation as K
+    import kornia.augmentation as K  # noqa: PLC0415  heavy: kornia, augmentation only
 
     mods: list[nn.Module] = [K.RandomCrop((h, w), padding=_padding(h), fill=0.0)]
     if flip:
@@ -100,7 +100,7 @@ class _PerImagePolicy:
     """AutoAugment with one sub-policy drawn per image (kornia draws one per call)."""
 
     def __init__(self, policy: str = "cifar10") -> None:
-        from kornia.augmentation.auto import AutoAugment
+        from kornia.augmentation.auto import AutoAugment  # noqa: PLC0415  heavy: kornia, augmentation only
 
         self.subpolicies = list(AutoAugment(policy).children())
 
@@ -140,7 +140,7 @@ def build(name: str, input_shape: Sequence[int]) -> BatchAugment:
     if name == "autoaugment":
         crop_flip, policy = _crop_flip(h, w, flip=True), _PerImagePolicy("cifar10")
         return BatchAugment(name, shape, lambda x: policy(crop_flip(x)))
-    import kornia.augmentation as K  # name == "mtsd"
+    import kornia.augmentation as K  # noqa: PLC0415  heavy: kornia, augmentation only (name == "mtsd")
 
     sa = nn.Sequential(
         K.RandomCrop((h, w), padding=_padding(h), fill=0.0),

@@ -35,9 +35,9 @@ CIFAR100_FILES = {"train": ["train"], "test": ["test"]}
 
 def _numpy_reconstruct() -> Any:
     try:  # numpy >= 2
-        from numpy._core.multiarray import _reconstruct
+        from numpy._core.multiarray import _reconstruct  # noqa: PLC0415  optional: numpy >= 2 location
     except ImportError:  # pragma: no cover - numpy 1.x
-        from numpy.core.multiarray import _reconstruct
+        from numpy.core.multiarray import _reconstruct  # noqa: PLC0415  optional: numpy 1.x location
     return _reconstruct
 
 

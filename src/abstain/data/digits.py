@@ -16,8 +16,8 @@ def digits(split: str = "train", seed: int = 0) -> TensorDataset:
     A fixed stratified split (25% test, ``random_state=0``) independent of
     ``seed``, so every experiment sees the same test set: 1347 train, 450 test.
     """
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
+    from sklearn.datasets import load_digits  # noqa: PLC0415  heavy: scikit-learn, digits only
+    from sklearn.model_selection import train_test_split  # noqa: PLC0415  heavy: scikit-learn, digits only
 
     bunch = load_digits()
     x = bunch.images.astype(np.float32) / 16.0

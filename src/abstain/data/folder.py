@@ -64,7 +64,7 @@ def to_8bit(im, path: Path):
     """``im`` with 16-bit grey pixels scaled to 8 bits (v·255/65535, rounded: see the module
     docstring); other modes unchanged. Refuses float pixels and 32-bit values outside
     0–65535, whose range is not known."""
-    from PIL import Image
+    from PIL import Image  # noqa: PLC0415  heavy: Pillow, image files only
 
     if im.mode == "F":
         raise DataError(f"image {path} has floating-point pixels (mode F) of no known range; "
@@ -81,7 +81,7 @@ def to_8bit(im, path: Path):
 def read_image(path: Path, size: int | None, mode: str = "RGB") -> np.ndarray:
     """One image as a uint8 array (H, W, C), resized to ``size`` x ``size`` when given
     (pixel formats converted as the module docstring states)."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image, UnidentifiedImageError  # noqa: PLC0415  heavy: Pillow, image files only
 
     try:
         with Image.open(path) as im:

@@ -39,7 +39,7 @@ def _generate(num_samples: int = MNIST1D_NUM_SAMPLES,
               seed: int = MNIST1D_SEED) -> dict[str, np.ndarray]:
     """``make_dataset`` with the package defaults but ``num_samples``/``seed``; global RNG
     states are saved and restored (``make_dataset`` calls ``np.random.seed``)."""
-    from mnist1d.data import get_dataset_args, make_dataset
+    from mnist1d.data import get_dataset_args, make_dataset  # noqa: PLC0415  heavy: mnist1d (~1 s)
 
     args = get_dataset_args()
     args.num_samples, args.seed = int(num_samples), int(seed)

@@ -42,8 +42,10 @@ authors' code (MTSD's test annotations are not public). Without split files each
 goes to ``test`` with probability ``test_fraction`` (a hash of seed and image key). All
 boxes of one image stay in one split.
 
-Output (written into a temporary directory beside ``out_dir`` and renamed into place at
-the end, so an error leaves no partial output)::
+Output (``out_dir`` must not exist: it is written into a temporary directory beside it and
+renamed into place at the end, so an error leaves no partial output; replacing an earlier
+conversion, and deciding which files in it are ours, is the command's part:
+:mod:`abstain.commands.data` through :mod:`abstain.outputs`)::
 
     out_dir/train/<label>/<image_key>_<object_key>.png     ImageFolder tree (size x size)
     out_dir/test/<label>/...
@@ -72,10 +74,14 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save
 import torch
 
 from ..errors import DataError
 from ..io import atomic_write_bytes, atomic_write_json
+from ..records import write_records
+from ..utils import progress as bar
 from .base import TensorDataset
 from .folder import IMAGE_EXTENSIONS, check_pixels, read_image_tree
 
@@ -273,7 +279,7 @@ def _plan(annotations_dir: Path, images_dir: Path, splits: dict[str, str] | None
 def _crop_image(task: _Task, staging: str, size: int) -> tuple[list[dict[str, Any]], list[np.ndarray], bool]:
     """Crop, resize and write one image's boxes; returns manifest rows, uint8 crops (H, W, 3)
     and False when the image's size differs from its annotation."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image, UnidentifiedImageError  # noqa: PLC0415  heavy: Pillow, image files only
 
     try:
         with Image.open(task.image_path) as im:
@@ -302,28 +308,39 @@ def _crop_image(task: _Task, staging: str, size: int) -> tuple[list[dict[str, An
 
 
 def _pack(crops: list[np.ndarray], labels: list[int], size: int) -> bytes:
-    from safetensors.torch import save
-
     x = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).contiguous() if crops else \
         torch.zeros((0, 3, size, size), dtype=torch.uint8)
     return save({"x": x, "y": torch.tensor(labels, dtype=torch.long)})
 
 
-def convert_mtsd(annotations_dir: str | os.PathLike, images_dir: str | os.PathLike,
-                 out_dir: str | os.PathLike, seed: int = 0, size: int = 64, slack: float = 1.0, *,
-                 splits_dir: str | os.PathLike | None = None, test_fraction: float = 0.2,
-                 workers: int = 1, overwrite: bool = False, progress: bool = False) -> dict[str, Any]:
-    """Convert MTSD into a classification ImageFolder tree (Appendix A.1; see module docstring).
-
-    ``splits_dir`` defaults to ``annotations_dir/../splits`` when that holds MTSD's split
-    lists. Returns the summary (also written to ``out_dir/summary.json``). An existing
-    ``out_dir`` is refused unless ``overwrite``. Any malformed annotation raises
-    :class:`DataError` naming the file before anything is written; any error leaves no output.
-    """
-    ann_dir, img_dir, out = Path(annotations_dir), Path(images_dir), Path(out_dir)
+def source_dirs(annotations_dir: str | os.PathLike, images_dir: str | os.PathLike,
+                splits_dir: str | os.PathLike | None = None) -> list[Path]:
+    """The directories a conversion reads: annotations, images and (when present) the split
+    lists (``splits_dir``, default ``annotations_dir/../splits``); refuses missing ones."""
+    ann_dir, img_dir = Path(annotations_dir), Path(images_dir)
     for d, what in ((ann_dir, "annotations"), (img_dir, "images")):
         if not d.is_dir():
             raise DataError(f"MTSD {what} directory {d} does not exist")
+    sdir = Path(splits_dir) if splits_dir is not None else ann_dir.parent / "splits"
+    if splits_dir is not None and not sdir.is_dir():
+        raise DataError(f"MTSD splits directory {sdir} does not exist")
+    return [ann_dir, img_dir] + ([sdir] if sdir.is_dir() else [])
+
+
+def convert_mtsd(annotations_dir: str | os.PathLike, images_dir: str | os.PathLike,
+                 out_dir: str | os.PathLike, seed: int = 0, size: int = 64, slack: float = 1.0, *,
+                 splits_dir: str | os.PathLike | None = None, test_fraction: float = 0.2,
+                 workers: int = 1, progress: bool = False) -> dict[str, Any]:
+    """Convert MTSD into a classification ImageFolder tree (Appendix A.1; see module docstring).
+
+    ``splits_dir`` defaults to ``annotations_dir/../splits`` when that holds MTSD's split
+    lists. Returns the summary (also written to ``out_dir/summary.json``). ``out_dir`` must
+    not exist (``abstain data mtsd --overwrite`` replaces an earlier conversion). Any
+    malformed annotation raises :class:`DataError` naming the file before anything is
+    written; any error leaves no output.
+    """
+    ann_dir, img_dir, out = Path(annotations_dir), Path(images_dir), Path(out_dir)
+    sources = source_dirs(ann_dir, img_dir, splits_dir)
     if size < 8:
         raise DataError(f"size must be >= 8 pixels, got {size}")
     if not (slack >= 0 and math.isfinite(slack)):
@@ -331,9 +348,10 @@ def convert_mtsd(annotations_dir: str | os.PathLike, images_dir: str | os.PathLi
     if not 0.0 <= test_fraction < 1.0:
         raise DataError(f"test_fraction must be in [0, 1), got {test_fraction}")
     sdir = Path(splits_dir) if splits_dir is not None else ann_dir.parent / "splits"
-    if splits_dir is not None and not sdir.is_dir():
-        raise DataError(f"MTSD splits directory {sdir} does not exist")
-    check_output_dir(out, [ann_dir, img_dir] + ([sdir] if sdir.is_dir() else []), overwrite)
+    check_output_dir(out, sources)
+    if out.exists() or out.is_symlink():
+        raise DataError(f"output directory {out} exists; convert into a new directory "
+                        "(`abstain data mtsd --overwrite` replaces an earlier conversion)")
     workers = max(1, min(int(workers), os.cpu_count() or 1))   # more processes than cores only cost memory
     splits = _split_lists(sdir)
     tasks, skipped, total, n_ann = _plan(ann_dir, img_dir, splits, seed, slack, test_fraction)
@@ -382,10 +400,6 @@ def convert_mtsd(annotations_dir: str | os.PathLike, images_dir: str | os.PathLi
             "paper": "Appendix A.1, eq. 19 (lambda = slack)",
         }
         atomic_write_json(staging / SUMMARY_FILE, summary)
-        if out.exists():  # overwrite: move the old tree aside, then remove it
-            trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.replace(out, trash / "old")
-            shutil.rmtree(trash, ignore_errors=True)
         os.replace(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -393,10 +407,9 @@ def convert_mtsd(annotations_dir: str | os.PathLike, images_dir: str | os.PathLi
     return summary
 
 
-def check_output_dir(out: Path, sources: list[Path], overwrite: bool) -> None:
-    """Refuse an output directory that is, contains or lies inside a source directory, an
-    existing one without ``overwrite``, and (with it) one that is not a whole earlier output
-    of this converter: ``--overwrite`` replaces only the files we wrote."""
+def check_output_dir(out: Path, sources: list[Path]) -> None:
+    """Refuse an output directory that is, contains or lies inside a source directory, or
+    whose path runs through a file."""
     out_r = out.resolve()
     for src in sources:
         s = src.resolve()
@@ -405,39 +418,10 @@ def check_output_dir(out: Path, sources: list[Path], overwrite: bool) -> None:
     for parent in [out, *out.parents]:
         if parent.exists() and not parent.is_dir():
             raise DataError(f"--out {out}: {parent} is a file, not a directory")
-    if not out.exists():
-        return
-    if not overwrite:
-        raise DataError(f"output directory {out} exists; pass overwrite=True (--overwrite) to replace it")
-    foreign = sorted(set(_files_under(out)) - set(_our_files(out)))
-    if foreign:
-        raise DataError(f"--overwrite refused: {out} holds files that `abstain data mtsd` did not write "
-                        f"({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}); choose another --out")
-
-
-def _files_under(root: Path) -> list[str]:
-    return [str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() or p.is_symlink()]
-
-
-def _our_files(out: Path) -> list[str]:
-    """The files an earlier conversion wrote into ``out`` (by its summary and manifest)."""
-    try:
-        summary = json.loads((out / SUMMARY_FILE).read_text())
-        from ..records import read_records
-
-        files = [str(f) for f in read_records(out / MANIFEST_FILE).get("file", [])] \
-            if (out / MANIFEST_FILE).is_file() else []
-    except (OSError, ValueError, RecursionError, DataError):
-        return []
-    if not isinstance(summary, dict) or summary.get("dataset") != "mtsd":
-        return []
-    return [SUMMARY_FILE, MANIFEST_FILE, "train.safetensors", "test.safetensors", *files]
 
 
 def _run_tasks(tasks: list[_Task], staging: str, size: int, workers: int,
                progress: bool) -> list[tuple[list[dict[str, Any]], list[np.ndarray], bool]]:
-    from ..utils import progress as bar
-
     if workers <= 1:
         return [_crop_image(t, staging, size) for t in bar(tasks, desc="mtsd crops", disable=None if progress else True)]
     with ProcessPoolExecutor(max_workers=workers) as pool:
@@ -446,8 +430,6 @@ def _run_tasks(tasks: list[_Task], staging: str, size: int, workers: int,
 
 
 def _write_manifest(path: Path, rows: list[dict[str, Any]]) -> None:
-    from ..records import write_records
-
     cols = ["file", "split", "label", "class_index", "image_key", "object_key", "source_image",
             "image_width", "image_height", "box_xmin", "box_ymin", "box_xmax", "box_ymax",
             "alpha_x", "alpha_y", "crop_xmin", "crop_ymin", "crop_xmax", "crop_ymax"]
@@ -477,9 +459,6 @@ def mtsd(split: str = "train", root: str | os.PathLike = ".", seed: int = 0, siz
 
     Reads ``<split>.safetensors`` when it matches ``size``, else the PNG tree (resized).
     ``seed`` is unused: the split was fixed at conversion."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     root = Path(root)
     summary = read_summary(root)
     classes = list(summary["classes"])

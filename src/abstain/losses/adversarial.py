@@ -34,7 +34,9 @@ from typing import Any, Mapping
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
+from .. import attacks  # attacks.pgd is looked up at call time (tests spy on it)
 from ..errors import ConfigError
 from ..utils import eval_mode
 from ..validate import check_eps, check_norm
@@ -80,8 +82,6 @@ def attack_view(model: nn.Module) -> nn.Module:
     gradients and outside autocast, and every such change of state is a recompile (past
     dynamo's cache limit it falls back to eager without a word). The compiled module then
     only sees the training forward passes, one graph."""
-    from torch.nn.parallel import DistributedDataParallel
-
     while True:
         if isinstance(model, DistributedDataParallel):
             model = model.module
@@ -97,13 +97,11 @@ def _attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, s: Mapping[str, 
     the last iterate (as PGD in Madry et al. and the TRADES reference). Trusted path
     (``check=False``): x is the trainer's batch, y its labels or the model's prediction, and
     x_init a projection into the box, so the core reads no value on the host."""
-    from ..attacks import pgd
-
     with torch.autocast(device_type=x.device.type, enabled=False):
-        x_adv = pgd(attack_view(model), x.float(), y, eps=s["eps"], norm=s["norm"], steps=s["steps"],
-                    step_size=s["step_size"], loss=loss, random_start=random_start,
-                    generator=s["seed_generator"], x_init=x_init, early_stop=False,
-                    keep_best=False, check=False)
+        x_adv = attacks.pgd(attack_view(model), x.float(), y, eps=s["eps"], norm=s["norm"], steps=s["steps"],
+                            step_size=s["step_size"], loss=loss, random_start=random_start,
+                            generator=s["seed_generator"], x_init=x_init, early_stop=False,
+                            keep_best=False, check=False)
     return x_adv.detach()
 
 

@@ -13,9 +13,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from . import claims
 from .. import __version__
 from ..errors import DataError
 from ..io import atomic_write_text, read_json
+from ..pipeline import is_done
+from ..safefiles import check_regular
+from .. import stages  # stages.STAGES is read at call time (tests register fake stages)
+from ..stages import get as get_stage
 from ..utils import fmt_seconds
 from .render import Section, render_html, render_markdown
 
@@ -28,9 +33,7 @@ STATUS_TEXT = {
 
 
 def _stage_order(out: Path, manifest: dict[str, Any]) -> list[str]:
-    from ..stages import STAGES
-
-    known = [st.name for st in STAGES]
+    known = [st.name for st in stages.STAGES]
     seen = set(manifest.get("stages", {}) or {})
     seen |= {p.name for p in out.iterdir() if p.is_dir() and ((p / ".done").exists()
                                                               or (p / "results.json").exists())}
@@ -68,8 +71,6 @@ def unreadable(out: Path, sdir: Path) -> str | None:
     :data:`MAX_STAGE_FILE` bytes inside the run directory once links are resolved. A FIFO
     blocked the report forever, a sparse 3 GB ``results.json`` was read whole, and a records
     file linked to a file elsewhere would put that file's first line into the report."""
-    from ..safefiles import check_regular
-
     rdir = sdir / "records"
     files = [sdir / ".done", sdir / "results.json"]
     if rdir.is_dir() and not rdir.is_symlink():
@@ -95,9 +96,6 @@ def unreadable(out: Path, sdir: Path) -> str | None:
 
 def _stage_section(out: Path, name: str, entry: dict) -> tuple[Section, str]:
     """The section of stage ``name`` (its report blocks, or why there are none) and its status."""
-    from ..pipeline import is_done
-    from ..stages import get as get_stage
-
     sdir = out / name
     stage = get_stage(name)
     sec = Section(name=name, title=stage.title if stage else name, base=sdir, link=name, root=out)
@@ -184,8 +182,6 @@ def _intro(out: Path, demo: bool, missing: list[str]) -> list[str]:
 
 def collect(out_dir: str | os.PathLike) -> tuple[str, list[str], list[Section], list[Section]]:
     """Gather the report's title, intro paragraphs, stage sections and appendix sections."""
-    from . import claims
-
     out = Path(out_dir)
     if not out.is_dir():
         raise DataError(f"no such run directory {out}")

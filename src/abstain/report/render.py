@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
+
 MIME = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".gif": "image/gif",
         ".svg": "image/svg+xml", ".webp": "image/webp"}
 PAPER_SUFFIX = " (paper)"
@@ -64,8 +66,6 @@ def fmt_cell(v: Any) -> str:
         if math.isinf(v):
             return "inf" if v > 0 else "-inf"
         return f"{v:.4g}"
-    import numpy as np
-
     if isinstance(v, np.generic):      # numpy scalars
         return fmt_cell(v.item())
     return str(v)
@@ -208,7 +208,7 @@ def safe_link(url: str) -> bool:
 def _renderer():
     """CommonMark (markdown-it-py, a maintained renderer) with raw HTML off (``<script>`` is
     shown as text) and the link allow-list of :func:`safe_link`; tables for our own texts."""
-    from markdown_it import MarkdownIt
+    from markdown_it import MarkdownIt  # noqa: PLC0415  heavy: markdown-it, HTML report only
 
     md = MarkdownIt("commonmark", {"html": False, "linkify": False, "typographer": False}).enable("table")
     md.validateLink = safe_link

@@ -31,7 +31,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..attacks import is_robust, resolve_attack
 from ..errors import InputError
+from ..metrics import abstain_metrics
 from ..records import ROBUST, as_records, column
 from ..seeds import generator
 from ..utils import eval_mode, to_numpy
@@ -78,8 +80,6 @@ class Selector(ABC):
 
     def __init__(self, model: nn.Module, *, eps: float, norm: str = "linf", steps: int = 40,
                  seed: int = 0, attack: str | None = None) -> None:
-        from ..attacks import resolve_attack
-
         self.model = model
         self.eps = check_eps(eps)
         self.norm = check_norm(norm)
@@ -98,8 +98,6 @@ class Selector(ABC):
     def _robust(self, x: torch.Tensor, radius: float, ids: torch.Tensor | None) -> torch.Tensor:
         """F robust in B_radius(x) (:func:`abstain.attacks.is_robust` with the selector's
         attack and steps), each random start drawn from the seed and the sample's id."""
-        from ..attacks import is_robust
-
         if radius == 0.0:
             return torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
         with torch.enable_grad():
@@ -144,8 +142,6 @@ class Selector(ABC):
                 decisions: Decisions | None = None) -> dict[str, float]:
         """:func:`abstain.metrics.abstain_metrics` of (F, S) from the records: coverage,
         R_rob^sel (eq. 14) and R_rob^acc of the robustly selected samples."""
-        from ..metrics import abstain_metrics
-
         require(records, "pred")
         d = decisions if decisions is not None else cls.decisions(records, eps, tau)
         return abstain_metrics(y, records["pred"], d.selected, d.robust_selected,

@@ -33,7 +33,7 @@ class CertifiedRobustnessIndicator(Selector):
         if norm != "l2":
             raise InputError(f"S_CRI certifies l2 balls (randomized smoothing); got norm {norm!r}")
         super().__init__(model, eps=eps, norm=norm, steps=0, seed=seed)
-        from ..smoothing import Smooth
+        from ..smoothing import Smooth  # noqa: PLC0415  heavy: scipy, S_CRI only
 
         self.smooth = Smooth(model, num_classes, sigma)
         self.n0, self.n, self.alpha, self.batch_size = int(n0), int(n), float(alpha), int(batch_size)

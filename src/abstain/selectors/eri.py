@@ -12,6 +12,7 @@ from typing import Any, Mapping
 
 import torch
 
+from ..attacks import resolve_attack
 from ..records import ROBUST, as_records, column
 from .base import Decisions, Selector, predict, require
 
@@ -25,8 +26,6 @@ class RobustnessIndicator(Selector):
 
     def __init__(self, model: torch.nn.Module, *, eps: float, norm: str = "linf", steps: int = 40,
                  seed: int = 0, attack: str | None = None) -> None:
-        from ..attacks import resolve_attack
-
         super().__init__(model, eps=eps, norm=norm, steps=steps, seed=seed,
                          attack=resolve_attack(attack))
 

@@ -14,7 +14,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..attacks import is_robust
 from ..errors import InputError
+from ..metrics import abstain_metrics, partition
 from ..seeds import derive, generator
 from ..records import column
 from .base import Decisions, Selector, ThresholdSelector, predict
@@ -108,8 +110,6 @@ def core_records(model: nn.Module, x: torch.Tensor, y: torch.Tensor, index: Any,
                  batch_size: int | None = None, attack: str | None = None) -> dict[str, Any]:
     """``index``, ``label``, ``pred`` and ``robust@ε`` (:func:`abstain.attacks.is_robust`,
     random starts from ``seed`` and the dataset ``index``, as in :func:`abstain.evaluate`)."""
-    from ..attacks import is_robust
-
     def one(xb: torch.Tensor, ids: torch.Tensor) -> dict[str, torch.Tensor]:
         with torch.enable_grad():
             rob = is_robust(model, xb, eps=eps, norm=norm, steps=steps, attack=attack,
@@ -142,8 +142,6 @@ def robust_pred(kind: str, records: Mapping[str, Any], eps: float,
 def summarize(kind: str, records: Mapping[str, Any], eps: float, tau: float | None = None,
               attacks: Sequence[str] | None = None, ball: bool = True) -> dict[str, float]:
     """Abstain metrics (:func:`abstain.metrics.abstain_metrics`) plus the partition of F."""
-    from ..metrics import abstain_metrics, partition
-
     d = decisions(kind, records, eps, tau, attacks, ball)
     rp = robust_pred(kind, records, eps, attacks)
     out = abstain_metrics(records["label"], records["pred"], d.selected, d.robust_selected, rp)
@@ -170,7 +168,7 @@ def tau_curve(kind: str, records: Mapping[str, Any], eps: float, attacks: Sequen
 
 def candidate(name: str, kind: str, records: Mapping[str, Any], eps: float, tau: float | None = None):
     """A :class:`abstain.composition.Candidate` (composition stage) from abstain records."""
-    from ..composition import Candidate
+    from ..composition import Candidate  # noqa: PLC0415  cycle: composition imports selectors
 
     return Candidate(name, np.asarray(records["pred"], dtype=np.int64), robust_pred(kind, records, eps),
                      decisions(kind, records, eps, tau), {"kind": kind, "tau": tau})

@@ -12,12 +12,15 @@ Inputs are fractions in [0, 1]; axes show percentages as in the paper.
 """
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import matplotlib
 import numpy as np
+
+from ..io import atomic_write_bytes
 
 SEL_LABEL = r"$\mathcal{R}^{sel}_{rob}$ (robust selection) [%]"
 ACC_LABEL = r"$\mathcal{R}^{acc}_{rob}$ (robust accuracy of selected) [%]"
@@ -31,7 +34,7 @@ _MARKERS = ("o", "^", "s", "D", "v", "P", "X", "*", "<", ">")
 def _figure():
     """A figure and its axes, built without pyplot, so a user's backend (a notebook's) is
     never switched and no global figure state is kept."""
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # noqa: PLC0415  heavy: matplotlib, figures only
 
     fig = Figure(figsize=(5.6, 4.2), dpi=120)
     return fig, fig.subplots()
@@ -49,9 +52,6 @@ def _finish(fig, ax, path: str | os.PathLike, xlabel: str, ylabel: str, title: s
 
 
 def _save(fig, path: str | os.PathLike) -> Path:
-    from ..io import atomic_write_bytes
-    import io
-
     buf = io.BytesIO()
     fig.tight_layout()
     fig.savefig(buf, format="png")

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..attacks import is_robust
 from ..errors import InputError
 from ..seeds import generator
 from ..ibp import ibp_bounds
@@ -48,8 +49,6 @@ def selection_targets(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps
                       batch_size: int = 1024, attack: str | None = None) -> torch.Tensor:
     """t(x) = 1{F(x) = y ∧ F robust in B_ε(x)}: where F is robust and accurate
     (APGD in chunks of ``batch_size``; random starts seeded per sample index)."""
-    from ..attacks import is_robust
-
     pred = predict(model, x)
     rob = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
     for i in range(0, x.shape[0], batch_size):

@@ -40,6 +40,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..attacks import apgd
 from ..errors import InputError
 from ..utils import eval_mode
 from ..records import column
@@ -90,8 +91,6 @@ class SoftmaxResponse(ThresholdSelector):
                       attack: str, ids: torch.Tensor | None = None) -> torch.Tensor:
         """The point in B_radius(x) ∩ [0, 1] found by ``attack`` (see module doc); random
         starts from the stream ``sr-<attack>`` and the samples' ``ids``."""
-        from ..attacks import apgd
-
         loss = neg_max_softmax if attack == "apgd" else "conf"
         with torch.enable_grad():
             return apgd(self.model, x, pred, eps=radius, norm=self.norm, steps=self.steps, loss=loss,

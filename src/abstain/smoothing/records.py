@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..model_checks import FiniteGuard, first_nonfinite, refuse_nonfinite
 from ..records import CERTIFIED, Records, column
 from ..errors import InputError
 from ..validate import check_eps
@@ -91,8 +92,6 @@ def certify_chunk(plan: ChunkPlan, k: int, x: torch.Tensor, y: torch.Tensor,
         clean = plan.smooth.base_classifier(xb)
     if not bool(torch.isfinite(clean).all()):
         raise InputError(f"the model returns NaN or infinite logits on inputs {int(index[0])}..{int(index[-1])}")
-    from ..model_checks import FiniteGuard
-
     gen = chunk_generator(plan.seed, k, plan.device)
     t0 = time.perf_counter()
     base = plan.smooth.base_classifier
@@ -131,8 +130,6 @@ def _refuse_nonfinite_noise(model: nn.Module, x: torch.Tensor, index: torch.Tens
                             seed: int) -> None:
     """The one-line error of a non-finite logit at a noise point, naming the first input whose
     noisy copies (8 fresh draws each, seeded) show it, else the chunk's range of inputs."""
-    from ..model_checks import first_nonfinite, refuse_nonfinite
-
     g = torch.Generator(device=x.device).manual_seed(seed)
     copies = 8
     xs = x.repeat_interleave(copies, dim=0)
@@ -217,8 +214,6 @@ def sequential_comparison(fixed: Mapping[str, Any], seq: Mapping[str, Any], eps:
     same inputs) and ``decision_agreement`` (fraction of (input, ε) decisions that agree) of two
     record sets over the same indices."""
     if not np.array_equal(np.asarray(fixed["index"]), np.asarray(seq["index"])):
-        from ..errors import InputError
-
         raise InputError("fixed-N and sequential records cover different inputs")
     agree = [np.asarray(fixed[column(CERTIFIED, e)], bool) == np.asarray(seq[column(CERTIFIED, e)], bool) for e in eps]
     agree_all = np.stack(agree, 1)

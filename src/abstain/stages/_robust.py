@@ -11,7 +11,12 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import torch
 
-from .. import records
+from .. import data as data_mod
+from .. import evaluation, records  # evaluation.evaluate is looked up at call time (tests spy on it)
+from ..config import load_named, validate
+from ..data import train_val_split
+from ..records import read_records
+from ..train import train_from_config
 
 _RECORD = re.compile(r"^(?P<variant>.+)-s(?P<seed>\d+)$")
 
@@ -50,8 +55,6 @@ def eri_metrics(cols: Mapping[str, Any], eps: float) -> dict[str, float]:
 def read_stage_records(stage_dir: Path, prefix: str = "") -> dict[str, dict[int, dict[str, np.ndarray]]]:
     """``records/<prefix><variant>-s<seed>.csv`` -> {variant: {seed: columns}}; without a
     prefix, files whose name holds ``--`` (prefixed record sets) are skipped."""
-    from ..records import read_records
-
     out: dict[str, dict[int, dict[str, np.ndarray]]] = {}
     for f in sorted((Path(stage_dir) / "records").glob(f"{prefix}*.csv")):
         stem = f.stem[len(prefix):]
@@ -109,16 +112,14 @@ def evaluate_records(ctx: Any, model: Any, data: Any, *, eps: list[float], confi
     APGD-CE by default) and write ``records/<prefix><name>-s<seed>.csv``; with
     ``config["compare_attack"]`` also with that attack into ``records/strong--<prefix>…``.
     Returns the columns of the first."""
-    from ..evaluation import evaluate
-
     out = None
     runs = [(config.get("attack", PAPER_ATTACK), "")]
     if config.get("compare_attack"):
         runs.append((config["compare_attack"], STRONG_PREFIX))
     for attack, tag in runs:
-        res = evaluate(model, data, eps=eps, norm=config["norm"], steps=config["eval_steps"],
-                       double_eps=double_eps, device=ctx.device, seed=seed, show_progress=False,
-                       attack=attack)
+        res = evaluation.evaluate(model, data, eps=eps, norm=config["norm"], steps=config["eval_steps"],
+                                  double_eps=double_eps, device=ctx.device, seed=seed, show_progress=False,
+                                  attack=attack)
         cols = {k: v for k, v in res.items() if k != "partition"}
         ctx.write_records(f"{tag}{prefix}{name}-s{seed}", cols)
         out = cols if out is None else out
@@ -129,8 +130,6 @@ def experiments(specs: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, A
     """Variant -> validated config, from ``{variant: {"config": NAME, "set": {"section.key": v}}}``:
     each experiment of a stage is a TOML file of ``configs/`` (:func:`abstain.config.load_named`),
     optionally with a few keys overridden (a sweep's ε, β or γ)."""
-    from ..config import load_named
-
     # plain tables: a stage's config is JSON data (hashed for caching, written to results.json);
     # train_experiment and with_overrides validate them again
     return {v: load_named(spec["config"], spec.get("set")).to_dict() for v, spec in specs.items()}
@@ -139,17 +138,12 @@ def experiments(specs: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, A
 def with_overrides(cfg: Mapping[str, Any], overrides: Mapping[str, Any]) -> Any:
     """A validated config (:class:`abstain.config.Config`) with ``{"section.key": value}``
     replaced and validated again (:meth:`abstain.config.Config.with_overrides`)."""
-    from ..config import validate
-
     return validate(cfg).with_overrides(overrides)
 
 
 def splits(cfg: Mapping[str, Any], seed: int) -> tuple[Any, Any, Any]:
     """(train, validation or None, test) of the config's dataset: the validation split is
     carved from the training split (``val_fraction``, seeded), never from the test set."""
-    from .. import data as data_mod
-    from ..data import train_val_split
-
     d = cfg["data"]
     full = data_mod.load(d["name"], "train", root=d["root"], seed=seed)
     tr, va = train_val_split(len(full), d["val_fraction"], seed=seed)
@@ -164,8 +158,6 @@ def train_experiment(ctx: Any, name: str, seed: int, cfg: Mapping[str, Any], ini
     (data draw, validation split, initial weights, data order); ``init_from``: a model whose
     weights replace the initial ones (a stage's pre-trained model; ``[model] init`` is then
     not read)."""
-    from ..train import train_from_config
-
     overrides: dict[str, Any] = {"train.seed": int(seed)}
     if init_from is not None:
         # the stage's own pre-trained model ([experiment] init_from) replaces [model] init, which

@@ -28,6 +28,15 @@ from typing import Any
 import numpy as np
 
 from . import _robust as R
+from . import finetune
+from .. import data as data_mod
+from ..errors import DataError
+from ..metrics import mean_std
+from ..records import radii as record_radii
+from ..records import read_records
+from ..selectors.evaluate import abstain_records, build_selector, summarize, tau_curve
+from ..selectors.sr import SoftmaxResponse
+from ..sources import from_run, is_run_dir
 from .base import Stage
 from .study import Study
 
@@ -57,8 +66,6 @@ def config(scale: str, demo: bool, study: Study) -> dict:
 def upstream(scale: str, demo: bool, study: Study) -> dict[str, Any]:
     """ε, norm and seeds of the models of ``<study>-finetune``, from its configuration (the
     settings a stage passes on, never read back from its results)."""
-    from . import finetune
-
     ft = finetune.config(scale, demo, study)
     return {"eps": float(ft["eps"]), "norm": ft["norm"], "seeds": list(ft["seeds"]),
             "stage": study.name("finetune"), "core_stage": study.name("partition")}
@@ -70,8 +77,6 @@ def model_dir(root: Path, stage: str, variant: str, seed: int) -> Path:
 
 def load_model(root: Path, stage: str, variant: str, seed: int, device: Any):
     """The checkpoint ``<root>/<stage>/work/<variant>-s<seed>`` or None when absent."""
-    from ..sources import from_run, is_run_dir
-
     d = model_dir(root, stage, variant, seed)
     if not is_run_dir(d):
         return None
@@ -84,8 +89,6 @@ def load_model(root: Path, stage: str, variant: str, seed: int, device: Any):
 def load_pretrained(root: Path, stage: str, seed: int) -> Any:
     """The pre-trained model ``<root>/<stage>/work/pretrain-s<seed>`` on the CPU, trainable
     (a fine-tune starts from it); a :class:`DataError` naming the stage to run when absent."""
-    from ..errors import DataError
-
     base = load_model(root, stage, "pretrain", seed, "cpu")
     if base is None:
         raise DataError(f"no pre-trained model {stage}/work/pretrain-s{seed}: run {stage} first")
@@ -95,8 +98,6 @@ def load_pretrained(root: Path, stage: str, seed: int) -> Any:
 
 
 def test_subset(cfg: dict, device: Any):
-    from .. import data as data_mod
-
     test = data_mod.load(cfg["dataset"], "test")
     n = len(test) if cfg["samples"] is None else int(cfg["samples"])
     idx = data_mod.balanced_subset(test.y, n, test.num_classes, seed=0)
@@ -104,10 +105,6 @@ def test_subset(cfg: dict, device: Any):
 
 
 def run(ctx: Any, cfg: dict) -> dict:
-    from .. import data as data_mod
-    from ..errors import DataError
-    from ..selectors.evaluate import abstain_records, build_selector
-
     t0 = time.perf_counter()
     up = cfg["upstream"]
     eps, norm = up["eps"], up["norm"]
@@ -147,8 +144,6 @@ def run(ctx: Any, cfg: dict) -> dict:
 # ----------------------------------------------------------------------------- from records
 def read_all(stage_dir: Path) -> dict[tuple[str, str], dict[int, dict[str, np.ndarray]]]:
     """(model, selector) -> seed -> records."""
-    from ..records import read_records
-
     out: dict[tuple[str, str], dict[int, dict[str, np.ndarray]]] = {}
     for path in sorted((Path(stage_dir) / "records").glob("abstain-*.csv")):
         m = _REC.match(path.name)
@@ -159,12 +154,8 @@ def read_all(stage_dir: Path) -> dict[tuple[str, str], dict[int, dict[str, np.nd
 
 def eps_of(records: dict[str, np.ndarray]) -> float:
     """The threat model's ε: the smallest radius of a ``robust@`` column."""
-    from ..records import radii as record_radii
-
     radii = record_radii(records)
     if not radii:
-        from ..errors import DataError
-
         raise DataError("abstain records without a robust@<eps> column")
     return min(radii)
 
@@ -176,9 +167,6 @@ def _pooled(per_seed: dict[int, dict[str, np.ndarray]]) -> dict[str, np.ndarray]
 
 def summarize_dir(stage_dir: Path, cfg: dict | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
     """Variant metrics (mean over seeds) and τ-sweep curves (pooled over seeds), from records."""
-    from ..metrics import mean_std
-    from ..selectors.evaluate import summarize, tau_curve
-
     cfg = cfg or {}
     taus = {"sr": cfg.get("sr_tau", 0.9), "sn": cfg.get("sn_tau", 0.5)}
     points = int(cfg.get("tau_points", 101))
@@ -248,7 +236,7 @@ def _xy(curve: list[dict[str, float]]) -> list[tuple[float, float]]:
 def figures(stage_dir: Path, results: dict[str, Any], curves: dict[str, Any], eps: float,
             label: str) -> list[Path]:
     """Fig. 3 and Fig. 6 PNGs under ``stage_dir``."""
-    from ..selectors.plots import abstain_pareto, sr_ablation
+    from ..selectors.plots import abstain_pareto, sr_ablation  # noqa: PLC0415  heavy: matplotlib, figures only
 
     names = {"eri": "RI", "sr": "SR", "sn": "SN"}
     points = {}
@@ -281,9 +269,6 @@ def _fmt(v: float) -> float:
 
 def report(stage_dir: Path, study: Study) -> list[dict]:
     """Tables recomputed from ``records/abstain-*.csv`` (never from results.json)."""
-    from ..metrics import mean_std
-    from ..selectors.sr import SoftmaxResponse
-
     stage_dir = Path(stage_dir)
     data = read_all(stage_dir)
     if not data:

@@ -26,6 +26,8 @@ from typing import Any, Callable, Mapping
 
 import torch
 
+from ..records import write_records
+
 Block = dict
 ConfigFn = Callable[[str, bool], dict]
 RunFn = Callable[["StageContext", dict], dict]
@@ -85,8 +87,6 @@ class StageContext:
         return self.root / name
 
     def write_records(self, name: str, columns: Mapping[str, Any]) -> Path:
-        from ..records import write_records
-
         return write_records(self.records_dir / f"{name}.csv", columns)
 
 

@@ -32,8 +32,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
+from .. import data as data_mod
 from .. import records
+from .abstain_models import config as abstain_config
+from .abstain_models import load_model, model_dir, read_all
+from ..composition import Composition, composition_columns, crossfit_cascade
+from ..errors import DataError
+from ..metrics import mean_std
+from ..records import read_records
+from ..selectors import RobustnessIndicator
+from ..selectors.evaluate import candidate, core_records
 from .base import Stage
 from .study import Study
 
@@ -55,8 +65,6 @@ def config(scale: str, demo: bool, study: Study) -> dict:
     }
     if demo:
         cfg.update({"steps": 20})
-    from .abstain_models import config as abstain_config
-
     up = abstain_config(scale, demo, study)
     cfg["dataset"] = up["dataset"]
     cfg.update({"upstream": up["upstream"], "abstain_steps": up["steps"], "attack": up["attack"]})
@@ -64,16 +72,6 @@ def config(scale: str, demo: bool, study: Study) -> dict:
 
 
 def run(ctx: Any, cfg: dict) -> dict:
-    import torch
-
-    from .. import data as data_mod
-    from ..composition import Composition, composition_columns, crossfit_cascade
-    from ..errors import DataError
-    from ..metrics import mean_std
-    from ..selectors import RobustnessIndicator
-    from ..selectors.evaluate import candidate, core_records
-    from .abstain_models import load_model, read_all
-
     t0 = time.perf_counter()
     up = cfg["upstream"]
     eps, norm = up["eps"], up["norm"]
@@ -159,9 +157,6 @@ def load_core(root: Path, stage: str, variant: str, seed: int, device: Any):
     """The core model ``<stage>/work/<variant>-s<seed>`` (``<study>-partition``), which may
     train fewer seeds than ``<study>-finetune``: then every composition uses the core of its
     smallest seed (the core is a fixed, given accurate model). Returns (model, its seed)."""
-    from ..errors import DataError
-    from .abstain_models import load_model, model_dir
-
     model = load_model(root, stage, variant, seed, device)
     if model is not None:
         return model, seed
@@ -188,7 +183,7 @@ def metrics_of(cols: dict[str, Any], variant: str) -> dict[str, float]:
 
 
 def figure(stage_dir: Path, results: dict[str, Any], eps: float, label: str) -> Path:
-    from ..selectors.plots import composition_plot
+    from ..selectors.plots import composition_plot  # noqa: PLC0415  heavy: matplotlib, figures only
 
     pts = {LABELS.get(v, v): (m["nat_acc"], m["rob_acc"]) for v, m in results.items()
            if v not in ("core", "meta") and isinstance(m, dict) and "nat_acc" in m}
@@ -199,9 +194,6 @@ def figure(stage_dir: Path, results: dict[str, Any], eps: float, label: str) -> 
 
 def report(stage_dir: Path, study: Study) -> list[dict]:
     """Table recomputed from ``records/compose-s<seed>.csv``."""
-    from ..metrics import mean_std
-    from ..records import read_records
-
     stage_dir = Path(stage_dir)
     per_seed = {}
     for path in sorted((stage_dir / "records").glob("compose-s*.csv")):

@@ -29,8 +29,13 @@ from typing import Any
 
 import numpy as np
 
+from .. import data as data_mod
 from .. import records
 from . import _robust as R
+from ..errors import DataError
+from ..io import read_json
+from ..metrics import mean_std
+from ..records import read_records
 from .base import Stage
 
 NAME = "digits-certify"
@@ -69,9 +74,8 @@ def _variants(cfg: dict) -> list[tuple[str, str, float]]:
 
 
 def run(ctx: Any, cfg: dict) -> dict:
-    from .. import data as data_mod
-    from ..metrics import mean_std
-    from ..smoothing.records import certify_metrics, certify_records, sequential_comparison, decision_radii
+    from ..smoothing.records import (  # noqa: PLC0415  heavy: scipy, this stage only
+        certify_metrics, certify_records, decision_radii, sequential_comparison)
 
     t_start = time.perf_counter()
     exps = cfg["experiments"]
@@ -158,8 +162,6 @@ def _flat(metrics: dict[str, Any], eps: list[float]) -> dict[str, float]:
 def _asked_eps(stage_dir: Path, cols: dict[str, np.ndarray]) -> list[float]:
     """The asked radii: the configuration in results.json["meta"]["eps"] (settings, not numbers);
     without it, the record radii whose double is also recorded."""
-    from ..io import read_json
-
     try:
         return [float(e) for e in read_json(stage_dir / "results.json")["meta"]["eps"]]
     except (OSError, KeyError, TypeError, ValueError):
@@ -173,9 +175,8 @@ def _pct(v: float) -> float:
 
 def report(stage_dir: Path) -> list[dict]:
     """Tables recomputed from ``records/`` (never from results.json)."""
-    from ..errors import DataError
-    from ..records import read_records
-    from ..smoothing.records import certify_metrics, sequential_comparison
+    from ..smoothing.records import (  # noqa: PLC0415  heavy: scipy, this stage only
+        certify_metrics, sequential_comparison)
 
     rec_dir = Path(stage_dir) / "records"
     groups: dict[str, list[dict[str, np.ndarray]]] = {}

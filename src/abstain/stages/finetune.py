@@ -28,6 +28,7 @@ fine-tunes over γ (TRADES' β) and ERA fine-tunes over β (seed 0), plus the se
 """
 from __future__ import annotations
 
+import io
 import time
 from functools import partial
 from pathlib import Path
@@ -36,6 +37,8 @@ from typing import Any
 import numpy as np
 
 from . import _robust as R
+from ..io import atomic_write_bytes
+from ..metrics import mean_std, paired_difference
 from .base import Stage
 from .study import Study
 
@@ -56,7 +59,7 @@ def config(scale: str, demo: bool, study: Study) -> dict:
             raise ValueError(f"fine-tune {name} must start from {study.pretrain} "
                              f"([experiment] init_from), not {c['experiment']['init_from']!r}")
     if study.pretrain_stage:
-        from . import get as get_stage
+        from . import get as get_stage  # noqa: PLC0415  cycle: stages/__init__ imports this module for its table
 
         theirs = get_stage(study.pretrain_stage).config(scale, demo)["pretrain"]
         if theirs != pretrain:
@@ -72,8 +75,6 @@ def config(scale: str, demo: bool, study: Study) -> dict:
 def paired_vs_trades(per: dict[str, list[dict[str, float]]], seeds: list[int]) -> dict[str, Any]:
     """``<variant>_minus_trades_<metric>``: the paired difference to ``trades`` over ``seeds``
     (:func:`abstain.metrics.paired_difference`) for robust inaccuracy and robust accuracy."""
-    from ..metrics import paired_difference
-
     out: dict[str, Any] = {}
     base = per.get("trades", [])
     for variant, vals in per.items():
@@ -86,8 +87,6 @@ def paired_vs_trades(per: dict[str, list[dict[str, float]]], seeds: list[int]) -
 
 
 def _run(ctx: Any, config: dict) -> dict:
-    from ..metrics import mean_std
-
     t0 = time.perf_counter()
     eps, norm = config["eps"], config["norm"]
     per: dict[str, list[dict[str, float]]] = {}
@@ -106,7 +105,7 @@ def _run(ctx: Any, config: dict) -> dict:
         pseed = config["seeds"][0] if config.get("shared_pretrain") else seed
         if pseed not in pretrained:
             if config.get("pretrain_stage"):
-                from .abstain_models import load_pretrained
+                from .abstain_models import load_pretrained  # noqa: PLC0415  cycle: abstain_models imports this module
 
                 pretrained[pseed] = load_pretrained(ctx.root, config["pretrain_stage"], pseed)
             else:
@@ -144,11 +143,7 @@ def _points(stage_dir: Path) -> dict[str, tuple[str, float, float, float, float,
 
 
 def _fig2(out: Path, label: str) -> str | None:
-    import io
-
-    from matplotlib.figure import Figure   # no pyplot: a user's backend is never switched
-
-    from ..io import atomic_write_bytes
+    from matplotlib.figure import Figure   # noqa: PLC0415  heavy: matplotlib; no pyplot (backend untouched)
 
     pts = _points(out)
     if not pts:
@@ -216,8 +211,6 @@ def report(stage_dir: Path, study: Study) -> list[dict]:
 def _paired_table(recs: dict, study: Study) -> dict | None:
     """Each variant − trades, seed by seed, recomputed from the records (robust inaccuracy and
     robust accuracy, points; mean and 95% t-interval)."""
-    from ..metrics import paired_difference
-
     if "trades" not in recs:
         return None
     eps = R.eps_of_columns(next(iter(recs["trades"].values())))[0]

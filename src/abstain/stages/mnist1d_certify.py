@@ -35,6 +35,11 @@ from typing import Any
 import numpy as np
 
 from . import _robust as R
+from .. import data as data_mod
+from .. import stats
+from .abstain_models import load_pretrained
+from ..metrics import mean_std
+from ..records import CERTIFIED, flag, radii, read_records
 from .base import Stage
 
 PRETRAIN_STAGE = "mnist1d-pretrain"
@@ -81,10 +86,7 @@ def _file(variant: str) -> str:
 
 
 def _run(ctx: Any, cfg: dict) -> dict:
-    from .. import data as data_mod
-    from ..smoothing.records import certify_records
-    from .abstain_models import load_pretrained
-
+    from ..smoothing.records import certify_records  # noqa: PLC0415  heavy: scipy, this stage only
     t0 = time.perf_counter()
     _, _, test = R.splits(cfg["experiments"]["noise"], 0)
     idx = data_mod.balanced_subset(test.y, cfg["samples"], test.num_classes, seed=0)
@@ -104,8 +106,6 @@ def _run(ctx: Any, cfg: dict) -> dict:
 
 
 def _read(stage_dir: Path) -> dict[str, dict[int, dict[str, np.ndarray]]]:
-    from ..records import read_records
-
     out: dict[str, dict[int, dict[str, np.ndarray]]] = {}
     for f in sorted((Path(stage_dir) / "records").glob("certify-*-s*.csv")):
         stem, _, seed = f.stem[len("certify-"):].rpartition("-s")
@@ -117,10 +117,7 @@ def _read(stage_dir: Path) -> dict[str, dict[int, dict[str, np.ndarray]]]:
 def summarize(stage_dir: Path, sigmas: list[float], eps: list[float], n_boot: int = 2000) -> dict[str, Any]:
     """Per-variant certified metrics (mean over seeds, ``_std``, per ε under ``by_eps``) and
     ``cra_minus_noise_rob_inacc@<σ>``, recomputed from ``records/certify-*.csv``."""
-    from .. import stats
-    from ..metrics import mean_std
-    from ..records import flag
-    from ..smoothing.records import certify_metrics
+    from ..smoothing.records import certify_metrics  # noqa: PLC0415  heavy: scipy, this stage only
 
     recs = _read(stage_dir)
     e0 = min(eps)
@@ -174,8 +171,6 @@ def report(stage_dir: Path) -> list[dict]:
     if not recs:
         return [{"kind": "text", "text": "no mnist1d-certify records found"}]
     sigmas = sorted({float(v.rsplit("@", 1)[1]) for v in recs})
-    from ..records import CERTIFIED, radii
-
     decided = radii(next(iter(next(iter(recs.values())).values())), CERTIFIED)
     eps = [e for e in decided if any(abs(2 * e - f) <= 1e-9 for f in decided)]   # the asked ε: 2ε decided too
     res = summarize(stage_dir, sigmas, eps)

@@ -21,6 +21,7 @@ relative to the data root).
 """
 from __future__ import annotations
 
+import json
 import os
 import tomllib
 from functools import partial
@@ -30,10 +31,14 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from .. import records
+from .. import data as data_mod
+from .. import evaluation, records  # evaluation.evaluate is looked up at call time (tests spy on it)
 from ..authors_records import eps_label
-from ..config import configs_dir
+from ..config import configs_dir, validate
+from ..data import balanced_subset
 from ..errors import DataError
+from ..metrics import mean_std
+from ..train import build_model, train_from_config
 from .base import Stage
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -181,13 +186,6 @@ class PaperStage:
     def run(self, ctx: Any, config: dict) -> dict:
         """Train (or resume) every variant in order, evaluate it with APGD at ε and 2ε (a core
         model at every ε of the stage) and write ``records/<variant>-s<seed>.csv``."""
-        from .. import data as data_mod
-        from ..config import validate
-        from ..data import balanced_subset
-        from ..evaluation import evaluate
-        from ..metrics import mean_std
-        from ..train import build_model, train_from_config
-
         root = Path(ctx.data_root) if ctx.data_root is not None else None
         results: dict[str, Any] = {}
         for variant, v in config["variants"].items():
@@ -219,10 +217,10 @@ class PaperStage:
                     model, _ = train_from_config(cfg, ctx.work / f"{variant}-s{seed}", device=ctx.device)
                 if config["n_test"] and config["n_test"] < len(test):
                     test = test.subset(balanced_subset(test.y, config["n_test"], test.num_classes, seed))
-                res = evaluate(model.to(ctx.device), test, eps=eps, norm=cfg["loss"]["norm"],
-                               steps=config["steps"], double_eps=True, device=ctx.device, seed=seed,
-                               attack=config.get("attack", "apgd-ce"),
-                               show_progress=not ctx.quiet)
+                res = evaluation.evaluate(model.to(ctx.device), test, eps=eps, norm=cfg["loss"]["norm"],
+                                          steps=config["steps"], double_eps=True, device=ctx.device, seed=seed,
+                                          attack=config.get("attack", "apgd-ce"),
+                                          show_progress=not ctx.quiet)
                 cols = {k: val for k, val in res.items() if k != "partition"}
                 ctx.write_records(f"{variant}-s{seed}", cols)
                 per_seed.append({f"{k}@{e:g}" if len(eps) > 1 else k: m
@@ -300,8 +298,6 @@ class PaperStage:
 
     @staticmethod
     def _tomls(stage_dir: Path) -> dict[str, Mapping[str, Any]]:
-        import json
-
         try:
             res = json.loads((stage_dir / "results.json").read_text())
             return {k: v["toml"] for k, v in res["meta"]["config"]["variants"].items()}

@@ -33,8 +33,10 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
+from ..authors_records import infer_labels, read_authors_csv
 from ..errors import DataError
-from ..records import ROBUST, Records, column, flag, radii
+from ..metrics import abstain_metrics, partition
+from ..records import ROBUST, Records, column, flag, radii, read_records
 from .base import Stage
 
 NAME = "paper-records"
@@ -151,9 +153,6 @@ def missing_data(cfg: Mapping[str, Any], data_root: Path | None) -> list[str]:
 
 def run(ctx: Any, cfg: dict) -> dict:
     """Read the authors' records, write them as our records, return the metrics (fractions)."""
-    from ..authors_records import infer_labels, read_authors_csv
-    from ..errors import DataError
-
     root = _models_root(ctx.data_root, cfg)
     lines = missing_data(cfg, ctx.data_root)
     if lines:
@@ -235,8 +234,6 @@ class Rec:
 
 
 def _load_dir(records_dir: Path) -> list[Rec]:
-    from ..records import read_records
-
     return [Rec(f.stem, read_records(f)) for f in sorted(Path(records_dir).glob("*.csv"))]
 
 
@@ -285,8 +282,6 @@ def _compose(r: Rec, core: Rec, k: int) -> dict[str, float]:
 def _smooth(r: Rec) -> dict[str, float]:
     """Partition and (G, S_CRI) at the paper's ℓ2 radius for σ (Tables 2, 3): robust iff the
     smoothed classifier does not abstain and its certified radius is ≥ ε (Section 5)."""
-    from ..metrics import abstain_metrics, partition
-
     eps = SMOOTHING_EPS.get(round(r.sigma, 4), 2 * r.sigma)
     cert = (r.pred != -1) & (np.asarray(r.cols["radius_l2"]) >= eps)
     out = {"eps_l2": eps, **partition(r.label, r.pred, cert)}

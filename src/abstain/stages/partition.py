@@ -31,6 +31,7 @@ from functools import partial
 from typing import Any
 
 from . import _robust as R
+from ..metrics import mean_std
 from .base import Stage
 from .study import Study
 
@@ -66,8 +67,6 @@ def _evaluate(ctx: Any, model: Any, test: Any, eps: list[float], config: dict, n
 
 
 def _run(ctx: Any, config: dict) -> dict:
-    from ..metrics import mean_std
-
     t0 = time.perf_counter()
     norm, sweep, study = config["norm"], list(config["sweep"]), config["study_eps"]
     exps = config["experiments"]

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from . import _robust as R
+from ..metrics import mean_std
 from .base import Stage
 
 NAME = "mnist1d-pretrain"
@@ -37,8 +38,6 @@ def config(scale: str, demo: bool) -> dict:
 
 
 def _run(ctx: Any, cfg: dict) -> dict:
-    from ..metrics import mean_std
-
     t0 = time.perf_counter()
     eps = cfg["eps"]
     per = []

@@ -30,6 +30,9 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from . import _robust as R
+from ..selectors.evaluate import abstain_records, build_selector, decisions, robust_pred
+
 KINDS = ("sr", "sn")
 
 
@@ -54,8 +57,6 @@ def run(ctx: Any, cfg: Mapping[str, Any], model: Any, train: Any, test: Any, *, 
         seed: int) -> None:
     """Train / attack the selectors of ``model`` (the ``cfg["point"]`` fine-tune of ``seed``) and
     write their records on the test set (rows numbered like the stage's other records)."""
-    from ..selectors.evaluate import abstain_records, build_selector
-
     x, y = test.x.to(ctx.device), test.y.to(ctx.device)
     index = np.arange(len(test))
     for kind in cfg["kinds"]:
@@ -68,8 +69,6 @@ def run(ctx: Any, cfg: Mapping[str, Any], model: Any, train: Any, test: Any, *, 
 def point_at(kind: str, records: Mapping[str, Any], eps: float, tau: float) -> dict[str, float]:
     """(``rob_sel``, ``rob_acc``, ``rob_inacc``) of the abstain model at ``tau`` (module doc),
     fractions of the test set."""
-    from ..selectors.evaluate import decisions, robust_pred
-
     d = decisions(kind, records, eps, tau)
     sel = np.asarray(d.selected, dtype=bool)
     rob = sel & np.asarray(robust_pred(kind, records, eps), dtype=bool)
@@ -85,8 +84,6 @@ def taus(points: int) -> list[float]:
 
 def read(stage_dir: Path) -> dict[str, dict[str, dict[int, dict[str, np.ndarray]]]]:
     """kind -> point -> seed -> records."""
-    from . import _robust as R
-
     return {kind: recs for kind in KINDS if (recs := R.read_stage_records(stage_dir, f"tau-{kind}--"))}
 
 

@@ -12,8 +12,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..checkpoint import load_state_into
+from .. import checkpoint  # checkpoint.read_meta is looked up at call time (tests replace it)
+from .. import data as data_mod
+from .. import models
+from ..checkpoint import load_checkpoint, load_foreign_state_dict, load_state_into
+from ..data import train_val_split
 from ..errors import ConfigError
+from ..foreign import load_published
+from ..models import published
+from ..sources import build_factory_model
 from .loop import fit
 from ..seeds import derive
 
@@ -37,14 +44,9 @@ def build_model(cfg: Mapping[str, Mapping[str, Any]], num_classes: int,
     """The model of ``[model]``, initialised from ``init`` when given: a checkpoint
     directory of this project (same arch) or a foreign weights file (published layouts of
     RobustBench / Cohen et al. are mapped by :func:`abstain.foreign.load_published`)."""
-    from .. import models
-    from ..checkpoint import read_meta
-
     arch = cfg["model"]["arch"]
     init = cfg["model"]["init"]
     if ":" in arch:   # your own MODULE:FACTORY, with weights from init (a file) if given
-        from ..sources import build_factory_model
-
         if cfg["model"]["kwargs"]:
             raise ConfigError(f"[model] kwargs cannot be passed to a factory ({arch})")
         if init and Path(init).is_dir():
@@ -54,20 +56,16 @@ def build_model(cfg: Mapping[str, Mapping[str, Any]], num_classes: int,
     if init:
         path = Path(init)
         if path.is_dir():
-            meta = read_meta(path)
+            meta = checkpoint.read_meta(path)
             if meta["arch"] != arch or int(meta["num_classes"]) != num_classes:
                 raise ConfigError(f"[model] init {path} holds a {meta['arch']!r} model with "
                                   f"{meta['num_classes']} classes, not {arch!r} with {num_classes}")
             kw = {**dict(meta.get("model_kwargs", {})), **dict(cfg["model"]["kwargs"])}
-            from ..checkpoint import load_checkpoint   # the size guard and the regular-file checks
-
+            # the size guard and the regular-file checks
             model, _ = load_checkpoint(path, "cpu", **dict(cfg["model"]["kwargs"]))
             return model.train(), kw
         if not path.is_file():
             raise ConfigError(f"[model] init: no such checkpoint directory or file: {path}")
-        from ..foreign import load_published
-        from ..models import published
-
         if arch in published.PUBLISHED:
             mean, std = kw.pop("mean", None), kw.pop("std", None)
             if kw:
@@ -75,8 +73,6 @@ def build_model(cfg: Mapping[str, Mapping[str, Any]], num_classes: int,
                                   f"{arch!r} checkpoint (only mean/std)")
             return load_published(arch, path, num_classes, mean=mean, std=std,
                                              return_kwargs=True)
-        from ..checkpoint import load_foreign_state_dict
-
         model = models.create(arch, num_classes, **kw)
         load_state_into(model, load_foreign_state_dict(path), source=str(path))
         return model, kw
@@ -97,9 +93,7 @@ def train_from_config(cfg: "Config", out: str | os.PathLike | None,
     these weights (a stage's pre-trained model, already in memory) instead of ``[model]
     init``; ``meta``: extra entries for the checkpoint's meta.json (stage, variant);
     ``desc``: the progress bar's label."""
-    from .. import data as data_mod
-    from ..config import loss_params, validate
-    from ..data import train_val_split
+    from ..config import loss_params, validate  # noqa: PLC0415  cycle: config imports train
 
     cfg = validate(cfg)          # a Config, or the sections as plain tables
 
@@ -129,9 +123,7 @@ def train_from_config(cfg: "Config", out: str | os.PathLike | None,
                                "seconds_this_call": time.perf_counter() - t0,
                                "n_train": len(train_ds), "n_val": meta["n_val"]}
     if out is not None:
-        from ..checkpoint import read_meta
-
-        m = read_meta(out)
+        m = checkpoint.read_meta(out)
         summary.update({"best_epoch": m.get("epoch"), "selection": m.get("selection"),
                         **{f"val_{k}": v for k, v in m.get("metrics", {}).items()}})
     return model, summary

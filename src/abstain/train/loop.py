@@ -40,10 +40,13 @@ from typing import Any, Callable, Iterator, Mapping
 
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from .. import distributed as dist_utils
+from .. import losses
 from .. import config as config_mod   # a module object: config imports train.schedule
 from ..checkpoint import STATE_FILE, load_state_into, load_train_state, save_checkpoint
+from ..data import augment as aug_mod
 from ..errors import CheckpointError, ConfigError
 from ..utils import progress, resolve_device
 from .feed import BatchFeed
@@ -63,8 +66,6 @@ def _build_augment(augment: Any, input_shape: tuple[int, ...]) -> Callable | Non
         return None
     if callable(augment):
         return augment
-    from ..data import augment as aug_mod
-
     return aug_mod.build(augment, input_shape)
 
 
@@ -91,8 +92,6 @@ class Trainer:
     def __init__(self, model: nn.Module, train_data: Any, val_data: Any, s: "config_mod.TrainSettings",
                  loss: "config_mod.LossSettings", out_dir: Path | None, meta: Mapping[str, Any] | None, device: Any,
                  augment: Any, desc: str) -> None:
-        from .. import losses
-
         self.s, self.out_dir, self.meta = s, out_dir, meta
         self.augment, self.desc = augment, desc
         self.train_data, self.val_data = train_data, val_data
@@ -206,8 +205,6 @@ class Trainer:
         """The module the batches run through (DDP, then compiled) and the training data."""
         model: nn.Module = self.raw
         if self.distributed:
-            from torch.nn.parallel import DistributedDataParallel
-
             model = DistributedDataParallel(model, device_ids=[self.device.index] if self.cuda else None)
         if self.s.compile:
             # DDP inside the compiled module: dynamo's DDP optimizer splits the graph at the

@@ -6,6 +6,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from .. import attacks  # attacks.pgd is looked up at call time (tests spy on it)
 from .. import distributed as dist_utils
 from ..errors import ConfigError
 from ..utils import eval_mode
@@ -30,8 +31,6 @@ def validation_metrics(model: nn.Module, data: Any, *, eps: float | None, norm: 
     A cheap training-time proxy of the 40-step APGD evaluation. Under torchrun the samples
     are sharded over ranks and the counts summed, so every rank gets the same numbers.
     """
-    from ..attacks import pgd
-
     device = device or next(model.parameters()).device
     idx = dist_utils.shard_indices(len(data))
     counts = torch.zeros(4, dtype=torch.float64, device=device)
@@ -50,8 +49,8 @@ def validation_metrics(model: nn.Module, data: Any, *, eps: float | None, norm: 
             if eps is not None and eps > 0:
                 gen.manual_seed(derive(seed, b, dist_utils.rank(), 0x7A1))
                 with torch.enable_grad():
-                    x_adv = pgd(model, x, pred, eps=eps, norm=norm, steps=steps, loss="ce",
-                                random_start=True, generator=gen, early_stop=False)
+                    x_adv = attacks.pgd(model, x, pred, eps=eps, norm=norm, steps=steps, loss="ce",
+                                        random_start=True, generator=gen, early_stop=False)
                 robust = _predict(model, x_adv) == pred
             else:
                 robust = torch.ones_like(acc) if eps == 0 else torch.zeros_like(acc)
