@@ -31,7 +31,7 @@ from . import _robust as R
 from . import finetune
 from .. import data as data_mod
 from ..errors import DataError
-from ..metrics import mean_std
+from ..metrics import mean_std, paired_difference
 from ..records import radii as record_radii
 from ..records import read_records
 from ..selectors.evaluate import abstain_records, build_selector, summarize, tau_curve
@@ -202,9 +202,6 @@ def fig3_comparisons(data: dict[tuple[str, str], dict[int, dict[str, np.ndarray]
     CIFAR-10) and ERA_RI's distance above the S_SR / S_SN τ-fronts of ``selector_model`` on the
     same seed (:func:`front_gap`; the paper: ERA_RI "mostly improves both robust selection and
     robust accuracy" against them, Sec. 7.2 and App. A.9)."""
-    from ..metrics import paired_difference
-    from ..selectors.evaluate import summarize, tau_curve
-
     era, trades = data.get(("era", "eri"), {}), data.get(("trades", "eri"), {})
     seeds = sorted(set(era) & set(trades))
     if not seeds:
