@@ -11,13 +11,13 @@ import math
 from pathlib import Path
 from typing import Callable
 
+from ..io import read_json
+
 Verdict = tuple[str, str]          # (numbers, verdict)
 
 
 def _load(out: Path, stage: str) -> dict | None:
-    from ..io import read_json
-
-    from . import unreadable
+    from . import unreadable  # noqa: PLC0415  cycle: report/__init__ imports this module
 
     f = out / stage / "results.json"
     if not f.is_file() or unreadable(out, out / stage):

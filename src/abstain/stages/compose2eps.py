@@ -20,9 +20,15 @@ from typing import Any
 
 import numpy as np
 
+from .. import stats
+from ..composition import composition_columns
+from ..metrics import mean_std
+from ..selectors.evaluate import candidate, core_records
 from . import _robust as R
 from . import pareto
+from .abstain_models import load_pretrained
 from .base import Stage
+from .compose import load_core
 
 METHODS = {"trades": "trades-g6", "era": "era-b1", "dga": "dga-b1"}     # name in mnist1d-pareto
 
@@ -38,10 +44,6 @@ def config(scale: str, demo: bool) -> dict:
 
 
 def _run(ctx: Any, cfg: dict) -> dict:
-    from ..composition import composition_columns
-    from ..selectors.evaluate import candidate, core_records
-    from .abstain_models import load_pretrained
-    from .compose import load_core
 
     t0 = time.perf_counter()
     eps = cfg["eps"]
@@ -81,8 +83,6 @@ def _compositions(stage_dir: Path, names: dict[str, str]) -> dict[str, dict[int,
 def summarize(stage_dir: Path, pareto_dir: Path | None, n_boot: int = 2000) -> dict[str, Any]:
     """Compositions at ε of the 2ε fine-tunes (this stage) and of the ε fine-tunes
     (``mnist1d-pareto``, when its records exist), mean over seeds, and ERA_RI − TRADES_RI."""
-    from .. import stats
-    from ..metrics import mean_std
 
     setups = {"2eps": _compositions(Path(stage_dir), {m: m for m in METHODS})}
     if pareto_dir is not None and (Path(pareto_dir) / "records").is_dir():

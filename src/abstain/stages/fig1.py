@@ -23,6 +23,7 @@ points coloured by class, robust-inaccurate points circled in black.
 """
 from __future__ import annotations
 
+import io
 import time
 from pathlib import Path
 from typing import Any
@@ -30,8 +31,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from .base import Stage
+from .. import data as data_mod
+from ..attacks import is_robust
+from ..io import atomic_write_bytes
+from ..metrics import mean_std
+from ..train import TrainingDiverged
 from . import _robust as R
+from .base import Stage
 
 NAME = "fig1"
 
@@ -81,9 +87,6 @@ def config(scale: str, demo: bool) -> dict:
 
 
 def _run(ctx: Any, config: dict) -> dict:
-    from .. import data as data_mod
-    from ..metrics import mean_std
-    from ..train import TrainingDiverged
 
     t0 = time.perf_counter()
     eps = config["eps"]
@@ -125,10 +128,9 @@ def _run(ctx: Any, config: dict) -> dict:
 
 @torch.no_grad()
 def _figures(out: Path, trained: dict[str, Any], eps: float, grid: int) -> list[str]:
-    from matplotlib.colors import ListedColormap
-    from matplotlib.figure import Figure   # no pyplot: a user's backend is never switched
+    from matplotlib.colors import ListedColormap  # noqa: PLC0415  heavy: matplotlib, only for figures
+    from matplotlib.figure import Figure  # noqa: PLC0415  heavy: matplotlib (no pyplot: a user's backend is never switched)
 
-    from ..io import atomic_write_bytes
 
     names = []
     for fname, variants in (("fig1.png", [v for v in ("std", "trades", "era") if v in trained]),
@@ -148,7 +150,6 @@ def _figures(out: Path, trained: dict[str, Any], eps: float, grid: int) -> list[
             ax.imshow(region, origin="lower", extent=(0, 1, 0, 1), cmap=cmap, vmin=0, vmax=2,
                       interpolation="nearest")
             x, y = test.x.numpy(), test.y.numpy()
-            from ..attacks import is_robust
 
             pred = model(test.x).argmax(1).numpy()
             with torch.enable_grad():
@@ -164,9 +165,7 @@ def _figures(out: Path, trained: dict[str, Any], eps: float, grid: int) -> list[
             ax.legend(loc="upper left", fontsize=7)
         fig.suptitle(f"gauss3, ε∞ = {eps:g}, seed 0 (test points; circles: robust and wrong)", fontsize=10)
         fig.tight_layout()
-        import io as _io
-
-        buf = _io.BytesIO()
+        buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=110)
         atomic_write_bytes(Path(out) / fname, buf.getvalue())
         names.append(fname)

@@ -41,14 +41,23 @@ Records: ``records/<point>-s<seed>.csv`` (``point`` = ``trades-g6``, ``era-b1``,
 from __future__ import annotations
 
 import time
+import io
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 
+from .. import stats
+from ..composition import composition_columns
+from ..data import balanced_subset
+from ..io import atomic_write_bytes
+from ..records import read_records
+from ..selectors.evaluate import candidate, core_records
 from . import _robust as R
 from . import pretrain, tau_fronts
+from .abstain_models import load_pretrained
 from .base import Stage
+from .compose import load_core
 
 PARTITION = "mnist1d-partition"
 PRETRAIN = pretrain.NAME
@@ -89,16 +98,11 @@ def config(scale: str, demo: bool) -> dict:
 def _test_subset(test: Any, n: int | None) -> Any:
     if n is None or n >= len(test):
         return test
-    from ..data import balanced_subset
 
     return test.subset(balanced_subset(test.y, n, test.num_classes, seed=0))
 
 
 def _run(ctx: Any, cfg: dict) -> dict:
-    from ..composition import composition_columns
-    from ..selectors.evaluate import candidate, core_records
-    from .abstain_models import load_pretrained
-    from .compose import load_core
 
     t0 = time.perf_counter()
     eps = cfg["eps"]
@@ -167,7 +171,6 @@ def _fronts(methods: Mapping[str, list], recs: Mapping[str, Any], comp: Mapping[
 
 def _interval(values: list[float], n_boot: int) -> dict[str, Any]:
     """Mean and 95% percentile-bootstrap interval over pre-training seeds (one value each)."""
-    from .. import stats
 
     bs = stats.hierarchical_bootstrap([[v] for v in values], n_boot=n_boot, seed=0)
     return {"mean": bs["mean"], "ci95_low": bs["ci95_low"], "ci95_high": bs["ci95_high"],
@@ -178,7 +181,6 @@ def _budget(per: Mapping[str, dict[int, list[dict[str, float]]]], seeds: list[in
             losses: Any, n_boot: int) -> dict[str, Any]:
     """Per method and natural-accuracy loss: the best sound robust accuracy of its compositions
     within that loss against the core (eq. 15), with its interval over seeds."""
-    from .. import stats
 
     budget: dict[str, Any] = {}
     for method, by_seed in per.items():
@@ -202,10 +204,8 @@ def summarize(stage_dir: Path, methods: Mapping[str, list], *, n_boot: int = 200
     partition at ε (eq. 2, 3) and the composition's natural / sound robust accuracy (eq. 15);
     per selector of :mod:`abstain.stages.tau_fronts` and τ the abstain model's robust accuracy
     and inaccuracy (eq. 2, 3) and robust selection (eq. 14)."""
-    from scipy.stats import ttest_1samp
+    from scipy.stats import ttest_1samp  # noqa: PLC0415  heavy: scipy, only for the summary
 
-    from .. import stats
-    from ..records import read_records
 
     stage_dir = Path(stage_dir)
     recs = R.read_stage_records(stage_dir)
@@ -271,20 +271,13 @@ def figures(stage_dir: Path, results: Mapping[str, Any]) -> list[str]:
     """Fig. 2 (robust inaccuracy vs robust accuracy, points and lower hulls, the S_SR / S_SN
     τ-fronts as lines) and Fig. 4 (composition natural vs sound robust accuracy, upper hulls,
     the core) from seed means."""
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from .. import stats
-    from ..io import atomic_write_bytes
+    from matplotlib.figure import Figure  # noqa: PLC0415  heavy: matplotlib, only for figures (no pyplot: a user's backend is never switched)
 
     out = []
     for fname, xk, yk, hull in (("fig2_fronts.png", "rob_acc", "rob_inacc", stats.lower_hull),
                                 ("fig4_fronts.png", "compose_nat_acc", "compose_rob_acc", stats.upper_hull)):
-        fig, ax = plt.subplots(figsize=(5.5, 4.2))
+        fig = Figure(figsize=(5.5, 4.2))
+        ax = fig.subplots()
         for method, pts in results["fronts"].items():
             marker, color = STYLE.get(method, ("x", "grey"))
             x = [100 * p[xk] for p in pts]
@@ -311,7 +304,6 @@ def figures(stage_dir: Path, results: Mapping[str, Any]) -> list[str]:
         fig.tight_layout()
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=110)
-        plt.close(fig)
         atomic_write_bytes(Path(stage_dir) / fname, buf.getvalue())
         out.append(fname)
     return out
