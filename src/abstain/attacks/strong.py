@@ -75,14 +75,20 @@ PLAN: tuple[tuple[str, int | None, str, float], ...] = (
 # 0.2 % of the ball's vertices (no run of this attack or of the ensemble finds it).
 
 
-def _targeted_grad(model: nn.Module, x: torch.Tensor, pred: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
-    """∇_x (z_t - z_y) at x (one forward-backward pass)."""
+def _targeted_grads(model: nn.Module, x: torch.Tensor, pred: torch.Tensor, tgt: torch.Tensor) -> torch.Tensor:
+    """``∇_x (z_t - z_y)`` at x for every column ``t`` of ``tgt`` (N, J): (J, N, ...), from
+    ONE forward pass and J backward passes through its graph (the graph is kept between
+    them), not J forward-backward passes."""
     z = x.detach().requires_grad_(True)
+    out = []
     with torch.enable_grad():
         logits = model(z)
-        m = logits.gather(1, tgt.view(-1, 1)) - logits.gather(1, pred.view(-1, 1))
-        g, = torch.autograd.grad(m.sum(), z)
-    return g.detach()
+        zy = logits.gather(1, pred.view(-1, 1))
+        for j in range(tgt.shape[1]):
+            m = logits.gather(1, tgt[:, j:j + 1]) - zy
+            g, = torch.autograd.grad(m.sum(), z, retain_graph=j < tgt.shape[1] - 1)
+            out.append(g.detach())
+    return torch.stack(out)
 
 
 def linear_corner(x: torch.Tensor, grad: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
@@ -104,28 +110,36 @@ def rank_targets(model: nn.Module, x: torch.Tensor, pred: torch.Tensor, logits: 
     Returns ``(order (N, T) class indices, corners (T, N, ...) ordered alike, flipped (N,)
     bool: some corner already changes the prediction, and the corner that does is first)``.
     The best target is the one whose corner reaches the largest value of ``z_t - z_y``.
-    Targets are tried in the order of the clean logits and a sample whose corner flips is
-    not linearised further (its later corners stay x and rank last), so non-robust
-    points cost little; each sample's result depends on that sample alone.
+    The target with the highest clean logit is tried first (one forward-backward pass and
+    one forward pass at its corner); a sample whose corner flips is not linearised further
+    (its later corners stay x and rank last), so non-robust points cost little. The others
+    get the gradients of the remaining ``T - 1`` margins from one forward pass and ``T - 1``
+    backward passes, and their corners are evaluated (``T - 1`` forward passes per sample): ``1 + 2T + T + 1`` forward units instead of ``4T`` (29 instead of 36 for
+    T = 9). Each sample's result depends on that sample alone: a corner that flips comes
+    first whichever others were evaluated.
     """
     cand = logits.scatter(1, pred.view(-1, 1), float("-inf")).topk(targets, dim=1).indices
     corners = x.detach().unsqueeze(0).repeat((targets,) + (1,) * x.dim())
     score = torch.full((x.shape[0], targets), float("-inf"), dtype=logits.dtype, device=x.device)
     flips = torch.zeros((x.shape[0], targets), dtype=torch.bool, device=x.device)
     todo = torch.arange(x.shape[0], device=x.device)
-    for j in range(targets):
-        # a sample with a flipping corner needs no further targets (its attack is over)
-        if j > 0:
-            todo = todo[~flips[todo, j - 1]]
-            if todo.numel() == 0:
-                break
-        xs, ps, t = x[todo], pred[todo], cand[todo, j]
-        c = linear_corner(xs, _targeted_grad(model, xs, ps, t), eps, norm)
-        corners[j, todo] = c
-        with torch.no_grad():
-            z = model(c)
-        score[todo, j] = (z.gather(1, t.view(-1, 1)) - z.gather(1, ps.view(-1, 1))).squeeze(1)
-        flips[todo, j] = z.argmax(dim=1) != ps
+    for cols in (slice(0, 1), slice(1, targets)):
+        # a sample with a flipping first corner needs no further targets (its attack is over)
+        if cols.start > 0:
+            todo = todo[~flips[todo, 0]]
+        n_j = len(range(targets)[cols])
+        if todo.numel() == 0 or n_j == 0:
+            break
+        xs, ps, t = x[todo], pred[todo], cand[todo, cols]
+        grads = _targeted_grads(model, xs, ps, t)                               # (J, n, ...)
+        c = torch.stack([linear_corner(xs, g, eps, norm) for g in grads])      # (J, n, ...)
+        corners[cols, todo] = c
+        with torch.no_grad():   # one batch per target (the memory of the first target's pass)
+            z = torch.stack([model(cj) for cj in c])                           # (J, n, K)
+        zt = z.gather(2, t.t().unsqueeze(2)).squeeze(2)
+        zy = z.gather(2, ps.view(1, -1, 1).expand(n_j, -1, 1)).squeeze(2)
+        score[todo, cols] = (zt - zy).t()
+        flips[todo, cols] = (z.argmax(dim=2) != ps.view(1, -1)).t()
     # a corner that flips first (whatever its target), then by the margin reached
     key = torch.where(flips, torch.full_like(score, float("inf")), score)
     key = torch.nan_to_num(key, nan=float("-inf"))
@@ -194,8 +208,9 @@ def strong_candidates(model: nn.Module, x: torch.Tensor, pred: torch.Tensor, log
         res = attack(model, xs[sel], y, eps=eps, norm=norm, steps=n_steps, loss=loss, step_size=None,
                      momentum=MOMENTUM, checkpoints=Checkpoints(n_steps, RHO), random_init=False,
                      x_init=start, early_stop=True, sample_ids=ids_s[sel], return_result=True, check=False)
-        with torch.no_grad():   # the margin reached (one forward pass): who is thin
-            m = margin_to_flip(model(res.x_adv), ps[sel]).to(best_margin.dtype)
+        with torch.no_grad():   # the margin reached, from the run's own logits there: who is thin
+            z = res.logits if res.logits is not None else model(res.x_adv)
+            m = margin_to_flip(z, ps[sel]).to(best_margin.dtype)
         pts, row, ok = best_rows(sel, m, res.success)
         m = m[row]
         better = ok | (m < best_margin[pts])
