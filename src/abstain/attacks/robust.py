@@ -51,7 +51,7 @@ def is_robust(model: nn.Module, x: torch.Tensor, *, eps: float, norm: str = "lin
     survivors, then APGD on the targeted logit margin ``z_t - z_{F(x)}`` towards each of
     the ``targets`` classes with the highest clean logits (default ``min(K-1, 9)``, K =
     number of model outputs) on the survivors; ``"strong"``: :mod:`abstain.attacks.strong`
-    with a main run of ``4·steps // 5`` steps, follow-ups of ``steps // 5`` (``steps // 20``
+    with a main run of ``4·steps // 5`` steps, follow-ups of ``steps // 5`` (``steps // 40``
     where the margin is still above half the clean one) and ``targets``
     ranked classes (``restarts`` is not used); ``diversity=False`` leaves out its extra
     starts on thin points (:mod:`abstain.attacks.diversity`, for comparisons only). Points
