@@ -9,7 +9,7 @@ of :func:`is_robust`, :func:`abstain.evaluate` and the attacking selectors:
 
 ``"strong"``   (default) :mod:`abstain.attacks.strong`: sound bounds skip provably robust
                points; margin APGD from the best linearised corner, targeted follow-ups.
-               ≥ 99 % agreement with exact oracles near the boundary at 1.2-1.9× the
+               ≥ 99 % agreement with exact oracles near the boundary at 1.1-1.9× the
                forward/backward work of APGD-CE on robust points.
 ``"apgd-ce"``  the paper's protocol (Section 7): ``steps``-step APGD-CE. Use it wherever a
                number is compared with the paper's.

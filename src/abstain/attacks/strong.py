@@ -4,7 +4,7 @@ Robust inaccuracy (paper eq. 3) counts wrong predictions on which the attack fou
 so every flip it misses makes a non-robust error look robust. APGD-CE (the paper's
 protocol, Section 7) misses many flips that exist just past the exact flip radius; the
 ensemble of :func:`abstain.attacks.is_robust` finds them but runs 1 + 1 + (K - 1) attacks
-to the end on every robust point. This attack finds them at 1.2-1.9 times the work of one
+to the end on every robust point. This attack finds them at 1.1-1.9 times the work of one
 APGD-CE run on robust points (less where bounds or early flips end it):
 
 1. **Proof** (:mod:`abstain.attacks.bounds`): points whose margin is provably positive
