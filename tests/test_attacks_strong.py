@@ -219,17 +219,25 @@ def test_modes_and_flags_are_restored_and_results_match_eval_mode() -> None:
 
 
 class Counter(nn.Module):
-    """Counts the work of a wrapped model in forward-pass equivalents: a forward with input
-    gradient costs 3 (forward + backward ≈ 2 forwards), one without costs 1, per sample."""
+    """Counts the work of a wrapped model in forward-pass equivalents, per sample: a forward
+    pass costs 1 and every backward pass through its output 2 (≈ 2 forwards), so a
+    forward-backward costs 3 and one forward with J backward passes through its graph 1 + 2J."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
         self.cost = 0
 
+    def _backward(self, n: int) -> None:
+        self.cost += 2 * n
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.cost += int(x.shape[0]) * (3 if torch.is_grad_enabled() and x.requires_grad else 1)
-        return self.model(x)
+        out = self.model(x)
+        n = int(x.shape[0])
+        self.cost += n
+        if out.requires_grad:
+            out.register_hook(lambda g: self._backward(n))
+        return out
 
 
 def test_cost_on_robust_points_is_at_most_twice_apgd_ce() -> None:

@@ -213,6 +213,10 @@ class AttackResult:
     x_adv: torch.Tensor          # (N, ...) returned points, inside ball ∩ box
     success: torch.Tensor        # (N,) bool: success test held at x_adv during the run
     best: torch.Tensor           # (N,) objective value at x_adv (+inf-free; NaN never)
+    # (N, K) the model's logits at x_adv, from the evaluation that found it (None without
+    # ``keep_best``); for ℓ2 they are those of the point before the final projection, which
+    # can move it by rounding only
+    logits: torch.Tensor | None = None
 
 
 def _evaluate(model: nn.Module, objective: Objective, z: torch.Tensor, yy: torch.Tensor,
@@ -252,6 +256,7 @@ class _State:
     reduced_last: torch.Tensor | None = None   # step size halved at the last checkpoint
     best_last: torch.Tensor | None = None      # ``best_val`` at the last checkpoint
     last_val: torch.Tensor | None = None       # objective at the previous iterate
+    logits_best: torch.Tensor | None = None    # logits at ``x_best`` (with ``keep_best``)
 
     def select(self, keep: torch.Tensor) -> None:
         """Keep rows ``keep`` (in that order) of every per-sample tensor."""
@@ -283,9 +288,12 @@ class _Outputs:
     x: torch.Tensor
     success: torch.Tensor
     best: torch.Tensor
+    logits: torch.Tensor | None = None
 
-    def record_successes(self, s: _State, val: torch.Tensor, ok: torch.Tensor) -> tuple[torch.Tensor, int]:
-        """Record the rows of ``s`` where ``ok`` holds (point ``s.cur``, value ``val``);
+    def record_successes(self, s: _State, val: torch.Tensor, ok: torch.Tensor,
+                         logits: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """Record the rows of ``s`` where ``ok`` holds (point ``s.cur``, value ``val``, and
+        with ``self.logits`` its ``logits``);
         return the indices of the other rows (in order) and the number of successes.
         ``nonzero`` is the one host synchronisation per step."""
         where = torch.nonzero(ok).flatten()
@@ -295,6 +303,8 @@ class _Outputs:
             self.x[idx] = s.cur[where]
             self.success[idx] = True
             self.best[idx] = val[where]
+            if self.logits is not None:
+                self.logits[idx] = logits[where]
         # a stable sort puts the unsuccessful first, in order: no further synchronisation
         rest = torch.argsort(ok.to(torch.int8), stable=True)[: ok.shape[0] - n_succ]
         return rest, n_succ
@@ -309,11 +319,12 @@ def _step(s: _State, i: int, eps: float, norm: str, momentum: float | None) -> N
         s.prev, s.cur = s.cur, z
 
 
-def _update_best(s: _State, val: torch.Tensor, grad_too: bool) -> None:
-    """Keep, per sample, the point (and with ``grad_too`` its gradient) of highest objective."""
+def _update_best(s: _State, val: torch.Tensor, grad_too: bool, logits: torch.Tensor) -> None:
+    """Keep, per sample, the point (its logits, and with ``grad_too`` its gradient) of highest objective."""
     better = val > s.best_val
     s.best_val = torch.where(better, val, s.best_val)
     s.x_best = torch.where(_bview(better, s.cur), s.cur, s.x_best)
+    s.logits_best = torch.where(better.view(-1, 1), logits, s.logits_best)
     if grad_too:
         s.grad_best = torch.where(_bview(better, s.grad), s.grad, s.grad_best)
 
@@ -343,15 +354,18 @@ def _final_points(out: _Outputs, s: _State, keep: torch.Tensor | None, keep_best
     """Write the samples not recorded as successes (rows ``keep`` of ``s`` when the last
     evaluation recorded some): their best point (``keep_best``) or last iterate."""
     with torch.no_grad():
-        ids, x_best, best_val, cur = s.ids, s.x_best, s.best_val, s.cur
+        ids, x_best, best_val, cur, lg = s.ids, s.x_best, s.best_val, s.cur, s.logits_best
         if keep is not None:
             # samples that succeeded at the last evaluation were recorded already
             ids, x_best, best_val, cur = ids[keep], x_best[keep], best_val[keep], cur[keep]
+            lg = lg[keep] if lg is not None else None
         final = x_best if keep_best else cur
         out.x[ids] = final
         out.best[ids] = best_val if keep_best else out.best[ids]
+        if out.logits is not None:
+            out.logits[ids] = lg
         x_out = project(out.x, x.detach(), eps, norm)
-    return AttackResult(x_out, out.success, out.best)
+    return AttackResult(x_out, out.success, out.best, out.logits)
 
 
 def run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm: str, steps: int,
@@ -366,7 +380,8 @@ def run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm:
 
     Returns, per sample, the first point where ``success`` held (``early_stop``; the
     sample is then dropped from the batch), else the point of highest objective value
-    among the evaluated iterates (``keep_best``) or the last iterate.
+    among the evaluated iterates (``keep_best``) or the last iterate; with ``keep_best``
+    also the logits there (no extra forward pass: those of the evaluation that found it).
     The caller has put the model in eval mode with frozen parameters.
     """
     n, dev = x.shape[0], x.device
@@ -380,10 +395,13 @@ def run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm:
         raise InputError(f"the model must return logits of shape (N, classes), got {tuple(logits.shape)}")
     val = torch.nan_to_num(val, nan=float("-inf"))
     s = _initial_state(x, y, cur, val, grad, step_size, checkpoints is not None)
+    if keep_best:
+        out.logits = torch.empty_like(logits)
+        s.logits_best = logits
     sched = checkpoints.iterations() if checkpoints is not None else {}
     keep, n_ok = None, 0
     if track_success:
-        keep, n_ok = out.record_successes(s, val, success(logits, s.yy))
+        keep, n_ok = out.record_successes(s, val, success(logits, s.yy), logits)
     for i in range(steps):
         if n_ok:
             if n_ok == s.ids.shape[0]:
@@ -397,9 +415,9 @@ def run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, norm:
         with torch.no_grad():
             val = torch.nan_to_num(val, nan=float("-inf"))
             if track_success:   # record before a checkpoint may move ``cur``
-                keep, n_ok = out.record_successes(s, val, success(logits, s.yy))
+                keep, n_ok = out.record_successes(s, val, success(logits, s.yy), logits)
             if keep_best:
-                _update_best(s, val, grad_too=checkpoints is not None and not last)
+                _update_best(s, val, grad_too=checkpoints is not None and not last, logits=logits)
             if checkpoints is not None and not last:
                 _checkpoint_bookkeeping(s, val, sched.get(i), checkpoints.rho)
     return _final_points(out, s, keep if n_ok else None, keep_best, x, eps, norm)
@@ -461,6 +479,7 @@ def attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, no
     x_out = x.detach().clone()
     succ = torch.zeros(n, dtype=torch.bool, device=x.device)
     best = torch.full((n,), float("-inf"), dtype=x.dtype, device=x.device)
+    lg = None
     with frozen_eval(model):
         for r in range(restarts):
             if track and r > 0:
@@ -481,19 +500,23 @@ def attack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float, no
                       x_start=start, early_stop=early_stop, keep_best=keep_best)
             with torch.no_grad():
                 if idx is None and r == 0:
-                    x_out, succ, best = res.x_adv, res.success, res.best
+                    x_out, succ, best, lg = res.x_adv, res.success, res.best, res.logits
                 elif idx is not None:
                     # new successes replace; the others keep their highest objective so far
                     better = res.success | (res.best > best[idx])
                     x_out[idx] = torch.where(_bview(better, res.x_adv), res.x_adv, x_out[idx])
                     best[idx] = torch.where(better, res.best, best[idx])
                     succ[idx] = res.success
+                    if lg is not None and res.logits is not None:
+                        lg[idx] = torch.where(better.view(-1, 1), res.logits, lg[idx])
                 else:
                     better = res.best > best
                     x_out = torch.where(_bview(better, x_out), res.x_adv, x_out)
                     best = torch.where(better, res.best, best)
+                    if lg is not None and res.logits is not None:
+                        lg = torch.where(better.view(-1, 1), res.logits, lg)
     if return_result:
-        return AttackResult(x_out, succ, best)
+        return AttackResult(x_out, succ, best, lg)
     return x_out
 
 

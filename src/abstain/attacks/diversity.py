@@ -36,9 +36,10 @@ above the threshold. Why these numbers: on the ReLU-network MILP cases of
 ``tests/test_attacks_oracle.py`` the flips missed without them had best/clean margin
 ratios of 0.03–0.28 and needed 6 or more starts towards the top-ranked class or starts
 towards the 2nd/3rd (12 runs in another order, or staged 6 + 12, missed 1–2 of them); on the trained digits CNN of ``bench/attacks.py`` at ε = 0.05, 43 of
-380 robust points are within 0.3 and 6 within 0.1: ≈ 0.15× APGD-CE more in steps on robust
-points (43·48 + 6·24 over 380·40), timed 2.20× against 1.86× without; on the PGD-AT MNIST-1D
-CNN 2.92× against 1.84× (``bench/attacks.py``; over the 2.0 goal there).
+380 robust points are within 0.3 and 6 within 0.1: ≈ 0.17× APGD-CE more in forward/backward
+passes on robust points (counted: 1.45× against 1.28× without); on the PGD-AT MNIST-1D CNN,
+45 of 150 within 0.3 and 12 within 0.1, 1.81× against 1.35× (``bench/attacks.py`` models,
+stop 31; counts, not timings).
 """
 from __future__ import annotations
 
