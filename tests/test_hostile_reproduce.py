@@ -88,7 +88,9 @@ def test_reproduce_jobs2_interrupted_then_rerun(reference, tmp_path, how):
     out, log = tmp_path / "out", tmp_path / "calls.log"
     proc = _start(out, log, sleep=0.4)
     deadline = time.time() + 120
-    while not (out / "b" / "work" / "epoch0.txt").exists():      # a and c finished, b training
+    # a and c finished, b training (c is independent of a and b: under load it can still be
+    # running when b starts, and would then rightly be run again after the interruption)
+    while not ((out / "b" / "work" / "epoch0.txt").exists() and (out / "c" / DONE).exists()):
         assert proc.poll() is None, proc.communicate()
         assert time.time() < deadline, "stage b never started"
         time.sleep(0.01)
