@@ -19,6 +19,9 @@ def test_verdict_rules():
     assert claims.interval_verdict({"ci95_low": -0.01, "ci95_high": 0.02}).startswith("not shown")
     assert claims.interval_verdict({"ci95_low": float("nan"), "ci95_high": 0.0}).startswith("not shown")
     assert claims.interval_verdict({"ci95_low": -0.02, "ci95_high": -0.02}).startswith("not shown")   # one seed
+    # several seeds with the same difference on each: no spread, but not "one seed"
+    assert claims.interval_verdict({"ci95_low": 0.0, "ci95_high": 0.0, "n": 3}) == "not shown (no difference on any of 3 seeds)"
+    assert claims.interval_verdict({"ci95_low": -0.02, "ci95_high": -0.02, "n": 3}) == "held"
     assert claims._paired_verdict({"ci95_low": -0.03, "ci95_high": -0.01, "mcnemar_p": 0.01}) == "held"
     assert claims._paired_verdict({"ci95_low": -0.03, "ci95_high": -0.01, "mcnemar_p": 1.0}).startswith("not shown")
     # the paper's composition claim (+0.58 natural, -2.75 robust) and MNIST-1D's (+1.48, -1.78)

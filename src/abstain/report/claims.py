@@ -48,8 +48,11 @@ def interval_verdict(d: dict, lower_is_claim: bool = True) -> str:
         return "not shown (one seed, no interval)"
     if not (math.isfinite(lo) and math.isfinite(hi)):
         return "not shown (no interval)"
-    if lo == hi:           # one seed (a demo): a bootstrap over one value is no interval
-        return "not shown (one seed, no interval)"
+    if lo == hi:
+        if d.get("n") in (None, 1):   # one seed (a demo): a bootstrap over one value is no interval
+            return "not shown (one seed, no interval)"
+        if lo == 0:                   # several seeds, the same difference on each: none
+            return f"not shown (no difference on any of {d['n']} seeds)"
     if (hi < 0) if lower_is_claim else (lo > 0):
         return "held"
     if (lo > 0) if lower_is_claim else (hi < 0):
