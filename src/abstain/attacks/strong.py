@@ -63,7 +63,7 @@ from torch import nn
 from .apgd import MOMENTUM, RHO
 from .bounds import certified
 from .core import Checkpoints, _bview, attack, project, random_start
-from .diversity import diversify, margin_to_flip
+from .diversity import diversify, margin_to_flip, thin
 from .objectives import TargetedMargin
 
 
@@ -250,7 +250,6 @@ def strong_candidates(model: nn.Module, x: torch.Tensor, pred: torch.Tensor, log
         tgt = torch.cat([order[j[0], j[1]] for j in jobs])
         run(sel, TargetedMargin(), torch.stack([ps[sel], tgt], dim=1), torch.cat([j[2] for j in jobs]), n_steps)
 
-    clean_margin = margin_to_flip(zs, ps).to(best_margin.dtype)
     n_short = int(steps * SHORT_FRACTION + 1e-9)
     n_random = 0
     for i_run, (loss, rank, start, frac) in enumerate(PLAN):
@@ -269,7 +268,7 @@ def strong_candidates(model: nn.Module, x: torch.Tensor, pred: torch.Tensor, log
             n_random += 1
         # follow-ups: full length where the best margin so far is within FAR × the clean margin,
         # short (n_short steps) on the points farther from a flip; per sample, so batch-independent
-        far = best_margin[sel] > FAR * clean_margin[sel] if i_run > 0 else torch.zeros_like(sel, dtype=torch.bool)
+        far = ~thin(best_margin[sel], zs[sel], ps[sel], FAR) if i_run > 0 else torch.zeros_like(sel, dtype=torch.bool)
         for grp, n_grp in ((~far, n_steps), (far, min(n_steps, max(n_short, 1)))):
             if not bool(grp.any()):
                 continue

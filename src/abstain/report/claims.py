@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..io import read_json
+from ..stages.partition import TABLE1_RANGE   # the range the table1 ε rule also uses
 
 Verdict = tuple[str, str]          # (numbers, verdict)
 
@@ -179,12 +180,16 @@ def _certify(out: Path) -> Verdict | None:
 def _pct_seeds(row: dict, key: str) -> str:
     vals = row[key]
     return (f"{100 * sum(vals) / len(vals):.1f}% mean, {100 * row[f'{key}_median']:.1f}% median "
-            f"over {len(vals)} seed{'s' if len(vals) != 1 else ''}")
+            f"over {_seeds(len(vals))}")
+
+
+def _seeds(n: int) -> str:
+    """``"1 seed"`` / ``"n seeds"``."""
+    return f"{n} seed{'s' if n != 1 else ''}"
 
 
 def _n_seeds(row: dict) -> str:
-    n = len(row["seeds"])
-    return f"{n} seed{'s' if n != 1 else ''}"
+    return _seeds(len(row["seeds"]))
 
 
 def fig1_verdict(era: list[float], trades: list[float]) -> str:
@@ -242,7 +247,7 @@ def _fig3_study(r: dict) -> tuple[str, str] | None:
         return None
     acc, sel = f["era_minus_trades_ri_sel_rob_acc"], f["era_minus_trades_ri_rob_sel"]
     n = len(f.get("seeds", [])) or 1
-    text = f"ERA_RI − TRADES_RI: R_rob^acc {_ci(acc)}, R_rob^sel {_ci(sel)} points ({n} seed{'s' if n != 1 else ''})"
+    text = f"ERA_RI − TRADES_RI: R_rob^acc {_ci(acc)}, R_rob^sel {_ci(sel)} points ({_seeds(n)})"
     verdict = f"vs TRADES_RI: {tradeoff_interval_verdict(acc, sel, ('R_rob^acc', 'R_rob^sel'))}"
     for kind, label in (("sr", "S_SR"), ("sn", "S_SN")):
         d = next((v for k, v in f.items() if k.startswith("era_ri_above_") and k.endswith(f"_{kind}_front")), None)
@@ -251,7 +256,7 @@ def _fig3_study(r: dict) -> tuple[str, str] | None:
         beyond = int(d.get("beyond_front", 0))
         gaps = f"{_ci(d)}" if d.get("n", 0) else "–"
         text += f"; ERA_RI above the {label} τ-front by {gaps} points R_rob^acc"
-        text += f" ({beyond} seed{'s' if beyond != 1 else ''} beyond the front's robust selection)" if beyond else ""
+        text += f" ({_seeds(beyond)} beyond the front's robust selection)" if beyond else ""
         v = interval_verdict(d, lower_is_claim=False) if d.get("n", 0) else "held (beyond the front on every seed)"
         verdict += f"; vs {label}: {v}"
     return text, verdict
@@ -278,9 +283,6 @@ def _fig3(out: Path) -> Verdict | None:
     return "; ".join(parts) + " (paper, CIFAR-10: +1.18 R_rob^acc at −3.78 R_rob^sel)", " — ".join(verdicts)
 
 
-TABLE1_RANGE = (0.01, 0.08)        # the robust inaccuracy of the paper's Table 1 models
-
-
 def table1_verdict(rob_inacc: float) -> str:
     """Tables 1 / 8: adversarially trained models have 1–8% robust inaccuracy."""
     lo, hi = TABLE1_RANGE
@@ -305,7 +307,7 @@ def _partition(out: Path) -> Verdict | None:
         rule = (meta.get("config") or {}).get("eps_rule") or ("table1" if "Table 1" in str(meta.get("rule")) else "")
         n_seeds = len(meta.get("seeds", [])) or 1
         text = (f"{label}: TRADES at the study ε∞ = {eps:g}: {100 * ri:.2f}% robust inaccuracy "
-                f"({meta.get('eval', 'APGD-CE')}, test set, {n_seeds} seed{'s' if n_seeds != 1 else ''})")
+                f"({meta.get('eval', 'APGD-CE')}, test set, {_seeds(n_seeds)})")
         if len(sweep) > 1:
             text += (f", {100 * min(sweep.values()):.2f}–{100 * max(sweep.values()):.2f}% over ε∞ "
                      f"{min(float(k.split('@')[1]) for k in sweep):g}–{max(float(k.split('@')[1]) for k in sweep):g}")

@@ -172,14 +172,24 @@ def _figures(out: Path, trained: dict[str, Any], eps: float, grid: int) -> list[
     return names
 
 
+def _collapsed(cols: dict[str, np.ndarray]) -> bool:
+    """The model predicts one class on every point (a constant classifier)."""
+    return np.unique(cols["pred"]).size == 1
+
+
+def _partition_per_seed(seeds: dict[int, dict[str, np.ndarray]]) -> tuple[float, dict[str, np.ndarray]]:
+    """The variant's ε and its partition (eq. 3) per seed."""
+    eps = R.eps_of_columns(next(iter(seeds.values())))[0]
+    return eps, R.per_seed(seeds, lambda c, e=eps: R.partition_at(c, e))
+
+
 def _table(stage_dir: Path, prefix: str, names: list[str], caption: str, with_paper: bool) -> dict | None:
     recs = R.read_stage_records(stage_dir, prefix)
     rows, paper = [], []
     for variant in [v for v in names if v in recs]:
         seeds = recs[variant]
-        eps = R.eps_of_columns(next(iter(seeds.values())))[0]
-        vals = R.per_seed(seeds, lambda c, e=eps: R.partition_at(c, e))
-        n_const = sum(np.unique(c["pred"]).size == 1 for c in seeds.values())
+        eps, vals = _partition_per_seed(seeds)
+        n_const = sum(_collapsed(c) for c in seeds.values())
         rows.append([variant, str(len(seeds))] + [R.pct(vals[k]) for k in
                     ("nat_acc", "rob_acc", "rob_inacc", "nonrob_acc", "nonrob_inacc")]
                     + [f"{100 * float(np.median(vals['rob_acc'])):.1f}", f"{100 * float(np.median(vals['rob_inacc'])):.1f}",
@@ -205,14 +215,13 @@ def seed_summary(stage_dir: Path, primary: dict[str, str]) -> dict[str, dict[str
         recs = R.read_stage_records(stage_dir, prefix)
         for variant in (v for v in recs if primary.get(v) == split):
             seeds = recs[variant]
-            eps = R.eps_of_columns(next(iter(seeds.values())))[0]
-            vals = R.per_seed(seeds, lambda c, e=eps: R.partition_at(c, e))
+            _, vals = _partition_per_seed(seeds)
             row: dict[str, Any] = {"split": split, "seeds": sorted(seeds)}
             for k in ("nat_acc", "rob_acc", "rob_inacc"):
                 row[k] = [float(x) for x in vals[k]]
                 row[f"{k}_median"] = float(np.median(vals[k]))
             row["n_zero_rob_inacc"] = int(sum(x == 0.0 for x in vals["rob_inacc"]))
-            row["collapsed"] = [s for s in sorted(seeds) if np.unique(seeds[s]["pred"]).size == 1]
+            row["collapsed"] = [s for s in sorted(seeds) if _collapsed(seeds[s])]
             out[variant] = row
     return out
 
@@ -223,7 +232,7 @@ def collapsed_runs(stage_dir: Path) -> list[str]:
     seeds under their optimizers). Such runs stay in the tables; the report names them."""
     out = []
     for variant, seeds in sorted(R.read_stage_records(stage_dir, "").items()):
-        out += [f"{variant} seed {s}" for s, cols in sorted(seeds.items()) if np.unique(cols["pred"]).size == 1]
+        out += [f"{variant} seed {s}" for s, cols in sorted(seeds.items()) if _collapsed(cols)]
     return out
 
 
